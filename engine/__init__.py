@@ -1,0 +1,1 @@
+"""The durable workflow engine: catalog migrations, store, scheduler and executors."""

@@ -1,0 +1,91 @@
+"""`pgdurable`: start the relay (and, with no --upstream, an embedded PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import uvloop
+
+from pgdurable_proxy import logs
+from pgdurable_proxy.config import ConfigError, Settings, parse_settings
+from pgdurable_proxy.dsn import UpstreamDSN, parse_dsn
+from pgdurable_proxy.intercept import Interceptor
+from pgdurable_proxy.metrics import Metrics
+from pgdurable_proxy.server import ProxyServer, server_tls_context
+
+log = logging.getLogger("pgdurable.cli")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `pgdurable` console script."""
+    try:
+        settings = parse_settings(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"pgdurable: error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    try:
+        return uvloop.run(serve(settings))
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:  # one line, not a traceback, for start-up failures
+        print(f"pgdurable: error: {exc}", file=sys.stderr)
+        return 1
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT, then shut down in order."""
+    loop = asyncio.get_running_loop()
+    cluster = None
+    upstream = settings.upstream
+    if upstream is None:
+        from pgdurable_proxy.embedded import start_embedded
+
+        cluster = await loop.run_in_executor(None, start_embedded, settings.data_dir)
+        upstream = parse_dsn(cluster.dsn())
+    try:
+        await _serve_upstream(settings, upstream)
+    finally:
+        if cluster is not None:
+            await loop.run_in_executor(None, cluster.stop)
+    return 0
+
+
+async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
+    metrics = Metrics()
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = server_tls_context(str(settings.tls_cert), str(settings.tls_key))
+    server = ProxyServer(upstream, Interceptor(metrics), metrics, tls)
+    port = await server.start(settings.host, settings.port)
+    admin = None
+    if settings.http_port is not None:
+        from pgdurable_proxy.admin import start_admin
+
+        admin = await start_admin(settings.host, settings.http_port, metrics)
+    _announce(settings, upstream, port)
+    await _wait_for_signal()
+    log.warning("event=shutting_down sessions=%d", len(server.sessions))
+    await server.shutdown(settings.shutdown_timeout)
+    if admin is not None:
+        await admin.cleanup()
+
+
+def _announce(settings: Settings, upstream: UpstreamDSN, port: int) -> None:
+    user = upstream.user if settings.embedded else "<user>"
+    host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    uri = f"postgresql://{user}@{host}:{port}/{upstream.dbname}"
+    print(f"pgdurable ready on {settings.host}:{port}", flush=True)
+    print(f"connect with: psql \"{uri}\"", flush=True)
+
+
+async def _wait_for_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

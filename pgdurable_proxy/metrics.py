@@ -1,0 +1,27 @@
+"""Process-wide counters, exposed as Prometheus text on the admin HTTP port."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(slots=True)
+class Metrics:
+    """Counters the relay and interceptor bump; read by /metrics."""
+
+    sessions_total: int = 0
+    sessions_active: int = 0
+    candidates_total: int = 0  # Q/P messages that passed the byte pre-filter
+    classified_total: int = 0  # candidates that reached pglast (cache misses)
+    classify_cache_hits_total: int = 0
+    workflow_statements_total: int = 0
+    protocol_violations_total: int = 0
+
+    def render(self) -> str:
+        """The counters in Prometheus exposition format."""
+        lines = []
+        for item in fields(self):
+            kind = "gauge" if item.name.endswith("_active") else "counter"
+            lines.append(f"# TYPE pgdurable_{item.name} {kind}")
+            lines.append(f"pgdurable_{item.name} {getattr(self, item.name)}")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,237 @@
+"""One client session: the startup loop, then a byte relay framed header-only both ways.
+
+The hot path is `ClientSession.data_received` (relay state) and `UpstreamLink.data_received`;
+both forward the original bytes and do only header arithmetic. See wire/frames.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from typing import Protocol, cast
+
+from pgdurable_proxy.dsn import UpstreamDSN
+from pgdurable_proxy.upstream import (
+    UpstreamUnavailable,
+    cancel_packet,
+    open_upstream,
+    send_cancel,
+)
+from pgdurable_proxy.wire import startup
+from pgdurable_proxy.wire.errors import ProtocolViolation
+from pgdurable_proxy.wire.frames import ClientFramer, ServerTracker
+from pgdurable_proxy.wire.messages import TERMINATE, error_response
+
+log = logging.getLogger("pgdurable.relay")
+
+
+class SessionHost(Protocol):
+    """What a session needs from the server that accepted it."""
+
+    upstream: UpstreamDSN
+    tls_context: ssl.SSLContext | None
+
+    def register(self, session: ClientSession) -> None: ...
+    def unregister(self, session: ClientSession) -> None: ...
+    def inspect(self, session: ClientSession, msg_type: int, message: bytes) -> bytes | None: ...
+
+
+class ClientSession(asyncio.Protocol):
+    """The client side of one 1:1 session."""
+
+    def __init__(self, host: SessionHost) -> None:
+        self.host = host
+        self.transport: asyncio.Transport | None = None
+        self.upstream: UpstreamLink | None = None
+        self.upstream_transport: asyncio.Transport | None = None
+        self.framer = ClientFramer(self._inspect)
+        self.params: dict[str, str] = {}
+        self._startup_buffer = bytearray()
+        self._closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.host.register(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self.host.unregister(self)
+        link = self.upstream
+        if link is None or link.transport is None or link.transport.is_closing():
+            return
+        if self.framer.requests > link.tracker.ready_count and link.tracker.backend_key:
+            self._spawn(send_cancel(self.host.upstream, cancel_packet(link.tracker.backend_key)))
+        if self.framer.at_boundary:
+            link.transport.write(TERMINATE)
+        link.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.upstream_transport is not None:
+            self.upstream_transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream_transport is not None:
+            self.upstream_transport.resume_reading()
+
+    # -- data ------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        upstream = self.upstream_transport
+        if upstream is not None:
+            try:
+                out = self.framer.feed(data)
+            except ProtocolViolation as exc:
+                self.fail(exc.sqlstate, str(exc))
+                return
+            if out:
+                upstream.write(out)
+            return
+        self._startup_buffer += data
+        try:
+            self._drain_startup()
+        except ProtocolViolation as exc:
+            self.fail(exc.sqlstate, str(exc))
+
+    def _drain_startup(self) -> None:
+        """Handle complete first packets: SSL/GSS answers, cancel, StartupMessage."""
+        buf = self._startup_buffer
+        while self.upstream is None and not self._closing:
+            length = startup.startup_packet_length(buf)
+            if length is None or len(buf) < length:
+                return
+            packet = bytes(buf[:length])
+            del buf[:length]
+            self._on_startup_packet(startup.parse_startup_packet(packet))
+
+    def _on_startup_packet(self, packet: startup.StartupPacket) -> None:
+        assert self.transport is not None
+        if isinstance(packet, startup.SSLRequest):
+            self._on_ssl_request()
+        elif isinstance(packet, startup.GSSEncRequest):
+            self.transport.write(b"N")
+        elif isinstance(packet, startup.CancelRequest):
+            self._closing = True
+            self._spawn(self._forward_cancel(packet.raw))
+        else:
+            self.params = packet.params
+            self.transport.pause_reading()
+            self.upstream = UpstreamLink(self)
+            self._spawn(self._connect(packet.raw))
+
+    def _on_ssl_request(self) -> None:
+        assert self.transport is not None
+        if self._startup_buffer:
+            # Bytes after SSLRequest would be read as plaintext (CVE-2021-23214).
+            raise ProtocolViolation("received unencrypted data after SSL request")
+        ctx = self.host.tls_context
+        if ctx is None or self.transport.get_extra_info("sslcontext") is not None:
+            self.transport.write(b"N")
+            return
+        self.transport.write(b"S")
+        self.transport.pause_reading()
+        self._spawn(self._start_tls(ctx))
+
+    async def _start_tls(self, ctx: ssl.SSLContext) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(self.transport, self, ctx, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            log.info("event=tls_failed reason=%s", exc)
+            self.transport.abort()
+            return
+        self.transport = cast(asyncio.Transport, tls)
+
+    async def _forward_cancel(self, packet: bytes) -> None:
+        assert self.transport is not None
+        self.transport.close()
+        await send_cancel(self.host.upstream, packet)
+
+    async def _connect(self, startup_packet: bytes) -> None:
+        assert self.transport is not None and self.upstream is not None
+        try:
+            transport, _ = await open_upstream(self.host.upstream, lambda: self.upstream)  # type: ignore[arg-type,return-value]
+        except UpstreamUnavailable as exc:
+            log.warning("event=upstream_unavailable reason=%s", exc)
+            self.fail(exc.sqlstate, f"pgdurable: {exc}")
+            return
+        if self._closing or self.transport.is_closing():
+            transport.close()
+            return
+        transport.write(startup_packet)
+        self.upstream_transport = transport
+        leftover = bytes(self._startup_buffer)
+        self._startup_buffer.clear()
+        if leftover:
+            self.data_received(leftover)
+        self.transport.resume_reading()
+
+    # -- interception and errors ---------------------------------------------------------
+    def _inspect(self, msg_type: int, message: bytes) -> bytes | None:
+        return self.host.inspect(self, msg_type, message)
+
+    def fail(self, sqlstate: str, message: str) -> None:
+        """Tell the client FATAL <sqlstate> when the stream allows it, then close both sides."""
+        self._closing = True
+        transport = self.transport
+        link = self.upstream
+        if transport is not None and not transport.is_closing():
+            if link is None or link.tracker.at_boundary:
+                transport.write(error_response(sqlstate, message, severity="FATAL"))
+            transport.close()
+        if link is not None and link.transport is not None:
+            link.transport.close()
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        """Close the session at once (shutdown timeout)."""
+        if self.transport is not None:
+            self.fail("57P01", "terminating connection due to pgdurable shutdown")
+
+
+class UpstreamLink(asyncio.Protocol):
+    """The PostgreSQL side of one session: raw pipe to the client, boundaries tracked."""
+
+    def __init__(self, client: ClientSession) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.tracker = ServerTracker()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.tracker.feed(data)
+        client = self.client.transport
+        if client is not None:
+            client.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        client = self.client
+        if client._closing or client.transport is None or client.transport.is_closing():
+            return
+        client._closing = True
+        if self.tracker.at_boundary and not self.tracker.fatal_seen:
+            client.transport.write(error_response(
+                "08006", "pgdurable: the connection to the upstream PostgreSQL server was lost",
+                severity="FATAL",
+            ))
+        client.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.resume_reading()

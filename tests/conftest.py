@@ -1,0 +1,39 @@
+"""Session fixtures: real PostgreSQL clusters (PG 18 wheel, PG 15 Debian) and pgdurable."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgdurable_proxy.cluster import Cluster
+from tests.support.clusters import FLAVORS, Flavor, make_cluster, remove_cluster
+from tests.support.proxy import ProxyProcess
+
+
+@pytest.fixture(scope="session", params=FLAVORS, ids=[f.name for f in FLAVORS])
+def flavor(request: pytest.FixtureRequest) -> Flavor:
+    """Each PostgreSQL build present on this machine."""
+    flavor: Flavor = request.param
+    if not flavor.available:
+        pytest.skip(f"{flavor.name}: no PostgreSQL binaries at {flavor.bindir}")
+    return flavor
+
+
+@pytest.fixture(scope="session")
+def cluster(flavor: Flavor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A running cluster of `flavor` with the trust/md5/SCRAM auth matrix roles."""
+    root: Path = tmp_path_factory.mktemp(f"cluster-{flavor.name}")
+    cluster = make_cluster(flavor, root)
+    yield cluster
+    remove_cluster(cluster)
+
+
+@pytest.fixture(scope="session")
+def proxy(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """The real pgdurable process fronting `cluster`."""
+    log_path = tmp_path_factory.mktemp("proxy-log") / "pgdurable.log"
+    process = ProxyProcess(cluster.dsn(), log_path=log_path).start()
+    yield process
+    process.stop()

@@ -1,0 +1,1 @@
+"""Shared test helpers: real PostgreSQL clusters and real pgdurable processes."""
