@@ -56,7 +56,8 @@ def classify(sql: str) -> Classification:
             continue
         functions.add(name)
         uses_operators = uses_operators or any(
-            _operator_name(expr) in DSL_OPERATORS for expr in _nodes_of(call.get("args", []), "A_Expr")
+            _operator_name(expr) in DSL_OPERATORS
+            for expr in _nodes_of(call.get("args", []), "A_Expr")
         )
     if not functions:
         return Classification(StatementKind.PASSTHROUGH, statement_count=len(statements))

@@ -80,7 +80,7 @@ def _announce(settings: Settings, upstream: UpstreamDSN, port: int) -> None:
     host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"
     uri = f"postgresql://{user}@{host}:{port}/{upstream.dbname}"
     print(f"pgdurable ready on {settings.host}:{port}", flush=True)
-    print(f"connect with: psql \"{uri}\"", flush=True)
+    print(f'connect with: psql "{uri}"', flush=True)
 
 
 async def _wait_for_signal() -> None:

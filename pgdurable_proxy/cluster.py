@@ -72,10 +72,17 @@ class Cluster:
         self.datadir.mkdir(parents=True, exist_ok=True)
         self._prepare_ownership()
         self._run(
-            "initdb", "-D", str(self.datadir), "-U", superuser, "--auth=trust",
-            "--encoding=UTF8", "--locale=C",
+            "initdb",
+            "-D",
+            str(self.datadir),
+            "-U",
+            superuser,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
         )
-        hba = list(hba_lines) + [
+        hba = [
+            *list(hba_lines),
             "local all all trust",
             "host all all 127.0.0.1/32 trust",
             "host all all ::1/128 trust",
@@ -96,8 +103,17 @@ class Cluster:
         }
         opts = " ".join(f"-c {k}={_quote_option(v)}" for k, v in options.items())
         self._run(
-            "pg_ctl", "-D", str(self.datadir), "-l", str(self.datadir / "server.log"),
-            "-w", "-t", str(timeout), "-o", opts, "start",
+            "pg_ctl",
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.datadir / "server.log"),
+            "-w",
+            "-t",
+            str(timeout),
+            "-o",
+            opts,
+            "start",
         )
 
     def stop(self, mode: str = "fast") -> None:
@@ -118,7 +134,9 @@ class Cluster:
         """True when pg_ctl status finds a live postmaster."""
         result = subprocess.run(
             [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "status"],
-            capture_output=True, text=True, user=self.os_user,
+            capture_output=True,
+            text=True,
+            user=self.os_user,
         )
         return result.returncode == 0
 
@@ -156,7 +174,10 @@ class Cluster:
     def _run(self, program: str, *args: str) -> None:
         result = subprocess.run(
             [str(self.bindir / program), *args],
-            capture_output=True, text=True, user=self.os_user, cwd="/",
+            capture_output=True,
+            text=True,
+            user=self.os_user,
+            cwd="/",
         )
         if result.returncode != 0:
             log = self.datadir / "server.log"

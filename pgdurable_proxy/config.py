@@ -52,21 +52,36 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p = _Parser(prog="pgdurable", description="Durable SQL workflows for any PostgreSQL.")
-    p.add_argument("--upstream", default=env.get("PGDURABLE_UPSTREAM"),
-                   help="DSN of the PostgreSQL to front (default: start an embedded one)")
+    p.add_argument(
+        "--upstream",
+        default=env.get("PGDURABLE_UPSTREAM"),
+        help="DSN of the PostgreSQL to front (default: start an embedded one)",
+    )
     p.add_argument("--host", default=env.get("PGDURABLE_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(env.get("PGDURABLE_PORT", "6432")))
-    p.add_argument("--data-dir", type=Path, default=env.get("PGDURABLE_DATA_DIR"),
-                   help="data directory of the embedded PostgreSQL")
-    p.add_argument("--log-level", choices=LOG_LEVELS,
-                   default=env.get("PGDURABLE_LOG_LEVEL", "warning"))
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=env.get("PGDURABLE_DATA_DIR"),
+        help="data directory of the embedded PostgreSQL",
+    )
+    p.add_argument(
+        "--log-level", choices=LOG_LEVELS, default=env.get("PGDURABLE_LOG_LEVEL", "warning")
+    )
     p.add_argument("--tls-cert", type=Path, default=env.get("PGDURABLE_TLS_CERT"))
     p.add_argument("--tls-key", type=Path, default=env.get("PGDURABLE_TLS_KEY"))
-    p.add_argument("--http-port", type=int, default=env.get("PGDURABLE_HTTP_PORT"),
-                   help="serve /healthz and /metrics on this port (default: off)")
-    p.add_argument("--shutdown-timeout", type=float,
-                   default=float(env.get("PGDURABLE_SHUTDOWN_TIMEOUT", "30")),
-                   help="seconds sessions may take to finish after SIGTERM")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=env.get("PGDURABLE_HTTP_PORT"),
+        help="serve /healthz and /metrics on this port (default: off)",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=float(env.get("PGDURABLE_SHUTDOWN_TIMEOUT", "30")),
+        help="seconds sessions may take to finish after SIGTERM",
+    )
     return p
 
 

@@ -99,8 +99,19 @@ def _parse_keywords(text: str) -> dict[str, str]:
 
 
 def _build(params: dict[str, str]) -> UpstreamDSN:
-    known = {"host", "port", "user", "dbname", "password", "sslmode", "sslrootcert", "sslcert",
-             "sslkey", "application_name", "connect_timeout"}
+    known = {
+        "host",
+        "port",
+        "user",
+        "dbname",
+        "password",
+        "sslmode",
+        "sslrootcert",
+        "sslcert",
+        "sslkey",
+        "application_name",
+        "connect_timeout",
+    }
     unknown = sorted(set(params) - known)
     if unknown:
         raise DSNError(f"unsupported DSN parameter: {unknown[0]}")

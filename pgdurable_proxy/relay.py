@@ -22,7 +22,7 @@ from pgdurable_proxy.upstream import (
 from pgdurable_proxy.wire import startup
 from pgdurable_proxy.wire.errors import ProtocolViolation
 from pgdurable_proxy.wire.frames import ClientFramer, ServerTracker
-from pgdurable_proxy.wire.messages import TERMINATE, error_response
+from pgdurable_proxy.wire.messages import TERMINATE, error_response, strip_channel_binding
 
 log = logging.getLogger("pgdurable.relay")
 
@@ -161,6 +161,10 @@ class ClientSession(asyncio.Protocol):
             log.warning("event=upstream_unavailable reason=%s", exc)
             self.fail(exc.sqlstate, f"pgdurable: {exc}")
             return
+        except Exception as exc:  # an internal error must not leave the client hanging
+            log.exception("event=upstream_connect_failed")
+            self.fail("XX000", f"pgdurable: internal error while connecting upstream: {exc}")
+            return
         if self._closing or self.transport.is_closing():
             transport.close()
             return
@@ -206,26 +210,58 @@ class UpstreamLink(asyncio.Protocol):
         self.client = client
         self.transport: asyncio.Transport | None = None
         self.tracker = ServerTracker()
+        self._auth: bytearray | None = None  # set while auth messages need rewriting
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        client_tls = (
+            self.client.transport is not None
+            and self.client.transport.get_extra_info("sslcontext") is not None
+        )
+        if transport.get_extra_info("sslcontext") is not None and not client_tls:
+            self._auth = bytearray()
 
     def data_received(self, data: bytes) -> None:
+        if self._auth is not None:
+            data = self._rewrite_auth(data)
         self.tracker.feed(data)
         client = self.client.transport
         if client is not None:
             client.write(data)
+
+    def _rewrite_auth(self, data: bytes) -> bytes:
+        """Until the first ReadyForQuery, pass whole messages, minus channel binding offers."""
+        assert self._auth is not None
+        buf = self._auth
+        buf += data
+        out = bytearray()
+        while len(buf) >= 5:
+            end = 1 + int.from_bytes(buf[1:5], "big")
+            if len(buf) < end:
+                break
+            message = bytes(buf[:end])
+            del buf[:end]
+            out += strip_channel_binding(message)
+            if message[:1] == b"Z":
+                out += buf
+                self._auth = None
+                break
+        return bytes(out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         client = self.client
         if client._closing or client.transport is None or client.transport.is_closing():
             return
         client._closing = True
-        if self.tracker.at_boundary and not self.tracker.fatal_seen:
-            client.transport.write(error_response(
-                "08006", "pgdurable: the connection to the upstream PostgreSQL server was lost",
-                severity="FATAL",
-            ))
+        expected = self.tracker.fatal_seen or client.framer.terminated
+        if self.tracker.at_boundary and not expected:
+            client.transport.write(
+                error_response(
+                    "08006",
+                    "pgdurable: the connection to the upstream PostgreSQL server was lost",
+                    severity="FATAL",
+                )
+            )
         client.transport.close()
 
     def pause_writing(self) -> None:

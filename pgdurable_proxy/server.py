@@ -43,12 +43,12 @@ class ProxyServer:
         log.info("event=listening host=%s port=%s", host, bound)
         return int(bound)
 
-    async def shutdown(self, timeout: float) -> None:
-        """Stop accepting, let sessions finish for up to `timeout` s, then close the rest."""
+    async def shutdown(self, grace_seconds: float) -> None:
+        """Stop accepting, let sessions finish for up to `grace_seconds`, then close the rest."""
         if self._server is not None:
             self._server.close()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self._idle.wait(), grace_seconds)
         except TimeoutError:
             log.warning("event=shutdown_timeout sessions=%d", len(self.sessions))
             for session in list(self.sessions):

@@ -57,10 +57,8 @@ async def _open(
         transport, protocol = await loop.create_connection(factory, dsn.host, dsn.port)
         _nodelay(transport)
         return transport, protocol
-    sock = await _negotiate_tls(loop, dsn)
-    if sock.family == socket.AF_INET6 or sock.family == socket.AF_INET:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    tls = getattr(sock, "_pgdurable_tls", False)
+    sock, tls = await _negotiate_tls(loop, dsn)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if tls:
         transport, protocol = await loop.create_connection(
             factory, sock=sock, ssl=client_ssl_context(dsn), server_hostname=dsn.host
@@ -70,7 +68,10 @@ async def _open(
     return transport, protocol
 
 
-async def _negotiate_tls(loop: asyncio.AbstractEventLoop, dsn: UpstreamDSN) -> socket.socket:
+async def _negotiate_tls(
+    loop: asyncio.AbstractEventLoop, dsn: UpstreamDSN
+) -> tuple[socket.socket, bool]:
+    """Connect and send SSLRequest; return the socket and whether the server said yes."""
     infos = await loop.getaddrinfo(dsn.host, dsn.port, type=socket.SOCK_STREAM)
     family, _, proto, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM, proto)
@@ -83,10 +84,9 @@ async def _negotiate_tls(loop: asyncio.AbstractEventLoop, dsn: UpstreamDSN) -> s
         sock.close()
         raise
     if answer == b"S":
-        sock._pgdurable_tls = True  # type: ignore[attr-defined]
-        return sock
+        return sock, True
     if answer == b"N" and dsn.sslmode == "prefer":
-        return sock
+        return sock, False
     sock.close()
     if answer == b"N":
         raise ssl.SSLError(f"server does not support SSL, but sslmode={dsn.sslmode}")

@@ -34,7 +34,12 @@ INSPECT_LIMIT = 16 * 1024 * 1024
 
 _Q = ord("Q")
 _P = ord("P")
-_READY_REQUESTS = frozenset(b"QSF")
+_X = ord("X")
+_S = ord("S")
+_COUNTED = frozenset(b"QSFX")
+# Types the one-message fast path may pass without a walk: Q (pre-filtered), Sync and
+# the small extended-protocol messages. Everything else takes the general path.
+_SINGLE_FAST = frozenset(b"QSBDEHC")
 
 Inspector = Callable[[int, bytes], bytes | None]
 """Called with (message type, whole message); returns replacement bytes or None."""
@@ -49,11 +54,14 @@ def is_candidate(message: bytes) -> bool:
 class ClientFramer:
     """Frames client→server bytes; returns what to forward now."""
 
-    __slots__ = ("_held", "_need", "_skip", "inspect", "requests")
+    __slots__ = ("_held", "_need", "_skip", "inspect", "requests", "terminated")
 
     def __init__(self, inspect: Inspector) -> None:
         self.inspect = inspect
-        self.requests = 0  # Query, Sync and FunctionCall messages: each earns a ReadyForQuery
+        # Messages that each earn one ReadyForQuery: the StartupMessage, then Query, Sync and
+        # FunctionCall. More requests than ReadyForQuery seen means the server is busy.
+        self.requests = 1
+        self.terminated = False  # the client sent Terminate: an upstream close is expected
         self._skip = 0  # bytes of the current (streamed) message still to pass
         self._held = bytearray()  # an incomplete header or an incomplete Q/P message
         self._need = 0  # total length of the held message once known
@@ -65,6 +73,23 @@ class ClientFramer:
 
     def feed(self, data: bytes) -> bytes:
         """Consume a chunk from the client; return the bytes to send upstream now."""
+        n = len(data)
+        if not self._skip and not self._held and n >= 5:
+            # Fast path: the chunk is exactly one message (pgbench -S simple, most Q traffic).
+            msg_type = data[0]
+            length = _unpack_int32(data, 1)[0]
+            if length + 1 == n and msg_type in _SINGLE_FAST and 4 <= length <= SMALL_MESSAGE_LIMIT:
+                if msg_type == _Q:
+                    self.requests += 1
+                    if is_candidate(data):
+                        return self.inspect(msg_type, data) or data
+                    return data
+                if msg_type == _S:
+                    self.requests += 1
+                return data
+        return self._feed_general(data)
+
+    def _feed_general(self, data: bytes) -> bytes:
         if self._held:
             if self._need and len(self._held) + len(data) < self._need:
                 self._held += data
@@ -86,10 +111,14 @@ class ClientFramer:
         while pos + 5 <= n:
             msg_type = data[pos]
             length = _unpack_int32(data, pos + 1)[0]
-            _check_frontend(msg_type, length)
+            if (
+                msg_type not in FRONTEND_TYPES
+                or length < 4
+                or length > LARGE_MESSAGE_LIMIT
+                or (length > SMALL_MESSAGE_LIMIT and msg_type in _SMALL_TYPES)
+            ):
+                _reject(msg_type, length)
             end = pos + 1 + length
-            if msg_type in _READY_REQUESTS:
-                self.requests += 1
             if (msg_type == _Q or msg_type == _P) and length <= INSPECT_LIMIT:
                 if end > n:
                     self._hold(data, pos, end - pos)
@@ -103,6 +132,11 @@ class ClientFramer:
                         pieces.append(data[start:pos])
                         pieces.append(replacement)
                         start = end
+            if msg_type in _COUNTED:  # after any hold: a held message is walked again
+                if msg_type == _X:
+                    self.terminated = True
+                else:
+                    self.requests += 1
             pos = end
         if pos > n:
             self._skip = pos - n
@@ -123,17 +157,14 @@ def _emit(pieces: list[bytes] | None, data: bytes, start: int, stop: int) -> byt
     return b"".join(pieces)
 
 
-def _check_frontend(msg_type: int, length: int) -> None:
+def _reject(msg_type: int, length: int) -> None:
     if msg_type not in FRONTEND_TYPES:
         raise ProtocolViolation(f"invalid frontend message type {msg_type}")
-    limit = SMALL_MESSAGE_LIMIT if msg_type in _SMALL_TYPES else LARGE_MESSAGE_LIMIT
-    if length < 4 or length > limit:
-        raise ProtocolViolation(f"invalid message length {length} for message type {msg_type}")
+    raise ProtocolViolation(f"invalid message length {length} for message type {msg_type}")
 
 
 _Z = ord("Z")
 _K = ord("K")
-_S = ord("S")
 _E = ord("E")
 _TRACKED = frozenset((_Z, _K, _S, _E))
 IDLE = ord("I")
@@ -143,7 +174,13 @@ class ServerTracker:
     """Follows server→client message boundaries without copying bodies."""
 
     __slots__ = (
-        "_partial", "_remaining", "backend_key", "fatal_seen", "parameters", "ready_count", "status",
+        "_partial",
+        "_remaining",
+        "backend_key",
+        "fatal_seen",
+        "parameters",
+        "ready_count",
+        "status",
     )
 
     def __init__(self) -> None:
@@ -177,7 +214,11 @@ class ServerTracker:
                     self._partial += data[pos:]
                     self._remaining = 0
                     return
-                self._on_message(msg_type, data[pos + 5 : end])
+                if msg_type == _Z:
+                    self.status = data[pos + 5]
+                    self.ready_count += 1
+                else:
+                    self._on_message(msg_type, data[pos + 5 : end])
             pos = end
         if pos >= n:
             self._remaining = pos - n
@@ -197,7 +238,7 @@ class ServerTracker:
         else:
             consumed = 0
         msg_type = partial[0]
-        total = 1 + _unpack_int32(partial, 1)[0]
+        total: int = 1 + _unpack_int32(partial, 1)[0]
         if msg_type not in _TRACKED:
             self._partial = bytearray()
             return consumed + total - 5

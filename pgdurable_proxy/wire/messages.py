@@ -56,3 +56,19 @@ def build_error_body(fields: dict[str, str]) -> bytes:
 
 
 TERMINATE = frame(b"X", b"")
+
+
+SCRAM_PLUS = b"SCRAM-SHA-256-PLUS\0"
+
+
+def strip_channel_binding(message: bytes) -> bytes:
+    """Drop SCRAM-SHA-256-PLUS from an AuthenticationSASL message, if it is one.
+
+    When pgdurable reaches PostgreSQL over TLS but the client reached pgdurable in
+    plaintext, the server offers channel binding that the client cannot use (libpq refuses
+    the offer outright); without -PLUS the client answers 'n' and SCRAM proceeds.
+    """
+    if message[:1] != b"R" or message[5:9] != b"\x00\x00\x00\x0a" or SCRAM_PLUS not in message:
+        return message
+    body = message[5:].replace(SCRAM_PLUS, b"", 1)
+    return frame(b"R", body)

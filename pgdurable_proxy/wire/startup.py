@@ -75,8 +75,7 @@ def parse_startup_packet(packet: bytes) -> StartupPacket:
     major, minor = code >> 16, code & 0xFFFF
     if major != PROTOCOL_MAJOR:
         raise ProtocolViolation(
-            f"unsupported frontend protocol {major}.{minor}: "
-            "server supports 3.0 to 3.2"
+            f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.2"
         )
     return StartupMessage(packet, major, minor, _parse_params(packet[8:]))
 

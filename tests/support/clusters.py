@@ -63,11 +63,17 @@ def make_cluster(flavor: Flavor, root: Path, extra_hba: list[str] | None = None)
     return cluster
 
 
-def run_psql(dsn: str, sql: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_psql(
+    dsn: str, sql: str, *extra: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run SQL through the wheel's psql (-X, ON_ERROR_STOP)."""
     return subprocess.run(
         [str(psql_path()), dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1", *extra],
-        input=sql, capture_output=True, text=True, check=check, timeout=120,
+        input=sql,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=120,
     )
 
 

@@ -27,13 +27,26 @@ class ProxyProcess:
     def start(self, timeout: float = 30.0) -> ProxyProcess:
         """Launch and wait for the 'ready' line."""
         cmd = [
-            sys.executable, "-m", "pgdurable_proxy", "--upstream", self.upstream,
-            "--port", str(self.port), "--http-port", str(self.http_port),
-            "--log-level", "info", *self.extra_args,
+            sys.executable,
+            "-m",
+            "pgdurable_proxy",
+            "--upstream",
+            self.upstream,
+            "--port",
+            str(self.port),
+            "--http-port",
+            str(self.http_port),
+            "--log-level",
+            "info",
+            *self.extra_args,
         ]
-        log = open(self.log_path, "a") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        log = open(self.log_path, "a") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ},
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env={**os.environ},
         )
         deadline = time.monotonic() + timeout
         assert self.process.stdout is not None

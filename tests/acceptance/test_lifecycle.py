@@ -1,0 +1,241 @@
+"""The pgdurable process from the outside: TLS, SIGTERM, upstream death, CLI errors."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgdurable_proxy.cluster import Cluster, free_port, wheel_bindir
+from tests.support.certs import self_signed
+from tests.support.clusters import FLAVORS, make_cluster, remove_cluster
+from tests.support.proxy import ProxyProcess
+
+
+def _ssl_capable(bindir: Path) -> bool:
+    configure = subprocess.run(
+        [str(bindir / "pg_config"), "--configure"], capture_output=True, text=True
+    ).stdout
+    return "--with-ssl" in configure or "--with-openssl" in configure
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A cluster with ssl=on when some PostgreSQL build here supports it (else plain)."""
+    root = tmp_path_factory.mktemp("tls-cluster")
+    capable = [f for f in FLAVORS if f.available and _ssl_capable(f.bindir)]
+    cluster = make_cluster(capable[0] if capable else FLAVORS[0], root)
+    if not capable:
+        yield cluster
+        remove_cluster(cluster)
+        return
+    cert, key = self_signed(root)
+    for path in (cert, key):
+        target = cluster.datadir / path.name
+        shutil.copy(path, target)
+        target.chmod(0o600)
+        if cluster.os_user:
+            entry = pwd.getpwnam(cluster.os_user)
+            os.chown(target, entry.pw_uid, entry.pw_gid)
+    cluster.settings = {
+        **cluster.settings,
+        "ssl": "on",
+        "ssl_cert_file": cert.name,
+        "ssl_key_file": key.name,
+    }
+    cluster.restart()
+    yield cluster
+    remove_cluster(cluster)
+
+
+@pytest.fixture
+def own_proxy(tls_cluster: Cluster, tmp_path: Path) -> Iterator[ProxyProcess]:
+    proxy = ProxyProcess(
+        tls_cluster.dsn() + "?sslmode=disable",
+        log_path=tmp_path / "log",
+        extra_args=["--shutdown-timeout", "3"],
+    ).start()
+    yield proxy
+    proxy.kill()
+
+
+def _upstream_ssl(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+        return bool(row and row[0])
+
+
+@pytest.mark.parametrize(("sslmode", "expected"), [("require", True), ("disable", False)])
+def test_upstream_tls_follows_sslmode(
+    tls_cluster: Cluster, tmp_path: Path, sslmode: str, expected: bool
+) -> None:
+    if tls_cluster.settings.get("ssl") != "on":
+        pytest.skip("no PostgreSQL build with SSL support on this machine")
+    proxy = ProxyProcess(f"{tls_cluster.dsn()}?sslmode={sslmode}").start()
+    try:
+        assert _upstream_ssl(proxy.dsn("scram_user", "scram-secret")) is expected
+    finally:
+        proxy.stop()
+
+
+def test_client_tls_with_scram(tls_cluster: Cluster, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path, "proxy")
+    proxy = ProxyProcess(
+        tls_cluster.dsn() + "?sslmode=disable",
+        extra_args=["--tls-cert", str(cert), "--tls-key", str(key)],
+    ).start()
+    try:
+        dsn = proxy.dsn("scram_user", "scram-secret") + "?sslmode=require"
+        with psycopg.connect(dsn) as conn:
+            assert conn.pgconn.ssl_in_use
+            assert conn.execute("SELECT current_user").fetchone() == ("scram_user",)
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(proxy.dsn() + "?sslmode=verify-full&sslrootcert=/nonexistent")
+    finally:
+        proxy.stop()
+
+
+def test_sigterm_drains_sessions_then_exits(own_proxy: ProxyProcess) -> None:
+    with psycopg.connect(own_proxy.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT 1")
+        own_proxy.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(own_proxy.dsn(), connect_timeout=2)
+        assert conn.execute("SELECT 'still served'").fetchone() == ("still served",)
+    assert own_proxy.process is not None
+    assert own_proxy.process.wait(10) == 0
+
+
+def test_sigterm_closes_lingering_sessions_after_timeout(own_proxy: ProxyProcess) -> None:
+    conn = psycopg.connect(own_proxy.dsn(), autocommit=True)
+    started = time.monotonic()
+    own_proxy.signal(signal.SIGTERM)
+    assert own_proxy.process is not None
+    assert own_proxy.process.wait(15) == 0
+    assert 2.5 < time.monotonic() - started < 10
+    with pytest.raises(psycopg.OperationalError) as info:
+        conn.execute("SELECT 1")
+    assert "shutdown" in str(info.value) or "closed" in str(info.value)
+    conn.close()
+
+
+def test_backend_terminated_passes_servers_fatal(
+    own_proxy: ProxyProcess, tls_cluster: Cluster
+) -> None:
+    with (
+        psycopg.connect(own_proxy.dsn(), autocommit=True) as victim,
+        psycopg.connect(own_proxy.dsn(), autocommit=True) as bystander,
+        psycopg.connect(tls_cluster.dsn(), autocommit=True) as admin,
+    ):
+        row = victim.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        admin.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+        with pytest.raises(psycopg.OperationalError) as info:
+            victim.execute("SELECT 1")
+        assert "terminating connection due to administrator command" in str(info.value)
+        assert bystander.execute("SELECT 'carry on'").fetchone() == ("carry on",)
+
+
+def test_upstream_killed_gives_fatal_and_proxy_survives(
+    own_proxy: ProxyProcess, tls_cluster: Cluster
+) -> None:
+    victim = psycopg.connect(own_proxy.dsn(), autocommit=True)
+    row = victim.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    os.kill(row[0], signal.SIGKILL)  # the backend dies without a word; postmaster recovers
+    with pytest.raises(psycopg.OperationalError) as info:
+        victim.execute("SELECT 1")
+    assert "lost" in str(info.value) or "closed" in str(info.value)
+    victim.close()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with psycopg.connect(own_proxy.dsn(), connect_timeout=3) as conn:
+                assert conn.execute("SELECT 'recovered'").fetchone() == ("recovered",)
+                break
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def _run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pgdurable_proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--no-such-flag"],
+        ["--upstream", "mysql://nope"],
+        ["--upstream", "postgresql://u@h:notaport/db"],
+        ["--upstream", "host=x sslmode=bogus"],
+        ["--tls-cert", "/nonexistent.crt", "--tls-key", "/nonexistent.key"],
+    ],
+)
+def test_bad_arguments_exit_with_one_line(args: list[str]) -> None:
+    result = _run_cli(*args)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pgdurable: error:"), result.stderr
+
+
+def test_unreachable_upstream_is_a_clear_client_error(tmp_path: Path) -> None:
+    proxy = ProxyProcess(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres").start()
+    try:
+        with pytest.raises(psycopg.OperationalError) as info:
+            psycopg.connect(proxy.dsn(), connect_timeout=5)
+        assert "cannot reach PostgreSQL" in str(info.value)
+    finally:
+        proxy.stop()
+
+
+def test_embedded_server_starts_stops_and_keeps_data(tmp_path: Path) -> None:
+    port = free_port()
+    data_dir = tmp_path / "embedded"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pgdurable_proxy",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+    ]
+    for round_no in range(2):
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert process.stdout is not None
+        lines = [process.stdout.readline(), process.stdout.readline()]
+        assert lines[0].startswith("pgdurable ready"), (lines, process.stderr)
+        uri = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        assert f'psql "{uri}"' in lines[1]
+        with psycopg.connect(uri, autocommit=True) as conn:
+            if round_no == 0:
+                conn.execute("CREATE TABLE kept (v text)")
+                conn.execute("INSERT INTO kept VALUES ('survives restart')")
+            else:
+                assert conn.execute("SELECT v FROM kept").fetchone() == ("survives restart",)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        status = subprocess.run(
+            [str(wheel_bindir() / "pg_ctl"), "-D", str(data_dir / "pgdata"), "status"],
+            capture_output=True,
+            text=True,
+            user="embedded_postgres" if os.geteuid() == 0 else None,
+        )
+        assert status.returncode == 3, "the embedded PostgreSQL must stop with pgdurable"

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts run by hand, outside the default pytest run (norecursedirs)."""

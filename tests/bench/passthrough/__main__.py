@@ -1,0 +1,5 @@
+"""`python -m tests.bench.passthrough`."""
+
+from tests.bench.passthrough.bench import main
+
+raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""Settings parsing: flags, PGDURABLE_* variables and DSN checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgdurable_proxy.config import ConfigError, parse_settings
+from pgdurable_proxy.dsn import DSNError, parse_dsn
+
+
+def test_flags_win_over_environment() -> None:
+    env = {"PGDURABLE_UPSTREAM": "postgresql://a@h1:5433/d1", "PGDURABLE_PORT": "7000"}
+    settings = parse_settings(["--port", "7001"], env)
+    assert settings.port == 7001
+    assert settings.upstream is not None and settings.upstream.host == "h1"
+    assert not settings.embedded
+
+
+def test_no_upstream_means_embedded() -> None:
+    settings = parse_settings([], {})
+    assert settings.embedded and settings.port == 6432 and settings.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port", "user", "dbname", "sslmode"),
+    [
+        (
+            "postgresql://u:p@db.example:5433/app?sslmode=require",
+            "db.example",
+            5433,
+            "u",
+            "app",
+            "require",
+        ),
+        ("postgres://u@[::1]/x", "::1", 5432, "u", "x", "prefer"),
+        (
+            "host=/var/run/postgresql port=5432 user=me dbname='my db'",
+            "/var/run/postgresql",
+            5432,
+            "me",
+            "my db",
+            "prefer",
+        ),
+        ("postgresql://%2Ftmp%2Fsock/d?user=w", "/tmp/sock", 5432, "w", "d", "prefer"),
+    ],
+)
+def test_dsn_forms(text: str, host: str, port: int, user: str, dbname: str, sslmode: str) -> None:
+    dsn = parse_dsn(text)
+    assert (dsn.host, dsn.port, dsn.user, dsn.dbname, dsn.sslmode) == (
+        host,
+        port,
+        user,
+        dbname,
+        sslmode,
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "mysql://x",
+        "host=x port=abc",
+        "host=x sslmode=nope",
+        "postgresql://h:99999/d",
+        "host=x bogus=1",
+    ],
+)
+def test_bad_dsns(text: str) -> None:
+    with pytest.raises(DSNError):
+        parse_dsn(text)
+
+
+def test_tls_flags_go_together() -> None:
+    with pytest.raises(ConfigError):
+        parse_settings(["--tls-cert", __file__], {})

@@ -1,0 +1,58 @@
+"""docker-compose.yml cannot run here (no Docker engine): check its wiring instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pgdurable_proxy.dsn import parse_dsn
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def test_services_and_build() -> None:
+    services = _compose()["services"]
+    assert set(services) == {"postgres", "pgdurable"}
+    build = services["pgdurable"]["build"]
+    assert (ROOT / build["context"] / build["dockerfile"]).is_file()
+
+
+def test_pgdurable_waits_for_a_healthy_postgres_and_points_at_it() -> None:
+    services = _compose()["services"]
+    app = services["pgdurable"]
+    assert app["depends_on"]["postgres"]["condition"] == "service_healthy"
+    dsn = parse_dsn(app["environment"]["PGDURABLE_UPSTREAM"])
+    assert dsn.host == "postgres" and dsn.port == 5432
+    assert dsn.password == services["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    assert app["environment"]["PGDURABLE_HOST"] == "0.0.0.0"
+    published = {p.rsplit(":", 1)[-1] for p in app["ports"]}
+    assert {
+        app["environment"]["PGDURABLE_PORT"],
+        app["environment"]["PGDURABLE_HTTP_PORT"],
+    } <= published
+
+
+def test_healthchecks_and_volume() -> None:
+    compose = _compose()
+    services = compose["services"]
+    for name in ("postgres", "pgdurable"):
+        assert services[name]["healthcheck"]["test"], name
+    http_port = services["pgdurable"]["environment"]["PGDURABLE_HTTP_PORT"]
+    assert f":{http_port}/healthz" in " ".join(services["pgdurable"]["healthcheck"]["test"])
+    volume, target = services["postgres"]["volumes"][0].split(":")
+    assert volume in compose["volumes"] and target == "/var/lib/postgresql/data"
+
+
+def test_dockerfile_installs_the_package_and_runs_pgdurable() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in ("pgdurable_proxy", "dsl", "engine"):
+        assert f"COPY {package} ./{package}" in dockerfile
+    assert 'ENTRYPOINT ["pgdurable"]' in dockerfile
+    assert "pip install --no-cache-dir ." in dockerfile
