@@ -16,6 +16,8 @@ from typing import Any
 
 from pglast import parser
 
+from dsl.steps import StepSyntaxError, check_step, param_numbers, start_steps
+
 DSL_OPERATORS = frozenset({"~>", "|=>", "?>", "!>", "@>", "&", "|"})
 EXTENSION_NAME = "pg_durable"
 
@@ -37,6 +39,13 @@ class Classification:
     df_functions: frozenset[str] = frozenset()
     uses_dsl_operators: bool = False
     statement_count: int = 0
+    rewritten: str | None = None  # the SQL the server should run instead, if any
+    step_error: StepSyntaxError | None = None  # a df.start step that does not parse
+
+    @property
+    def starts_workflow(self) -> bool:
+        """True when the statement calls df.start (the engine should look once it commits)."""
+        return "start" in self.df_functions
 
 
 def classify(sql: str) -> Classification:
@@ -45,9 +54,14 @@ def classify(sql: str) -> Classification:
         tree = json.loads(parser.parse_sql_json(sql))
     except parser.ParseError:
         return Classification(StatementKind.UNPARSABLE)
-    statements = [raw["stmt"] for raw in tree.get("stmts", ())]
+    raw_statements = tree.get("stmts", [])
+    statements = [raw["stmt"] for raw in raw_statements]
     if any(_is_create_extension(stmt) for stmt in statements):
-        return Classification(StatementKind.CREATE_EXTENSION, statement_count=len(statements))
+        return Classification(
+            StatementKind.CREATE_EXTENSION,
+            statement_count=len(statements),
+            rewritten=_without_create_extension(sql, raw_statements),
+        )
     functions: set[str] = set()
     uses_operators = False
     for call in _nodes_of(statements, "FuncCall"):
@@ -61,9 +75,67 @@ def classify(sql: str) -> Classification:
         )
     if not functions:
         return Classification(StatementKind.PASSTHROUGH, statement_count=len(statements))
+    error, rewritten = (None, None)
+    if "start" in functions:
+        error, rewritten = _first_step_error(sql, raw_statements)
     return Classification(
-        StatementKind.WORKFLOW, frozenset(functions), uses_operators, len(statements)
+        StatementKind.WORKFLOW,
+        frozenset(functions),
+        uses_operators,
+        len(statements),
+        rewritten=rewritten,
+        step_error=error,
     )
+
+
+def _first_step_error(
+    sql: str, raw_statements: list[dict[str, Any]]
+) -> tuple[StepSyntaxError | None, str | None]:
+    """The first broken SQL step, and `sql` with its statement turned into a raise."""
+    data = sql.encode()
+    for raw in raw_statements:
+        for step in start_steps(raw["stmt"]):
+            error = check_step(step, sql, data)
+            if error is None:
+                continue
+            start = raw.get("stmt_location", 0)
+            end = start + raw["stmt_len"] if raw.get("stmt_len") else len(data)
+            params = "".join(f", ${n}::text" for n in param_numbers(raw["stmt"]))
+            raise_sql = (
+                f"{' ' if start else ''}SELECT df._step_syntax_error({_literal(error.message)}, "
+                f"{error.position}, {_literal(error.step)}{params})"
+            )
+            return error, (data[:start] + raise_sql.encode() + data[end:]).decode()
+    return None, None
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+# What `CREATE EXTENSION [IF NOT EXISTS] pg_durable` becomes: the catalog is installed by
+# pgdurable itself, so the statement only checks that it is there.
+EXTENSION_NOOP = (
+    "DO $pgdurable$BEGIN IF to_regclass('df._migrations') IS NULL THEN RAISE EXCEPTION "
+    "'pg_durable background worker not yet initialized — try again in a moment' "
+    "USING ERRCODE = '55000'; END IF; END$pgdurable$"
+)
+
+
+def _without_create_extension(sql: str, raw_statements: list[dict[str, Any]]) -> str:
+    """`sql` with each CREATE EXTENSION pg_durable statement replaced by the no-op."""
+    data = sql.encode()
+    pieces = []
+    cursor = 0
+    for raw in raw_statements:
+        if not _is_create_extension(raw["stmt"]):
+            continue
+        start = raw.get("stmt_location", 0)
+        end = start + raw["stmt_len"] if raw.get("stmt_len") else len(data)
+        pieces += [data[cursor:start], b" " if start else b"", EXTENSION_NOOP.encode()]
+        cursor = end
+    pieces.append(data[cursor:])
+    return b"".join(pieces).decode()
 
 
 def _is_create_extension(stmt: dict[str, Any]) -> bool:

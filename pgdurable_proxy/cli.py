@@ -7,9 +7,12 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import uvloop
 
+from engine.engine import Engine
+from engine.settings import EngineSettings
 from pgdurable_proxy import logs
 from pgdurable_proxy.config import ConfigError, Settings, parse_settings
 from pgdurable_proxy.dsn import UpstreamDSN, parse_dsn
@@ -18,6 +21,7 @@ from pgdurable_proxy.metrics import Metrics
 from pgdurable_proxy.server import ProxyServer, server_tls_context
 
 log = logging.getLogger("pgdurable.cli")
+ENGINE_BOOT_WAIT = 15.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,12 +59,31 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
+def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings:
+    """The engine's view of the configuration: admin DSN and how to log in as an owner."""
+    return EngineSettings(
+        admin_dsn=upstream.admin_uri(),
+        step_dsn=lambda role, database: upstream.with_user(role, None, database),
+        catalog_database=upstream.dbname,
+        max_user_connections=settings.max_user_connections,
+        lease_seconds=settings.lease_seconds,
+        poll_interval=settings.poll_interval,
+        enable_superuser_instances=settings.enable_superuser_instances,
+    )
+
+
 async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
     metrics = Metrics()
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = server_tls_context(str(settings.tls_cert), str(settings.tls_key))
-    server = ProxyServer(upstream, Interceptor(metrics), metrics, tls)
+    engine = Engine(engine_settings(settings, upstream))
+    await engine.start()
+    try:  # normally the catalog is in place before clients come; never wait forever for it
+        await asyncio.wait_for(asyncio.shield(engine.started()), ENGINE_BOOT_WAIT)
+    except TimeoutError:
+        log.warning("event=engine_not_ready_yet waited=%ss", ENGINE_BOOT_WAIT)
+    server = ProxyServer(upstream, Interceptor(metrics), metrics, tls, wake=engine.wake)
     port = await server.start(settings.host, settings.port)
     admin = None
     if settings.http_port is not None:
@@ -68,11 +91,14 @@ async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
 
         admin = await start_admin(settings.host, settings.http_port, metrics)
     _announce(settings, upstream, port)
-    await _wait_for_signal()
+    failure = await _wait_for_signal_or(engine.failed)
     log.warning("event=shutting_down sessions=%d", len(server.sessions))
     await server.shutdown(settings.shutdown_timeout)
+    await engine.stop()
     if admin is not None:
         await admin.cleanup()
+    if failure is not None:
+        raise failure
 
 
 def _announce(settings: Settings, upstream: UpstreamDSN, port: int) -> None:
@@ -83,9 +109,14 @@ def _announce(settings: Settings, upstream: UpstreamDSN, port: int) -> None:
     print(f'connect with: psql "{uri}"', flush=True)
 
 
-async def _wait_for_signal() -> None:
+async def _wait_for_signal_or(failed: asyncio.Future[BaseException]) -> BaseException | None:
+    """Wait for SIGTERM/SIGINT (None) or for the engine to fail for good (its error)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    waiting: set[asyncio.Future[Any]] = {stopped, failed}
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    return failed.result() if failed.done() else None

@@ -31,6 +31,10 @@ class Settings:
     tls_key: Path | None = None
     http_port: int | None = None
     shutdown_timeout: float = 30.0
+    enable_superuser_instances: bool = False
+    max_user_connections: int = 10
+    poll_interval: float = 1.0
+    lease_seconds: float = 30.0
 
     @property
     def embedded(self) -> bool:
@@ -82,6 +86,30 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=float(env.get("PGDURABLE_SHUTDOWN_TIMEOUT", "30")),
         help="seconds sessions may take to finish after SIGTERM",
     )
+    p.add_argument(
+        "--enable-superuser-instances",
+        action="store_true",
+        default=env.get("PGDURABLE_ENABLE_SUPERUSER_INSTANCES", "") in ("1", "on", "true"),
+        help="let superusers own workflows (pg_durable.enable_superuser_instances)",
+    )
+    p.add_argument(
+        "--max-user-connections",
+        type=int,
+        default=int(env.get("PGDURABLE_MAX_USER_CONNECTIONS", "10")),
+        help="global cap on concurrently running SQL steps",
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=float(env.get("PGDURABLE_POLL_INTERVAL", "1.0")),
+        help="seconds between safety-net polls for due work",
+    )
+    p.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=float(env.get("PGDURABLE_LEASE_SECONDS", "30")),
+        help="how long a claimed step stays ours without renewal",
+    )
     return p
 
 
@@ -113,4 +141,8 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         tls_key=args.tls_key,
         http_port=int(args.http_port) if args.http_port is not None else None,
         shutdown_timeout=args.shutdown_timeout,
+        enable_superuser_instances=args.enable_superuser_instances,
+        max_user_connections=args.max_user_connections,
+        poll_interval=args.poll_interval,
+        lease_seconds=args.lease_seconds,
     )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from dsl import Classification, StatementKind, classify
 from pgdurable_proxy.metrics import Metrics
+from pgdurable_proxy.wire.messages import frame
 
 _Q = ord("Q")
 
@@ -16,6 +18,27 @@ def message_sql(msg_type: int, message: bytes) -> bytes:
         return message[5:-1]
     name_end = message.index(b"\0", 5)
     return message[name_end + 1 : message.index(b"\0", name_end + 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The interceptor's answer for one message."""
+
+    replacement: bytes | None = None  # None: forward the original bytes
+    starts_workflow: bool = False
+    positions_errors: bool = False  # the server will raise a positioned step syntax error
+
+
+PASS = Decision()
+
+
+def replace_sql(msg_type: int, message: bytes, sql: bytes) -> bytes:
+    """The same Query/Parse message carrying different SQL text (parameter types kept)."""
+    if msg_type == _Q:
+        return frame(b"Q", sql + b"\0")
+    name_end = message.index(b"\0", 5)
+    sql_end = message.index(b"\0", name_end + 1)
+    return frame(b"P", message[5 : name_end + 1] + sql + message[sql_end:])
 
 
 class Interceptor:
@@ -47,15 +70,18 @@ class Interceptor:
 
     def inspect(
         self, session_parameters: Mapping[str, str], msg_type: int, message: bytes
-    ) -> bytes | None:
-        """Return replacement bytes for a candidate message, or None to forward it as is."""
+    ) -> Decision:
+        """What to do with a candidate message: replacement bytes and engine hints."""
         if not _lexable(session_parameters):
-            return None
+            return PASS
         self.metrics.candidates_total += 1
         verdict = self.verdict(message_sql(msg_type, message))
         if verdict.kind is StatementKind.WORKFLOW:
             self.metrics.workflow_statements_total += 1
-        return None
+        replacement = None
+        if verdict.rewritten is not None:
+            replacement = replace_sql(msg_type, message, verdict.rewritten.encode())
+        return Decision(replacement, verdict.starts_workflow, verdict.step_error is not None)
 
 
 def _lexable(parameters: Mapping[str, str]) -> bool:

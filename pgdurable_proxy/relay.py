@@ -10,6 +10,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Protocol, cast
 
 from pgdurable_proxy.dsn import UpstreamDSN
@@ -21,8 +22,9 @@ from pgdurable_proxy.upstream import (
 )
 from pgdurable_proxy.wire import startup
 from pgdurable_proxy.wire.errors import ProtocolViolation
-from pgdurable_proxy.wire.frames import ClientFramer, ServerTracker
+from pgdurable_proxy.wire.frames import IDLE, ClientFramer, ServerTracker
 from pgdurable_proxy.wire.messages import TERMINATE, error_response, strip_channel_binding
+from pgdurable_proxy.wire.positions import ErrorPositioner
 
 log = logging.getLogger("pgdurable.relay")
 
@@ -32,6 +34,7 @@ class SessionHost(Protocol):
 
     upstream: UpstreamDSN
     tls_context: ssl.SSLContext | None
+    wake: Callable[[], None]
 
     def register(self, session: ClientSession) -> None: ...
     def unregister(self, session: ClientSession) -> None: ...
@@ -50,6 +53,8 @@ class ClientSession(asyncio.Protocol):
         self.params: dict[str, str] = {}
         self._startup_buffer = bytearray()
         self._closing = False
+        # a df.start went upstream: tell the engine once the session is idle (committed)
+        self.wake_on_idle = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -211,6 +216,7 @@ class UpstreamLink(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.tracker = ServerTracker()
         self._auth: bytearray | None = None  # set while auth messages need rewriting
+        self._positioner: ErrorPositioner | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -221,13 +227,26 @@ class UpstreamLink(asyncio.Protocol):
         if transport.get_extra_info("sslcontext") is not None and not client_tls:
             self._auth = bytearray()
 
+    def position_errors(self) -> None:
+        """Frame replies until the next ReadyForQuery to position a step syntax error."""
+        if self._positioner is None or self._positioner.done:
+            self._positioner = ErrorPositioner()
+
     def data_received(self, data: bytes) -> None:
         if self._auth is not None:
             data = self._rewrite_auth(data)
-        self.tracker.feed(data)
-        client = self.client.transport
-        if client is not None:
-            client.write(data)
+        if self._positioner is not None:
+            data = self._positioner.feed(data)
+            if self._positioner.done:
+                self._positioner = None
+        tracker = self.tracker
+        tracker.feed(data)
+        client = self.client
+        if client.wake_on_idle and tracker.status == IDLE and tracker.at_boundary:
+            client.wake_on_idle = False
+            client.host.wake()
+        if client.transport is not None:
+            client.transport.write(data)
 
     def _rewrite_auth(self, data: bytes) -> bytes:
         """Until the first ReadyForQuery, pass whole messages, minus channel binding offers."""

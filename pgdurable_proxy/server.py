@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 
 from pgdurable_proxy.dsn import UpstreamDSN
 from pgdurable_proxy.intercept import Interceptor
@@ -23,8 +24,10 @@ class ProxyServer:
         interceptor: Interceptor,
         metrics: Metrics,
         tls_context: ssl.SSLContext | None = None,
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
         self.upstream = upstream
+        self.wake = wake
         self.tls_context = tls_context
         self.interceptor = interceptor
         self.metrics = metrics
@@ -72,7 +75,12 @@ class ProxyServer:
     def inspect(self, session: ClientSession, msg_type: int, message: bytes) -> bytes | None:
         link = session.upstream
         parameters = link.tracker.parameters if link is not None else {}
-        return self.interceptor.inspect(parameters, msg_type, message)
+        decision = self.interceptor.inspect(parameters, msg_type, message)
+        if decision.starts_workflow:
+            session.wake_on_idle = True
+        if decision.positions_errors and link is not None and link.tracker.at_boundary:
+            link.position_errors()
+        return decision.replacement
 
 
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext:

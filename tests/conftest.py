@@ -37,3 +37,13 @@ def proxy(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     process = ProxyProcess(cluster.dsn(), log_path=log_path).start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def catalog_dsn(cluster: Cluster) -> str:
+    """A fresh database of `cluster` with the df catalog migrated in (engine not running)."""
+    from tests.support.catalog import create_database, install_catalog
+
+    dsn = create_database(cluster, "df_catalog")
+    install_catalog(dsn)
+    return dsn

@@ -1,0 +1,163 @@
+"""Find the constant SQL steps inside `df.start(...)` and check their syntax with pglast.
+
+pg_durable reports a broken step only when the workflow runs it; pgdurable reports it when
+df.start is called, as SQLSTATE 42601 with a position inside the user's own statement.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pglast import parser
+
+# For each builder: which positional arguments are workflow steps (auto-wrapped SQL).
+STEP_ARGUMENTS = {
+    "sql": (0,),
+    "seq": (0, 1),
+    "join": (0, 1),
+    "race": (0, 1),
+    "join3": (0, 1, 2),
+    "if": (0, 1, 2),
+    "if_rows": (1, 2),
+    "loop": (0, 1),
+    "as": (0,),
+}
+# Operator -> which operands are steps (|=> names its left operand; ?> and !> keep both).
+STEP_OPERANDS = {
+    "~>": (0, 1),
+    "&": (0, 1),
+    "|": (0, 1),
+    "?>": (0, 1),
+    "!>": (0, 1),
+    "|=>": (0,),
+    "@>": (1,),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StepSyntaxError:
+    """A SQL step that does not parse, located in the enclosing statement."""
+
+    message: str
+    position: int  # 1-based character position in the statement text, as PostgreSQL reports
+    step: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepConstant:
+    """A string constant that becomes a SQL step, with its byte location."""
+
+    value: str
+    location: int
+
+
+def start_steps(statement: dict[str, Any]) -> Iterator[StepConstant]:
+    """The constant SQL steps of every df.start(...) call in one parsed statement."""
+    for call in _calls(statement, "start"):
+        args = call.get("args", [])
+        fut = next(
+            (
+                a["NamedArgExpr"]["arg"]
+                for a in args
+                if "NamedArgExpr" in a and a["NamedArgExpr"].get("name") == "fut"
+            ),
+            None,
+        )
+        if fut is None and args and "NamedArgExpr" not in args[0]:
+            fut = args[0]
+        if fut is not None:
+            yield from _steps_of(fut)
+
+
+def _steps_of(expr: dict[str, Any]) -> Iterator[StepConstant]:
+    if "TypeCast" in expr:
+        yield from _steps_of(expr["TypeCast"]["arg"])
+    elif "A_Const" in expr and "sval" in expr["A_Const"]:
+        const = expr["A_Const"]
+        value = const["sval"].get("sval", "")
+        if not value.lstrip().startswith("{"):  # a Durofut JSON text, not SQL
+            yield StepConstant(value, const.get("location", -1))
+    elif "A_Expr" in expr and expr["A_Expr"].get("kind") == "AEXPR_OP":
+        node = expr["A_Expr"]
+        op = node["name"][0]["String"]["sval"] if node.get("name") else ""
+        operands = [node.get("lexpr"), node.get("rexpr")]
+        for index in STEP_OPERANDS.get(op, ()):
+            if operands[index] is not None:
+                yield from _steps_of(operands[index])
+    elif "FuncCall" in expr:
+        name = _df_name(expr["FuncCall"])
+        args = expr["FuncCall"].get("args", [])
+        for index in STEP_ARGUMENTS.get(name or "", ()):
+            if index < len(args) and "NamedArgExpr" not in args[index]:
+                yield from _steps_of(args[index])
+
+
+# Execution-time references: `{var}` is raw text (it may be a table name), `$name` a value.
+_BRACED = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+_NAMED = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*(?!\$)(\.\*|\.[A-Za-z_][A-Za-z0-9_]*\??|\?)?")
+
+
+def check_step(step: StepConstant, statement_sql: str, sql_bytes: bytes) -> StepSyntaxError | None:
+    """A positioned error when the step's SQL does not parse, else None."""
+    if _BRACED.search(step.value) or _NAMED.search(step.value):
+        return None  # completed only at run time (a {var} may even be a table name)
+    try:
+        parser.parse_sql_json(step.value)
+        return None
+    except parser.ParseError as exc:
+        message = str(exc.args[0])
+        offset = exc.args[1] if len(exc.args) > 1 and exc.args[1] is not None else len(step.value)
+    if step.location < 0:
+        return StepSyntaxError(message, 1, step.value)
+    start = len(sql_bytes[: step.location].decode("utf-8", "replace"))
+    return StepSyntaxError(message, _position(statement_sql, start, int(offset)), step.value)
+
+
+def _position(sql: str, literal_start: int, offset: int) -> int:
+    """1-based position of character `offset` of a literal's value within `sql`."""
+    if sql.startswith("$", literal_start):
+        tag_end = sql.index("$", literal_start + 1) + 1
+        return tag_end + offset + 1
+    if not sql.startswith("'", literal_start):
+        return literal_start + 1  # E'', U&'' and the like: point at the literal
+    raw = literal_start + 1
+    for _ in range(offset):
+        raw += 2 if sql.startswith("''", raw) else 1
+    return raw + 1
+
+
+def _calls(tree: Any, function: str) -> Iterator[dict[str, Any]]:
+    stack = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            call = item.get("FuncCall")
+            if isinstance(call, dict) and _df_name(call) == function:
+                yield call
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _df_name(call: dict[str, Any]) -> str | None:
+    names = [p["String"]["sval"] for p in call.get("funcname", []) if "String" in p]
+    return str(names[1]) if len(names) == 2 and names[0] == "df" else None
+
+
+def param_numbers(tree: Any) -> list[int]:
+    """The $n parameters a statement references, sorted."""
+    found: set[int] = set()
+    stack = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("ParamRef")
+            if isinstance(ref, dict) and "number" in ref:
+                found.add(int(ref["number"]))
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(item)
+    return sorted(found)

@@ -1,0 +1,287 @@
+"""The engine: installs the catalog, advances instances, runs leaf tasks, recovers leases.
+
+Wake-ups come from three places: `wake()` (the proxy saw a df.start commit), NOTIFY on
+channel df_wake (every other call site and other pgdurable processes), and a slow poll that
+also catches due timers and expired leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable
+from typing import Any, cast
+
+import asyncpg
+
+from engine.graph import Planner, TaskLease
+from engine.migrations import migrate
+from engine.queries import q
+from engine.settings import EngineSettings
+from engine.steps import StepConnections, StepFailed, Task, run_sql_step
+
+log = logging.getLogger("pgdurable.engine")
+CLAIM_BATCH = 64
+SLEEP_RESULT = '{{"slept": true, "seconds": {seconds}}}'
+
+
+class Engine:
+    """One engine per pgdurable process; several processes may share a database."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.owner_id = str(uuid.uuid4())
+        self.lease = TaskLease(self.owner_id, settings.lease_seconds)
+        self.steps = StepConnections(settings)
+        self.pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._running: dict[tuple[str, str], str] = {}  # (instance, node) -> lease token
+        self._loops: list[asyncio.Task[None]] = []
+        self._ready = asyncio.Event()
+        self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        self.version = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start in the background: the catalog is installed as soon as PostgreSQL answers."""
+        self._loops = [asyncio.create_task(self._run(), name="pgdurable-engine")]
+        self._loops[0].add_done_callback(self._on_run_done)
+
+    def _on_run_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and not self.failed.done():
+            log.error("event=engine_failed error=%r", task.exception())
+            self.failed.set_result(cast(BaseException, task.exception()))
+
+    async def started(self) -> None:
+        """Wait until the catalog is installed and the loops run (tests, benchmarks)."""
+        await self._ready.wait()
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                await self._boot()
+                break
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("event=engine_boot_retry error=%r delay=%.1f", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self._ready.set()
+        self.wake()
+        await asyncio.gather(self._scheduler(), self._lease_keeper())
+
+    async def _boot(self) -> None:
+        conn = await asyncpg.connect(self.settings.admin_dsn)
+        try:
+            self.version = await migrate(conn)
+            await self._publish(conn)
+        finally:
+            await conn.close()
+        self.pool = await asyncpg.create_pool(
+            self.settings.admin_dsn, min_size=1, max_size=self.settings.admin_pool_size
+        )
+        await self._listen()
+
+    async def _publish(self, conn: asyncpg.Connection) -> None:
+        s = self.settings
+        settings = {
+            "enable_superuser_instances": "on" if s.enable_superuser_instances else "off",
+            "list_instances_max_limit": str(s.list_instances_max_limit),
+            "max_user_connections": str(s.max_user_connections),
+        }
+        for name, value in settings.items():
+            await conn.execute(q("publish_setting"), name, value)
+        await conn.execute(q("worker_ready"), self.version)
+        await conn.execute(q("heartbeat"), uuid.UUID(self.owner_id))
+
+    async def _listen(self) -> None:
+        self._listener = await asyncpg.connect(self.settings.admin_dsn)
+        await self._listener.add_listener("df_wake", lambda *_: self.wake())
+
+    async def stop(self) -> None:
+        """Stop the loops; in-flight steps are abandoned (their leases expire)."""
+        self._stop.set()
+        self._wake.set()
+        for task in [*self._loops, *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.terminate()
+        await self.steps.close()
+        if self.pool is not None:
+            self.pool.terminate()
+
+    def wake(self) -> None:
+        """Look for work now (called when a df.start committed through the proxy)."""
+        self._wake.set()
+
+    # -- loops --------------------------------------------------------------------------------
+    async def _scheduler(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+            self._wake.clear()
+            try:
+                await self._ensure_listener()
+                await self._process_advances()
+                await self._claim_tasks()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("event=scheduler_error error=%r", exc)
+                await asyncio.sleep(min(1.0, self.settings.poll_interval))
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is None or self._listener.is_closed():
+            await self._listen()
+
+    async def _lease_keeper(self) -> None:
+        pool = self._require_pool()
+        interval = self.settings.lease_seconds / 3
+        while not self._stop.is_set():
+            await asyncio.sleep(interval)
+            tokens = [uuid.UUID(t) for t in self._running.values()]
+            try:
+                if tokens:
+                    await pool.execute(
+                        q("renew_leases"),
+                        uuid.UUID(self.owner_id),
+                        self.settings.lease_seconds,
+                        tokens,
+                    )
+                await pool.execute(q("heartbeat"), uuid.UUID(self.owner_id))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("event=lease_renewal_failed error=%r", exc)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _require_pool(self) -> asyncpg.Pool:
+        assert self.pool is not None, "engine not started"
+        return self.pool
+
+    # -- advancing ----------------------------------------------------------------------------
+    async def _process_advances(self) -> None:
+        pool = self._require_pool()
+        rows = await pool.fetch(q("pending_advances"), 256)
+        await asyncio.gather(*(self.advance(r["instance_id"]) for r in rows))
+
+    async def advance(self, instance_id: str) -> None:
+        """Load, plan and apply one instance's next steps in one transaction."""
+        pool = self._require_pool()
+        async with pool.acquire() as conn, conn.transaction():
+            text = await conn.fetchval(q("load_for_advance"), instance_id)
+            if text is None:
+                return
+            state = json.loads(text)
+            state["allow_superuser"] = self.settings.enable_superuser_instances
+            plan = Planner(state, self.lease, lambda: str(uuid.uuid4())).run()
+            await conn.execute(q("apply_plan"), instance_id, plan.to_json())
+        if plan.drop_all_tasks:
+            await self._cancel_running(instance_id)
+        for task in plan.tasks:
+            if task["lease_owner"] == self.owner_id:
+                self._start_task(
+                    Task(
+                        instance_id,
+                        task["node_id"],
+                        task["node_type"],
+                        task["payload"],
+                        task["lease_token"],
+                        state["owner"] or "",
+                        state["database"] or self.settings.catalog_database,
+                    )
+                )
+            else:
+                self.wake()
+
+    # -- leaf tasks ------------------------------------------------------------------------------
+    async def _claim_tasks(self) -> None:
+        free = self.steps.slots._value  # claim no more than we can run now
+        if free <= 0:
+            return
+        pool = self._require_pool()
+        rows = await pool.fetch(
+            q("claim_tasks"),
+            uuid.UUID(self.owner_id),
+            self.settings.lease_seconds,
+            min(free, CLAIM_BATCH),
+        )
+        for r in rows:
+            if r["attempts"] > 1:
+                log.info(
+                    "event=task_recovered instance=%s node=%s attempt=%d",
+                    r["instance_id"],
+                    r["node_id"],
+                    r["attempts"],
+                )
+            self._start_task(
+                Task(
+                    r["instance_id"],
+                    r["node_id"],
+                    r["node_type"],
+                    r["payload"],
+                    str(r["lease_token"]),
+                    r["owner"] or "",
+                    r["database"] or self.settings.catalog_database,
+                )
+            )
+
+    def _start_task(self, task: Task) -> None:
+        self._running[(task.instance_id, task.node_id)] = task.token
+        self._spawn(self._run_task(task))
+
+    async def _run_task(self, task: Task) -> None:
+        try:
+            if task.node_type == "SQL":
+                await self._run_sql(task)
+            elif task.node_type == "SLEEP":
+                raw = SLEEP_RESULT.format(seconds=int(task.payload or 0))
+                await self._require_pool().execute(
+                    q("complete_step"),
+                    task.instance_id,
+                    task.node_id,
+                    uuid.UUID(task.token),
+                    raw,
+                    "exactly-once",
+                )
+            await self.advance(task.instance_id)
+        except StepFailed as exc:
+            await self._fail(task, str(exc))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning(
+                "event=task_error instance=%s node=%s error=%r", task.instance_id, task.node_id, exc
+            )  # the lease expires; retried
+        finally:
+            self._running.pop((task.instance_id, task.node_id), None)
+
+    async def _run_sql(self, task: Task) -> None:
+        async with self.steps.slots:
+            conn = await self.steps.acquire(task.owner, task.database)
+            try:
+                await run_sql_step(conn, task)
+            finally:
+                await self.steps.release(task.owner, task.database, conn)
+
+    async def _fail(self, task: Task, error: str) -> None:
+        pool = self._require_pool()
+        try:
+            recorded = await pool.fetchval(
+                q("fail_step"), task.instance_id, task.node_id, uuid.UUID(task.token), error, None
+            )
+            if recorded:
+                await self.advance(task.instance_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("event=fail_record_error instance=%s error=%r", task.instance_id, exc)
+
+    async def _cancel_running(self, instance_id: str) -> None:
+        """Cancelled instance: its running steps are abandoned (their tasks are gone)."""
+        for inst, node in list(self._running):
+            if inst == instance_id:
+                log.info("event=abandon_step instance=%s node=%s", inst, node)

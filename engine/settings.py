@@ -1,0 +1,22 @@
+"""The engine's configuration: one frozen object, passed down."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """How the engine reaches PostgreSQL and how hard it may push."""
+
+    admin_dsn: str
+    # libpq URI for a step connection: (role, database) -> DSN
+    step_dsn: Callable[[str, str], str]
+    catalog_database: str
+    max_user_connections: int = 10
+    lease_seconds: float = 30.0
+    poll_interval: float = 1.0
+    enable_superuser_instances: bool = False
+    list_instances_max_limit: int = 1000
+    admin_pool_size: int = 4

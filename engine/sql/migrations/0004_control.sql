@@ -1,0 +1,212 @@
+-- pgdurable catalog, version 4: control functions (§3.4), variables (§3.5) and the
+-- administration helpers (§3.7), with pg_durable's names, signatures and messages.
+
+-- status/result are VOLATILE so that each call sees the engine's latest commits, as
+-- pg_durable's do (a STABLE function would reuse the calling statement's snapshot).
+CREATE FUNCTION df.status(instance_id text)
+RETURNS text LANGUAGE sql VOLATILE STRICT AS $$
+    SELECT i.status FROM df.instances i WHERE i.id = status.instance_id
+$$;
+
+CREATE FUNCTION df.result(instance_id text)
+RETURNS text LANGUAGE sql VOLATILE STRICT AS $$
+    SELECT n.result::text
+    FROM df.instances i JOIN df.nodes n ON n.instance_id = i.id AND n.id = i.root_node
+    WHERE i.id = result.instance_id AND n.status = 'completed'
+$$;
+
+CREATE FUNCTION df.cancel(instance_id text, reason text DEFAULT 'Cancelled by user')
+RETURNS text LANGUAGE plpgsql STRICT AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM df.instances i WHERE i.id = cancel.instance_id) THEN
+        RAISE EXCEPTION 'Instance not found or access denied: %', instance_id
+            USING ERRCODE = '42704';
+    END IF;
+    UPDATE df.instances i SET status = 'cancelled', updated_at = now()
+    WHERE i.id = cancel.instance_id AND i.status NOT IN ('completed', 'failed', 'cancelled');
+    PERFORM df._request_advance(instance_id);
+    RETURN format('Instance %s cancelled: %s', instance_id, reason);
+END
+$$;
+
+-- Ask the engine to look at an instance again (cancel, signal). Only for visible instances.
+CREATE FUNCTION df._request_advance(target text)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    owner_role regrole;
+BEGIN
+    SELECT submitted_by INTO owner_role FROM df.instances WHERE id = target;
+    IF owner_role IS NULL OR NOT pg_has_role(session_user, owner_role, 'MEMBER') THEN
+        RETURN;
+    END IF;
+    INSERT INTO df._advance (instance_id) VALUES (target) ON CONFLICT DO NOTHING;
+    PERFORM pg_notify('df_wake', target);
+END
+$$;
+
+CREATE FUNCTION df.await_instance(instance_id text, timeout_seconds integer DEFAULT 30)
+RETURNS text LANGUAGE plpgsql STRICT AS $$
+DECLARE
+    deadline timestamptz;
+    current_status text;
+    pause double precision := 0.002;
+BEGIN
+    IF df._in_workflow() THEN
+        RAISE EXCEPTION 'df.await_instance() cannot be called inside a workflow - it would block a worker thread (and self-deadlock if waiting on the current instance). Use df.signal() and df.wait_for_signal() for cross-workflow coordination.'
+            USING ERRCODE = '0A000';
+    END IF;
+    IF timeout_seconds <= 0 THEN
+        RAISE EXCEPTION 'Timeout must be positive' USING ERRCODE = '22023';
+    END IF;
+    deadline := clock_timestamp() + make_interval(secs => timeout_seconds);
+    LOOP
+        SELECT i.status INTO current_status FROM df.instances i
+        WHERE i.id = await_instance.instance_id;
+        IF current_status IS NULL THEN
+            RAISE EXCEPTION 'Instance not found: %', instance_id USING ERRCODE = '42704';
+        END IF;
+        IF current_status IN ('completed', 'failed', 'cancelled') THEN
+            PERFORM df._mark_helper_result('df.await_instance', current_status);
+            RETURN current_status;
+        END IF;
+        IF clock_timestamp() >= deadline THEN
+            RAISE EXCEPTION 'Timeout after %s waiting for instance % (status: %). Check if background worker is running.',
+                timeout_seconds, instance_id, current_status USING ERRCODE = '57014';
+        END IF;
+        PERFORM pg_sleep(pause);
+        pause := least(pause * 2, 0.05);
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION df.wait_for_completion(instance_id text, timeout_seconds integer DEFAULT 30)
+RETURNS text LANGUAGE plpgsql STRICT AS $$
+BEGIN
+    RAISE WARNING 'df.wait_for_completion() is deprecated; use df.await_instance() instead';
+    RETURN df.await_instance(instance_id, timeout_seconds);
+END
+$$;
+
+CREATE FUNCTION df.run(instance_id text DEFAULT NULL)
+RETURNS text LANGUAGE sql AS $$
+    SELECT CASE WHEN instance_id IS NULL THEN 'Triggered run for all pending instances'
+                ELSE 'Triggered run for instance: ' || instance_id END
+$$;
+
+CREATE FUNCTION df.duroxide_schema()
+RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT '_duroxide'::text $$;
+
+DO $do$
+BEGIN
+    -- pg_durable.database: the database this catalog was installed in
+    EXECUTE format('CREATE FUNCTION df.target_database() RETURNS text LANGUAGE sql IMMUTABLE '
+                   'PARALLEL SAFE AS %L', format('SELECT %L::text', current_database()));
+    EXECUTE format('CREATE FUNCTION df.version() RETURNS text LANGUAGE sql IMMUTABLE STRICT AS %L',
+                   format('SELECT %L::text', '0.2.6 (built '
+                          || to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+                          || ')'));
+END
+$do$;
+
+-- ---------------------------------------------------------------------------------------
+-- Variables (§3.5)
+-- ---------------------------------------------------------------------------------------
+CREATE FUNCTION df.setvar(name text, value text)
+RETURNS text LANGUAGE plpgsql STRICT AS $$
+BEGIN
+    IF df._in_workflow() THEN
+        RAISE EXCEPTION 'df.setvar() cannot be called inside a workflow - set variables before starting the workflow'
+            USING ERRCODE = '0A000';
+    END IF;
+    INSERT INTO df.vars AS v (name, value, owner)
+    VALUES (setvar.name, setvar.value, quote_ident(current_user)::regrole)
+    ON CONFLICT ON CONSTRAINT vars_pkey DO UPDATE SET value = excluded.value;
+    PERFORM df._mark_helper_result('df.setvar', 'OK');
+    RETURN 'OK';
+END
+$$;
+
+CREATE FUNCTION df.getvar(name text)
+RETURNS text LANGUAGE sql STABLE STRICT AS $$
+    SELECT v.value FROM df.vars v
+    WHERE v.name = getvar.name AND v.owner = quote_ident(current_user)::regrole
+$$;
+
+CREATE FUNCTION df.unsetvar(name text)
+RETURNS text LANGUAGE plpgsql STRICT AS $$
+BEGIN
+    IF df._in_workflow() THEN
+        RAISE EXCEPTION 'df.unsetvar() cannot be called inside a workflow - manage variables before starting the workflow'
+            USING ERRCODE = '0A000';
+    END IF;
+    DELETE FROM df.vars v
+    WHERE v.name = unsetvar.name AND v.owner = quote_ident(current_user)::regrole;
+    PERFORM df._mark_helper_result('df.unsetvar', 'OK');
+    RETURN 'OK';
+END
+$$;
+
+CREATE FUNCTION df.clearvars()
+RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    IF df._in_workflow() THEN
+        RAISE EXCEPTION 'df.clearvars() cannot be called inside a workflow - manage variables before starting the workflow'
+            USING ERRCODE = '0A000';
+    END IF;
+    DELETE FROM df.vars v WHERE v.owner = quote_ident(current_user)::regrole;
+    PERFORM df._mark_helper_result('df.clearvars', 'OK');
+    RETURN 'OK';
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- Administration (§3.7)
+-- ---------------------------------------------------------------------------------------
+CREATE FUNCTION df.grant_usage(p_role text, include_http boolean DEFAULT false,
+                               with_grant boolean DEFAULT false)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    opt text := CASE WHEN with_grant THEN ' WITH GRANT OPTION' ELSE '' END;
+BEGIN
+    EXECUTE format('GRANT USAGE ON SCHEMA df TO %I', p_role) || opt;
+    IF include_http THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION df.http(text, text, text, jsonb, integer) TO %I', p_role) || opt;
+        EXECUTE format('GRANT EXECUTE ON FUNCTION df.http_multipart(text, text, jsonb, jsonb, integer) TO %I', p_role) || opt;
+    END IF;
+    IF with_grant THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean) TO %I', p_role) || opt;
+        EXECUTE format('GRANT EXECUTE ON FUNCTION df.revoke_usage(text) TO %I', p_role) || opt;
+        EXECUTE format('GRANT EXECUTE ON FUNCTION df.metrics() TO %I', p_role) || opt;
+    END IF;
+    EXECUTE format('GRANT SELECT ON df.instances TO %I', p_role) || opt;
+    EXECUTE format('GRANT UPDATE (status, updated_at) ON df.instances TO %I', p_role) || opt;
+    EXECUTE format('GRANT SELECT ON df.nodes TO %I', p_role) || opt;
+    EXECUTE format('GRANT INSERT (id, label, root_node, submitted_by, database) ON df.instances TO %I', p_role) || opt;
+    EXECUTE format('GRANT INSERT (id, instance_id, node_type, query, result_name, left_node, right_node, submitted_by, database) ON df.nodes TO %I', p_role) || opt;
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON df.vars TO %I', p_role) || opt;
+    EXECUTE format('GRANT SELECT ON df._executions, df._instance_overview TO %I', p_role) || opt;
+    RAISE NOTICE 'pg_durable: granted df usage privileges to "%"', p_role;
+END
+$$;
+
+CREATE FUNCTION df.revoke_usage(p_role text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    BEGIN
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION df.http(text, text, text, jsonb, integer) FROM %I CASCADE', p_role);
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION df.http_multipart(text, text, jsonb, jsonb, integer) FROM %I CASCADE', p_role);
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean) FROM %I CASCADE', p_role);
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION df.revoke_usage(text) FROM %I CASCADE', p_role);
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION df.metrics() FROM %I CASCADE', p_role);
+    EXCEPTION WHEN insufficient_privilege THEN
+        NULL;
+    END;
+    EXECUTE format('REVOKE ALL ON df.instances, df.nodes, df.vars, df._executions, '
+                   'df._instance_overview FROM %I CASCADE', p_role);
+    EXECUTE format('REVOKE USAGE ON SCHEMA df FROM %I CASCADE', p_role);
+    RAISE NOTICE 'pg_durable: revoked df usage privileges granted by "%" from "%"', current_user, p_role;
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION df.revoke_usage(text) FROM PUBLIC;

@@ -1,0 +1,152 @@
+-- pgdurable catalog, version 7: the engine's own functions. The engine (table owner) calls
+-- _load_for_advance and _apply_plan on its admin connection; _complete_step runs inside a
+-- workflow step's transaction, on the owner's connection, guarded by the lease token.
+
+-- Everything needed to advance one instance, or NULL when another engine holds it.
+CREATE FUNCTION df._load_for_advance(p_instance text)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    inst record;
+BEGIN
+    PERFORM 1 FROM df._advance WHERE instance_id = p_instance FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT i.*, r.rolname, r.rolsuper, r.rolcanlogin INTO inst
+    FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by
+    WHERE i.id = p_instance FOR UPDATE OF i;
+    IF NOT FOUND THEN
+        DELETE FROM df._advance WHERE instance_id = p_instance;
+        RETURN NULL;
+    END IF;
+    RETURN jsonb_build_object(
+        'id', inst.id, 'label', inst.label, 'root', inst.root_node, 'status', inst.status,
+        'owner', inst.rolname, 'owner_oid', inst.submitted_by::oid, 'superuser', inst.rolsuper,
+        'can_login', inst.rolcanlogin, 'database', inst.database,
+        'vars', coalesce((SELECT v.vars FROM df._instance_vars v WHERE v.instance_id = p_instance), '{}'),
+        'execution_id', (SELECT max(e.execution_id) FROM df._executions e WHERE e.instance_id = p_instance),
+        'events', coalesce((SELECT e.event_count FROM df._executions e WHERE e.instance_id = p_instance
+                            ORDER BY e.execution_id DESC LIMIT 1), 0),
+        'nodes', (SELECT jsonb_agg(jsonb_build_object(
+                      'id', n.id, 'type', n.node_type, 'query', n.query, 'name', n.result_name,
+                      'left', n.left_node, 'right', n.right_node, 'status', n.status,
+                      'raw', s.raw_result,
+                      'error', CASE WHEN n.status = 'failed' THEN n.result #>> '{}' END,
+                      'iteration', coalesce(s.iteration, 0)))
+                  FROM df.nodes n LEFT JOIN df._node_state s
+                       ON s.instance_id = n.instance_id AND s.node_id = n.id
+                  WHERE n.instance_id = p_instance));
+END
+$$;
+
+-- Write what the planner decided, in the same transaction as the load.
+CREATE FUNCTION df._apply_plan(p_instance text, plan jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE df.nodes n
+    SET status = u.status,
+        result = CASE WHEN u.status = 'completed' THEN (u.raw)::jsonb
+                      WHEN u.status = 'failed' THEN to_jsonb(u.error) END,
+        status_details = coalesce(u.details, n.status_details),
+        updated_at = now()
+    FROM jsonb_to_recordset(coalesce(plan -> 'nodes', '[]'))
+         AS u(id text, status text, raw text, error text, details jsonb)
+    WHERE n.instance_id = p_instance AND n.id = u.id;
+
+    INSERT INTO df._node_state AS s (instance_id, node_id, raw_result)
+    SELECT p_instance, u.id, u.raw
+    FROM jsonb_to_recordset(coalesce(plan -> 'nodes', '[]')) AS u(id text, raw text)
+    WHERE u.raw IS NOT NULL
+    ON CONFLICT (instance_id, node_id) DO UPDATE SET raw_result = excluded.raw_result;
+
+    IF (plan ->> 'drop_all_tasks')::boolean THEN
+        DELETE FROM df._tasks WHERE instance_id = p_instance;
+    END IF;
+
+    INSERT INTO df._tasks (instance_id, node_id, node_type, payload, due_at, lease_owner,
+                           lease_token, lease_until)
+    SELECT p_instance, t.node_id, t.node_type, t.payload,
+           clock_timestamp() + make_interval(secs => coalesce(t.delay, 0)),
+           t.lease_owner, t.lease_token,
+           CASE WHEN t.lease_owner IS NOT NULL THEN now() + make_interval(secs => t.lease_seconds) END
+    FROM jsonb_to_recordset(coalesce(plan -> 'tasks', '[]'))
+         AS t(node_id text, node_type text, payload text, delay double precision, lease_owner uuid,
+              lease_token uuid, lease_seconds double precision)
+    ON CONFLICT (instance_id, node_id) DO NOTHING;
+
+    IF plan ? 'instance_status' THEN
+        UPDATE df.instances
+        SET status = plan ->> 'instance_status', updated_at = now(),
+            completed_at = CASE WHEN plan ->> 'instance_status' = 'completed' THEN now() END
+        WHERE id = p_instance AND status NOT IN ('completed', 'failed', 'cancelled');
+    END IF;
+
+    INSERT INTO df._executions AS e (instance_id, execution_id, submitted_by, status,
+                                     event_count, output, completed_at)
+    SELECT p_instance, (plan ->> 'execution_id')::bigint, i.submitted_by,
+           coalesce(plan ->> 'execution_status', 'Running'), (plan ->> 'events')::bigint,
+           plan ->> 'output',
+           CASE WHEN plan ->> 'execution_status' IN ('Completed', 'Failed') THEN clock_timestamp() END
+    FROM df.instances i WHERE i.id = p_instance
+    ON CONFLICT (instance_id, execution_id) DO UPDATE
+    SET status = excluded.status, event_count = excluded.event_count,
+        output = coalesce(excluded.output, e.output),
+        completed_at = coalesce(excluded.completed_at, e.completed_at);
+
+    DELETE FROM df._advance WHERE instance_id = p_instance;
+END
+$$;
+
+-- Record a step's result in the step's own transaction: the statement and its record
+-- commit together, so a crash before COMMIT loses both and the step runs again.
+CREATE FUNCTION df._complete_step(p_instance text, p_node text, p_token uuid, p_raw text,
+                                  p_delivery text DEFAULT 'exactly-once')
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM 1 FROM df._tasks
+    WHERE instance_id = p_instance AND node_id = p_node AND lease_token = p_token
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgdurable: step %/% is not leased with this token', p_instance, p_node
+            USING ERRCODE = '40001';
+    END IF;
+    -- a step that could not run inside a transaction block says so where users look
+    UPDATE df.nodes
+    SET status = 'completed', result = p_raw::jsonb, updated_at = now(),
+        status_details = CASE WHEN p_delivery = 'exactly-once' THEN status_details
+                              ELSE coalesce(status_details, '{}')
+                                   || jsonb_build_object('delivery', p_delivery) END
+    WHERE instance_id = p_instance AND id = p_node;
+    INSERT INTO df._node_state AS s (instance_id, node_id, raw_result, delivery)
+    VALUES (p_instance, p_node, p_raw, p_delivery)
+    ON CONFLICT (instance_id, node_id)
+    DO UPDATE SET raw_result = excluded.raw_result, delivery = excluded.delivery;
+    DELETE FROM df._tasks WHERE instance_id = p_instance AND node_id = p_node;
+    INSERT INTO df._advance (instance_id) VALUES (p_instance) ON CONFLICT DO NOTHING;
+END
+$$;
+
+-- A step failed (its transaction was rolled back): record the error, if still leased.
+CREATE FUNCTION df._fail_step(p_instance text, p_node text, p_token uuid, p_error text,
+                              p_delivery text DEFAULT NULL)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM df._tasks
+    WHERE instance_id = p_instance AND node_id = p_node AND lease_token = p_token;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE df.nodes SET status = 'failed', result = to_jsonb(p_error), updated_at = now()
+    WHERE instance_id = p_instance AND id = p_node;
+    IF p_delivery IS NOT NULL THEN
+        INSERT INTO df._node_state (instance_id, node_id, delivery)
+        VALUES (p_instance, p_node, p_delivery)
+        ON CONFLICT (instance_id, node_id) DO UPDATE SET delivery = excluded.delivery;
+    END IF;
+    INSERT INTO df._advance (instance_id) VALUES (p_instance) ON CONFLICT DO NOTHING;
+    RETURN true;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._fail_step(text, text, uuid, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION df._load_for_advance(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION df._apply_plan(text, jsonb) FROM PUBLIC;

@@ -1,0 +1,60 @@
+-- Named queries the engine runs (loaded once by engine/queries.py).
+
+-- name: claim_tasks
+-- Take up to $3 due tasks whose lease is free or expired; $1 = this engine, $2 = lease seconds.
+UPDATE df._tasks t
+SET lease_owner = $1, lease_token = gen_random_uuid(),
+    lease_until = now() + make_interval(secs => $2), attempts = t.attempts + 1
+FROM df.instances i
+WHERE i.id = t.instance_id
+  AND (t.instance_id, t.node_id) IN (
+      SELECT c.instance_id, c.node_id FROM df._tasks c
+      WHERE c.due_at <= now() AND (c.lease_owner IS NULL OR c.lease_until < now())
+      ORDER BY c.due_at
+      LIMIT $3
+      FOR UPDATE SKIP LOCKED)
+RETURNING t.instance_id, t.node_id, t.node_type, t.payload, t.lease_token, t.attempts,
+          (SELECT r.rolname FROM pg_roles r WHERE r.oid = i.submitted_by) AS owner, i.database;
+
+-- name: task_identity
+SELECT (SELECT r.rolname FROM pg_roles r WHERE r.oid = i.submitted_by) AS owner, i.database
+FROM df.instances i WHERE i.id = $1;
+
+-- name: renew_leases
+UPDATE df._tasks SET lease_until = now() + make_interval(secs => $2)
+WHERE lease_owner = $1 AND lease_token = ANY ($3::uuid[]);
+
+-- name: pending_advances
+SELECT instance_id FROM df._advance ORDER BY requested_at LIMIT $1;
+
+-- name: load_for_advance
+SELECT df._load_for_advance($1)::text;
+
+-- name: apply_plan
+SELECT df._apply_plan($1, $2::jsonb);
+
+-- name: complete_step
+SELECT df._complete_step($1, $2, $3, $4, $5);
+
+-- name: fail_step
+SELECT df._fail_step($1, $2, $3, $4, $5);
+
+-- name: publish_setting
+INSERT INTO df._settings (name, value) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value;
+
+-- name: worker_ready
+INSERT INTO _duroxide._worker_ready (sentinel, schema_version) VALUES (true, $1)
+ON CONFLICT (sentinel) DO UPDATE SET schema_version = excluded.schema_version;
+
+-- name: heartbeat
+INSERT INTO df._worker_epoch (epoch_id) VALUES ($1)
+ON CONFLICT (epoch_id) DO UPDATE SET last_seen_at = now();
+
+-- name: reset_step_session
+-- Leave a pooled step connection as a fresh login would find it (RESET ALL skips role).
+SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *;
+SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;
+
+-- name: cancel_backend
+SELECT pg_cancel_backend($1);

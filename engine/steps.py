@@ -1,0 +1,136 @@
+"""Run SQL steps as their owner, exactly once where PostgreSQL allows it (§6.2, decision 3).
+
+The step's statement and df._complete_step commit in one transaction on a connection that
+logged in as the instance's owner. Statements that cannot run in a transaction block are
+re-run in autocommit mode and recorded afterwards: at-least-once, and df.instance_nodes
+says so through the node's delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+
+import asyncpg
+
+from engine.queries import q
+from engine.results import UnsupportedColumn, check_columns, rows_document
+from engine.settings import EngineSettings
+
+log = logging.getLogger("pgdurable.steps")
+ACTIVE_SQL_TRANSACTION = "25001"
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A claimed leaf task."""
+
+    instance_id: str
+    node_id: str
+    node_type: str
+    payload: str | None
+    token: str
+    owner: str
+    database: str
+
+
+class StepFailed(Exception):
+    """The step failed; the message is what pg_durable users see on the node."""
+
+
+class StepConnections:
+    """Idle connections per (role, database), capped by a global semaphore."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.slots = asyncio.Semaphore(settings.max_user_connections)
+        self._idle: dict[tuple[str, str], list[asyncpg.Connection]] = defaultdict(list)
+
+    async def acquire(self, role: str, database: str) -> asyncpg.Connection:
+        idle = self._idle[(role, database)]
+        while idle:
+            conn = idle.pop()
+            if not conn.is_closed():
+                return conn
+        try:
+            return await asyncpg.connect(
+                self.settings.step_dsn(role, database),
+                timeout=30,
+                server_settings={
+                    "df.in_workflow": "true",
+                    "application_name": "pg_durable:worker:workflow-sql",
+                },
+            )
+        except TimeoutError as exc:
+            raise StepFailed(
+                f"Connection to database '{database}' as '{role}' timed out after 30s"
+            ) from exc
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StepFailed(
+                f"Failed to connect to database '{database}' as '{role}'. Error: {exc}"
+            ) from exc
+
+    async def release(self, role: str, database: str, conn: asyncpg.Connection) -> None:
+        try:
+            await conn.execute(q("reset_step_session"))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            conn.terminate()
+            return
+        idle = self._idle[(role, database)]
+        if len(idle) < self.settings.max_user_connections:
+            idle.append(conn)
+        else:
+            await conn.close()
+
+    async def close(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.terminate()
+        self._idle.clear()
+
+
+async def run_sql_step(conn: asyncpg.Connection, task: Task) -> bool:
+    """Execute and record one SQL step; True when recorded, raises StepFailed otherwise."""
+    sql = task.payload or ""
+    try:
+        async with conn.transaction():
+            raw = await _execute(conn, sql)
+            await conn.execute(
+                q("complete_step"), task.instance_id, task.node_id, task.token, raw, "exactly-once"
+            )
+        return True
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate != ACTIVE_SQL_TRANSACTION:
+            raise StepFailed(_sql_error(exc)) from exc
+    log.info("event=step_autocommit instance=%s node=%s", task.instance_id, task.node_id)
+    try:
+        raw = await _execute(conn, sql)
+        await conn.execute(
+            q("complete_step"), task.instance_id, task.node_id, task.token, raw, "at-least-once"
+        )
+    except asyncpg.PostgresError as exc:
+        raise StepFailed(_sql_error(exc)) from exc
+    return True
+
+
+async def _execute(conn: asyncpg.Connection, sql: str) -> str:
+    stmt = await conn.prepare(sql)
+    parameters = stmt.get_parameters()
+    if parameters:
+        raise StepFailed(
+            "SQL execution failed: error returned from database: bind message supplies 0 "
+            f'parameters, but prepared statement "" requires {len(parameters)}'
+        )
+    columns = [(attr.name, attr.type.name) for attr in stmt.get_attributes()]
+    try:
+        check_columns(columns)
+    except UnsupportedColumn as exc:
+        raise StepFailed(str(exc)) from exc
+    rows = await stmt.fetch()
+    return rows_document(columns, [tuple(r) for r in rows])
+
+
+def _sql_error(exc: asyncpg.PostgresError) -> str:
+    return f"SQL execution failed: error returned from database: {exc}"

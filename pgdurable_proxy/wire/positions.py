@@ -1,0 +1,54 @@
+"""Move the position that df._step_syntax_error carries into the ErrorResponse 'P' field.
+
+Armed only after the relay rewrote a statement; it frames server→client messages until the
+next ReadyForQuery and then steps aside, so ordinary traffic never pays for it.
+"""
+
+from __future__ import annotations
+
+from pgdurable_proxy.wire.messages import build_error_body, frame, parse_error_fields
+
+MARKER = "pgdurable:position="
+
+
+class ErrorPositioner:
+    """Rewrites marked ErrorResponses in a server→client stream (sans-I/O)."""
+
+    __slots__ = ("_buffer", "done")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Return the bytes the client should see now; holds back an incomplete message."""
+        buf = self._buffer
+        buf += data
+        out = bytearray()
+        while len(buf) >= 5:
+            end = 1 + int.from_bytes(buf[1:5], "big")
+            if len(buf) < end:
+                break
+            message = bytes(buf[:end])
+            del buf[:end]
+            out += _positioned(message) if message[:1] == b"E" else message
+            if message[:1] == b"Z":
+                self.done = True
+                out += buf
+                buf.clear()
+                break
+        return bytes(out)
+
+
+def _positioned(message: bytes) -> bytes:
+    fields = parse_error_fields(message[5:])
+    column = fields.get("c", "")
+    if not column.startswith(MARKER):
+        return message
+    kept = {code: value for code, value in fields.items() if code not in ("c", "W", "P")}
+    rebuilt: dict[str, str] = {}
+    for code, value in kept.items():
+        rebuilt[code] = value
+        if code == "M":
+            rebuilt["P"] = column[len(MARKER) :]
+    return frame(b"E", build_error_body(rebuilt))

@@ -1,0 +1,191 @@
+"""Bad workflow input: clear ErrorResponses with SQLSTATEs (and positions), server unharmed."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from tests.support.clusters import run_psql
+from tests.support.proxy import ProxyProcess
+
+
+def _error(dsn: str, sql: str, *params: object) -> psycopg.Error:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(sql, params or None)
+        assert conn.execute("SELECT 'still serving'").fetchone() == ("still serving",)
+    return info.value
+
+
+def test_step_syntax_error_has_a_position_in_the_users_statement(wf_dsn: str) -> None:
+    sql = "SELECT df.start('SELECT 1' ~> 'SELEC 2')"
+    error = _error(wf_dsn, sql)
+    assert error.sqlstate == "42601"
+    assert error.diag.message_primary == 'syntax error at or near "SELEC"'
+    assert error.diag.statement_position == str(sql.index("SELEC 2") + 1)
+    assert error.diag.column_name is None
+
+
+def test_step_syntax_error_aborts_the_transaction_like_a_server_error(wf_dsn: str) -> None:
+    with psycopg.connect(wf_dsn) as conn:
+        conn.execute("SELECT 1")
+        with pytest.raises(psycopg.errors.SyntaxError):
+            conn.execute("SELECT df.start($$SELECT 1 FRM t$$, 'x')")
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("SELECT 1")
+        conn.rollback()
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+
+
+def test_step_syntax_error_with_parameters_extended_protocol(wf_dsn: str) -> None:
+    sql = "SELECT df.start('SELECT 1 FRM t' ~> %s)"
+    error = _error(wf_dsn, sql, "SELECT 2")
+    assert error.sqlstate == "42601"
+    assert error.diag.statement_position == str(sql.index("t'") + 1)
+
+
+def test_psql_shows_the_caret(proxy: ProxyProcess, wf_dsn: str) -> None:
+    result = run_psql(wf_dsn, "SELECT df.start('SELECT 1' ~> 'SELEC 2');\n", check=False)
+    assert 'ERROR:  syntax error at or near "SELEC"' in result.stderr
+    assert "LINE 1: SELECT df.start('SELECT 1' ~> 'SELEC 2');" in result.stderr
+    caret_line = result.stderr.splitlines()[2]
+    assert caret_line.index("^") == len("LINE 1: ") + len("SELECT df.start('SELECT 1' ~> '")
+
+
+def _chain(depth: int) -> str:
+    node = {"node_type": "SQL", "query": "SELECT 1"}
+    for _ in range(depth - 1):
+        node = {
+            "node_type": "THEN",
+            "left_node": node,
+            "right_node": {"node_type": "SQL", "query": "SELECT 2"},
+        }
+    return json.dumps(node)
+
+
+def _wide(nodes: int) -> str:
+    """A JOIN tree of `nodes` leaves... balanced, so it is shallow."""
+    leaves = [{"node_type": "SQL", "query": f"SELECT {i}"} for i in range(nodes)]
+    while len(leaves) > 1:
+        pairs = [
+            {"node_type": "JOIN", "left_node": leaves[i], "right_node": leaves[i + 1]}
+            for i in range(0, len(leaves) - 1, 2)
+        ]
+        leaves = pairs + ([leaves[-1]] if len(leaves) % 2 else [])
+    return json.dumps(leaves[0])
+
+
+@pytest.mark.parametrize(
+    ("sql", "params", "sqlstate", "text"),
+    [
+        (
+            "SELECT df.start(%s)",
+            (_chain(257),),
+            "54001",
+            "Graph exceeds maximum nesting depth of 256",
+        ),
+        (
+            "SELECT df.start(%s)",
+            (_wide(5001),),
+            "54000",
+            "Workflow exceeds maximum node count of 10000",
+        ),
+        (
+            'SELECT df.start(\'{"node_type":"NOPE"}\')',
+            (),
+            "22023",
+            "Invalid durable function: Unknown node_type 'NOPE'. Valid types: SQL, THEN, IF, JOIN, "
+            "LOOP, BREAK, RACE, SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL",
+        ),
+        (
+            "SELECT df.start('SELECT 1', database => 'no_such_db')",
+            (),
+            "3D000",
+            'database "no_such_db" does not exist',
+        ),
+        (
+            "SELECT df.start('SELECT 1', transaction_mode => 'sideways')",
+            (),
+            "22023",
+            "invalid transaction_mode \"sideways\" for df.start(): expected 'caller' or 'new'",
+        ),
+        (
+            "SELECT df.as('SELECT 1', '1bad')",
+            (),
+            "22023",
+            "df.as: result name '1bad' is not a valid identifier — must match "
+            "[a-zA-Z_][a-zA-Z0-9_]*",
+        ),
+        ("SELECT df.as('SELECT 1', '')", (), "22023", "df.as: result name cannot be empty"),
+        ("SELECT df.sleep(-1)", (), "22023", "Sleep duration must be non-negative"),
+        ("SELECT df.wait_for_signal('')", (), "22023", "Signal name cannot be empty"),
+        ("SELECT df.wait_for_signal('s', 0)", (), "22023", "Timeout must be positive"),
+        (
+            "SELECT ('SELECT 1' ~> 'SELECT 2') !> 'SELECT 3'",
+            (),
+            None,
+            "Invalid if-then-else: left side of !> must be a ?> expression",
+        ),
+        (
+            "SELECT * FROM df.list_instances(NULL, 10, NULL, 'zz')",
+            (),
+            "22023",
+            "df.list_instances: invalid after_cursor",
+        ),
+        ("SELECT * FROM df.list_instances(NULL, 0)", (), "22023", "limit_count must be at least 1"),
+        (
+            "SELECT * FROM df.list_instances(NULL, 5000)",
+            (),
+            "22023",
+            "exceeds pg_durable.list_instances_max_limit (1000)",
+        ),
+        (
+            "SELECT df.cancel('deadbeef')",
+            (),
+            "42704",
+            "Instance not found or access denied: deadbeef",
+        ),
+        ("SELECT df.await_instance('deadbeef', 1)", (), "42704", "Instance not found: deadbeef"),
+        ("SELECT df.await_instance('deadbeef', 0)", (), "22023", "Timeout must be positive"),
+        (
+            "SELECT * FROM df.instance_executions('deadbeef', 0)",
+            (),
+            "22023",
+            "limit_count must be at least 1",
+        ),
+    ],
+)
+def test_error_texts(
+    wf_dsn: str, sql: str, params: tuple[object, ...], sqlstate: str | None, text: str
+) -> None:
+    error = _error(wf_dsn, sql, *params)
+    assert text in str(error)
+    if sqlstate is not None:
+        assert error.sqlstate == sqlstate
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT df.status('deadbeef')",
+        "SELECT df.result('deadbeef')",
+        "SELECT df.status(NULL)",
+        "SELECT df.result(NULL)",
+        "SELECT df.sql(NULL)",
+        "SELECT df.seq('SELECT 1', NULL)",
+    ],
+)
+def test_unknown_ids_and_nulls_give_null(wf_dsn: str, sql: str) -> None:
+    with psycopg.connect(wf_dsn) as conn:
+        assert conn.execute(sql).fetchone() == (None,)
+
+
+def test_no_rows_written_by_a_failed_start(wf_dsn: str) -> None:
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        before = conn.execute("SELECT count(*) FROM df.instances").fetchone()
+        for bad in (_chain(300), '{"node_type":"THEN"}'):
+            with pytest.raises(psycopg.Error):
+                conn.execute("SELECT df.start(%s)", (bad,))
+        assert conn.execute("SELECT count(*) FROM df.instances").fetchone() == before

@@ -1,0 +1,190 @@
+"""Workflows of SQL and THEN steps: results, names, variables, call sites, failures."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from pgdurable_proxy.cluster import Cluster
+from tests.support.proxy import ProxyProcess
+
+
+def _run(dsn: str, graph_sql: str, *params: object, timeout: int = 20) -> tuple[str, str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(f"SELECT df.start({graph_sql})", params).fetchone()
+        assert row is not None
+        instance = str(row[0])
+        status = conn.execute("SELECT df.await_instance(%s, %s)", (instance, timeout)).fetchone()
+        assert status is not None
+        return instance, str(status[0])
+
+
+def _result(dsn: str, instance: str) -> object:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT df.result(%s)", (instance,)).fetchone()
+        assert row is not None
+        return json.loads(row[0]) if row[0] is not None else None
+
+
+def test_named_results_and_substitution(wf_dsn: str) -> None:
+    graph = (
+        "'SELECT 21 AS n, ''it''''s'' AS quote' |=> 'a' ~> "
+        "'SELECT $a * 2 AS doubled, $a.quote AS q, $a? AS maybe' ~> "
+        "'SELECT * FROM $a.* '"
+    )
+    instance, status = _run(wf_dsn, graph)
+    assert status == "completed"
+    assert _result(wf_dsn, instance) == {"rows": [{"n": 21, "quote": "it's"}], "row_count": 1}
+    with psycopg.connect(wf_dsn) as conn:
+        mid = conn.execute(
+            "SELECT result::jsonb FROM df.instance_nodes(%s) WHERE query LIKE 'SELECT $a * 2%%'",
+            (instance,),
+        ).fetchone()
+    assert mid is not None and mid[0]["rows"] == [{"doubled": 42, "q": "it's", "maybe": 21}]
+
+
+def test_variables_are_snapshotted_at_start(wf_dsn: str) -> None:
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        conn.execute("SELECT df.setvar('color', 'blue')")
+        instance = conn.execute(
+            "SELECT df.start('SELECT pg_sleep(0.3)' ~> 'SELECT ''{color}'' AS c, "
+            "''{sys_label}'' AS l', 'lbl')"
+        ).fetchone()[0]  # type: ignore[index]
+        conn.execute("SELECT df.setvar('color', 'red')")
+        assert conn.execute("SELECT df.getvar('color')").fetchone() == ("red",)
+        assert conn.execute("SELECT df.await_instance(%s, 10)", (instance,)).fetchone() == (
+            "completed",
+        )
+        result = conn.execute("SELECT df.result(%s)::jsonb", (instance,)).fetchone()
+        assert result is not None and result[0]["rows"] == [{"c": "blue", "l": "lbl"}]
+        conn.execute("SELECT df.clearvars()")
+
+
+def test_types_map_like_pg_durable(wf_dsn: str) -> None:
+    graph = (
+        "$$SELECT 1.50::numeric AS num, '2024-06-15 12:00:00+00'::timestamptz AS tz, "
+        "'2024-06-15 12:00:00.5'::timestamp AS ts, '2024-06-15'::date AS d, "
+        "'{\"k\": [1]}'::jsonb AS j, NULL::text AS nothing, 0.1::real AS r, "
+        "'NaN'::float8 AS nan, true AS b, 7::int2 AS s$$"
+    )
+    instance, status = _run(wf_dsn, graph)
+    assert status == "completed"
+    with psycopg.connect(wf_dsn) as conn:
+        raw = conn.execute("SELECT output FROM df.instance_info(%s)", (instance,)).fetchone()
+    assert raw is not None
+    assert raw[0] == (
+        '{"rows":[{"num":"1.50","tz":"2024-06-15T12:00:00+00:00","ts":"2024-06-15T12:00:00.500",'
+        '"d":"2024-06-15","j":{"k":[1]},"nothing":null,"r":0.10000000149011612,"nan":null,'
+        '"b":true,"s":7}],"row_count":1}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("graph", "message"),
+    [
+        ("'SELECT 1/0'", "SQL execution failed: error returned from database: division by zero"),
+        ("'SELECT ''\\x00''::bytea AS b'", "Unsupported column type 'BYTEA' for column 'b'"),
+        (
+            "'SELECT 1 WHERE false' |=> 'e' ~> 'SELECT $e'",
+            "$e has no rows — query returned zero results",
+        ),
+        ("'SELECT 1; SELECT 2'", "cannot insert multiple commands into a prepared statement"),
+    ],
+)
+def test_step_failures_fail_the_instance(wf_dsn: str, graph: str, message: str) -> None:
+    instance, status = _run(wf_dsn, graph)
+    assert status == "failed"
+    with psycopg.connect(wf_dsn) as conn:
+        rows = conn.execute(
+            "SELECT status, result #>> '{}' FROM df.nodes WHERE instance_id = %s", (instance,)
+        ).fetchall()
+        failed = [text for status, text in rows if status == "failed"]
+        assert failed and all(message in text for text in failed)
+        assert conn.execute("SELECT df.result(%s)", (instance,)).fetchone() == (None,)
+        out = conn.execute(
+            "SELECT status, output FROM df.instance_executions(%s)", (instance,)
+        ).fetchone()
+        assert out is not None and out[0] == "Failed" and message in out[1]
+
+
+def test_rollback_means_never_ran(wf_dsn: str) -> None:
+    with psycopg.connect(wf_dsn) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS rb_t (v int)")
+        conn.commit()
+        instance = conn.execute("SELECT df.start('INSERT INTO rb_t VALUES (1)')").fetchone()
+        conn.rollback()
+        assert instance is not None
+        assert conn.execute("SELECT df.status(%s)", (instance[0],)).fetchone() == (None,)
+        conn.execute("SELECT pg_sleep(1.5)")
+        assert conn.execute("SELECT count(*) FROM rb_t").fetchone() == (0,)
+
+
+def test_started_from_plpgsql_and_direct_connection(wf_dsn: str, cluster: Cluster) -> None:
+    direct = cluster.dsn("wf_user")  # bypasses pgdurable entirely
+    with psycopg.connect(direct, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS call_sites (site text)")
+        conn.execute("""DO $$
+            DECLARE i text;
+            BEGIN
+                i := df.start('INSERT INTO call_sites VALUES (''plpgsql'')');
+                PERFORM set_config('test.instance', i, false);
+            END $$""")
+        from_do = conn.execute("SELECT current_setting('test.instance')").fetchone()
+        direct_id = conn.execute(
+            "SELECT df.start('INSERT INTO call_sites VALUES (''direct'')')"
+        ).fetchone()
+        assert from_do is not None and direct_id is not None
+        for instance in (from_do[0], direct_id[0]):
+            assert conn.execute("SELECT df.await_instance(%s, 10)", (instance,)).fetchone() == (
+                "completed",
+            )
+        sites = conn.execute("SELECT array_agg(site ORDER BY site) FROM call_sites").fetchone()
+        assert sites == (["direct", "plpgsql"],)
+
+
+def test_steps_run_as_the_owner_with_in_workflow_set(wf_dsn: str) -> None:
+    instance, status = _run(
+        wf_dsn,
+        "'SELECT current_user AS u, session_user AS s, current_setting(''df.in_workflow'') AS w'",
+    )
+    assert status == "completed"
+    assert _result(wf_dsn, instance) == {
+        "rows": [{"u": "wf_user", "s": "wf_user", "w": "true"}],
+        "row_count": 1,
+    }
+    instance, status = _run(wf_dsn, "'SELECT df.setvar(''x'', ''y'')'")
+    assert status == "failed"
+
+
+def test_non_transactional_statement_is_at_least_once(wf_dsn: str) -> None:
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS vac_t (v int)")
+    instance, status = _run(wf_dsn, "'VACUUM vac_t'")
+    assert status == "completed"
+    with psycopg.connect(wf_dsn) as conn:
+        details = conn.execute(
+            "SELECT status_details FROM df.instance_nodes(%s)", (instance,)
+        ).fetchone()
+    assert details is not None and "at-least-once" in str(details[0])
+
+
+def test_superuser_instances_are_refused_by_default(proxy: ProxyProcess) -> None:
+    with (
+        psycopg.connect(proxy.dsn()) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege) as info,
+    ):
+        conn.execute("SELECT df.start('SELECT 1')")
+    assert "superuser instances are disabled" in str(info.value)
+
+
+def test_cancel(wf_dsn: str) -> None:
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        instance = conn.execute("SELECT df.start('SELECT pg_sleep(30)')").fetchone()[0]  # type: ignore[index]
+        message = conn.execute("SELECT df.cancel(%s)", (instance,)).fetchone()
+        assert message == (f"Instance {instance} cancelled: Cancelled by user",)
+        assert conn.execute("SELECT df.await_instance(%s, 5)", (instance,)).fetchone() == (
+            "cancelled",
+        )
+        assert conn.execute("SELECT df.status(%s)", (instance,)).fetchone() == ("cancelled",)
