@@ -13,6 +13,7 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import asyncpg
@@ -25,6 +26,16 @@ from engine.steps import StepConnections, StepFailed, Task, run_sql_step
 
 log = logging.getLogger("pgdurable.engine")
 CLAIM_BATCH = 64
+
+
+@dataclass(slots=True)
+class RunningStep:
+    """A leaf task this engine is executing right now."""
+
+    task: Task
+    backend_pid: int | None = None  # set only while the step's SQL is executing
+
+
 SLEEP_RESULT = '{{"slept": true, "seconds": {seconds}}}'
 
 
@@ -41,7 +52,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._running: dict[tuple[str, str], str] = {}  # (instance, node) -> lease token
+        self._running: dict[tuple[str, str], RunningStep] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
         self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
@@ -123,14 +134,21 @@ class Engine:
 
     # -- loops --------------------------------------------------------------------------------
     async def _scheduler(self) -> None:
+        pause = 0.0
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+                await asyncio.wait_for(self._wake.wait(), pause)
             self._wake.clear()
             try:
                 await self._ensure_listener()
                 await self._process_advances()
                 await self._claim_tasks()
+                due = await self._require_pool().fetchval(q("next_due"))
+                pause = (
+                    self.settings.poll_interval
+                    if due is None
+                    else max(0.0, min(self.settings.poll_interval, float(due)))
+                )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("event=scheduler_error error=%r", exc)
                 await asyncio.sleep(min(1.0, self.settings.poll_interval))
@@ -144,15 +162,17 @@ class Engine:
         interval = self.settings.lease_seconds / 3
         while not self._stop.is_set():
             await asyncio.sleep(interval)
-            tokens = [uuid.UUID(t) for t in self._running.values()]
+            tokens = [uuid.UUID(r.task.token) for r in self._running.values()]
             try:
                 if tokens:
-                    await pool.execute(
+                    kept = await pool.fetch(
                         q("renew_leases"),
                         uuid.UUID(self.owner_id),
                         self.settings.lease_seconds,
                         tokens,
                     )
+                    lost = {str(t) for t in tokens} - {str(r["lease_token"]) for r in kept}
+                    await self._cancel_lost(lost)
                 await pool.execute(q("heartbeat"), uuid.UUID(self.owner_id))
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("event=lease_renewal_failed error=%r", exc)
@@ -181,10 +201,13 @@ class Engine:
                 return
             state = json.loads(text)
             state["allow_superuser"] = self.settings.enable_superuser_instances
+            state["min_iteration_seconds"] = self.settings.min_loop_iteration_seconds
             plan = Planner(state, self.lease, lambda: str(uuid.uuid4())).run()
             await conn.execute(q("apply_plan"), instance_id, plan.to_json())
-        if plan.drop_all_tasks:
-            await self._cancel_running(instance_id)
+        if plan.cancel_nodes:
+            await self._cancel_steps(instance_id, set(plan.cancel_nodes))
+        if plan.wake_at is not None:
+            self.wake()
         for task in plan.tasks:
             if task["lease_owner"] == self.owner_id:
                 self._start_task(
@@ -234,7 +257,7 @@ class Engine:
             )
 
     def _start_task(self, task: Task) -> None:
-        self._running[(task.instance_id, task.node_id)] = task.token
+        self._running[(task.instance_id, task.node_id)] = RunningStep(task)
         self._spawn(self._run_task(task))
 
     async def _run_task(self, task: Task) -> None:
@@ -264,9 +287,14 @@ class Engine:
     async def _run_sql(self, task: Task) -> None:
         async with self.steps.slots:
             conn = await self.steps.acquire(task.owner, task.database)
+            running = self._running.get((task.instance_id, task.node_id))
+            if running is not None:
+                running.backend_pid = conn.get_server_pid()
             try:
                 await run_sql_step(conn, task)
             finally:
+                if running is not None:  # never cancel a pooled backend doing other work
+                    running.backend_pid = None
                 await self.steps.release(task.owner, task.database, conn)
 
     async def _fail(self, task: Task, error: str) -> None:
@@ -280,8 +308,34 @@ class Engine:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("event=fail_record_error instance=%s error=%r", task.instance_id, exc)
 
-    async def _cancel_running(self, instance_id: str) -> None:
-        """Cancelled instance: its running steps are abandoned (their tasks are gone)."""
-        for inst, node in list(self._running):
-            if inst == instance_id:
-                log.info("event=abandon_step instance=%s node=%s", inst, node)
+    async def _cancel_steps(self, instance_id: str, nodes: set[str]) -> None:
+        """Cancel the SQL still running for abandoned nodes (a RACE loser, a cancel)."""
+        for (inst, node), running in list(self._running.items()):
+            if inst == instance_id and node in nodes:
+                await self._cancel_backend(running)
+
+    async def _cancel_lost(self, lost_tokens: set[str]) -> None:
+        """Steps whose lease could not be renewed (another engine has the task, or it was
+        abandoned) are cancelled here."""
+        for running in list(self._running.values()):
+            if running.task.token in lost_tokens:
+                await self._cancel_backend(running)
+
+    async def _cancel_backend(self, running: RunningStep) -> None:
+        if running.backend_pid is None:
+            return
+        task = running.task
+        log.info(
+            "event=cancel_step instance=%s node=%s pid=%s",
+            task.instance_id,
+            task.node_id,
+            running.backend_pid,
+        )
+        try:  # the owner may always cancel its own backends; no extra privilege needed
+            conn = await self.steps.acquire(task.owner, task.database)
+            try:
+                await conn.execute(q("cancel_backend"), running.backend_pid)
+            finally:
+                await self.steps.release(task.owner, task.database, conn)
+        except (StepFailed, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("event=cancel_failed error=%r", exc)

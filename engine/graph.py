@@ -9,64 +9,17 @@ loaded the state, so every decision is durable before anything acts on it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
+from engine import flow
+from engine.outcomes import WAITING, Broke, Done, Failed, Node, NodeStatus, Outcome
 from engine.substitute import SubstitutionError, substitute_results, substitute_vars
 
-
-class NodeStatus(StrEnum):
-    """Stored node statuses."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
-@dataclass(slots=True)
-class Node:
-    """One df.nodes row as the planner sees it."""
-
-    id: str
-    type: str
-    query: str | None
-    name: str | None
-    left: str | None
-    right: str | None
-    status: str
-    raw: str | None
-    error: str | None
-
-    @classmethod
-    def from_json(cls, item: dict[str, Any]) -> Node:
-        return cls(
-            item["id"],
-            item["type"],
-            item["query"],
-            item["name"],
-            item["left"],
-            item["right"],
-            item["status"],
-            item["raw"],
-            item["error"],
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    raw: str
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    error: str
-
-
-WAITING = None
-Outcome = Done | Failed | None
+BREAK_OUTSIDE_LOOP = (
+    "df.break() was called outside of a loop. df.break() may only be used inside df.loop()."
+)
 
 
 @dataclass(slots=True)
@@ -75,22 +28,28 @@ class Plan:
 
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: list[dict[str, Any]] = field(default_factory=list)
+    cancel_nodes: list[str] = field(default_factory=list)
     instance_status: str | None = None
     execution_status: str = "Running"
     output: str | None = None
     events: int = 0
     execution_id: int = 1
+    continued_from: int | None = None  # a root loop began a new execution
     drop_all_tasks: bool = False
+    wake_at: float | None = None  # epoch seconds: advance again then
 
     def to_json(self) -> str:
-        body: dict[str, Any] = {
+        body = {
             "nodes": list(self.nodes.values()),
             "tasks": self.tasks,
+            "cancel_nodes": self.cancel_nodes,
             "execution_status": self.execution_status,
             "output": self.output,
             "events": self.events,
             "execution_id": self.execution_id,
+            "continued_from": self.continued_from,
             "drop_all_tasks": self.drop_all_tasks,
+            "wake_at": self.wake_at,
         }
         if self.instance_status is not None:
             body["instance_status"] = self.instance_status
@@ -115,10 +74,15 @@ class Planner:
         self.nodes = {n["id"]: Node.from_json(n) for n in instance["nodes"] or []}
         self.lease = lease
         self.new_token = new_token
+        self.now = float(instance.get("now") or 0.0)
+        self.min_iteration_seconds = float(instance.get("min_iteration_seconds", 1.0))
         self.plan = Plan(
             events=int(instance["events"]), execution_id=int(instance["execution_id"] or 1)
         )
-        self.stamp = json.dumps({"execution_id": f"{instance['id']}::{self.plan.execution_id}"})
+
+    @property
+    def stamp(self) -> dict[str, str]:
+        return {"execution_id": f"{self.instance['id']}::{self.plan.execution_id}"}
 
     # -- entry point ----------------------------------------------------------------------
     def run(self) -> Plan:
@@ -133,6 +97,8 @@ class Planner:
             self.plan.instance_status = "running"
             self.plan.events += 5  # started, load-graph, instance->running
         outcome = self.drive(self.instance["root"])
+        if isinstance(outcome, Broke):
+            outcome = Failed(BREAK_OUTSIDE_LOOP)
         if outcome is not None:
             self._finish(outcome)
         return self.plan
@@ -163,6 +129,7 @@ class Planner:
 
     def _cancel(self) -> Plan:
         self.plan.drop_all_tasks = True
+        self.plan.cancel_nodes = list(self.nodes)
         self.plan.execution_status = "Failed"
         self.plan.output = "Cancelled by user"
         self.plan.events += 1
@@ -175,49 +142,85 @@ class Planner:
             return Failed(f"graph references missing node {node_id}")
         node = self.nodes[node_id]
         if node.status == NodeStatus.COMPLETED:
-            return Done(node.raw or "null")
+            return Broke(node.raw or "null") if node.type == "BREAK" else Done(node.raw or "null")
         if node.status == NodeStatus.FAILED:
             return Failed(node.error or "failed")
-        handler = HANDLERS.get(node.type, Planner._unsupported)
-        return handler(self, node)
+        return HANDLERS.get(node.type, Planner._unsupported)(self, node)
 
     def set_status(
         self, node: Node, status: NodeStatus, raw: str | None = None, error: str | None = None
     ) -> None:
-        """Record a node transition (and count it as two engine events)."""
+        """Record a node transition (two engine events, as pg_durable counts them)."""
         node.status, node.raw, node.error = status, raw, error
-        self.plan.nodes[node.id] = {
-            "id": node.id,
-            "status": status.value,
-            "raw": raw,
-            "error": error,
-            "details": json.loads(self.stamp),
-        }
+        entry = self.plan.nodes.setdefault(node.id, {"id": node.id})
+        entry.update(status=status.value, raw=raw, error=error, details=self.stamp)
         self.plan.events += 2
 
-    def complete(self, node: Node, outcome: Done | Failed) -> Outcome:
-        """Store a compound node's final outcome."""
-        if isinstance(outcome, Done):
-            self.set_status(node, NodeStatus.COMPLETED, raw=outcome.raw)
-        else:
+    def complete(self, node: Node, outcome: Done | Failed | Broke) -> Outcome:
+        """Store a compound node's final outcome (a break passes through as completed)."""
+        if isinstance(outcome, Failed):
             self.set_status(node, NodeStatus.FAILED, error=outcome.error)
+        else:
+            self.set_status(node, NodeStatus.COMPLETED, raw=outcome.raw)
         return outcome
 
     def start(self, node: Node) -> None:
         if node.status == NodeStatus.PENDING:
             self.set_status(node, NodeStatus.RUNNING)
 
-    # -- node types ---------------------------------------------------------------------------
-    def _then(self, node: Node) -> Outcome:
-        self.start(node)
-        first = self.drive(node.left)
-        if not isinstance(first, Done):
-            return self.complete(node, first) if isinstance(first, Failed) else WAITING
-        second = self.drive(node.right)
-        if second is None:
-            return WAITING
-        return self.complete(node, second)
+    def subtree(self, node_id: str | None) -> Iterator[Node]:
+        """A node and all its descendants (children, conditions, extra branches)."""
+        stack = [node_id]
+        while stack:
+            current = stack.pop()
+            if current is None or current not in self.nodes:
+                continue
+            node = self.nodes[current]
+            yield node
+            stack += [node.left, node.right]
+            config = flow._config(node) if node.type in ("IF", "LOOP", "JOIN") else {}
+            stack.append(config.get("condition_node"))  # type: ignore[arg-type]
+            stack += [str(e) for e in config.get("extra_nodes", [])]  # type: ignore[attr-defined]
 
+    def abandon(self, node_id: str, loop_message: str) -> None:
+        """A RACE loser: stop its tasks and running SQL; its stored statuses stay."""
+        for node in self.subtree(node_id):
+            if node.status in (NodeStatus.PENDING, NodeStatus.RUNNING):
+                self.plan.cancel_nodes.append(node.id)
+                if node.type == "LOOP" and node.status == NodeStatus.RUNNING:
+                    self.set_status(node, NodeStatus.FAILED, error=loop_message)
+
+    def begin_iteration(self, loop: Node, first: bool) -> None:
+        """Reset the loop's body (rows are reused: storage does not grow) and count it."""
+        if not first:
+            for node in self.subtree(loop.id):
+                if node.id != loop.id and node.status != NodeStatus.PENDING:
+                    node.status, node.raw, node.error = NodeStatus.PENDING, None, None
+                    self.plan.nodes[node.id] = {
+                        "id": node.id,
+                        "status": "pending",
+                        "raw": None,
+                        "error": None,
+                        "reset": True,
+                    }
+            if loop.id == self.instance["root"]:
+                self._continue_as_new()
+        loop.iteration += 1
+        loop.iteration_started = self.now
+        entry = self.plan.nodes.setdefault(
+            loop.id, {"id": loop.id, "status": loop.status, "raw": None, "error": None}
+        )
+        entry.update(iteration=loop.iteration, iteration_started=self.now, details=self.stamp)
+
+    def _continue_as_new(self) -> None:
+        self.plan.continued_from = self.plan.execution_id
+        self.plan.execution_id += 1
+        self.plan.events = 1
+
+    def wake_at(self, when: float) -> None:
+        self.plan.wake_at = when if self.plan.wake_at is None else min(self.plan.wake_at, when)
+
+    # -- leaves -------------------------------------------------------------------------------
     def _leaf_task(self, node: Node, payload: str | None, due_in: float | None = None) -> Outcome:
         if node.status == NodeStatus.RUNNING:
             return WAITING
@@ -275,7 +278,12 @@ class Planner:
 
 
 HANDLERS: dict[str, Callable[[Planner, Node], Outcome]] = {
-    "THEN": Planner._then,
+    "THEN": flow.then,
+    "IF": flow.if_,
+    "JOIN": flow.join,
+    "RACE": flow.race,
+    "LOOP": flow.loop,
+    "BREAK": flow.break_,
     "SQL": Planner._sql,
     "SLEEP": Planner._sleep,
 }

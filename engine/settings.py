@@ -19,4 +19,5 @@ class EngineSettings:
     poll_interval: float = 1.0
     enable_superuser_instances: bool = False
     list_instances_max_limit: int = 1000
+    min_loop_iteration_seconds: float = 1.0  # pg_durable pads every loop iteration to 1 s
     admin_pool_size: int = 4

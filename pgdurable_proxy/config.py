@@ -35,6 +35,7 @@ class Settings:
     max_user_connections: int = 10
     poll_interval: float = 1.0
     lease_seconds: float = 30.0
+    min_loop_iteration_seconds: float = 1.0
 
     @property
     def embedded(self) -> bool:
@@ -110,6 +111,12 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=float(env.get("PGDURABLE_LEASE_SECONDS", "30")),
         help="how long a claimed step stays ours without renewal",
     )
+    p.add_argument(
+        "--min-loop-iteration-seconds",
+        type=float,
+        default=float(env.get("PGDURABLE_MIN_LOOP_ITERATION_SECONDS", "1.0")),
+        help="pad each loop iteration to at least this long (pg_durable: 1 s)",
+    )
     return p
 
 
@@ -145,4 +152,5 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         max_user_connections=args.max_user_connections,
         poll_interval=args.poll_interval,
         lease_seconds=args.lease_seconds,
+        min_loop_iteration_seconds=args.min_loop_iteration_seconds,
     )

@@ -22,10 +22,18 @@ FROM df.instances i WHERE i.id = $1;
 
 -- name: renew_leases
 UPDATE df._tasks SET lease_until = now() + make_interval(secs => $2)
-WHERE lease_owner = $1 AND lease_token = ANY ($3::uuid[]);
+WHERE lease_owner = $1 AND lease_token = ANY ($3::uuid[])
+RETURNING lease_token;
 
 -- name: pending_advances
-SELECT instance_id FROM df._advance ORDER BY requested_at LIMIT $1;
+SELECT instance_id FROM df._advance WHERE requested_at <= clock_timestamp()
+ORDER BY requested_at LIMIT $1;
+
+-- name: next_due
+-- Seconds until the next timer or paced loop is due (NULL: nothing scheduled).
+SELECT extract(epoch FROM least(
+    (SELECT min(requested_at) FROM df._advance),
+    (SELECT min(due_at) FROM df._tasks WHERE lease_owner IS NULL)) - clock_timestamp());
 
 -- name: load_for_advance
 SELECT df._load_for_advance($1)::text;

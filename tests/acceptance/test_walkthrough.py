@@ -25,3 +25,10 @@ def test_walkthrough_sections_0_to_2(proxy: ProxyProcess) -> None:
     result = run_psql(proxy.dsn(), _sections_0_to_2(), check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "walkthrough sections 0-2 passed" in result.stdout
+
+
+@pytest.mark.skipif(not WALKTHROUGH.exists(), reason=f"{WALKTHROUGH} is not beside this checkout")
+def test_walkthrough_whole_file_unchanged(proxy: ProxyProcess) -> None:
+    result = run_psql(proxy.dsn(), "", "-f", str(WALKTHROUGH), check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "walkthrough: all checks passed" in result.stdout

@@ -141,8 +141,8 @@ SPEC_EXAMPLES = {
         "SELECT df.http_multipart('https://example.com/up', 'POST', "
         """'[{"name": "f", "data_b64": "aGk=", "filename": "a.txt"}]')""",
         '{"node_type":"HTTP_MULTIPART","query":"{\\"url\\":\\"https://example.com/up\\",'
-        '\\"method\\":\\"POST\\",\\"parts\\":[{\\"name\\":\\"f\\",\\"filename\\":\\"a.txt\\",'
-        '\\"data_b64\\":\\"aGk=\\"}],\\"headers\\":null,\\"timeout_seconds\\":30}"}',
+        '\\"method\\":\\"POST\\",\\"parts\\":[{\\"name\\":\\"f\\",\\"data_b64\\":\\"aGk=\\",'
+        '\\"filename\\":\\"a.txt\\"}],\\"headers\\":null,\\"timeout_seconds\\":30}"}',
     ),
 }
 
@@ -200,18 +200,27 @@ PRECEDENCE = {
     ),
     "seq_then_join": (
         "'a' ~> 'b' & 'c'",
-        node("JOIN", left_node=node("THEN", left_node=sql_node("a"), right_node=sql_node("b")),
-             right_node=sql_node("c")),
+        node(
+            "JOIN",
+            left_node=node("THEN", left_node=sql_node("a"), right_node=sql_node("b")),
+            right_node=sql_node("c"),
+        ),
     ),
     "join_then_seq": (
         "'a' & 'b' ~> 'c'",
-        node("THEN", left_node=node("JOIN", left_node=sql_node("a"), right_node=sql_node("b")),
-             right_node=sql_node("c")),
+        node(
+            "THEN",
+            left_node=node("JOIN", left_node=sql_node("a"), right_node=sql_node("b")),
+            right_node=sql_node("c"),
+        ),
     ),
     "race_then_seq": (
         "'a' | 'b' ~> 'c'",
-        node("THEN", left_node=node("RACE", left_node=sql_node("a"), right_node=sql_node("b")),
-             right_node=sql_node("c")),
+        node(
+            "THEN",
+            left_node=node("RACE", left_node=sql_node("a"), right_node=sql_node("b")),
+            right_node=sql_node("c"),
+        ),
     ),
     "prefix_loop_binds_tightest": (
         "@> 'a' ~> 'b'",
@@ -279,17 +288,18 @@ def test_untyped_literals_resolve_to_the_text_operators(conn: Conn) -> None:
 def test_built_in_operators_still_work(conn: Conn) -> None:
     row = conn.execute(
         """SELECT ARRAY[1] @> ARRAY[1], '{"a":1}'::jsonb @> '{}', 6 & 3, 6 | 3,
-                  B'101' & B'011', '10.1.2.3'::inet & '255.0.0.0', int4range(1, 5) @> 3,
-                  '((0,0),2)'::circle @> '(1,1)'::point, 'a' || 'b'"""
+                  (B'101' & B'011')::text, ('10.1.2.3'::inet & '255.0.0.0')::text,
+                  int4range(1, 5) @> 3, '((0,0),2)'::circle @> '(1,1)'::point, 'a' || 'b'"""
     ).fetchone()
-    assert row == (True, True, 2, 7, "001", "10.0.0.0", True, True, "ab")
+    assert row == (True, True, 2, 7, "001", "10.0.0.0/32", True, True, "ab")
 
 
 def test_operators_live_in_public_with_functions_in_df(conn: Conn) -> None:
     rows = conn.execute(
         """SELECT oprname, oprkind, oprleft::regtype::text, oprright::regtype::text,
-                  oprcode::regproc::text
-             FROM pg_operator WHERE oprnamespace = 'public'::regnamespace ORDER BY oprname"""
+                  p.pronamespace::regnamespace::text || '.' || p.proname
+             FROM pg_operator o JOIN pg_proc p ON p.oid = o.oprcode
+            WHERE oprnamespace = 'public'::regnamespace ORDER BY oprname"""
     ).fetchall()
     assert rows == [
         ("!>", "b", "text", "text", "df.if_else_op"),
@@ -305,7 +315,9 @@ def test_operators_live_in_public_with_functions_in_df(conn: Conn) -> None:
 def test_without_public_on_the_search_path_operators_need_qualification(conn: Conn) -> None:
     conn.execute("SET search_path = pg_catalog")
     assert failure(conn, "SELECT 'a'::text ~> 'b'::text")[0] == "42883"
-    assert value(conn, "SELECT 'a' OPERATOR(public.~>) 'b'") == value(conn, "SELECT df.seq('a','b')")
+    assert value(conn, "SELECT 'a' OPERATOR(public.~>) 'b'") == value(
+        conn, "SELECT df.seq('a','b')"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -318,14 +330,18 @@ def test_hand_written_children_are_re_emitted_canonically(conn: Conn) -> None:
         {
             "result_name": "r",
             "extra": {"ignored": [1, 2]},  # unknown keys are dropped, as serde does
-            "right_node": {"query": "é \"q\" \\ \n\t\u0001", "node_type": "SQL"},
+            "right_node": {"query": 'é "q" \\ \n\t\u0001', "node_type": "SQL"},
             "extra_nodes": [
                 {"query": "x", "node_type": "SQL", "left_node": None},
                 {"node_type": "FOO"},  # unknown types inside a graph are kept for df.start
             ],
             "node_type": "JOIN",
-            "left_node": {"node_type": "THEN", "right_node": {"node_type": "SQL", "query": "z"},
-                          "left_node": {"node_type": "SQL", "query": "y"}, "query": None},
+            "left_node": {
+                "node_type": "THEN",
+                "right_node": {"node_type": "SQL", "query": "z"},
+                "left_node": {"node_type": "SQL", "query": "y"},
+                "query": None,
+            },
             "condition_node": None,
         },
         indent=4,
@@ -340,7 +356,70 @@ def test_hand_written_children_are_re_emitted_canonically(conn: Conn) -> None:
     got = value(conn, "SELECT df.seq(%s, 'next')", (hand_written,))
     assert got == dumps(node("THEN", left_node=expected_child, right_node=sql_node("next")))
     # The canonical text is a fixed point.
-    assert value(conn, "SELECT df.seq(%s, 'next')", (got[len('{"node_type":"THEN","left_node":'):-len(',"right_node":{"node_type":"SQL","query":"next"}}')],)) == got
+    assert value(conn, "SELECT df.seq(%s, 'next')", (dumps(expected_child),)) == got
+
+
+def test_well_formed_children_in_another_key_order_are_re_emitted_canonically(
+    conn: Conn,
+) -> None:
+    # No unknown key and no null: the whole-tree (jsonb re-sort) path, not the node-by-node one.
+    hand_written = """ {"extra_nodes": [{"query": "c", "node_type": "SQL"},
+                                       {"result_name": "d", "query": "d", "node_type": "SQL"}],
+                        "result_name": "j", "right_node": {"query": "b", "node_type": "SQL"},
+                        "node_type": "JOIN",  "left_node": {"node_type": "IF",
+                            "condition_node": {"node_type": "SQL", "query": "x"},
+                            "right_node": {"query": "e", "node_type": "SQL"},
+                            "left_node": {"query": "t", "node_type": "SQL"}}} """
+    expected = node(
+        "JOIN",
+        left_node=node(
+            "IF",
+            left_node=sql_node("t"),
+            right_node=sql_node("e"),
+            condition_node=sql_node("x"),
+        ),
+        right_node=sql_node("b"),
+        extra_nodes=[sql_node("c"), sql_node("d", "d")],
+        result_name="j",
+    )
+    assert value(conn, "SELECT df.loop(%s)", (hand_written,)) == dumps(
+        node("LOOP", left_node=expected)
+    )
+
+
+def test_json_look_alikes_inside_strings_survive(conn: Conn) -> None:
+    # Query text that looks like the serializer's own key patterns must come through intact.
+    tricky = [
+        """SELECT '{"node_type": "SQL"}', '{"a": 1}, {"b": 2}' -- , "g": """,
+        '{"query": "x"}, {"a": ',
+        "ends with a backslash \\",
+        '\\", "query": "injected',
+    ]
+    expr = "df.join3(%s, %s, %s) ~> (%s |=> 'n')"
+    expected = node(
+        "THEN",
+        left_node=node(
+            "JOIN",
+            left_node=sql_node(tricky[0]),
+            right_node=sql_node(tricky[1]),
+            extra_nodes=[sql_node(tricky[2])],
+        ),
+        right_node=sql_node(tricky[3], "n"),
+    )
+    got = value(conn, f"SELECT {expr}", tuple(tricky))
+    assert got == dumps(expected)
+    assert value(conn, "SELECT df.loop(%s)", (got,)) == dumps(node("LOOP", left_node=expected))
+
+
+def test_internal_helpers(conn: Conn) -> None:
+    assert value(conn, "SELECT df._as_node('SELECT 1') = %s::jsonb", (dumps(sql_node("SELECT 1")),))
+    assert value(
+        conn, """SELECT df._durofut_text('{"query": "q", "junk": 1, "node_type": "SQL"}')"""
+    ) == dumps(sql_node("q"))
+    assert failure(conn, """SELECT df._durofut_text('{"query": "q"}')""") == (
+        "22P02",
+        "Invalid Durofut JSON: failed to deserialize workflow step: missing field `node_type`",
+    )
 
 
 def test_empty_extra_nodes_and_nulls_are_omitted(conn: Conn) -> None:
@@ -392,19 +471,25 @@ def test_a_long_chain_stays_exact(conn: Conn) -> None:
 
 
 def test_serializer_escapes_like_serde(conn: Conn) -> None:
-    text = "\"\\/\b\f\n\r\t\u0000x\u001f\u007f é ü 中 😀"[:6] + "\u001f\u007f é ü 中 😀"
+    text = '"\\/\b\f\n\r\t\u0001x\u001f\u007f é ü 中 😀'
     got = value(conn, "SELECT df.sql(%s)", (text,))
     assert got == dumps(sql_node(text))
     assert "\\u001f" in got and "é ü 中 😀" in got
 
 
 INVALID_DUROFUTS = {
-    "query_not_string": ('{"node_type": "SQL", "query": 5}', "invalid type: integer `5`, expected a string"),
+    "query_not_string": (
+        '{"node_type": "SQL", "query": 5}',
+        "invalid type: integer `5`, expected a string",
+    ),
     "result_name_not_string": (
         '{"node_type": "SQL", "result_name": true}',
         "invalid type: boolean `true`, expected a string",
     ),
-    "float_query": ('{"node_type": "SQL", "query": 1.5}', "invalid type: floating point `1.5`, expected a string"),
+    "float_query": (
+        '{"node_type": "SQL", "query": 1.5}',
+        "invalid type: floating point `1.5`, expected a string",
+    ),
     "node_type_not_string": ('{"node_type": 7}', "invalid type: integer `7`, expected a string"),
     "node_type_null": ('{"node_type": null}', "invalid type: null, expected a string"),
     "node_type_array": ('{"node_type": ["SQL"]}', "invalid type: sequence, expected a string"),
@@ -460,9 +545,21 @@ BUILD_ERRORS = {
     "as_non_ascii": ("SELECT df.as('x', 'é')", "22023", f"df.as: result name 'é' {NOT_IDENTIFIER}"),
     "sleep_negative": ("SELECT df.sleep(-1)", "22023", "Sleep duration must be non-negative"),
     "signal_empty": ("SELECT df.wait_for_signal('')", "22023", "Signal name cannot be empty"),
-    "signal_timeout_zero": ("SELECT df.wait_for_signal('s', 0)", "22023", "Timeout must be positive"),
-    "signal_timeout_negative": ("SELECT df.wait_for_signal('s', -5)", "22023", "Timeout must be positive"),
-    "signal_null_name": ("SELECT df.wait_for_signal(NULL)", "22004", "df.wait_for_signal: name cannot be NULL"),
+    "signal_timeout_zero": (
+        "SELECT df.wait_for_signal('s', 0)",
+        "22023",
+        "Timeout must be positive",
+    ),
+    "signal_timeout_negative": (
+        "SELECT df.wait_for_signal('s', -5)",
+        "22023",
+        "Timeout must be positive",
+    ),
+    "signal_null_name": (
+        "SELECT df.wait_for_signal(NULL)",
+        "22004",
+        "df.wait_for_signal: name cannot be NULL",
+    ),
     "http_scheme": (
         "SELECT df.http('ftp://h/x')",
         "22023",
@@ -538,9 +635,7 @@ BUILD_ERRORS = {
 }
 
 
-@pytest.mark.parametrize(
-    "sql, sqlstate, message", BUILD_ERRORS.values(), ids=BUILD_ERRORS.keys()
-)
+@pytest.mark.parametrize("sql, sqlstate, message", BUILD_ERRORS.values(), ids=BUILD_ERRORS.keys())
 def test_build_time_errors(conn: Conn, sql: str, sqlstate: str, message: str) -> None:
     assert failure(conn, sql) == (sqlstate, message)
 
@@ -552,8 +647,7 @@ def test_accepted_edge_values(conn: Conn) -> None:
     template = value(conn, "SELECT df.http('{base}/x', 'DELETE')")
     assert json.loads(json.loads(template)["query"])["url"] == "{base}/x"
     # NULL for a defaulted argument means its default.
-    http = json.loads(value(conn, "SELECT df.http('http://h', NULL, NULL, NULL, NULL)")["query"]
-                      if False else value(conn, "SELECT df.http('http://h', NULL, NULL, NULL, NULL)"))
+    http = json.loads(value(conn, "SELECT df.http('http://h', NULL, NULL, NULL, NULL)"))
     assert json.loads(http["query"]) == {
         "url": "http://h", "method": "POST", "body": None, "headers": None, "timeout_seconds": 30,
     }  # fmt: skip
@@ -584,14 +678,13 @@ def test_cron_accepted(conn: Conn, expr: str) -> None:
     assert got == dumps(node("WAIT_SCHEDULE", query=dumps({"cron_expr": expr})))
 
 
+FIELD_COUNT = "expected 5 fields (minute hour day-of-month month day-of-week) or 6 (with a year)"
+
 CRON_REJECTED = {
-    "0 * * *": "expected 5 fields (minute hour day-of-month month day-of-week) "
-    "or 6 (with a year), found 4",
-    "0 0 1 1 * 2030 x": "expected 5 fields (minute hour day-of-month month day-of-week) "
-    "or 6 (with a year), found 7",
-    "": "expected 5 fields (minute hour day-of-month month day-of-week) or 6 (with a year), found 0",
-    "@daily": "expected 5 fields (minute hour day-of-month month day-of-week) "
-    "or 6 (with a year), found 1",
+    "0 * * *": f"{FIELD_COUNT}, found 4",
+    "0 0 1 1 * 2030 x": f"{FIELD_COUNT}, found 7",
+    "": f"{FIELD_COUNT}, found 0",
+    "@daily": f"{FIELD_COUNT}, found 1",
     "60 * * * *": "Minutes must be less than or equal to 59. ('60' specified.)",
     "* 24 * * *": "Hours must be less than or equal to 23. ('24' specified.)",
     "* * 0 * *": "Days of Month must be greater than or equal to 1. ('0' specified.)",
@@ -722,7 +815,9 @@ def test_helper_result_in_a_later_statement_is_plain_sql(conn: Conn) -> None:
     with conn.transaction():
         conn.execute("SELECT df._mark_helper_result('df.await_instance', 'completed')")
         got = value(conn, "SELECT df.seq('completed', 'SELECT 1')")
-    assert got == dumps(node("THEN", left_node=sql_node("completed"), right_node=sql_node("SELECT 1")))
+    assert got == dumps(
+        node("THEN", left_node=sql_node("completed"), right_node=sql_node("SELECT 1"))
+    )
 
 
 def test_helper_mark_only_matches_its_own_text(conn: Conn) -> None:

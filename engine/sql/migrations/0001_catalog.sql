@@ -148,11 +148,13 @@ CREATE TABLE df._tasks (
 CREATE INDEX idx_tasks_due ON df._tasks (due_at) WHERE lease_owner IS NULL;
 CREATE INDEX idx_tasks_lease ON df._tasks (lease_until) WHERE lease_owner IS NOT NULL;
 
--- Instances whose graph must be advanced (a child finished, a start, a cancel).
+-- Instances whose graph must be advanced (a child finished, a start, a cancel), from
+-- requested_at on (a loop pacing its iterations asks for a later time).
 CREATE TABLE df._advance (
     instance_id varchar(8) PRIMARY KEY REFERENCES df.instances (id) ON DELETE CASCADE,
     requested_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+CREATE INDEX idx_advance_due ON df._advance (requested_at);
 
 -- Per-node engine state: the raw (column-ordered) result used for $name substitution, the
 -- delivery guarantee the step got, and counters.
@@ -162,6 +164,7 @@ CREATE TABLE df._node_state (
     raw_result  text,
     delivery    text,
     iteration   integer NOT NULL DEFAULT 0,
+    iteration_started_at timestamptz,
     PRIMARY KEY (instance_id, node_id),
     FOREIGN KEY (instance_id) REFERENCES df.instances (id) ON DELETE CASCADE
 );

@@ -319,7 +319,8 @@ BEGIN
     SELECT new_instance, coalesce(jsonb_object_agg(v.name, v.value), '{}')
     FROM df.vars v WHERE v.owner = owner_role AND v.value IS NOT NULL
     ON CONFLICT (instance_id) DO NOTHING;
-    INSERT INTO df._advance (instance_id) VALUES (new_instance) ON CONFLICT DO NOTHING;
+    INSERT INTO df._advance AS a (instance_id) VALUES (new_instance)
+    ON CONFLICT (instance_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
     PERFORM pg_notify('df_wake', new_instance);
 END
 $$;

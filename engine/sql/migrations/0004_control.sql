@@ -39,7 +39,8 @@ BEGIN
     IF owner_role IS NULL OR NOT pg_has_role(session_user, owner_role, 'MEMBER') THEN
         RETURN;
     END IF;
-    INSERT INTO df._advance (instance_id) VALUES (target) ON CONFLICT DO NOTHING;
+    INSERT INTO df._advance AS a (instance_id) VALUES (target)
+    ON CONFLICT (instance_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
     PERFORM pg_notify('df_wake', target);
 END
 $$;

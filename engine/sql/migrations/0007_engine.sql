@@ -14,12 +14,14 @@ BEGIN
     END IF;
     SELECT i.*, r.rolname, r.rolsuper, r.rolcanlogin INTO inst
     FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by
-    WHERE i.id = p_instance FOR UPDATE OF i;
+    -- NO KEY UPDATE: steps inserting rows that reference the instance need not wait
+    WHERE i.id = p_instance FOR NO KEY UPDATE OF i;
     IF NOT FOUND THEN
         DELETE FROM df._advance WHERE instance_id = p_instance;
         RETURN NULL;
     END IF;
     RETURN jsonb_build_object(
+        'now', extract(epoch FROM clock_timestamp()),
         'id', inst.id, 'label', inst.label, 'root', inst.root_node, 'status', inst.status,
         'owner', inst.rolname, 'owner_oid', inst.submitted_by::oid, 'superuser', inst.rolsuper,
         'can_login', inst.rolcanlogin, 'database', inst.database,
@@ -32,7 +34,8 @@ BEGIN
                       'left', n.left_node, 'right', n.right_node, 'status', n.status,
                       'raw', s.raw_result,
                       'error', CASE WHEN n.status = 'failed' THEN n.result #>> '{}' END,
-                      'iteration', coalesce(s.iteration, 0)))
+                      'iteration', coalesce(s.iteration, 0),
+                      'iteration_started', extract(epoch FROM s.iteration_started_at)))
                   FROM df.nodes n LEFT JOIN df._node_state s
                        ON s.instance_id = n.instance_id AND s.node_id = n.id
                   WHERE n.instance_id = p_instance));
@@ -53,14 +56,35 @@ BEGIN
          AS u(id text, status text, raw text, error text, details jsonb)
     WHERE n.instance_id = p_instance AND n.id = u.id;
 
-    INSERT INTO df._node_state AS s (instance_id, node_id, raw_result)
-    SELECT p_instance, u.id, u.raw
-    FROM jsonb_to_recordset(coalesce(plan -> 'nodes', '[]')) AS u(id text, raw text)
-    WHERE u.raw IS NOT NULL
-    ON CONFLICT (instance_id, node_id) DO UPDATE SET raw_result = excluded.raw_result;
+    INSERT INTO df._node_state AS s (instance_id, node_id, raw_result, iteration,
+                                     iteration_started_at)
+    SELECT p_instance, u.id, u.raw, coalesce(u.iteration, 0), to_timestamp(u.iteration_started)
+    FROM jsonb_to_recordset(coalesce(plan -> 'nodes', '[]'))
+         AS u(id text, raw text, reset boolean, iteration integer,
+              iteration_started double precision)
+    WHERE u.raw IS NOT NULL OR u.reset OR u.iteration IS NOT NULL
+    ON CONFLICT (instance_id, node_id) DO UPDATE
+    SET raw_result = CASE WHEN excluded.raw_result IS NOT NULL OR EXISTS (
+                              SELECT 1 FROM jsonb_to_recordset(plan -> 'nodes')
+                                            AS r(id text, reset boolean)
+                              WHERE r.id = excluded.node_id AND r.reset)
+                          THEN excluded.raw_result ELSE s.raw_result END,
+        iteration = CASE WHEN excluded.iteration > 0 THEN excluded.iteration ELSE s.iteration END,
+        iteration_started_at = coalesce(excluded.iteration_started_at, s.iteration_started_at);
 
     IF (plan ->> 'drop_all_tasks')::boolean THEN
         DELETE FROM df._tasks WHERE instance_id = p_instance;
+    END IF;
+    DELETE FROM df._tasks
+    WHERE instance_id = p_instance
+      AND node_id IN (SELECT jsonb_array_elements_text(coalesce(plan -> 'cancel_nodes', '[]')));
+
+    IF plan ->> 'continued_from' IS NOT NULL THEN
+        UPDATE df._executions
+        SET status = 'ContinuedAsNew', completed_at = clock_timestamp(),
+            output = json_build_object('instance_id', p_instance,
+                                       'loop_iteration', (plan ->> 'execution_id')::int - 1)::text
+        WHERE instance_id = p_instance AND execution_id = (plan ->> 'continued_from')::bigint;
     END IF;
 
     INSERT INTO df._tasks (instance_id, node_id, node_type, payload, due_at, lease_owner,
@@ -94,6 +118,10 @@ BEGIN
         completed_at = coalesce(excluded.completed_at, e.completed_at);
 
     DELETE FROM df._advance WHERE instance_id = p_instance;
+    IF plan ->> 'wake_at' IS NOT NULL THEN
+        INSERT INTO df._advance (instance_id, requested_at)
+        VALUES (p_instance, to_timestamp((plan ->> 'wake_at')::double precision));
+    END IF;
 END
 $$;
 
@@ -122,7 +150,8 @@ BEGIN
     ON CONFLICT (instance_id, node_id)
     DO UPDATE SET raw_result = excluded.raw_result, delivery = excluded.delivery;
     DELETE FROM df._tasks WHERE instance_id = p_instance AND node_id = p_node;
-    INSERT INTO df._advance (instance_id) VALUES (p_instance) ON CONFLICT DO NOTHING;
+    INSERT INTO df._advance AS a (instance_id) VALUES (p_instance)
+    ON CONFLICT (instance_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
 END
 $$;
 
@@ -143,7 +172,8 @@ BEGIN
         VALUES (p_instance, p_node, p_delivery)
         ON CONFLICT (instance_id, node_id) DO UPDATE SET delivery = excluded.delivery;
     END IF;
-    INSERT INTO df._advance (instance_id) VALUES (p_instance) ON CONFLICT DO NOTHING;
+    INSERT INTO df._advance AS a (instance_id) VALUES (p_instance)
+    ON CONFLICT (instance_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
     RETURN true;
 END
 $$;

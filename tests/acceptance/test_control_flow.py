@@ -1,0 +1,165 @@
+"""JOIN, RACE, IF, LOOP/BREAK and SLEEP against pg_durable's documented behaviour (§6)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import psycopg
+import pytest
+
+from pgdurable_proxy.cluster import Cluster
+
+
+def _run(dsn: str, graph_sql: str, timeout: int = 30) -> tuple[str, str, float]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        started = time.monotonic()
+        instance = conn.execute(f"SELECT df.start({graph_sql})").fetchone()[0]  # type: ignore[index]
+        status = conn.execute("SELECT df.await_instance(%s, %s)", (instance, timeout)).fetchone()
+        assert status is not None
+        return str(instance), str(status[0]), time.monotonic() - started
+
+
+def _why(dsn: str, instance: str) -> str:
+    """The nodes' statuses and results, for assertion messages."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT node_type, status, result::text FROM df.nodes WHERE instance_id = %s",
+            (instance,),
+        ).fetchall()
+    return "\n".join(map(str, rows))
+
+
+def _result(dsn: str, instance: str) -> object:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT df.result(%s)", (instance,)).fetchone()
+        return json.loads(row[0]) if row and row[0] is not None else None
+
+
+def _nodes(dsn: str, instance: str) -> list[tuple[str, str, str, str | None]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT node_type, status, inferred_status, query FROM df.instance_nodes(%s) "
+            "ORDER BY node_type, query",
+            (instance,),
+        ).fetchall()  # type: ignore[return-value]
+
+
+def test_join_result_is_the_array_and_branches_overlap(wf_dsn: str) -> None:
+    graph = "('SELECT pg_sleep(1), 1 AS a') & ('SELECT pg_sleep(1), 2 AS b')"
+    instance, status, elapsed = _run(wf_dsn, graph)
+    assert status == "completed", _why(wf_dsn, instance)
+    assert elapsed < 1.9  # concurrent, not 2 s
+    assert _result(wf_dsn, instance) == [
+        {"rows": [{"pg_sleep": None, "a": 1}], "row_count": 1},
+        {"rows": [{"pg_sleep": None, "b": 2}], "row_count": 1},
+    ]
+
+
+def test_join3_and_nested_join_shapes(wf_dsn: str) -> None:
+    instance, status, _ = _run(
+        wf_dsn, "df.join3('SELECT 1 AS x', 'SELECT 2 AS x', 'SELECT 3 AS x')"
+    )
+    assert status == "completed"
+    result = _result(wf_dsn, instance)
+    assert isinstance(result, list) and [r["rows"][0]["x"] for r in result] == [1, 2, 3]
+    instance, status, _ = _run(wf_dsn, "('SELECT 1 AS x' & 'SELECT 2 AS x') & 'SELECT 3 AS x'")
+    nested = _result(wf_dsn, instance)
+    assert isinstance(nested, list) and isinstance(nested[0], list) and len(nested) == 2
+
+
+def test_join_branch_failure(wf_dsn: str) -> None:
+    instance, status, _ = _run(wf_dsn, "'SELECT 1' & 'SELECT 1/0'")
+    assert status == "failed"
+    with psycopg.connect(wf_dsn) as conn:
+        row = conn.execute(
+            "SELECT result #>> '{}' FROM df.nodes WHERE instance_id = %s AND node_type = 'JOIN'",
+            (instance,),
+        ).fetchone()
+    assert row is not None and row[0].startswith("JOIN branch 2 failed: SQL execution failed")
+
+
+def test_race_winner_and_loser_query_cancelled(wf_dsn: str, cluster: Cluster) -> None:
+    graph = "'SELECT ''fast'' AS w' | 'SELECT pg_sleep(60), ''slow'' AS w'"
+    instance, status, elapsed = _run(wf_dsn, graph)
+    assert status == "completed" and elapsed < 10
+    assert _result(wf_dsn, instance) == {"rows": [{"w": "fast"}], "row_count": 1}
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        deadline = time.monotonic() + 10
+        while admin.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE query LIKE 'SELECT pg_sleep(60), %%' AND state = 'active'"
+        ).fetchone() != (0,):
+            assert time.monotonic() < deadline, "the losing query is still running"
+            time.sleep(0.1)
+    inferred = {(q or "")[:20]: s for _, _, s, q in _nodes(wf_dsn, instance)}
+    assert inferred["SELECT pg_sleep(60),"] == "skipped"
+
+
+def test_if_truthiness_and_skipped_branch(wf_dsn: str) -> None:
+    cases = {"'0.00'": "e", "'off'": "t", "'yes'": "t", "''": "e", "NULL": "e", "2": "t"}
+    for condition, expected in cases.items():
+        graph = (
+            f"('SELECT {condition.replace(chr(39), chr(39) * 2)} AS c' ?> 'SELECT ''t'' AS r') "
+            "!> 'SELECT ''e'' AS r'"
+        )
+        instance, status, _ = _run(wf_dsn, graph)
+        assert status == "completed", condition
+        assert _result(wf_dsn, instance) == {"rows": [{"r": expected}], "row_count": 1}, condition
+    nodes = _nodes(wf_dsn, instance)
+    assert ("SQL", "pending", "skipped", "SELECT 'e' AS r") in nodes
+
+
+def test_if_rows(wf_dsn: str) -> None:
+    graph = (
+        "'SELECT 1 WHERE false' |=> 'none' ~> "
+        "df.if_rows('none', 'SELECT ''has rows'' AS r', 'SELECT ''empty'' AS r')"
+    )
+    instance, status, _ = _run(wf_dsn, graph)
+    assert status == "completed"
+    assert _result(wf_dsn, instance) == {"rows": [{"r": "empty"}], "row_count": 1}
+
+
+def test_loop_with_condition_and_break_value(wf_dsn: str) -> None:
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS loop_t (n int)")
+        conn.execute("TRUNCATE loop_t")
+    graph = "df.loop('INSERT INTO loop_t VALUES (1)', 'SELECT count(*) < 3 FROM loop_t')"
+    instance, status, elapsed = _run(wf_dsn, graph)
+    assert status == "completed"
+    assert elapsed >= 2.0  # three iterations, each padded to 1 s as pg_durable does
+    with psycopg.connect(wf_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM loop_t").fetchone() == (3,)
+    graph = (
+        "@> ('INSERT INTO loop_t VALUES (2)' ~> "
+        "(('SELECT count(*) >= 5 FROM loop_t' ?> df.break('{\"done\": true}')) "
+        "!> 'SELECT 0'))"
+    )
+    instance, status, _ = _run(wf_dsn, graph)
+    assert status == "completed"
+    assert _result(wf_dsn, instance) == {"done": True}
+
+
+def test_break_outside_loop_fails(wf_dsn: str) -> None:
+    instance, status, _ = _run(wf_dsn, "'SELECT 1' ~> df.break()")
+    assert status == "failed"
+    with psycopg.connect(wf_dsn) as conn:
+        out = conn.execute("SELECT output FROM df.instance_info(%s)", (instance,)).fetchone()
+    assert out is not None and "df.break() was called outside of a loop" in out[0]
+
+
+def test_sleep(wf_dsn: str) -> None:
+    instance, status, elapsed = _run(wf_dsn, "df.sleep(1) ~> 'SELECT 1 AS after'")
+    assert status == "completed" and 1.0 <= elapsed < 4
+    with psycopg.connect(wf_dsn) as conn:
+        row = conn.execute(
+            "SELECT result::text FROM df.nodes WHERE instance_id = %s AND node_type = 'SLEEP'",
+            (instance,),
+        ).fetchone()
+    assert row == ('{"slept": true, "seconds": 1}',)
+
+
+@pytest.mark.parametrize("graph", ["'SELECT 1' ~> df.wait_for_signal('never', 1)"])
+def test_unsupported_nodes_fail_clearly(wf_dsn: str, graph: str) -> None:
+    _, status, _ = _run(wf_dsn, graph)
+    assert status == "failed"
