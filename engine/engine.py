@@ -264,8 +264,12 @@ class Engine:
         try:
             if task.node_type == "SQL":
                 await self._run_sql(task)
-            elif task.node_type == "SLEEP":
-                raw = SLEEP_RESULT.format(seconds=int(task.payload or 0))
+            elif task.node_type in ("SLEEP", "WAIT_SCHEDULE"):
+                raw = (
+                    task.payload
+                    if task.node_type == "WAIT_SCHEDULE"
+                    else SLEEP_RESULT.format(seconds=int(task.payload or 0))
+                )
                 await self._require_pool().execute(
                     q("complete_step"),
                     task.instance_id,
@@ -291,11 +295,19 @@ class Engine:
             if running is not None:
                 running.backend_pid = conn.get_server_pid()
             try:
-                await run_sql_step(conn, task)
+                elsewhere = (
+                    None if task.database == self.settings.catalog_database else self._record_result
+                )
+                await run_sql_step(conn, task, elsewhere)
             finally:
                 if running is not None:  # never cancel a pooled backend doing other work
                     running.backend_pid = None
                 await self.steps.release(task.owner, task.database, conn)
+
+    async def _record_result(self, task: Task, raw: str, delivery: str) -> None:
+        await self._require_pool().execute(
+            q("complete_step"), task.instance_id, task.node_id, uuid.UUID(task.token), raw, delivery
+        )
 
     async def _fail(self, task: Task, error: str) -> None:
         pool = self._require_pool()

@@ -15,6 +15,7 @@ from typing import Any
 
 from engine import flow
 from engine.outcomes import WAITING, Broke, Done, Failed, Node, NodeStatus, Outcome
+from engine.schedule import next_tick
 from engine.substitute import SubstitutionError, substitute_results, substitute_vars
 
 BREAK_OUTSIDE_LOOP = (
@@ -29,6 +30,7 @@ class Plan:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: list[dict[str, Any]] = field(default_factory=list)
     cancel_nodes: list[str] = field(default_factory=list)
+    consumed_signals: list[dict[str, Any]] = field(default_factory=list)
     instance_status: str | None = None
     execution_status: str = "Running"
     output: str | None = None
@@ -253,6 +255,34 @@ class Planner:
     def _sleep(self, node: Node) -> Outcome:
         return self._leaf_task(node, node.query, due_in=float(node.query or 0))
 
+    def _wait_schedule(self, node: Node) -> Outcome:
+        cron = json.loads(node.query or "{}").get("cron_expr", "")
+        try:
+            due = next_tick(cron, self.now)
+        except (ValueError, KeyError) as exc:
+            self.start(node)
+            return self.complete(node, Failed(f"Invalid cron expression '{cron}': {exc}"))
+        return self._leaf_task(node, '{"scheduled": true}', due_in=due - self.now)
+
+    def _signal(self, node: Node) -> Outcome:
+        config = json.loads(node.query or "{}")
+        name, timeout = config.get("signal_name"), config.get("timeout_seconds")
+        if node.status == NodeStatus.PENDING:
+            self.set_status(node, NodeStatus.RUNNING)
+            node.iteration_started = self.now
+            self.plan.nodes[node.id]["iteration_started"] = self.now
+        for signal in self.instance.get("signals", []):
+            if signal["name"] == name and not signal.get("taken"):
+                signal["taken"] = True
+                self.plan.consumed_signals.append({"id": signal["id"], "node_id": node.id})
+                return self.complete(node, Done(_signal_result(name, False, signal["data"])))
+        if timeout is not None:
+            due = (node.iteration_started or self.now) + float(timeout)
+            if self.now >= due:
+                return self.complete(node, Done(_signal_result(name, True, None)))
+            self.wake_at(due)
+        return WAITING
+
     def _unsupported(self, node: Node) -> Outcome:
         self.start(node)
         return self.complete(
@@ -277,6 +307,11 @@ class Planner:
         }
 
 
+def _signal_result(name: str, timed_out: bool, data: Any) -> str:
+    value = {"signal_name": name, "timed_out": timed_out, "data": data}
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 HANDLERS: dict[str, Callable[[Planner, Node], Outcome]] = {
     "THEN": flow.then,
     "IF": flow.if_,
@@ -286,4 +321,6 @@ HANDLERS: dict[str, Callable[[Planner, Node], Outcome]] = {
     "BREAK": flow.break_,
     "SQL": Planner._sql,
     "SLEEP": Planner._sleep,
+    "WAIT_SCHEDULE": Planner._wait_schedule,
+    "SIGNAL": Planner._signal,
 }

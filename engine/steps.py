@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -91,16 +92,35 @@ class StepConnections:
         self._idle.clear()
 
 
-async def run_sql_step(conn: asyncpg.Connection, task: Task) -> bool:
-    """Execute and record one SQL step; True when recorded, raises StepFailed otherwise."""
+Recorder = Callable[[Task, str, str], Awaitable[None]]
+
+
+async def run_sql_step(
+    conn: asyncpg.Connection,
+    task: Task,
+    record_elsewhere: Recorder | None,
+) -> None:
+    """Execute and record one SQL step; raises StepFailed with the node's error text.
+
+    In the catalog's database the statement and its record commit together (exactly once).
+    In another database (`df.start(..., database => ...)`) they cannot, so the result is
+    recorded after the statement committed: at-least-once, as for non-transactional SQL.
+    """
     sql = task.payload or ""
+    if record_elsewhere is not None:
+        try:
+            raw = await _execute(conn, sql)
+        except asyncpg.PostgresError as exc:
+            raise StepFailed(_sql_error(exc)) from exc
+        await record_elsewhere(task, raw, "at-least-once")
+        return
     try:
         async with conn.transaction():
             raw = await _execute(conn, sql)
             await conn.execute(
                 q("complete_step"), task.instance_id, task.node_id, task.token, raw, "exactly-once"
             )
-        return True
+        return
     except asyncpg.PostgresError as exc:
         if exc.sqlstate != ACTIVE_SQL_TRANSACTION:
             raise StepFailed(_sql_error(exc)) from exc
@@ -112,7 +132,6 @@ async def run_sql_step(conn: asyncpg.Connection, task: Task) -> bool:
         )
     except asyncpg.PostgresError as exc:
         raise StepFailed(_sql_error(exc)) from exc
-    return True
 
 
 async def _execute(conn: asyncpg.Connection, sql: str) -> str:

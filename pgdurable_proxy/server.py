@@ -73,6 +73,9 @@ class ProxyServer:
             self._idle.set()
 
     def inspect(self, session: ClientSession, msg_type: int, message: bytes) -> bytes | None:
+        database = session.params.get("database") or session.params.get("user")
+        if database != self.upstream.dbname:
+            return None  # the df catalog lives in one database; others pass through untouched
         link = session.upstream
         parameters = link.tracker.parameters if link is not None else {}
         decision = self.interceptor.inspect(parameters, msg_type, message)

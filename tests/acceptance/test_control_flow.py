@@ -159,7 +159,50 @@ def test_sleep(wf_dsn: str) -> None:
     assert row == ('{"slept": true, "seconds": 1}',)
 
 
-@pytest.mark.parametrize("graph", ["'SELECT 1' ~> df.wait_for_signal('never', 1)"])
-def test_unsupported_nodes_fail_clearly(wf_dsn: str, graph: str) -> None:
-    _, status, _ = _run(wf_dsn, graph)
-    assert status == "failed"
+def test_signal_sent_before_the_wait_is_kept(wf_dsn: str) -> None:
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        instance = conn.execute(
+            "SELECT df.start('SELECT pg_sleep(0.5)' ~> df.wait_for_signal('go') |=> 'sig' "
+            "~> 'SELECT $sig.data AS payload')"
+        ).fetchone()[0]  # type: ignore[index]
+        assert conn.execute("SELECT df.signal(%s, 'go', '{\"k\": 1}')", (instance,)).fetchone() == (
+            "OK",
+        )
+        assert conn.execute("SELECT df.await_instance(%s, 10)", (instance,)).fetchone() == (
+            "completed",
+        )
+        rows = conn.execute(
+            "SELECT result::text FROM df.nodes WHERE instance_id = %s AND node_type = 'SIGNAL'",
+            (instance,),
+        ).fetchone()
+    assert rows == ('{"data": {"k": 1}, "timed_out": false, "signal_name": "go"}',)
+    assert _result(wf_dsn, instance) == {"rows": [{"payload": '{"k":1}'}], "row_count": 1}
+
+
+def test_signal_timeout_is_not_a_failure(wf_dsn: str) -> None:
+    instance, status, elapsed = _run(wf_dsn, "df.wait_for_signal('never', 1)")
+    assert status == "completed" and 1.0 <= elapsed < 5
+    assert _result(wf_dsn, instance) == {"data": None, "timed_out": True, "signal_name": "never"}
+
+
+def test_signal_to_an_invisible_instance_is_refused(wf_dsn: str) -> None:
+    with psycopg.connect(wf_dsn) as conn, pytest.raises(psycopg.Error) as info:
+        conn.execute("SELECT df.signal('deadbeef', 'go')")
+    assert "Instance not found or access denied: deadbeef" in str(info.value)
+
+
+def test_wait_for_schedule_fires_on_the_minute(wf_dsn: str) -> None:
+    from engine.schedule import next_tick
+
+    start = 1_718_452_805.0  # 2024-06-15 12:00:05 UTC, a Saturday
+    assert next_tick("* * * * *", start) == 1_718_452_860.0
+    assert next_tick("0 12 * * 1", start) == 1_718_539_200.0  # Sunday (1 = Sunday) 12:00
+    assert next_tick("0 12 * * Mon", start) == 1_718_625_600.0
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        instance = conn.execute("SELECT df.start(df.wait_for_schedule('* * * * *'))").fetchone()
+        assert instance is not None
+        status = conn.execute(
+            "SELECT status FROM df.nodes WHERE instance_id = %s", (instance[0],)
+        ).fetchone()
+        assert status in (("pending",), ("running",))
+        conn.execute("SELECT df.cancel(%s)", (instance[0],))

@@ -69,8 +69,11 @@ def _wait_all_done(cluster: Cluster, ids: list[str], timeout: float) -> dict[str
 
 def _failures(cluster: Cluster, ids: list[str]) -> str:
     with psycopg.connect(cluster.dsn()) as conn:
-        rows = conn.execute("SELECT instance_id, node_type, result #>> '{}' FROM df.nodes "
-                            "WHERE instance_id = ANY(%s) AND status = 'failed'", (ids,)).fetchall()
+        rows = conn.execute(
+            "SELECT instance_id, node_type, result #>> '{}' FROM df.nodes "
+            "WHERE instance_id = ANY(%s) AND status = 'failed'",
+            (ids,),
+        ).fetchall()
     return "\n".join(map(str, rows[:10]))
 
 

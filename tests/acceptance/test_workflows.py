@@ -188,3 +188,68 @@ def test_cancel(wf_dsn: str) -> None:
             "cancelled",
         )
         assert conn.execute("SELECT df.status(%s)", (instance,)).fetchone() == ("cancelled",)
+
+
+def test_steps_can_run_in_another_database(wf_dsn: str, cluster: Cluster) -> None:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        if admin.execute("SELECT 1 FROM pg_database WHERE datname = 'wf_other'").fetchone() is None:
+            admin.execute("CREATE DATABASE wf_other")
+    instance, status = _run(wf_dsn, "'SELECT current_database() AS db', database => 'wf_other'")
+    assert status == "completed"
+    assert _result(wf_dsn, instance) == {"rows": [{"db": "wf_other"}], "row_count": 1}
+
+
+def test_sessions_on_other_databases_pass_through(proxy: ProxyProcess, cluster: Cluster) -> None:
+    from tests.support.metrics import read_metrics
+
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        if admin.execute("SELECT 1 FROM pg_database WHERE datname = 'wf_other'").fetchone() is None:
+            admin.execute("CREATE DATABASE wf_other")
+    before = read_metrics(proxy.http_port)
+    with psycopg.connect(proxy.dsn(dbname="wf_other"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InvalidSchemaName):
+            conn.execute("SELECT df.start('SELEC 1')")  # no catalog there: the server says so
+    after = read_metrics(proxy.http_port)
+    assert after["candidates_total"] == before["candidates_total"]
+
+
+def test_grant_and_revoke_notices(proxy: ProxyProcess, cluster: Cluster) -> None:
+    notices: list[str] = []
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = 'notice_role'").fetchone() is None:
+            admin.execute("CREATE ROLE notice_role LOGIN")
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        conn.execute("SELECT df.grant_usage('notice_role')")
+        conn.execute("SELECT df.revoke_usage('notice_role')")
+    assert notices == [
+        'pg_durable: granted df usage privileges to "notice_role"',
+        'pg_durable: revoked df usage privileges granted by "postgres" from "notice_role"',
+    ]
+
+
+def test_list_instances_pagination(wf_dsn: str) -> None:
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        label = "page-test"
+        ids = {
+            conn.execute("SELECT df.start('SELECT 1', %s)", (label,)).fetchone()[0]  # type: ignore[index]
+            for _ in range(5)
+        }
+        for instance in ids:
+            conn.execute("SELECT df.await_instance(%s, 10)", (instance,))
+        seen: list[str] = []
+        cursor = None
+        while True:
+            rows = conn.execute(
+                "SELECT instance_id, next_cursor FROM df.list_instances(NULL, 2, %s, %s)",
+                (label, cursor),
+            ).fetchall()
+            seen += [r[0] for r in rows]
+            cursor = rows[-1][1] if rows else None
+            if cursor is None:
+                break
+        assert len(seen) == len(set(seen)) and ids <= set(seen)
+        info = conn.execute(
+            "SELECT status, current_execution_id FROM df.instance_info(%s)", (next(iter(ids)),)
+        ).fetchone()
+        assert info == ("completed", 1)

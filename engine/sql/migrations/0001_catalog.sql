@@ -182,6 +182,18 @@ CREATE TABLE df._executions (
     PRIMARY KEY (instance_id, execution_id)
 );
 
+-- Signals sent with df.signal, kept until a wait_for_signal node consumes them (pg_durable
+-- drops a signal sent before the wait starts; pgdurable keeps it).
+CREATE TABLE df._signals (
+    id          bigserial PRIMARY KEY,
+    instance_id varchar(8) NOT NULL REFERENCES df.instances (id) ON DELETE CASCADE,
+    signal_name text NOT NULL,
+    data        jsonb,
+    sent_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    consumed_by varchar(8)
+);
+CREATE INDEX idx_signals_waiting ON df._signals (instance_id, id) WHERE consumed_by IS NULL;
+
 -- Variables captured at df.start (immutable for the instance).
 CREATE TABLE df._instance_vars (
     instance_id varchar(8) PRIMARY KEY REFERENCES df.instances (id) ON DELETE CASCADE,

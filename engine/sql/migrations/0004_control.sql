@@ -45,6 +45,46 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION df.signal(instance_id text, signal_name text, signal_data text DEFAULT '{}')
+RETURNS text LANGUAGE plpgsql STRICT AS $$
+DECLARE
+    payload jsonb;
+BEGIN
+    IF instance_id = '' THEN
+        RAISE EXCEPTION 'Instance ID cannot be empty' USING ERRCODE = '22023';
+    END IF;
+    IF signal_name = '' THEN
+        RAISE EXCEPTION 'Signal name cannot be empty' USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM df.instances i WHERE i.id = signal.instance_id) THEN
+        RAISE EXCEPTION 'Instance not found or access denied: %', instance_id
+            USING ERRCODE = '42704';
+    END IF;
+    BEGIN
+        payload := signal_data::jsonb;
+    EXCEPTION WHEN others THEN
+        payload := to_jsonb(signal_data);
+    END;
+    PERFORM df._send_signal(instance_id, signal_name, payload);
+    RETURN 'OK';
+END
+$$;
+
+-- Store a signal for a visible instance and wake the engine (users cannot write the table).
+CREATE FUNCTION df._send_signal(target text, name text, payload jsonb)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    owner_role regrole;
+BEGIN
+    SELECT submitted_by INTO owner_role FROM df.instances WHERE id = target;
+    IF owner_role IS NULL OR NOT pg_has_role(session_user, owner_role, 'MEMBER') THEN
+        RAISE EXCEPTION 'Instance not found or access denied: %', target USING ERRCODE = '42704';
+    END IF;
+    INSERT INTO df._signals (instance_id, signal_name, data) VALUES (target, name, payload);
+    PERFORM df._request_advance(target);
+END
+$$;
+
 CREATE FUNCTION df.await_instance(instance_id text, timeout_seconds integer DEFAULT 30)
 RETURNS text LANGUAGE plpgsql STRICT AS $$
 DECLARE

@@ -86,11 +86,12 @@ RETURNS TABLE (instance_id text, label text, function_name text, status text,
                completed_at timestamptz, next_cursor text)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    after record;
+    after_created timestamptz;
+    after_id text;
 BEGIN
     PERFORM df._check_list_limit(limit_count);
     IF after_cursor IS NOT NULL THEN
-        after := df._decode_cursor(after_cursor);
+        SELECT c.created, c.id INTO after_created, after_id FROM df._decode_cursor(after_cursor) c;
     END IF;
     RETURN QUERY
     WITH page AS (
@@ -99,8 +100,8 @@ BEGIN
         WHERE o.created_at IS NOT NULL
           AND (status_filter IS NULL OR o.status = status_filter)
           AND (label_filter IS NULL OR o.label = label_filter)
-          AND (after_cursor IS NULL OR o.created_at < after.created
-               OR (o.created_at = after.created AND o.id > after.id))
+          AND (after_cursor IS NULL OR o.created_at < after_created
+               OR (o.created_at = after_created AND o.id > after_id))
         ORDER BY o.created_at DESC, o.id
         LIMIT limit_count + 1
     ), edge AS (

@@ -27,6 +27,10 @@ BEGIN
         'can_login', inst.rolcanlogin, 'database', inst.database,
         'vars', coalesce((SELECT v.vars FROM df._instance_vars v WHERE v.instance_id = p_instance), '{}'),
         'execution_id', (SELECT max(e.execution_id) FROM df._executions e WHERE e.instance_id = p_instance),
+        'signals', coalesce((SELECT jsonb_agg(jsonb_build_object(
+                                'id', g.id, 'name', g.signal_name, 'data', g.data) ORDER BY g.id)
+                             FROM df._signals g
+                             WHERE g.instance_id = p_instance AND g.consumed_by IS NULL), '[]'),
         'events', coalesce((SELECT e.event_count FROM df._executions e WHERE e.instance_id = p_instance
                             ORDER BY e.execution_id DESC LIMIT 1), 0),
         'nodes', (SELECT jsonb_agg(jsonb_build_object(
@@ -62,7 +66,7 @@ BEGIN
     FROM jsonb_to_recordset(coalesce(plan -> 'nodes', '[]'))
          AS u(id text, raw text, reset boolean, iteration integer,
               iteration_started double precision)
-    WHERE u.raw IS NOT NULL OR u.reset OR u.iteration IS NOT NULL
+    WHERE u.raw IS NOT NULL OR u.reset OR u.iteration IS NOT NULL OR u.iteration_started IS NOT NULL
     ON CONFLICT (instance_id, node_id) DO UPDATE
     SET raw_result = CASE WHEN excluded.raw_result IS NOT NULL OR EXISTS (
                               SELECT 1 FROM jsonb_to_recordset(plan -> 'nodes')
@@ -78,6 +82,10 @@ BEGIN
     DELETE FROM df._tasks
     WHERE instance_id = p_instance
       AND node_id IN (SELECT jsonb_array_elements_text(coalesce(plan -> 'cancel_nodes', '[]')));
+
+    UPDATE df._signals g SET consumed_by = c.node_id
+    FROM jsonb_to_recordset(coalesce(plan -> 'consumed_signals', '[]')) AS c(id bigint, node_id text)
+    WHERE g.id = c.id AND g.instance_id = p_instance;
 
     IF plan ->> 'continued_from' IS NOT NULL THEN
         UPDATE df._executions
