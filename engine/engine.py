@@ -39,6 +39,10 @@ class RunningStep:
 SLEEP_RESULT = '{{"slept": true, "seconds": {seconds}}}'
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The admin pool runs only the engine's own queries: no session state to reset."""
+
+
 class Engine:
     """One engine per pgdurable process; several processes may share a database."""
 
@@ -95,7 +99,10 @@ class Engine:
         finally:
             await conn.close()
         self.pool = await asyncpg.create_pool(
-            self.settings.admin_dsn, min_size=1, max_size=self.settings.admin_pool_size
+            self.settings.admin_dsn,
+            min_size=1,
+            max_size=self.settings.admin_pool_size,
+            reset=_keep_session,
         )
         await self._listen()
 

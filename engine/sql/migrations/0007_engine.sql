@@ -2,22 +2,23 @@
 -- _load_for_advance and _apply_plan on its admin connection; _complete_step runs inside a
 -- workflow step's transaction, on the owner's connection, guarded by the lease token.
 
--- Everything needed to advance one instance, or NULL when another engine holds it.
+-- Everything needed to advance one instance, or NULL when another engine (or a user's
+-- df.cancel still in flight) holds it. Lock order: the instance row, then its _advance row,
+-- as df.cancel takes them; both with SKIP LOCKED, so an advance never waits in a cycle.
+-- NO KEY UPDATE: steps inserting rows that reference the instance need not wait for it.
 CREATE FUNCTION df._load_for_advance(p_instance text)
 RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     inst record;
 BEGIN
-    PERFORM 1 FROM df._advance WHERE instance_id = p_instance FOR UPDATE SKIP LOCKED;
+    SELECT i.*, r.rolname, r.rolsuper, r.rolcanlogin INTO inst
+    FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by
+    WHERE i.id = p_instance FOR NO KEY UPDATE OF i SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    SELECT i.*, r.rolname, r.rolsuper, r.rolcanlogin INTO inst
-    FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by
-    -- NO KEY UPDATE: steps inserting rows that reference the instance need not wait
-    WHERE i.id = p_instance FOR NO KEY UPDATE OF i;
+    PERFORM 1 FROM df._advance WHERE instance_id = p_instance FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
-        DELETE FROM df._advance WHERE instance_id = p_instance;
         RETURN NULL;
     END IF;
     RETURN jsonb_build_object(
@@ -76,12 +77,16 @@ BEGIN
         iteration = CASE WHEN excluded.iteration > 0 THEN excluded.iteration ELSE s.iteration END,
         iteration_started_at = coalesce(excluded.iteration_started_at, s.iteration_started_at);
 
-    IF (plan ->> 'drop_all_tasks')::boolean THEN
-        DELETE FROM df._tasks WHERE instance_id = p_instance;
-    END IF;
+    -- Abandoned tasks go, except those a finishing step holds right now (it records its
+    -- result and asks for another advance, which finds the decision already made).
     DELETE FROM df._tasks
-    WHERE instance_id = p_instance
-      AND node_id IN (SELECT jsonb_array_elements_text(coalesce(plan -> 'cancel_nodes', '[]')));
+    WHERE ctid IN (
+        SELECT t.ctid FROM df._tasks t
+        WHERE t.instance_id = p_instance
+          AND ((plan ->> 'drop_all_tasks')::boolean
+               OR t.node_id IN (SELECT jsonb_array_elements_text(
+                                    coalesce(plan -> 'cancel_nodes', '[]'))))
+        FOR UPDATE SKIP LOCKED);
 
     UPDATE df._signals g SET consumed_by = c.node_id
     FROM jsonb_to_recordset(coalesce(plan -> 'consumed_signals', '[]')) AS c(id bigint, node_id text)
