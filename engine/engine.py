@@ -89,7 +89,16 @@ class Engine:
                 delay = min(delay * 2, 5.0)
         self._ready.set()
         self.wake()
-        await asyncio.gather(self._scheduler(), self._lease_keeper())
+        loops = [
+            asyncio.create_task(self._scheduler(), name="pgdurable-scheduler"),
+            asyncio.create_task(self._lease_keeper(), name="pgdurable-leases"),
+        ]
+        try:
+            await asyncio.gather(*loops)
+        finally:  # both loops end before stop() closes the pools they use
+            for loop_task in loops:
+                loop_task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
 
     async def _boot(self) -> None:
         conn = await asyncpg.connect(self.settings.admin_dsn)
@@ -145,6 +154,8 @@ class Engine:
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), pause)
+            if self._stop.is_set():
+                return
             self._wake.clear()
             try:
                 await self._ensure_listener()
@@ -296,20 +307,31 @@ class Engine:
             self._running.pop((task.instance_id, task.node_id), None)
 
     async def _run_sql(self, task: Task) -> None:
-        async with self.steps.slots:
+        await self.steps.slots.acquire()
+        try:
             conn = await self.steps.acquire(task.owner, task.database)
-            running = self._running.get((task.instance_id, task.node_id))
-            if running is not None:
-                running.backend_pid = conn.get_server_pid()
-            try:
-                elsewhere = (
-                    None if task.database == self.settings.catalog_database else self._record_result
-                )
-                await run_sql_step(conn, task, elsewhere)
-            finally:
-                if running is not None:  # never cancel a pooled backend doing other work
-                    running.backend_pid = None
-                await self.steps.release(task.owner, task.database, conn)
+        except BaseException:
+            self.steps.slots.release()
+            raise
+        running = self._running.get((task.instance_id, task.node_id))
+        if running is not None:
+            running.backend_pid = conn.get_server_pid()
+        try:
+            elsewhere = (
+                None if task.database == self.settings.catalog_database else self._record_result
+            )
+            await run_sql_step(conn, task, elsewhere)
+        finally:
+            if running is not None:  # never cancel a pooled backend doing other work
+                running.backend_pid = None
+            # reset the connection off the critical path; it keeps its slot until pooled
+            self._spawn(self._release_step(task, conn))
+
+    async def _release_step(self, task: Task, conn: asyncpg.Connection) -> None:
+        try:
+            await self.steps.release(task.owner, task.database, conn)
+        finally:
+            self.steps.slots.release()
 
     async def _record_result(self, task: Task, raw: str, delivery: str) -> None:
         await self._require_pool().execute(

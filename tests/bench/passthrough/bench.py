@@ -12,16 +12,18 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pgdurable_proxy.cluster import Cluster
+from pgdurable_proxy.cluster import Cluster, free_port
 from tests.bench.passthrough.measure import RunResult, Workload, outside_cpu_s, run_pgbench
 from tests.bench.passthrough.report import (
     NOISE_SHARE,
@@ -191,6 +193,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0  # not reached: ExitStack does not swallow exceptions
 
 
+def _wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
 def _log(msg: str) -> None:
     print(f"[{dt.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
 
@@ -265,6 +276,22 @@ def _bench(
         stack.callback(proxy.stop)
         endpoints.append(Endpoint("pgdurable", proxy.port, proxy_pid(proxy)))
         _log(f"pgdurable on port {proxy.port} (pid {proxy_pid(proxy)})")
+
+    if "pipe" in targets:
+        pipe_port = free_port()
+        pipe = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.bench.passthrough.pipe",
+                str(pipe_port),
+                str(cluster.port),
+            ]
+        )
+        stack.callback(pipe.kill)
+        _wait_for_port(pipe_port)
+        endpoints.append(Endpoint("pipe", pipe_port, pipe.pid))
+        _log(f"bare uvloop pipe on port {pipe_port} (pid {pipe.pid})")
 
     bouncer_version: str | None = None
     if "pgbouncer" in targets:

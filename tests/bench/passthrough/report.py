@@ -9,7 +9,7 @@ from typing import Any
 
 from tests.bench.passthrough.measure import RunResult, Workload
 
-TARGETS = ("direct", "pgdurable", "pgbouncer")
+TARGETS = ("direct", "pgdurable", "pgbouncer", "pipe")
 
 # Targets set from the baseline (PgBouncer 1.18 session mode, same machine):
 # 0.64x direct TPS at -c 8 simple, ~12 us CPU per select-only transaction.
