@@ -16,7 +16,14 @@ from typing import Any
 
 from pglast import parser
 
-from dsl.steps import StepSyntaxError, check_step, param_numbers, start_steps
+from dsl.steps import (
+    LiteralPosition,
+    StepSyntaxError,
+    check_step,
+    cron_positions,
+    param_numbers,
+    start_steps,
+)
 
 DSL_OPERATORS = frozenset({"~>", "|=>", "?>", "!>", "@>", "&", "|"})
 EXTENSION_NAME = "pg_durable"
@@ -41,6 +48,8 @@ class Classification:
     statement_count: int = 0
     rewritten: str | None = None  # the SQL the server should run instead, if any
     step_error: StepSyntaxError | None = None  # a df.start step that does not parse
+    # server errors that start with these texts get these positions (cron literals, ...)
+    literal_positions: tuple[LiteralPosition, ...] = ()
 
     @property
     def starts_workflow(self) -> bool:
@@ -78,6 +87,10 @@ def classify(sql: str) -> Classification:
     error, rewritten = (None, None)
     if "start" in functions:
         error, rewritten = _first_step_error(sql, raw_statements)
+    positions: tuple[LiteralPosition, ...] = ()
+    if "wait_for_schedule" in functions:
+        data = sql.encode()
+        positions = tuple(p for raw in raw_statements for p in cron_positions(raw["stmt"], data))
     return Classification(
         StatementKind.WORKFLOW,
         frozenset(functions),
@@ -85,6 +98,7 @@ def classify(sql: str) -> Classification:
         len(statements),
         rewritten=rewritten,
         step_error=error,
+        literal_positions=positions,
     )
 
 

@@ -161,3 +161,23 @@ def param_numbers(tree: Any) -> list[int]:
         elif isinstance(item, list):
             stack.extend(item)
     return sorted(found)
+
+
+@dataclass(frozen=True, slots=True)
+class LiteralPosition:
+    """Where a literal argument of a df.* call sits in the statement, for error positions."""
+
+    message_prefix: str  # the server's error for this literal starts with this text
+    position: int  # 1-based character position of the literal
+
+
+def cron_positions(statement: dict[str, Any], sql_bytes: bytes) -> Iterator[LiteralPosition]:
+    """The cron literals of df.wait_for_schedule(...) calls: their errors get a position."""
+    for call in _calls(statement, "wait_for_schedule"):
+        args = call.get("args", [])
+        if not args or "A_Const" not in args[0] or "sval" not in args[0]["A_Const"]:
+            continue
+        const = args[0]["A_Const"]
+        start = len(sql_bytes[: const.get("location", 0)].decode("utf-8", "replace"))
+        prefix = f"Invalid cron expression '{const['sval'].get('sval', '')}'"
+        yield LiteralPosition(prefix, start + 1)

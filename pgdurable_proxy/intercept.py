@@ -26,7 +26,8 @@ class Decision:
 
     replacement: bytes | None = None  # None: forward the original bytes
     starts_workflow: bool = False
-    positions_errors: bool = False  # the server will raise a positioned step syntax error
+    positions_errors: bool = False  # errors of this statement may need a position added
+    position_hints: tuple[tuple[str, int], ...] = ()
 
 
 PASS = Decision()
@@ -81,7 +82,9 @@ class Interceptor:
         replacement = None
         if verdict.rewritten is not None:
             replacement = replace_sql(msg_type, message, verdict.rewritten.encode())
-        return Decision(replacement, verdict.starts_workflow, verdict.step_error is not None)
+        hints = tuple((p.message_prefix, p.position) for p in verdict.literal_positions)
+        positions = verdict.step_error is not None or bool(hints)
+        return Decision(replacement, verdict.starts_workflow, positions, hints)
 
 
 def _lexable(parameters: Mapping[str, str]) -> bool:

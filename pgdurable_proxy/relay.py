@@ -227,10 +227,10 @@ class UpstreamLink(asyncio.Protocol):
         if transport.get_extra_info("sslcontext") is not None and not client_tls:
             self._auth = bytearray()
 
-    def position_errors(self) -> None:
-        """Frame replies until the next ReadyForQuery to position a step syntax error."""
+    def position_errors(self, hints: tuple[tuple[str, int], ...] = ()) -> None:
+        """Frame replies until the next ReadyForQuery to add positions to errors."""
         if self._positioner is None or self._positioner.done:
-            self._positioner = ErrorPositioner()
+            self._positioner = ErrorPositioner(hints)
 
     def data_received(self, data: bytes) -> None:
         if self._auth is not None:

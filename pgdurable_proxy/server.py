@@ -82,7 +82,7 @@ class ProxyServer:
         if decision.starts_workflow:
             session.wake_on_idle = True
         if decision.positions_errors and link is not None and link.tracker.at_boundary:
-            link.position_errors()
+            link.position_errors(decision.position_hints)
         return decision.replacement
 
 

@@ -12,13 +12,18 @@ MARKER = "pgdurable:position="
 
 
 class ErrorPositioner:
-    """Rewrites marked ErrorResponses in a server→client stream (sans-I/O)."""
+    """Rewrites marked ErrorResponses in a server→client stream (sans-I/O).
 
-    __slots__ = ("_buffer", "done")
+    `hints` maps the start of an error message to the position of the literal it is about
+    (the server validates, e.g. a cron expression; pgdurable knows where the literal was).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_buffer", "done", "hints")
+
+    def __init__(self, hints: tuple[tuple[str, int], ...] = ()) -> None:
         self._buffer = bytearray()
         self.done = False
+        self.hints = hints
 
     def feed(self, data: bytes) -> bytes:
         """Return the bytes the client should see now; holds back an incomplete message."""
@@ -31,7 +36,7 @@ class ErrorPositioner:
                 break
             message = bytes(buf[:end])
             del buf[:end]
-            out += _positioned(message) if message[:1] == b"E" else message
+            out += _positioned(message, self.hints) if message[:1] == b"E" else message
             if message[:1] == b"Z":
                 self.done = True
                 out += buf
@@ -40,15 +45,21 @@ class ErrorPositioner:
         return bytes(out)
 
 
-def _positioned(message: bytes) -> bytes:
+def _positioned(message: bytes, hints: tuple[tuple[str, int], ...]) -> bytes:
     fields = parse_error_fields(message[5:])
     column = fields.get("c", "")
-    if not column.startswith(MARKER):
-        return message
+    if column.startswith(MARKER):
+        position = column[len(MARKER) :]
+    else:
+        text = fields.get("M", "")
+        found = [pos for prefix, pos in hints if text.startswith(prefix)]
+        if not found or "P" in fields:
+            return message
+        position = str(found[0])
     kept = {code: value for code, value in fields.items() if code not in ("c", "W", "P")}
     rebuilt: dict[str, str] = {}
     for code, value in kept.items():
         rebuilt[code] = value
         if code == "M":
-            rebuilt["P"] = column[len(MARKER) :]
+            rebuilt["P"] = position
     return frame(b"E", build_error_body(rebuilt))

@@ -189,3 +189,11 @@ def test_no_rows_written_by_a_failed_start(wf_dsn: str) -> None:
             with pytest.raises(psycopg.Error):
                 conn.execute("SELECT df.start(%s)", (bad,))
         assert conn.execute("SELECT count(*) FROM df.instances").fetchone() == before
+
+
+def test_invalid_cron_gets_the_position_of_its_literal(wf_dsn: str) -> None:
+    sql = "SELECT df.start('SELECT 1' ~> df.wait_for_schedule('61 * * * *'))"
+    error = _error(wf_dsn, sql)
+    assert error.sqlstate == "22023"
+    assert str(error.diag.message_primary).startswith("Invalid cron expression '61 * * * *'")
+    assert error.diag.statement_position == str(sql.index("'61") + 1)

@@ -124,3 +124,24 @@ def test_channel_binding_offer_is_stripped() -> None:
     assert strip_channel_binding(offer) == frame(b"R", b"\0\0\0\x0aSCRAM-SHA-256\0\0")
     plain = frame(b"R", b"\0\0\0\x0aSCRAM-SHA-256\0\0")
     assert strip_channel_binding(plain) is plain
+
+
+def test_positioner_adds_positions_and_stops_at_ready() -> None:
+    from pgdurable_proxy.wire.messages import parse_error_fields
+    from pgdurable_proxy.wire.positions import ErrorPositioner
+
+    marked = frame(b"E", b"SERROR\0C42601\0Mbad step\0cpgdurable:position=17\0Wcontext\0\0")
+    hinted = error_response("22023", "Invalid cron expression 'x': nope")
+    stream = marked + hinted + frame(b"Z", b"E") + frame(b"T", b"later")
+    positioner = ErrorPositioner((("Invalid cron expression 'x'", 33),))
+    out = b""
+    for i in range(0, len(stream), 3):  # as the relay does: once done, bytes bypass it
+        chunk = stream[i : i + 3]
+        out += chunk if positioner.done else positioner.feed(chunk)
+    assert positioner.done
+    first_len = 1 + int.from_bytes(out[1:5], "big")
+    first = parse_error_fields(out[5:first_len])
+    assert first["P"] == "17" and "c" not in first and "W" not in first
+    second = parse_error_fields(out[first_len + 5 : out.index(b"Z\0\0\0\5")])
+    assert second["P"] == "33"
+    assert out.endswith(frame(b"Z", b"E") + frame(b"T", b"later"))
