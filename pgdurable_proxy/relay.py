@@ -24,7 +24,7 @@ from pgdurable_proxy.wire import startup
 from pgdurable_proxy.wire.errors import ProtocolViolation
 from pgdurable_proxy.wire.frames import IDLE, ClientFramer, ServerTracker
 from pgdurable_proxy.wire.messages import TERMINATE, error_response, strip_channel_binding
-from pgdurable_proxy.wire.positions import ErrorPositioner
+from pgdurable_proxy.wire.rewrite import UntilReady, error_positioner
 
 log = logging.getLogger("pgdurable.relay")
 
@@ -215,8 +215,8 @@ class UpstreamLink(asyncio.Protocol):
         self.client = client
         self.transport: asyncio.Transport | None = None
         self.tracker = ServerTracker()
-        self._auth: bytearray | None = None  # set while auth messages need rewriting
-        self._positioner: ErrorPositioner | None = None
+        self._auth: UntilReady | None = None  # set while auth messages need rewriting
+        self._positioner: UntilReady | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -225,16 +225,18 @@ class UpstreamLink(asyncio.Protocol):
             and self.client.transport.get_extra_info("sslcontext") is not None
         )
         if transport.get_extra_info("sslcontext") is not None and not client_tls:
-            self._auth = bytearray()
+            self._auth = UntilReady(strip_channel_binding)
 
     def position_errors(self, hints: tuple[tuple[str, int], ...] = ()) -> None:
         """Frame replies until the next ReadyForQuery to add positions to errors."""
         if self._positioner is None or self._positioner.done:
-            self._positioner = ErrorPositioner(hints)
+            self._positioner = error_positioner(hints)
 
     def data_received(self, data: bytes) -> None:
         if self._auth is not None:
-            data = self._rewrite_auth(data)
+            data = self._auth.feed(data)
+            if self._auth.done:
+                self._auth = None
         if self._positioner is not None:
             data = self._positioner.feed(data)
             if self._positioner.done:
@@ -247,25 +249,6 @@ class UpstreamLink(asyncio.Protocol):
             client.host.wake()
         if client.transport is not None:
             client.transport.write(data)
-
-    def _rewrite_auth(self, data: bytes) -> bytes:
-        """Until the first ReadyForQuery, pass whole messages, minus channel binding offers."""
-        assert self._auth is not None
-        buf = self._auth
-        buf += data
-        out = bytearray()
-        while len(buf) >= 5:
-            end = 1 + int.from_bytes(buf[1:5], "big")
-            if len(buf) < end:
-                break
-            message = bytes(buf[:end])
-            del buf[:end]
-            out += strip_channel_binding(message)
-            if message[:1] == b"Z":
-                out += buf
-                self._auth = None
-                break
-        return bytes(out)
 
     def connection_lost(self, exc: Exception | None) -> None:
         client = self.client

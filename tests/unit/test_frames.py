@@ -128,12 +128,12 @@ def test_channel_binding_offer_is_stripped() -> None:
 
 def test_positioner_adds_positions_and_stops_at_ready() -> None:
     from pgdurable_proxy.wire.messages import parse_error_fields
-    from pgdurable_proxy.wire.positions import ErrorPositioner
+    from pgdurable_proxy.wire.rewrite import error_positioner
 
     marked = frame(b"E", b"SERROR\0C42601\0Mbad step\0cpgdurable:position=17\0Wcontext\0\0")
     hinted = error_response("22023", "Invalid cron expression 'x': nope")
     stream = marked + hinted + frame(b"Z", b"E") + frame(b"T", b"later")
-    positioner = ErrorPositioner((("Invalid cron expression 'x'", 33),))
+    positioner = error_positioner((("Invalid cron expression 'x'", 33),))
     out = b""
     for i in range(0, len(stream), 3):  # as the relay does: once done, bytes bypass it
         chunk = stream[i : i + 3]

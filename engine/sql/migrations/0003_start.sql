@@ -305,13 +305,21 @@ $$;
 -- Hand a freshly inserted instance to the engine: snapshot the owner's variables, queue
 -- the first advance and wake the engines (NOTIFY is delivered at commit, so a ROLLBACK
 -- means the instance never runs).
+-- The instance's owner when the session's login role may act for it (is, or is a member
+-- of, the owner), else NULL. SECURITY DEFINER functions cannot see the caller's
+-- current_user, so they check the login role instead.
+CREATE FUNCTION df._acting_owner(target text)
+RETURNS regrole LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT i.submitted_by FROM df.instances i
+    WHERE i.id = target AND pg_has_role(session_user, i.submitted_by, 'MEMBER')
+$$;
+
 CREATE FUNCTION df._submit(new_instance text)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    owner_role regrole;
+    owner_role regrole := df._acting_owner(new_instance);
 BEGIN
-    SELECT submitted_by INTO owner_role FROM df.instances WHERE id = new_instance;
-    IF owner_role IS NULL OR NOT pg_has_role(session_user, owner_role, 'MEMBER') THEN
+    IF owner_role IS NULL THEN
         RAISE EXCEPTION 'Instance not found or access denied: %', new_instance
             USING ERRCODE = '42501';
     END IF;

@@ -32,11 +32,8 @@ $$;
 -- Ask the engine to look at an instance again (cancel, signal). Only for visible instances.
 CREATE FUNCTION df._request_advance(target text)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    owner_role regrole;
 BEGIN
-    SELECT submitted_by INTO owner_role FROM df.instances WHERE id = target;
-    IF owner_role IS NULL OR NOT pg_has_role(session_user, owner_role, 'MEMBER') THEN
+    IF df._acting_owner(target) IS NULL THEN
         RETURN;
     END IF;
     INSERT INTO df._advance AS a (instance_id) VALUES (target)
@@ -73,11 +70,8 @@ $$;
 -- Store a signal for a visible instance and wake the engine (users cannot write the table).
 CREATE FUNCTION df._send_signal(target text, name text, payload jsonb)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    owner_role regrole;
 BEGIN
-    SELECT submitted_by INTO owner_role FROM df.instances WHERE id = target;
-    IF owner_role IS NULL OR NOT pg_has_role(session_user, owner_role, 'MEMBER') THEN
+    IF df._acting_owner(target) IS NULL THEN
         RAISE EXCEPTION 'Instance not found or access denied: %', target USING ERRCODE = '42704';
     END IF;
     INSERT INTO df._signals (instance_id, signal_name, data) VALUES (target, name, payload);

@@ -1,29 +1,28 @@
-"""Move the position that df._step_syntax_error carries into the ErrorResponse 'P' field.
+"""Rewrite server→client messages until the next ReadyForQuery (sans-I/O).
 
-Armed only after the relay rewrote a statement; it frames server→client messages until the
-next ReadyForQuery and then steps aside, so ordinary traffic never pays for it.
+Used while authentication needs a channel-binding offer removed, and after the relay
+rewrote a statement whose errors need a position; it then steps aside, so ordinary traffic
+never pays for it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from pgdurable_proxy.wire.messages import build_error_body, frame, parse_error_fields
 
 MARKER = "pgdurable:position="
 
 
-class ErrorPositioner:
-    """Rewrites marked ErrorResponses in a server→client stream (sans-I/O).
+class UntilReady:
+    """Frames whole messages, passing each through `transform`, until ReadyForQuery."""
 
-    `hints` maps the start of an error message to the position of the literal it is about
-    (the server validates, e.g. a cron expression; pgdurable knows where the literal was).
-    """
+    __slots__ = ("_buffer", "_transform", "done")
 
-    __slots__ = ("_buffer", "done", "hints")
-
-    def __init__(self, hints: tuple[tuple[str, int], ...] = ()) -> None:
+    def __init__(self, transform: Callable[[bytes], bytes]) -> None:
         self._buffer = bytearray()
+        self._transform = transform
         self.done = False
-        self.hints = hints
 
     def feed(self, data: bytes) -> bytes:
         """Return the bytes the client should see now; holds back an incomplete message."""
@@ -36,13 +35,22 @@ class ErrorPositioner:
                 break
             message = bytes(buf[:end])
             del buf[:end]
-            out += _positioned(message, self.hints) if message[:1] == b"E" else message
+            out += self._transform(message)
             if message[:1] == b"Z":
                 self.done = True
                 out += buf
                 buf.clear()
                 break
         return bytes(out)
+
+
+def error_positioner(hints: tuple[tuple[str, int], ...] = ()) -> UntilReady:
+    """Moves df._step_syntax_error's position (and hinted ones) into ErrorResponse 'P'.
+
+    `hints` maps the start of an error message to the position of the literal it is about
+    (the server validates, e.g. a cron expression; pgdurable knows where the literal was).
+    """
+    return UntilReady(lambda m: _positioned(m, hints) if m[:1] == b"E" else m)
 
 
 def _positioned(message: bytes, hints: tuple[tuple[str, int], ...]) -> bytes:
