@@ -102,31 +102,83 @@ BEGIN
 END
 $$;
 
+-- The walk as parallel arrays in pre-order (root first), so one walk serves both checking
+-- and flattening.
+CREATE TYPE df._walk AS (paths text[], nodes jsonb[], deepest integer);
+
+CREATE FUNCTION df._walk_of(root jsonb)
+RETURNS df._walk LANGUAGE sql IMMUTABLE AS $$
+    SELECT array_agg(w.path ORDER BY w.sort_key), array_agg(w.node ORDER BY w.sort_key),
+           max(w.depth)
+    FROM df._graph_walk(root) w
+$$;
+
 -- Raise pg_durable's graph error for the first problem in pre-order, if any.
-CREATE FUNCTION df._validate_graph(root jsonb)
+CREATE FUNCTION df._check_walk(walk df._walk)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    bad record;
-    total bigint;
-    deepest integer;
+    problem text;
 BEGIN
-    SELECT count(*), max(depth) INTO total, deepest FROM df._graph_walk(root);
-    IF deepest > 256 THEN
+    IF walk.deepest > 256 THEN
         RAISE EXCEPTION 'Invalid durable function graph: root: Graph exceeds maximum nesting depth of 256. Simplify the workflow or break it into multiple instances.'
             USING ERRCODE = '54001';
     END IF;
-    IF total > 10000 THEN
+    IF cardinality(walk.paths) > 10000 THEN
         RAISE EXCEPTION 'Invalid durable function graph: root: Workflow exceeds maximum node count of 10000. Simplify the workflow or break it into multiple instances.'
             USING ERRCODE = '54000';
     END IF;
-    SELECT w.path, p.problem INTO bad
-    FROM df._graph_walk(root) w, LATERAL (SELECT df._node_problem(w.node) AS problem) p
-    WHERE p.problem IS NOT NULL
-    ORDER BY w.sort_key LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'Invalid durable function graph: %: %', bad.path, bad.problem
-            USING ERRCODE = '22023';
-    END IF;
+    FOR i IN 1 .. cardinality(walk.paths) LOOP
+        problem := df._node_problem(walk.nodes[i]);
+        IF problem IS NOT NULL THEN
+            RAISE EXCEPTION 'Invalid durable function graph: %: %', walk.paths[i], problem
+                USING ERRCODE = '22023';
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION df._validate_graph(root jsonb)
+RETURNS void LANGUAGE sql AS $$
+    SELECT df._check_walk(df._walk_of(root))
+$$;
+
+-- The flattened graph with fresh random ids (§5.1), in pre-order, as df.nodes rows.
+CREATE FUNCTION df._flatten(walk df._walk)
+RETURNS TABLE (id text, node_type text, query text, result_name text, left_node text,
+               right_node text, ord bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    ids jsonb;
+BEGIN
+    FOR attempt IN 1..10 LOOP
+        SELECT jsonb_object_agg(p, right(gen_random_uuid()::text, 8)) INTO ids
+        FROM unnest(walk.paths) AS p;
+        -- ids are unique within the graph: re-roll on an in-graph collision
+        EXIT WHEN (SELECT count(DISTINCT v) FROM jsonb_each_text(ids) AS e(k, v))
+                  = cardinality(walk.paths);
+    END LOOP;
+    RETURN QUERY
+    SELECT ids ->> w.path,
+           w.node ->> 'node_type',
+           CASE
+               WHEN w.node ->> 'node_type' IN ('IF', 'LOOP') AND w.node ? 'condition_node'
+                   THEN json_build_object('condition_node', ids ->> (w.path || '.condition_node'))::text
+               WHEN w.node ->> 'node_type' = 'LOOP' THEN NULL
+               WHEN w.node ->> 'node_type' = 'JOIN'
+                    AND jsonb_array_length(coalesce(w.node -> 'extra_nodes', '[]')) > 0
+                   THEN '{"extra_nodes":[' || (
+                       SELECT string_agg(to_json(ids ->> (w.path || '.extra_nodes[' || (i - 1) || ']'))::text, ','
+                                         ORDER BY i)
+                       FROM generate_series(1, jsonb_array_length(w.node -> 'extra_nodes')) AS i
+                   ) || ']}'
+               WHEN w.node ->> 'node_type' IN ('THEN', 'RACE', 'JOIN') THEN NULL
+               ELSE w.node ->> 'query'
+           END,
+           w.node ->> 'result_name',
+           ids ->> (w.path || '.left'),
+           ids ->> (w.path || '.right'),
+           w.ord
+    FROM unnest(walk.paths, walk.nodes) WITH ORDINALITY AS w(path, node, ord);
 END
 $$;
 
@@ -166,47 +218,6 @@ BEGIN
 END
 $$;
 
--- The flattened graph with fresh random ids (§5.1), ready to insert as df.nodes rows.
-CREATE FUNCTION df._flatten(root jsonb)
-RETURNS TABLE (id text, node_type text, query text, result_name text, left_node text,
-               right_node text, sort_key integer[])
-LANGUAGE plpgsql AS $$
-DECLARE
-    attempt integer;
-    ids jsonb;
-    n bigint;
-BEGIN
-    FOR attempt IN 1..10 LOOP
-        SELECT jsonb_object_agg(w.path, right(gen_random_uuid()::text, 8)), count(*)
-        INTO ids, n FROM df._graph_walk(root) w;
-        -- ids are unique within the graph: re-roll on an in-graph collision
-        EXIT WHEN (SELECT count(DISTINCT v) FROM jsonb_each_text(ids) AS e(k, v)) = n;
-    END LOOP;
-    RETURN QUERY
-    SELECT ids ->> w.path,
-           w.node ->> 'node_type',
-           CASE
-               WHEN w.node ->> 'node_type' IN ('IF', 'LOOP') AND w.node ? 'condition_node'
-                   THEN json_build_object('condition_node', ids ->> (w.path || '.condition_node'))::text
-               WHEN w.node ->> 'node_type' = 'LOOP' THEN NULL
-               WHEN w.node ->> 'node_type' = 'JOIN'
-                    AND jsonb_array_length(coalesce(w.node -> 'extra_nodes', '[]')) > 0
-                   THEN '{"extra_nodes":[' || (
-                       SELECT string_agg(to_json(ids ->> (w.path || '.extra_nodes[' || (i - 1) || ']'))::text, ','
-                                         ORDER BY i)
-                       FROM generate_series(1, jsonb_array_length(w.node -> 'extra_nodes')) AS i
-                   ) || ']}'
-               WHEN w.node ->> 'node_type' IN ('THEN', 'RACE', 'JOIN') THEN NULL
-               ELSE w.node ->> 'query'
-           END,
-           w.node ->> 'result_name',
-           ids ->> (w.path || '.left'),
-           ids ->> (w.path || '.right'),
-           w.sort_key
-    FROM df._graph_walk(root) w;
-END
-$$;
-
 -- ---------------------------------------------------------------------------------------
 -- Settings published by the engine, read by SQL
 -- ---------------------------------------------------------------------------------------
@@ -231,6 +242,7 @@ DECLARE
     root jsonb;
     instance_id text;
     me regrole := quote_ident(current_user)::regrole;
+    walk df._walk;
     ids text[];
     types text[];
     queries text[];
@@ -255,13 +267,13 @@ BEGIN
         RAISE EXCEPTION 'database "%" does not exist', database USING ERRCODE = '3D000';
     END IF;
     PERFORM df._check_submitter(current_user);
-    PERFORM df._validate_graph(root);
-    -- pre-order: the root comes first
-    SELECT array_agg(f.id ORDER BY f.sort_key), array_agg(f.node_type ORDER BY f.sort_key),
-           array_agg(f.query ORDER BY f.sort_key), array_agg(f.result_name ORDER BY f.sort_key),
-           array_agg(f.left_node ORDER BY f.sort_key), array_agg(f.right_node ORDER BY f.sort_key)
+    walk := df._walk_of(root);  -- one walk of the graph serves checking and flattening
+    PERFORM df._check_walk(walk);
+    SELECT array_agg(f.id ORDER BY f.ord), array_agg(f.node_type ORDER BY f.ord),
+           array_agg(f.query ORDER BY f.ord), array_agg(f.result_name ORDER BY f.ord),
+           array_agg(f.left_node ORDER BY f.ord), array_agg(f.right_node ORDER BY f.ord)
     INTO ids, types, queries, names, lefts, rights
-    FROM df._flatten(root) f;
+    FROM df._flatten(walk) f;  -- pre-order: the root comes first
     FOR attempt IN 1..10 LOOP
         instance_id := right(gen_random_uuid()::text, 8);
         INSERT INTO df.instances (id, label, root_node, submitted_by, database)
