@@ -44,7 +44,7 @@ def if_(p: Planner, node: Node) -> Outcome:
             return WAITING if condition is None else p.complete(node, condition)
         chosen = node.left if result_is_true(condition.raw) else node.right
     else:
-        decided = _has_rows(p, str(config.get("result_name", "")))
+        decided = _has_rows(p, node, str(config.get("result_name", "")))
         if isinstance(decided, Failed):
             return p.complete(node, decided)
         chosen = node.left if decided else node.right
@@ -52,8 +52,8 @@ def if_(p: Planner, node: Node) -> Outcome:
     return WAITING if outcome is None else p.complete(node, outcome)
 
 
-def _has_rows(p: Planner, name: str) -> bool | Failed:
-    raw = p.named_results().get(name)
+def _has_rows(p: Planner, node: Node, name: str) -> bool | Failed:
+    raw = p.named_results(node).get(name)
     if raw is None:
         return Failed(f"df.if_rows: result '{name}' not found")
     value = json.loads(raw)

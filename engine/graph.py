@@ -8,6 +8,7 @@ loaded the state, so every decision is durable before anything acts on it.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -245,7 +246,7 @@ class Planner:
         if node.status == NodeStatus.RUNNING:
             return WAITING
         try:
-            text = self.substitute(node.query or "")
+            text = self.substitute(node.query or "", node)
         except SubstitutionError as exc:
             self.set_status(node, NodeStatus.RUNNING)
             return self.complete(node, Failed(str(exc)))
@@ -290,21 +291,73 @@ class Planner:
         )
 
     # -- substitution -----------------------------------------------------------------------
-    def substitute(self, text: str) -> str:
+    def substitute(self, text: str, node: Node) -> str:
         inst = self.instance
         text = substitute_vars(text, inst["vars"], inst["id"], inst["label"])
-        return substitute_results(text, self.named_results())
+        return substitute_results(text, self.named_results(node))
 
-    def named_results(self) -> dict[str, str]:
-        """Results captured with |=> so far (SLEEP/WAIT_SCHEDULE/BREAK names are not stored)."""
-        return {
-            n.name: n.raw
-            for n in self.nodes.values()
-            if n.name
-            and n.status == NodeStatus.COMPLETED
-            and n.raw is not None
-            and n.type not in ("SLEEP", "WAIT_SCHEDULE", "BREAK")
-        }
+    def named_results(self, reader: Node) -> dict[str, str]:
+        """The |=> results `reader` can see (§6.4): those outside any JOIN/RACE branch it is
+        not in, plus whole finished JOINs and the winning branch of finished RACEs; later
+        executions win. SLEEP/WAIT_SCHEDULE/BREAK names are not stored."""
+        scopes = self._scope_of
+        mine = set(scopes.get(reader.id, ()))
+        visible: dict[str, str] = {}
+        for node in self._order:
+            if not node.name or node.status != NodeStatus.COMPLETED or node.raw is None:
+                continue
+            if node.type in ("SLEEP", "WAIT_SCHEDULE", "BREAK"):
+                continue
+            if all(scope in mine or self._merged(*scope) for scope in scopes.get(node.id, ())):
+                visible[node.name] = node.raw
+        return visible
+
+    def _merged(self, parallel_id: str, branch: str) -> bool:
+        """Has this JOIN/RACE branch's map been merged into its parent's?"""
+        parallel = self.nodes[parallel_id]
+        if parallel.status != NodeStatus.COMPLETED:
+            return False
+        if parallel.type == "JOIN":
+            return True
+        winner = self.nodes.get(branch)
+        return winner is not None and winner.raw == parallel.raw
+
+    def _children_in_order(self, node: Node) -> list[str]:
+        config = flow._config(node) if node.type in ("IF", "LOOP", "JOIN") else {}
+        condition = config.get("condition_node")
+        if node.type == "IF":
+            ids = [condition, node.left, node.right]
+        elif node.type == "LOOP":
+            ids = [node.left, condition]
+        elif node.type in ("JOIN", "RACE"):
+            ids = list(flow.branches(node))
+        else:
+            ids = [node.left, node.right]
+        return [str(i) for i in ids if i is not None and str(i) in self.nodes]
+
+    @functools.cached_property
+    def _order(self) -> list[Node]:
+        """Nodes in execution order (structure only: computed once per advance)."""
+        order: list[Node] = []
+        stack = [self.instance["root"]]
+        while stack:
+            node = self.nodes.get(stack.pop())
+            if node is None:
+                continue
+            order.append(node)
+            stack.extend(reversed(self._children_in_order(node)))
+        return order
+
+    @functools.cached_property
+    def _scope_of(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        """For each node: the (JOIN/RACE id, branch root id) pairs it sits inside."""
+        scopes: dict[str, tuple[tuple[str, str], ...]] = {self.instance["root"]: ()}
+        for node in self._order:
+            inherited = scopes.get(node.id, ())
+            for child in self._children_in_order(node):
+                own = ((node.id, child),) if node.type in ("JOIN", "RACE") else ()
+                scopes[child] = inherited + own
+        return scopes
 
 
 def _signal_result(name: str, timed_out: bool, data: Any) -> str:

@@ -206,3 +206,35 @@ def test_wait_for_schedule_fires_on_the_minute(wf_dsn: str) -> None:
         ).fetchone()
         assert status in (("pending",), ("running",))
         conn.execute("SELECT df.cancel(%s)", (instance[0],))
+
+
+def test_named_results_are_scoped_to_join_branches(wf_dsn: str) -> None:
+    # each branch sees its own $x (not its sibling's); after the JOIN the later branch wins
+    graph = (
+        "(('SELECT 1 AS v' |=> 'x') ~> 'SELECT $x AS left_saw') & "
+        "(('SELECT pg_sleep(0.3), 2 AS v' |=> 'x') ~> 'SELECT $x.v AS right_saw') "
+        "~> 'SELECT $x.v AS after'"
+    )
+    instance, status, _ = _run(wf_dsn, graph)
+    assert status == "completed", _why(wf_dsn, instance)
+    with psycopg.connect(wf_dsn) as conn:
+        rows = dict(
+            conn.execute(
+                "SELECT query, result -> 'rows' -> 0 FROM df.nodes WHERE instance_id = %s "
+                "AND query LIKE 'SELECT $x%%'",
+                (instance,),
+            ).fetchall()
+        )
+    assert rows["SELECT $x AS left_saw"] == {"left_saw": 1}
+    assert rows["SELECT $x.v AS right_saw"] == {"right_saw": 2}
+    assert _result(wf_dsn, instance) == {"rows": [{"after": 2}], "row_count": 1}
+
+
+def test_only_the_race_winner_names_are_merged(wf_dsn: str) -> None:
+    race = "(('SELECT ''fast'' AS w' |=> 'won') | ('SELECT pg_sleep(5), ''slow'' AS w' |=> 'lost'))"
+    instance, status, _ = _run(wf_dsn, f"{race} ~> 'SELECT $won.w AS winner'")
+    assert status == "completed", _why(wf_dsn, instance)
+    assert _result(wf_dsn, instance) == {"rows": [{"winner": "fast"}], "row_count": 1}
+    instance, status, _ = _run(wf_dsn, f"{race} ~> 'SELECT $lost.w AS loser'")
+    assert status == "failed"  # $lost is unknown after the RACE: left as text, PostgreSQL refuses
+    assert "SQL execution failed" in _why(wf_dsn, instance)
