@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import asyncpg
 
-from engine.graph import Planner, TaskLease
+from engine.graph import Plan, Planner, TaskLease
 from engine.migrations import migrate
 from engine.queries import q
 from engine.settings import EngineSettings
@@ -217,11 +217,19 @@ class Engine:
             text = await conn.fetchval(q("load_for_advance"), instance_id)
             if text is None:
                 return
-            state = json.loads(text)
-            state["allow_superuser"] = self.settings.enable_superuser_instances
-            state["min_iteration_seconds"] = self.settings.min_loop_iteration_seconds
-            plan = Planner(state, self.lease, lambda: str(uuid.uuid4())).run()
+            state, plan = self.plan(text)
             await conn.execute(q("apply_plan"), instance_id, plan.to_json())
+        await self._act_on(instance_id, state, plan)
+
+    def plan(self, state_text: str) -> tuple[dict[str, Any], Plan]:
+        """Plan an instance from the state _load_for_advance returned."""
+        state = json.loads(state_text)
+        state["allow_superuser"] = self.settings.enable_superuser_instances
+        state["min_iteration_seconds"] = self.settings.min_loop_iteration_seconds
+        return state, Planner(state, self.lease, lambda: str(uuid.uuid4())).run()
+
+    async def _act_on(self, instance_id: str, state: dict[str, Any], plan: Plan) -> None:
+        """After a plan committed: cancel abandoned steps, start the tasks leased to us."""
         if plan.cancel_nodes:
             await self._cancel_steps(instance_id, set(plan.cancel_nodes))
         if plan.wake_at is not None:
@@ -281,7 +289,10 @@ class Engine:
     async def _run_task(self, task: Task) -> None:
         try:
             if task.node_type == "SQL":
-                await self._run_sql(task)
+                folded = await self._run_sql(task)
+                if folded is not None:  # advanced inside the step's own transaction
+                    await self._act_on(task.instance_id, *folded)
+                    return
             elif task.node_type in ("SLEEP", "WAIT_SCHEDULE"):
                 raw = (
                     task.payload
@@ -306,7 +317,7 @@ class Engine:
         finally:
             self._running.pop((task.instance_id, task.node_id), None)
 
-    async def _run_sql(self, task: Task) -> None:
+    async def _run_sql(self, task: Task) -> tuple[dict[str, Any], Plan] | None:
         await self.steps.slots.acquire()
         try:
             conn = await self.steps.acquire(task.owner, task.database)
@@ -316,16 +327,23 @@ class Engine:
         running = self._running.get((task.instance_id, task.node_id))
         if running is not None:
             running.backend_pid = conn.get_server_pid()
+        folded: list[tuple[dict[str, Any], Plan]] = []
+
+        def plan_here(state_text: str) -> str:
+            state, plan = self.plan(state_text)
+            folded.append((state, plan))
+            return plan.to_json()
+
         try:
-            elsewhere = (
-                None if task.database == self.settings.catalog_database else self._record_result
-            )
-            await run_sql_step(conn, task, elsewhere)
+            in_catalog = task.database == self.settings.catalog_database
+            elsewhere = None if in_catalog else self._record_result
+            advanced = await run_sql_step(conn, task, elsewhere, plan_here if in_catalog else None)
         finally:
             if running is not None:  # never cancel a pooled backend doing other work
                 running.backend_pid = None
             # reset the connection off the critical path; it keeps its slot until pooled
             self._spawn(self._release_step(task, conn))
+        return folded[-1] if advanced and folded else None
 
     async def _release_step(self, task: Task, conn: asyncpg.Connection) -> None:
         try:

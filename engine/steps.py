@@ -9,6 +9,7 @@ says so through the node's delivery.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -93,14 +94,36 @@ class StepConnections:
 
 
 Recorder = Callable[[Task, str, str], Awaitable[None]]
+# Plans an instance from its loaded state (JSON text); returns the plan's JSON text.
+Planning = Callable[[str], str]
+
+
+async def _advance_here(
+    conn: asyncpg.Connection, task: Task, state: str, plan_here: Planning
+) -> bool:
+    """Advance the instance inside the step's own transaction (one commit per step).
+
+    Whatever goes wrong here must not undo the step: its _advance row stays, and the
+    engine's ordinary advance takes over after COMMIT.
+    """
+    secret = json.loads(state)["apply_secret"]
+    try:
+        plan = plan_here(state)
+    except Exception:
+        log.exception("event=in_step_plan_failed instance=%s", task.instance_id)
+        return False
+    return bool(await conn.fetchval(q("apply_as_step"), task.instance_id, secret, plan))
 
 
 async def run_sql_step(
     conn: asyncpg.Connection,
     task: Task,
     record_elsewhere: Recorder | None,
-) -> None:
+    plan_here: Planning | None = None,
+) -> bool:
     """Execute and record one SQL step; raises StepFailed with the node's error text.
+
+    Returns True when the instance was also advanced inside the step's transaction.
 
     In the catalog's database the statement and its record commit together (exactly once).
     In another database (`df.start(..., database => ...)`) they cannot, so the result is
@@ -113,14 +136,24 @@ async def run_sql_step(
         except asyncpg.PostgresError as exc:
             raise StepFailed(_sql_error(exc)) from exc
         await record_elsewhere(task, raw, "at-least-once")
-        return
+        return False
     try:
         async with conn.transaction():
             raw = await _execute(conn, sql)
-            await conn.execute(
-                q("complete_step"), task.instance_id, task.node_id, task.token, raw, "exactly-once"
+            state = await conn.fetchval(
+                q("complete_and_load"),
+                task.instance_id,
+                task.node_id,
+                task.token,
+                raw,
+                "exactly-once",
             )
-        return
+            advanced = (
+                state is not None
+                and plan_here is not None
+                and await _advance_here(conn, task, state, plan_here)
+            )
+        return advanced
     except asyncpg.PostgresError as exc:
         if exc.sqlstate != ACTIVE_SQL_TRANSACTION:
             raise StepFailed(_sql_error(exc)) from exc
@@ -132,6 +165,7 @@ async def run_sql_step(
         )
     except asyncpg.PostgresError as exc:
         raise StepFailed(_sql_error(exc)) from exc
+    return False
 
 
 async def _execute(conn: asyncpg.Connection, sql: str) -> str:

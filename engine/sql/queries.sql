@@ -66,3 +66,9 @@ SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;
 
 -- name: cancel_backend
 SELECT pg_cancel_backend($1);
+
+-- name: complete_and_load
+SELECT df._complete_and_load($1, $2, $3, $4, $5);
+
+-- name: apply_as_step
+SELECT df._apply_as_step($1, $2, $3::jsonb);

@@ -24,6 +24,10 @@ class ProxyProcess:
     log_path: Path | None = None
     process: subprocess.Popen[str] | None = None
 
+    def __post_init__(self) -> None:
+        while self.http_port == self.port:  # the OS may hand out a just-freed port twice
+            self.http_port = free_port()
+
     def start(self, timeout: float = 30.0) -> ProxyProcess:
         """Launch and wait for the 'ready' line."""
         cmd = [
