@@ -6,7 +6,6 @@ import datetime
 import decimal
 import json
 import math
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -102,8 +101,3 @@ def rows_document(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[An
 def compact(value: Any) -> str:
     """Compact JSON with non-ASCII kept raw (serde_json's output)."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def uuid_text(value: uuid.UUID) -> str:
-    """Canonical text of a UUID."""
-    return str(value)
