@@ -50,6 +50,12 @@ def test_join_result_is_the_array_and_branches_overlap(wf_dsn: str) -> None:
     instance, status, elapsed = _run(wf_dsn, graph)
     assert status == "completed", _why(wf_dsn, instance)
     assert elapsed < 1.9  # concurrent, not 2 s
+    with psycopg.connect(wf_dsn) as conn:
+        recorded = conn.execute(
+            "SELECT extract(epoch FROM completed_at - created_at) FROM df.instances WHERE id = %s",
+            (instance,),
+        ).fetchone()
+    assert recorded is not None and recorded[0] >= 1.0  # stamped when it ended, not began
     assert _result(wf_dsn, instance) == [
         {"rows": [{"pg_sleep": None, "a": 1}], "row_count": 1},
         {"rows": [{"pg_sleep": None, "b": 2}], "row_count": 1},

@@ -1,6 +1,8 @@
 -- pgdurable catalog, version 7: the engine's own functions. The engine (table owner) calls
 -- _load_for_advance and _apply_plan on its admin connection; _complete_step runs inside a
 -- workflow step's transaction, on the owner's connection, guarded by the lease token.
+-- Times are clock_timestamp(), not clock_timestamp(): these run at the end of a step's transaction,
+-- whose start (clock_timestamp()) may be long before the step finished.
 
 -- Everything needed to advance one instance, or NULL when another engine (or a user's
 -- df.cancel still in flight) holds it. Lock order: the instance row, then its _advance row,
@@ -56,7 +58,7 @@ BEGIN
         result = CASE WHEN u.status = 'completed' THEN (u.raw)::jsonb
                       WHEN u.status = 'failed' THEN to_jsonb(u.error) END,
         status_details = coalesce(u.details, n.status_details),
-        updated_at = now()
+        updated_at = clock_timestamp()
     FROM jsonb_to_recordset(coalesce(plan -> 'nodes', '[]'))
          AS u(id text, status text, raw text, error text, details jsonb)
     WHERE n.instance_id = p_instance AND n.id = u.id;
@@ -105,7 +107,7 @@ BEGIN
     SELECT p_instance, t.node_id, t.node_type, t.payload,
            clock_timestamp() + make_interval(secs => coalesce(t.delay, 0)),
            t.lease_owner, t.lease_token,
-           CASE WHEN t.lease_owner IS NOT NULL THEN now() + make_interval(secs => t.lease_seconds) END
+           CASE WHEN t.lease_owner IS NOT NULL THEN clock_timestamp() + make_interval(secs => t.lease_seconds) END
     FROM jsonb_to_recordset(coalesce(plan -> 'tasks', '[]'))
          AS t(node_id text, node_type text, payload text, delay double precision, lease_owner uuid,
               lease_token uuid, lease_seconds double precision)
@@ -113,8 +115,8 @@ BEGIN
 
     IF plan ? 'instance_status' THEN
         UPDATE df.instances
-        SET status = plan ->> 'instance_status', updated_at = now(),
-            completed_at = CASE WHEN plan ->> 'instance_status' = 'completed' THEN now() END
+        SET status = plan ->> 'instance_status', updated_at = clock_timestamp(),
+            completed_at = CASE WHEN plan ->> 'instance_status' = 'completed' THEN clock_timestamp() END
         WHERE id = p_instance AND status NOT IN ('completed', 'failed', 'cancelled');
     END IF;
 
@@ -153,7 +155,7 @@ BEGIN
     END IF;
     -- a step that could not run inside a transaction block says so where users look
     UPDATE df.nodes
-    SET status = 'completed', result = p_raw::jsonb, updated_at = now(),
+    SET status = 'completed', result = p_raw::jsonb, updated_at = clock_timestamp(),
         status_details = CASE WHEN p_delivery = 'exactly-once' THEN status_details
                               ELSE coalesce(status_details, '{}')
                                    || jsonb_build_object('delivery', p_delivery) END
@@ -178,7 +180,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    UPDATE df.nodes SET status = 'failed', result = to_jsonb(p_error), updated_at = now()
+    UPDATE df.nodes SET status = 'failed', result = to_jsonb(p_error), updated_at = clock_timestamp()
     WHERE instance_id = p_instance AND id = p_node;
     IF p_delivery IS NOT NULL THEN
         INSERT INTO df._node_state (instance_id, node_id, delivery)
