@@ -9,7 +9,6 @@ libpg_query's JSON output (≈ 15 µs for 200 characters) rather than pglast's P
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -24,6 +23,7 @@ from dsl.steps import (
     param_numbers,
     start_steps,
 )
+from dsl.tree import df_function_name, nodes_of
 
 DSL_OPERATORS = frozenset({"~>", "|=>", "?>", "!>", "@>", "&", "|"})
 EXTENSION_NAME = "pg_durable"
@@ -73,14 +73,14 @@ def classify(sql: str) -> Classification:
         )
     functions: set[str] = set()
     uses_operators = False
-    for call in _nodes_of(statements, "FuncCall"):
-        name = _df_function_name(call)
+    for call in nodes_of(statements, "FuncCall"):
+        name = df_function_name(call)
         if name is None:
             continue
         functions.add(name)
         uses_operators = uses_operators or any(
             _operator_name(expr) in DSL_OPERATORS
-            for expr in _nodes_of(call.get("args", []), "A_Expr")
+            for expr in nodes_of(call.get("args", []), "A_Expr")
         )
     if not functions:
         return Classification(StatementKind.PASSTHROUGH, statement_count=len(statements))
@@ -157,30 +157,8 @@ def _is_create_extension(stmt: dict[str, Any]) -> bool:
     return node is not None and node.get("extname") == EXTENSION_NAME
 
 
-def _df_function_name(call: dict[str, Any]) -> str | None:
-    names = [part["String"]["sval"] for part in call.get("funcname", []) if "String" in part]
-    if len(names) == 2 and names[0] == "df":
-        return str(names[1])
-    return None
-
-
 def _operator_name(expr: dict[str, Any]) -> str | None:
     names = expr.get("name", [])
     if len(names) == 1 and "String" in names[0]:
         return str(names[0]["String"]["sval"])
     return None
-
-
-def _nodes_of(tree: Any, node_type: str) -> Iterator[dict[str, Any]]:
-    """Every node of `node_type` in a libpg_query JSON tree, depth first."""
-    stack = [tree]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                if key == node_type and isinstance(value, dict):
-                    yield value
-                if isinstance(value, dict | list):
-                    stack.append(value)
-        elif isinstance(item, list):
-            stack.extend(item)

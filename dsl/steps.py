@@ -13,6 +13,8 @@ from typing import Any
 
 from pglast import parser
 
+from dsl.tree import df_function_name, nodes_of
+
 # For each builder: which positional arguments are workflow steps (auto-wrapped SQL).
 STEP_ARGUMENTS = {
     "sql": (0,),
@@ -88,7 +90,7 @@ def _steps_of(expr: dict[str, Any]) -> Iterator[StepConstant]:
             if operands[index] is not None:
                 yield from _steps_of(operands[index])
     elif "FuncCall" in expr:
-        name = _df_name(expr["FuncCall"])
+        name = df_function_name(expr["FuncCall"])
         args = expr["FuncCall"].get("args", [])
         for index in STEP_ARGUMENTS.get(name or "", ()):
             if index < len(args) and "NamedArgExpr" not in args[index]:
@@ -130,37 +132,12 @@ def _position(sql: str, literal_start: int, offset: int) -> int:
 
 
 def _calls(tree: Any, function: str) -> Iterator[dict[str, Any]]:
-    stack = [tree]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            call = item.get("FuncCall")
-            if isinstance(call, dict) and _df_name(call) == function:
-                yield call
-            stack.extend(v for v in item.values() if isinstance(v, dict | list))
-        elif isinstance(item, list):
-            stack.extend(item)
-
-
-def _df_name(call: dict[str, Any]) -> str | None:
-    names = [p["String"]["sval"] for p in call.get("funcname", []) if "String" in p]
-    return str(names[1]) if len(names) == 2 and names[0] == "df" else None
+    return (c for c in nodes_of(tree, "FuncCall") if df_function_name(c) == function)
 
 
 def param_numbers(tree: Any) -> list[int]:
     """The $n parameters a statement references, sorted."""
-    found: set[int] = set()
-    stack = [tree]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            ref = item.get("ParamRef")
-            if isinstance(ref, dict) and "number" in ref:
-                found.add(int(ref["number"]))
-            stack.extend(v for v in item.values() if isinstance(v, dict | list))
-        elif isinstance(item, list):
-            stack.extend(item)
-    return sorted(found)
+    return sorted({int(ref["number"]) for ref in nodes_of(tree, "ParamRef") if "number" in ref})
 
 
 @dataclass(frozen=True, slots=True)
