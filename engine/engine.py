@@ -295,18 +295,11 @@ class Engine:
                     return
             elif task.node_type in ("SLEEP", "WAIT_SCHEDULE"):
                 raw = (
-                    task.payload
+                    task.payload or ""
                     if task.node_type == "WAIT_SCHEDULE"
                     else SLEEP_RESULT.format(seconds=int(task.payload or 0))
                 )
-                await self._require_pool().execute(
-                    q("complete_step"),
-                    task.instance_id,
-                    task.node_id,
-                    uuid.UUID(task.token),
-                    raw,
-                    "exactly-once",
-                )
+                await self._record_result(task, raw, "exactly-once")  # a timer has no effect
             await self.advance(task.instance_id)
         except StepFailed as exc:
             await self._fail(task, str(exc))

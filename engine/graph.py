@@ -173,17 +173,14 @@ class Planner:
 
     def subtree(self, node_id: str | None) -> Iterator[Node]:
         """A node and all its descendants (children, conditions, extra branches)."""
-        stack = [node_id]
+        stack: list[str | None] = [node_id]
         while stack:
             current = stack.pop()
             if current is None or current not in self.nodes:
                 continue
             node = self.nodes[current]
             yield node
-            stack += [node.left, node.right]
-            config = flow._config(node) if node.type in ("IF", "LOOP", "JOIN") else {}
-            stack.append(config.get("condition_node"))  # type: ignore[arg-type]
-            stack += [str(e) for e in config.get("extra_nodes", [])]  # type: ignore[attr-defined]
+            stack.extend(self._children_in_order(node))
 
     def abandon(self, node_id: str, loop_message: str) -> None:
         """A RACE loser: stop its tasks and running SQL; its stored statuses stay."""
