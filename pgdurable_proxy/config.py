@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pgdurable_proxy.dsn import DSNError, UpstreamDSN, parse_dsn
 
@@ -55,66 +55,54 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+_TRUE = ("1", "on", "true")
+
+
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p = _Parser(prog="pgdurable", description="Durable SQL workflows for any PostgreSQL.")
-    p.add_argument(
-        "--upstream",
-        default=env.get("PGDURABLE_UPSTREAM"),
-        help="DSN of the PostgreSQL to front (default: start an embedded one)",
-    )
-    p.add_argument("--host", default=env.get("PGDURABLE_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(env.get("PGDURABLE_PORT", "6432")))
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=env.get("PGDURABLE_DATA_DIR"),
-        help="data directory of the embedded PostgreSQL",
-    )
-    p.add_argument(
-        "--log-level", choices=LOG_LEVELS, default=env.get("PGDURABLE_LOG_LEVEL", "warning")
-    )
-    p.add_argument("--tls-cert", type=Path, default=env.get("PGDURABLE_TLS_CERT"))
-    p.add_argument("--tls-key", type=Path, default=env.get("PGDURABLE_TLS_KEY"))
-    p.add_argument(
-        "--http-port",
-        type=int,
-        default=env.get("PGDURABLE_HTTP_PORT"),
-        help="serve /healthz and /metrics on this port (default: off)",
-    )
-    p.add_argument(
+
+    def option(flag: str, default: object = None, help: str | None = None, **kw: Any) -> None:
+        """A flag whose default is PGDURABLE_<FLAG> when that is set (argparse converts it)."""
+        variable = "PGDURABLE_" + flag.lstrip("-").replace("-", "_").upper()
+        if variable in env:
+            value = env[variable]
+            default = value in _TRUE if kw.get("action") == "store_true" else value
+        p.add_argument(flag, default=default, help=help, **kw)
+
+    option("--upstream", help="DSN of the PostgreSQL to front (default: start an embedded one)")
+    option("--host", "127.0.0.1")
+    option("--port", 6432, type=int)
+    option("--data-dir", type=Path, help="data directory of the embedded PostgreSQL")
+    option("--log-level", "warning", choices=LOG_LEVELS)
+    option("--tls-cert", type=Path)
+    option("--tls-key", type=Path)
+    option("--http-port", type=int, help="serve /healthz and /metrics on this port (default: off)")
+    option(
         "--shutdown-timeout",
+        30.0,
         type=float,
-        default=float(env.get("PGDURABLE_SHUTDOWN_TIMEOUT", "30")),
         help="seconds sessions may take to finish after SIGTERM",
     )
-    p.add_argument(
+    option(
         "--enable-superuser-instances",
+        False,
         action="store_true",
-        default=env.get("PGDURABLE_ENABLE_SUPERUSER_INSTANCES", "") in ("1", "on", "true"),
         help="let superusers own workflows (pg_durable.enable_superuser_instances)",
     )
-    p.add_argument(
-        "--max-user-connections",
-        type=int,
-        default=int(env.get("PGDURABLE_MAX_USER_CONNECTIONS", "10")),
-        help="global cap on concurrently running SQL steps",
+    option(
+        "--max-user-connections", 10, type=int, help="global cap on concurrently running SQL steps"
     )
-    p.add_argument(
-        "--poll-interval",
-        type=float,
-        default=float(env.get("PGDURABLE_POLL_INTERVAL", "1.0")),
-        help="seconds between safety-net polls for due work",
-    )
-    p.add_argument(
+    option("--poll-interval", 1.0, type=float, help="seconds between safety-net polls for due work")
+    option(
         "--lease-seconds",
+        30.0,
         type=float,
-        default=float(env.get("PGDURABLE_LEASE_SECONDS", "30")),
         help="how long a claimed step stays ours without renewal",
     )
-    p.add_argument(
+    option(
         "--min-loop-iteration-seconds",
+        1.0,
         type=float,
-        default=float(env.get("PGDURABLE_MIN_LOOP_ITERATION_SECONDS", "1.0")),
         help="pad each loop iteration to at least this long (pg_durable: 1 s)",
     )
     return p
@@ -123,10 +111,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Settings:
     """Parse flags (falling back to PGDURABLE_* variables) into Settings."""
     env = os.environ if env is None else env
-    try:
-        args = _parser(env).parse_args(list(argv))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    args = _parser(env).parse_args(list(argv))  # errors arrive as ConfigError
     try:
         upstream = parse_dsn(args.upstream) if args.upstream else None
     except DSNError as exc:
