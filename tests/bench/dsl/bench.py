@@ -9,14 +9,9 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psycopg
@@ -33,6 +28,7 @@ from tests.bench.dsl.scenarios import (
     Settings,
     run_scenario,
 )
+from tests.bench.harness import git_rev, log, run_bench
 from tests.bench.passthrough.servers import BenchError, resolve_bindir, start_cluster, tool_version
 from tests.bench.workflows.servers import (
     BENCH_DB,
@@ -42,7 +38,6 @@ from tests.bench.workflows.servers import (
     start_pgdurable,
 )
 
-REPO = Path(__file__).resolve().parents[3]
 DEFAULT_SCENARIOS = ("join", "race", "signal", "timer", "loop")
 
 
@@ -95,32 +90,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def _log(msg: str) -> None:
-    print(f"[{dt.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
-
-
-def _git_rev() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "pgdurable_proxy", "engine"],
-            capture_output=True,
-            text=True,
-        ).stdout
-        return rev + ("+dirty" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _proxy_flag(args: Sequence[str], flag: str, default: float) -> float:
     """The value pgdurable will use for `flag` (`--flag V` or `--flag=V`), else default."""
     for i, arg in enumerate(args):
@@ -132,30 +101,7 @@ def _proxy_flag(args: Sequence[str], flag: str, default: float) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_path: Path = args.out or Path(f"/tmp/pgdurable-bench-dsl-{stamp}.json")
-    with contextlib.ExitStack() as stack:
-        if args.workdir is not None:
-            args.workdir.mkdir(parents=True, exist_ok=True)
-            workdir = args.workdir
-        else:
-            workdir = Path(tempfile.mkdtemp(prefix="pgdurable-bench-dsl-"))
-            if not args.keep:
-                stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        try:
-            return _bench(args, workdir, out_path, stack)
-        except KeyboardInterrupt:
-            print("\ninterrupted: stopping servers", file=sys.stderr, flush=True)
-            return 130
-        except (BenchError, ScenarioError) as exc:
-            print(f"bench: error: {exc}", file=sys.stderr, flush=True)
-            return 1
-        finally:
-            if args.keep or args.workdir is not None:
-                print(f"work dir kept: {workdir}", file=sys.stderr)
-    return 0  # not reached: ExitStack does not swallow exceptions
+    return run_bench(parse_args(argv), "dsl", _bench, (BenchError, ScenarioError))
 
 
 def _prepare(cluster: Cluster) -> None:
@@ -172,7 +118,7 @@ def _bench(
     args: argparse.Namespace, workdir: Path, out_path: Path, stack: contextlib.ExitStack
 ) -> int:
     bindir = resolve_bindir(args.pg)
-    _log(f"PostgreSQL from {bindir}, work dir {workdir}")
+    log(f"PostgreSQL from {bindir}, work dir {workdir}")
     try:
         cluster = start_cluster(bindir, workdir, {})
     except Exception as exc:
@@ -182,7 +128,7 @@ def _bench(
     proxy_log = workdir / "pgdurable.log"
     proxy = start_pgdurable(cluster, proxy_log, list(args.proxy_arg))
     stack.callback(proxy.stop)
-    _log(f"cluster on port {cluster.port}; pgdurable on port {proxy.port} (pid {proxy_pid(proxy)})")
+    log(f"cluster on port {cluster.port}; pgdurable on port {proxy.port} (pid {proxy_pid(proxy)})")
     meta: dict[str, Any] = {
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         "host": {
@@ -191,7 +137,7 @@ def _bench(
             "platform": platform.platform(),
         },
         "postgres": tool_version(bindir / "postgres"),
-        "pgdurable_rev": _git_rev(),
+        "pgdurable_rev": git_rev(),
         "pgdurable_args": ["--log-level", "warning", *args.proxy_arg],
         "python": platform.python_version(),
         "repeats": args.repeats,
@@ -216,8 +162,8 @@ def _bench(
     bench.warm_up()
     results: list[ScenarioResult] = []
     for name in args.scenario_names:
-        _log(f"{name}: {args.repeats} repeats")
-        results.append(run_scenario(bench, SCENARIOS[name], args.repeats, _log))
+        log(f"{name}: {args.repeats} repeats")
+        results.append(run_scenario(bench, SCENARIOS[name], args.repeats, log))
     meta["status_polls"] = bench.polls
     bench.close()
     proxy.stop()
@@ -252,5 +198,5 @@ def _bench(
         )
         + "\n"
     )
-    _log(f"JSON results: {out_path}")
+    log(f"JSON results: {out_path}")
     return 0

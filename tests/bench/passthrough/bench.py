@@ -10,20 +10,17 @@ import importlib.metadata
 import json
 import os
 import platform
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from pgdurable_proxy.cluster import Cluster, free_port
+from tests.bench.harness import git_rev, log, run_bench
 from tests.bench.passthrough.measure import RunResult, Workload, outside_cpu_s, run_pgbench
 from tests.bench.passthrough.report import (
     NOISE_SHARE,
@@ -46,7 +43,6 @@ from tests.bench.passthrough.servers import (
     tool_version,
 )
 
-REPO = Path(__file__).resolve().parents[3]
 CLIENT_SHAPES = {"8": (8, 2), "1": (1, 1)}
 PROTOCOLS = ("simple", "extended", "prepared")
 
@@ -137,24 +133,6 @@ class Endpoint:
     pid: int | None
 
 
-def _git_rev() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "pgdurable_proxy"],
-            capture_output=True,
-            text=True,
-        ).stdout
-        return rev + ("+dirty" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _uvloop_version() -> str:
     try:
         return importlib.metadata.version("uvloop")
@@ -162,35 +140,8 @@ def _uvloop_version() -> str:
         return "missing"
 
 
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_path: Path = args.out or Path(f"/tmp/pgdurable-bench-passthrough-{stamp}.json")
-    with contextlib.ExitStack() as stack:
-        if args.workdir is not None:
-            args.workdir.mkdir(parents=True, exist_ok=True)
-            workdir = args.workdir
-        else:
-            workdir = Path(tempfile.mkdtemp(prefix="pgdurable-bench-"))
-            if not args.keep:
-                stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        try:
-            return _bench(args, workdir, out_path, stack)
-        except KeyboardInterrupt:
-            print("\ninterrupted: stopping servers", file=sys.stderr, flush=True)
-            return 130
-        except BenchError as exc:
-            print(f"bench: error: {exc}", file=sys.stderr, flush=True)
-            return 1
-        finally:
-            if args.keep or args.workdir is not None:
-                print(f"work dir kept: {workdir}", file=sys.stderr)
-    return 0  # not reached: ExitStack does not swallow exceptions
+    return run_bench(parse_args(argv), "passthrough", _bench, (BenchError,))
 
 
 def _wait_for_port(port: int, timeout: float = 10.0) -> None:
@@ -202,10 +153,6 @@ def _wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def _log(msg: str) -> None:
-    print(f"[{dt.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
-
-
 def _wait_quiet(roots: tuple[int, ...], max_wait: float) -> float:
     """Sample 1 s windows until one has less than NOISE_SHARE of a core used elsewhere."""
     waited = 0.0
@@ -213,7 +160,7 @@ def _wait_quiet(roots: tuple[int, ...], max_wait: float) -> float:
         if outside_cpu_s(roots, 1.0) <= NOISE_SHARE:
             return waited
         waited += 1.0
-    _log(f"machine not quiet after {max_wait:.0f} s; running anyway")
+    log(f"machine not quiet after {max_wait:.0f} s; running anyway")
     return waited
 
 
@@ -245,7 +192,7 @@ def _measured_run(
         result.attempts, result.quiet_wait_s = attempt, waited
         if (result.other_cpu_s or 0.0) <= limit or attempt > args.retries:
             return result
-        _log(
+        log(
             f"rep {rep} {ep.name} {wl.label}: {result.other_cpu_s} CPU-s of outside load "
             f"(limit {limit:.2f}); retrying"
         )
@@ -264,10 +211,10 @@ def _bench(
         settings[name] = value
     setup_log = workdir / "setup.log"
 
-    _log(f"PostgreSQL from {bindir}, work dir {workdir}")
+    log(f"PostgreSQL from {bindir}, work dir {workdir}")
     cluster: Cluster = start_cluster(bindir, workdir, settings)
     stack.callback(cluster.stop, "fast")
-    _log(f"cluster on port {cluster.port}; pgbench -i -s {args.scale} ...")
+    log(f"cluster on port {cluster.port}; pgbench -i -s {args.scale} ...")
     init_pgbench_db(cluster, args.scale, setup_log)
     endpoints = [Endpoint("direct", cluster.port, None)] if "direct" in targets else []
 
@@ -275,7 +222,7 @@ def _bench(
         proxy = start_pgdurable(cluster, workdir / "pgdurable.log")
         stack.callback(proxy.stop)
         endpoints.append(Endpoint("pgdurable", proxy.port, proxy_pid(proxy)))
-        _log(f"pgdurable on port {proxy.port} (pid {proxy_pid(proxy)})")
+        log(f"pgdurable on port {proxy.port} (pid {proxy_pid(proxy)})")
 
     if "pipe" in targets:
         pipe_port = free_port()
@@ -291,7 +238,7 @@ def _bench(
         stack.callback(pipe.kill)
         _wait_for_port(pipe_port)
         endpoints.append(Endpoint("pipe", pipe_port, pipe.pid))
-        _log(f"bare uvloop pipe on port {pipe_port} (pid {pipe.pid})")
+        log(f"bare uvloop pipe on port {pipe_port} (pid {pipe.pid})")
 
     bouncer_version: str | None = None
     if "pgbouncer" in targets:
@@ -314,7 +261,7 @@ def _bench(
             bouncer.start(bindir / "psql")
             stack.callback(bouncer.stop)
             endpoints.append(Endpoint("pgbouncer", bouncer.port, bouncer.pid))
-            _log(f"{bouncer_version} on port {bouncer.port} (pid {bouncer.pid}, session mode)")
+            log(f"{bouncer_version} on port {bouncer.port} (pid {bouncer.pid}, session mode)")
 
     pgbench = bindir / "pgbench"
     roots = (os.getpid(), postmaster_pid(cluster))
@@ -329,7 +276,7 @@ def _bench(
         "pgbench": tool_version(pgbench),
         "pgbouncer": bouncer_version,
         "pgbouncer_pool_size": args.pool_size if bouncer_version else None,
-        "pgdurable_rev": _git_rev(),
+        "pgdurable_rev": git_rev(),
         "python": platform.python_version(),
         "uvloop": _uvloop_version(),
         "duration_s": args.duration,
@@ -343,7 +290,7 @@ def _bench(
     }
 
     if args.warmup > 0:
-        _log(f"warm-up: {args.warmup} s of -c 8 simple per target")
+        log(f"warm-up: {args.warmup} s of -c 8 simple per target")
         for ep in endpoints:
             warm = run_pgbench(
                 pgbench,
@@ -368,7 +315,7 @@ def _bench(
                 runs.append(result)
                 cpu = f", {result.cpu_us_per_txn} µs/txn" if result.cpu_us_per_txn else ""
                 status = f"{result.tps:,.0f} TPS{cpu}" if result.ok else f"FAILED {result.error}"
-                _log(
+                log(
                     f"[{len(runs)}/{total}] rep {rep} {ep.name:9} {wl.label:28} {status} "
                     f"(other CPU {result.other_cpu_s} s, attempt {result.attempts})"
                 )
@@ -398,5 +345,5 @@ def _bench(
         )
         + "\n"
     )
-    _log(f"JSON results: {out_path}")
+    log(f"JSON results: {out_path}")
     return 0

@@ -9,17 +9,14 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from pgdurable_proxy.cluster import Cluster
+from tests.bench.harness import REPO, git_rev, log, run_bench
 from tests.bench.passthrough.servers import BenchError, postmaster_pid, resolve_bindir, tool_version
 from tests.bench.workflows.pgdurable_runs import PgdurableSetup, run_all
 from tests.bench.workflows.report import check_targets, markdown
@@ -41,7 +38,6 @@ from tests.bench.workflows.stats import CpuProbe, StatsReader
 from tests.bench.workflows.window import Window
 from tests.bench.workflows.workloads import WORKLOADS
 
-REPO = Path(__file__).resolve().parents[3]
 MODES = ("closed", "burst", "single")
 
 
@@ -99,57 +95,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def _log(msg: str) -> None:
-    print(f"[{dt.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
-
-
-def _git_rev() -> str:
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "pgdurable_proxy", "engine"],
-            capture_output=True,
-            text=True,
-        ).stdout
-        return rev + ("+dirty" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_path: Path = args.out or Path(f"/tmp/pgdurable-bench-wf-{stamp}.json")
-    with contextlib.ExitStack() as stack:
-        if args.workdir is not None:
-            args.workdir.mkdir(parents=True, exist_ok=True)
-            workdir = args.workdir
-        else:
-            workdir = Path(tempfile.mkdtemp(prefix="pgdurable-bench-wf-"))
-            if not args.keep:
-                stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        try:
-            return _bench(args, workdir, out_path, stack)
-        except KeyboardInterrupt:
-            print("\ninterrupted: stopping servers", file=sys.stderr, flush=True)
-            return 130
-        except BenchError as exc:
-            print(f"bench: error: {exc}", file=sys.stderr, flush=True)
-            return 1
-        finally:
-            if args.keep or args.workdir is not None:
-                print(f"work dir kept: {workdir}", file=sys.stderr)
-    return 0  # not reached: ExitStack does not swallow exceptions
+    return run_bench(parse_args(argv), "wf", _bench, (BenchError,))
 
 
 def _bench(
@@ -158,7 +105,7 @@ def _bench(
     workloads, modes = args.workloads.split(","), args.modes.split(",")
     bindir = resolve_bindir(args.pg)
     pgss = pgss_available(bindir)
-    _log(f"PostgreSQL from {bindir} (pg_stat_statements: {pgss}), work dir {workdir}")
+    log(f"PostgreSQL from {bindir} (pg_stat_statements: {pgss}), work dir {workdir}")
     cluster = start_bench_cluster(bindir, workdir, pgss)
     stack.callback(cluster.stop, "fast")
     prepare_databases(cluster, pgss)
@@ -175,7 +122,7 @@ def _bench(
     proxy_log = workdir / "pgdurable.log"
     proxy = start_pgdurable(cluster, proxy_log, proxy_args)
     stack.callback(proxy.stop)
-    _log(f"cluster on port {cluster.port}; pgdurable on port {proxy.port} (pid {proxy_pid(proxy)})")
+    log(f"cluster on port {cluster.port}; pgdurable on port {proxy.port} (pid {proxy_pid(proxy)})")
     pg_pid = postmaster_pid(cluster)
     meta: dict[str, Any] = {
         "started": dt.datetime.now().isoformat(timespec="seconds"),
@@ -186,7 +133,7 @@ def _bench(
         },
         "postgres": tool_version(bindir / "postgres"),
         "pg_stat_statements": pgss,
-        "pgdurable_rev": _git_rev(),
+        "pgdurable_rev": git_rev(),
         "pgdurable_args": ["--log-level", "warning", *proxy_args],
         "dbos": dbos_version,
         "python": platform.python_version(),
@@ -258,7 +205,7 @@ def _bench(
         )
         + "\n"
     )
-    _log(f"JSON results: {out_path}")
+    log(f"JSON results: {out_path}")
     return 0
 
 
@@ -292,7 +239,7 @@ def _run_dbos(
     }
     cfg_path, out_path = workdir / "dbos_config.json", workdir / "dbos_results.json"
     cfg_path.write_text(json.dumps(config))
-    _log("DBOS Transact runs (own process)")
+    log("DBOS Transact runs (own process)")
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.bench.workflows.dbos_runner", str(cfg_path), str(out_path)],
         cwd=REPO,
