@@ -20,6 +20,7 @@ import asyncpg
 
 from engine.graph import Plan, Planner, TaskLease
 from engine.migrations import migrate
+from engine.new_transaction import NewStartRequest, NewTransactionStarts
 from engine.queries import q
 from engine.settings import EngineSettings
 from engine.steps import StepConnections, StepFailed, Task, run_sql_step
@@ -51,6 +52,13 @@ class Engine:
         self.owner_id = str(uuid.uuid4())
         self.lease = TaskLease(self.owner_id, settings.lease_seconds)
         self.steps = StepConnections(settings)
+        self.new_starts = NewTransactionStarts(
+            self._require_pool,
+            self.steps.connect,
+            settings.catalog_database,
+            settings.max_new_transaction_starts,
+            settings.new_transaction_start_timeout,
+        )
         self.pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
@@ -121,6 +129,7 @@ class Engine:
             "enable_superuser_instances": "on" if s.enable_superuser_instances else "off",
             "list_instances_max_limit": str(s.list_instances_max_limit),
             "max_user_connections": str(s.max_user_connections),
+            "new_transaction_start_timeout": str(s.new_transaction_start_timeout),
         }
         for name, value in settings.items():
             await conn.execute(q("publish_setting"), name, value)
@@ -147,6 +156,25 @@ class Engine:
     def wake(self) -> None:
         """Look for work now (called when a df.start committed through the proxy)."""
         self._wake.set()
+
+    def start_new(self, login_role: str, detail: str) -> None:
+        """A df.start(..., transaction_mode => 'new') asked through a session of `login_role`."""
+        try:
+            request = NewStartRequest.from_detail(detail)
+        except (ValueError, KeyError, TypeError):
+            log.warning("event=new_start_unreadable role=%s", login_role)
+            return
+        self._spawn(self._start_new(login_role, request))
+
+    async def _start_new(self, login_role: str, request: NewStartRequest) -> None:
+        if self.pool is None:  # not booted: the caller's df.start times out with a clear text
+            log.warning("event=new_start_before_ready request=%s", request.request)
+            return
+        try:
+            if await self.new_starts.handle(login_role, request):
+                self.wake()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("event=new_start_error request=%s error=%r", request.request, exc)
 
     # -- loops --------------------------------------------------------------------------------
     async def _scheduler(self) -> None:

@@ -21,3 +21,5 @@ class EngineSettings:
     list_instances_max_limit: int = 1000
     min_loop_iteration_seconds: float = 1.0  # pg_durable pads every loop iteration to 1 s
     admin_pool_size: int = 4
+    max_new_transaction_starts: int = 2  # concurrent transaction_mode => 'new' sessions
+    new_transaction_start_timeout: float = 5.0  # wait for one of those slots

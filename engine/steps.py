@@ -23,6 +23,10 @@ from engine.settings import EngineSettings
 
 log = logging.getLogger("pgdurable.steps")
 ACTIVE_SQL_TRANSACTION = "25001"
+STEP_SESSION_SETTINGS = {
+    "df.in_workflow": "true",
+    "application_name": "pg_durable:worker:workflow-sql",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +60,17 @@ class StepConnections:
             conn = idle.pop()
             if not conn.is_closed():
                 return conn
+        return await self.connect(role, database, STEP_SESSION_SETTINGS)
+
+    async def connect(
+        self, role: str, database: str, server_settings: dict[str, str]
+    ) -> asyncpg.Connection:
+        """A new connection logged in as `role` (outside the pool and its cap)."""
         try:
             return await asyncpg.connect(
                 self.settings.step_dsn(role, database),
                 timeout=30,
-                server_settings={
-                    "df.in_workflow": "true",
-                    "application_name": "pg_durable:worker:workflow-sql",
-                },
+                server_settings=server_settings,
             )
         except TimeoutError as exc:
             raise StepFailed(

@@ -70,6 +70,8 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
         poll_interval=settings.poll_interval,
         enable_superuser_instances=settings.enable_superuser_instances,
         min_loop_iteration_seconds=settings.min_loop_iteration_seconds,
+        max_new_transaction_starts=settings.max_new_transaction_starts,
+        new_transaction_start_timeout=settings.new_transaction_start_timeout,
     )
 
 
@@ -84,7 +86,9 @@ async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
         await asyncio.wait_for(asyncio.shield(engine.started()), ENGINE_BOOT_WAIT)
     except TimeoutError:
         log.warning("event=engine_not_ready_yet waited=%ss", ENGINE_BOOT_WAIT)
-    server = ProxyServer(upstream, Interceptor(metrics), metrics, tls, wake=engine.wake)
+    server = ProxyServer(
+        upstream, Interceptor(metrics), metrics, tls, wake=engine.wake, start_new=engine.start_new
+    )
     port = await server.start(settings.host, settings.port)
     admin = None
     if settings.http_port is not None:

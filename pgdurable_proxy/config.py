@@ -36,6 +36,8 @@ class Settings:
     poll_interval: float = 1.0
     lease_seconds: float = 30.0
     min_loop_iteration_seconds: float = 1.0
+    max_new_transaction_starts: int = 2
+    new_transaction_start_timeout: float = 5.0
 
     @property
     def embedded(self) -> bool:
@@ -105,6 +107,18 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=float,
         help="pad each loop iteration to at least this long (pg_durable: 1 s)",
     )
+    option(
+        "--max-new-transaction-starts",
+        2,
+        type=int,
+        help="concurrent df.start(..., transaction_mode => 'new') sessions",
+    )
+    option(
+        "--new-transaction-start-timeout",
+        5.0,
+        type=float,
+        help="seconds such a start waits for one of those sessions",
+    )
     return p
 
 
@@ -138,4 +152,6 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         poll_interval=args.poll_interval,
         lease_seconds=args.lease_seconds,
         min_loop_iteration_seconds=args.min_loop_iteration_seconds,
+        max_new_transaction_starts=args.max_new_transaction_starts,
+        new_transaction_start_timeout=args.new_transaction_start_timeout,
     )

@@ -24,7 +24,7 @@ from pgdurable_proxy.wire import startup
 from pgdurable_proxy.wire.errors import ProtocolViolation
 from pgdurable_proxy.wire.frames import IDLE, ClientFramer, ServerTracker
 from pgdurable_proxy.wire.messages import TERMINATE, error_response, strip_channel_binding
-from pgdurable_proxy.wire.rewrite import UntilReady, error_positioner
+from pgdurable_proxy.wire.rewrite import NoticeTap, UntilReady, error_positioner
 
 log = logging.getLogger("pgdurable.relay")
 
@@ -35,6 +35,7 @@ class SessionHost(Protocol):
     upstream: UpstreamDSN
     tls_context: ssl.SSLContext | None
     wake: Callable[[], None]
+    start_new: Callable[[str, str], None]  # (login role, request detail)
 
     def register(self, session: ClientSession) -> None: ...
     def unregister(self, session: ClientSession) -> None: ...
@@ -217,6 +218,7 @@ class UpstreamLink(asyncio.Protocol):
         self.tracker = ServerTracker()
         self._auth: UntilReady | None = None  # set while auth messages need rewriting
         self._positioner: UntilReady | None = None
+        self._tap: NoticeTap | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -232,6 +234,13 @@ class UpstreamLink(asyncio.Protocol):
         if self._positioner is None or self._positioner.done:
             self._positioner = error_positioner(hints)
 
+    def tap_notices(self, marker: str) -> None:
+        """From now on, hand notices whose text is `marker` to the host, not the client."""
+        if self._tap is None:
+            login_role = self.client.params.get("user", "")
+            start_new = self.client.host.start_new
+            self._tap = NoticeTap(marker, lambda detail: start_new(login_role, detail))
+
     def data_received(self, data: bytes) -> None:
         if self._auth is not None:
             data = self._auth.feed(data)
@@ -241,6 +250,8 @@ class UpstreamLink(asyncio.Protocol):
             data = self._positioner.feed(data)
             if self._positioner.done:
                 self._positioner = None
+        if self._tap is not None:
+            data = self._tap.feed(data)
         tracker = self.tracker
         tracker.feed(data)
         client = self.client

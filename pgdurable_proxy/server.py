@@ -7,6 +7,7 @@ import logging
 import ssl
 from collections.abc import Callable
 
+from engine.new_transaction import NOTICE_MARKER as NEW_TRANSACTION_NOTICE
 from pgdurable_proxy.dsn import UpstreamDSN
 from pgdurable_proxy.intercept import Interceptor
 from pgdurable_proxy.metrics import Metrics
@@ -25,9 +26,11 @@ class ProxyServer:
         metrics: Metrics,
         tls_context: ssl.SSLContext | None = None,
         wake: Callable[[], None] = lambda: None,
+        start_new: Callable[[str, str], None] = lambda role, detail: None,
     ) -> None:
         self.upstream = upstream
         self.wake = wake
+        self.start_new = start_new
         self.tls_context = tls_context
         self.interceptor = interceptor
         self.metrics = metrics
@@ -81,6 +84,8 @@ class ProxyServer:
         decision = self.interceptor.inspect(parameters, msg_type, message)
         if decision.starts_workflow:
             session.wake_on_idle = True
+            if link is not None:
+                link.tap_notices(NEW_TRANSACTION_NOTICE)
         if decision.positions_errors and link is not None and link.tracker.at_boundary:
             link.position_errors(decision.position_hints)
         return decision.replacement

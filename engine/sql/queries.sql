@@ -72,3 +72,22 @@ SELECT df._complete_and_load($1, $2, $3, $4, $5);
 
 -- name: apply_as_step
 SELECT df._apply_as_step($1, $2, $3::jsonb);
+
+-- name: new_start_ack
+-- A transaction_mode => 'new' request was taken up; old answers are cleared on the way.
+WITH pruned AS (
+    DELETE FROM df._new_starts WHERE created_at < clock_timestamp() - interval '10 minutes'
+)
+INSERT INTO df._new_starts (request) VALUES ($1) ON CONFLICT (request) DO NOTHING;
+
+-- name: new_start_answer
+UPDATE df._new_starts SET instance_id = $2, error = $3, sqlstate = $4 WHERE request = $1;
+
+-- name: may_act_as
+-- May a session that logged in as $1 start instances as $2 (as SET ROLE would allow)?
+SELECT $1::text = $2::text
+       OR coalesce(pg_has_role($1::text::name, $2::text::name, 'MEMBER'), false)
+FROM pg_roles WHERE rolname = $1 AND EXISTS (SELECT FROM pg_roles r WHERE r.rolname = $2);
+
+-- name: start_in_this_transaction
+SELECT df.start($1, $2, $3);
