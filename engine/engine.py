@@ -22,6 +22,7 @@ from engine.graph import Plan, Planner, TaskLease
 from engine.migrations import migrate
 from engine.new_transaction import NewStartRequest, NewTransactionStarts
 from engine.queries import q
+from engine.runners import Runners
 from engine.settings import EngineSettings
 from engine.steps import StepConnections, StepFailed, Task, run_sql_step
 
@@ -51,7 +52,10 @@ class Engine:
         self.settings = settings
         self.owner_id = str(uuid.uuid4())
         self.lease = TaskLease(self.owner_id, settings.lease_seconds)
-        self.steps = StepConnections(settings)
+        runners = None
+        if settings.runner_secret is not None:
+            runners = Runners(settings.runner_secret, self._require_pool)
+        self.steps = StepConnections(settings, runners)
         self.new_starts = NewTransactionStarts(
             self._require_pool,
             self.steps.connect,
@@ -130,6 +134,7 @@ class Engine:
             "list_instances_max_limit": str(s.list_instances_max_limit),
             "max_user_connections": str(s.max_user_connections),
             "new_transaction_start_timeout": str(s.new_transaction_start_timeout),
+            "runner_roles": "on" if s.runner_secret is not None else "off",
         }
         for name, value in settings.items():
             await conn.execute(q("publish_setting"), name, value)
@@ -411,10 +416,12 @@ class Engine:
             task.node_id,
             running.backend_pid,
         )
-        try:  # the owner may always cancel its own backends; no extra privilege needed
+        try:  # a login role may always cancel its own backends
             conn = await self.steps.acquire(task.owner, task.database)
             try:
-                await conn.execute(q("cancel_backend"), running.backend_pid)
+                async with conn.transaction():  # as the login role: a runner's own backend
+                    await conn.execute("SET LOCAL ROLE NONE")
+                    await conn.execute(q("cancel_backend"), running.backend_pid)
             finally:
                 await self.steps.release(task.owner, task.database, conn)
         except (StepFailed, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

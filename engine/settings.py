@@ -11,9 +11,12 @@ class EngineSettings:
     """How the engine reaches PostgreSQL and how hard it may push."""
 
     admin_dsn: str
-    # libpq URI for a step connection: (role, database) -> DSN
-    step_dsn: Callable[[str, str], str]
+    # libpq URI for a step connection: (user, password or None, database) -> DSN
+    step_dsn: Callable[[str, str | None, str], str]
     catalog_database: str
+    admin_user: str = ""
+    # with a secret, steps log in through per-owner runner roles (password-only clusters)
+    runner_secret: bytes | None = None
     max_user_connections: int = 10
     lease_seconds: float = 30.0
     poll_interval: float = 1.0

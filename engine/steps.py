@@ -19,6 +19,7 @@ import asyncpg
 
 from engine.queries import q
 from engine.results import UnsupportedColumn, check_columns, rows_document
+from engine.runners import NoRunner, Runners
 from engine.settings import EngineSettings
 
 log = logging.getLogger("pgdurable.steps")
@@ -49,8 +50,9 @@ class StepFailed(Exception):
 class StepConnections:
     """Idle connections per (role, database), capped by a global semaphore."""
 
-    def __init__(self, settings: EngineSettings) -> None:
+    def __init__(self, settings: EngineSettings, runners: Runners | None = None) -> None:
         self.settings = settings
+        self.runners = runners
         self.slots = asyncio.Semaphore(settings.max_user_connections)
         self._idle: dict[tuple[str, str], list[asyncpg.Connection]] = defaultdict(list)
 
@@ -65,10 +67,39 @@ class StepConnections:
     async def connect(
         self, role: str, database: str, server_settings: dict[str, str]
     ) -> asyncpg.Connection:
-        """A new connection logged in as `role` (outside the pool and its cap)."""
+        """A new connection with exactly `role`'s privileges (outside the pool and its cap).
+
+        Without a secret the engine logs in as the role itself (trust/peer, as pg_durable).
+        With one it logs in as the role's runner with `role` as a startup option.
+        """
+        runners = self.runners
+        if runners is None or role == self.settings.admin_user:
+            return await self._login(role, None, database, server_settings, role)
+        try:
+            runner, password = await runners.login_for(role)
+        except NoRunner as exc:
+            raise StepFailed(str(exc)) from exc
+        as_owner = {**server_settings, "role": role}
+        try:
+            return await self._login(runner, password, database, as_owner, role)
+        except StepFailed as exc:
+            if not isinstance(exc.__cause__, asyncpg.InvalidAuthorizationSpecificationError):
+                raise
+            runners.forget(role)  # 28P01 is a subclass: a new secret, or a first login
+        await runners.reset_password(runner)
+        return await self._login(runner, password, database, as_owner, role)
+
+    async def _login(
+        self,
+        user: str,
+        password: str | None,
+        database: str,
+        server_settings: dict[str, str],
+        role: str,
+    ) -> asyncpg.Connection:
         try:
             return await asyncpg.connect(
-                self.settings.step_dsn(role, database),
+                self.settings.step_dsn(user, password, database),
                 timeout=30,
                 server_settings=server_settings,
             )

@@ -63,8 +63,12 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
     """The engine's view of the configuration: admin DSN and how to log in as an owner."""
     return EngineSettings(
         admin_dsn=upstream.admin_uri(),
-        step_dsn=lambda role, database: upstream.with_user(role, None, database),
+        step_dsn=lambda user, password, database: upstream.with_user(
+            user, password if user != upstream.user else upstream.password, database
+        ),
         catalog_database=upstream.dbname,
+        admin_user=upstream.user,
+        runner_secret=settings.secret,
         max_user_connections=settings.max_user_connections,
         lease_seconds=settings.lease_seconds,
         poll_interval=settings.poll_interval,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -38,6 +38,7 @@ class Settings:
     min_loop_iteration_seconds: float = 1.0
     max_new_transaction_starts: int = 2
     new_transaction_start_timeout: float = 5.0
+    secret: bytes | None = field(default=None, repr=False)  # never printed
 
     @property
     def embedded(self) -> bool:
@@ -119,7 +120,31 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=float,
         help="seconds such a start waits for one of those sessions",
     )
+    option(
+        "--secret-file",
+        type=Path,
+        help="file holding the secret runner-role passwords derive from (or PGDURABLE_SECRET)",
+    )
     return p
+
+
+MIN_SECRET_BYTES = 16
+
+
+def _secret(path: Path | None, env: Mapping[str, str]) -> bytes | None:
+    """The runner secret: --secret-file's contents, else PGDURABLE_SECRET, else None."""
+    if path is not None:
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --secret-file: {exc.strerror}: {path}") from None
+    elif env.get("PGDURABLE_SECRET"):
+        secret = env["PGDURABLE_SECRET"].encode().strip()
+    else:
+        return None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ConfigError(f"the runner secret must be at least {MIN_SECRET_BYTES} bytes long")
+    return secret
 
 
 def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Settings:
@@ -154,4 +179,5 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         min_loop_iteration_seconds=args.min_loop_iteration_seconds,
         max_new_transaction_starts=args.max_new_transaction_starts,
         new_transaction_start_timeout=args.new_transaction_start_timeout,
+        secret=_secret(args.secret_file, env),
     )

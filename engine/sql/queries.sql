@@ -91,3 +91,9 @@ FROM pg_roles WHERE rolname = $1 AND EXISTS (SELECT FROM pg_roles r WHERE r.roln
 
 -- name: start_in_this_transaction
 SELECT df.start($1, $2, $3);
+
+-- name: runner_of
+SELECT runner::text FROM df._runners WHERE owner = $1;
+
+-- name: set_runner_password
+SELECT df._set_runner_password($1, $2);

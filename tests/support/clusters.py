@@ -64,7 +64,7 @@ def make_cluster(flavor: Flavor, root: Path, extra_hba: list[str] | None = None)
 
 
 def run_psql(
-    dsn: str, sql: str, *extra: str, check: bool = True
+    dsn: str, sql: str, *extra: str, check: bool = True, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run SQL through the wheel's psql (-X, ON_ERROR_STOP)."""
     return subprocess.run(
@@ -74,6 +74,7 @@ def run_psql(
         text=True,
         check=check,
         timeout=120,
+        env=env,
     )
 
 
