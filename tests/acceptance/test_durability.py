@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -13,6 +14,7 @@ import pytest
 
 from pgdurable_proxy.cluster import Cluster
 from tests.support.clusters import FLAVORS, make_cluster, remove_cluster
+from tests.support.managed import make_managed_cluster, user_password
 from tests.support.proxy import ProxyProcess
 
 WORKFLOWS = 210
@@ -24,34 +26,65 @@ GRAPH = (
 ARGS = ["--lease-seconds", "2", "--poll-interval", "0.2"]
 
 
-@pytest.fixture(scope="module")
-def crash_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    root = tmp_path_factory.mktemp("durability")
+@dataclass
+class Crash:
+    """A cluster to crash, how to reach it as its admin and as the workflow owner, and how
+    pgdurable is started in front of it."""
+
+    cluster: Cluster
+    admin: str  # direct DSN of pgdurable's admin (owner of the catalog: sees every row)
+    owner: str  # direct DSN of the workflow owner
+    owner_password: str
+    proxy_args: list[str]
+
+    def proxy(self, log: Path) -> ProxyProcess:
+        return ProxyProcess(self.admin, log_path=log, extra_args=[*ARGS, *self.proxy_args])
+
+
+def _trust_crash(root: Path) -> Crash:
     cluster = make_cluster(FLAVORS[0], root)
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         conn.execute("CREATE ROLE worker LOGIN")
+    return Crash(cluster, cluster.dsn(), cluster.dsn("worker"), "", [])
+
+
+def _scram_crash(root: Path) -> Crash:
+    managed = make_managed_cluster(FLAVORS[0], root)
+    managed.create_user("worker")
+    secret = ["--secret-file", str(managed.secret_file)]
+    owner = managed.dsn("worker")
+    return Crash(managed.cluster, managed.dsn(), owner, user_password("worker"), secret)
+
+
+@pytest.fixture(scope="module", params=["trust", "scram"])
+def crash(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Crash]:
+    """On a trust cluster, and on a password-only one (steps log in through runner roles)."""
+    root = tmp_path_factory.mktemp(f"durability-{request.param}")
+    crash = (_trust_crash if request.param == "trust" else _scram_crash)(root)
+    with psycopg.connect(crash.admin, autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE ledger (instance_id text, step int, at timestamptz DEFAULT now())"
         )
         conn.execute("GRANT INSERT, SELECT ON ledger TO worker")
-    yield cluster
-    remove_cluster(cluster)
+    yield crash
+    remove_cluster(crash.cluster)
 
 
 def _start(dsn: str, count: int) -> list[str]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SET ROLE worker")
         return [conn.execute(f"SELECT df.start({GRAPH})").fetchone()[0] for _ in range(count)]  # type: ignore[index]
 
 
-def _grant(cluster: Cluster) -> None:
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+def _grant(crash: Crash) -> None:
+    with psycopg.connect(crash.admin, autocommit=True) as conn:
         conn.execute("SELECT df.grant_usage('worker')")
 
 
-def _wait_all_done(cluster: Cluster, ids: list[str], timeout: float) -> dict[str, str]:
+def _wait_all_done(admin: str, ids: list[str], timeout: float) -> dict[str, str]:
     deadline = time.monotonic() + timeout
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+    with psycopg.connect(admin, autocommit=True) as conn:
         while True:
             rows = conn.execute(
                 "SELECT id, status FROM df.instances WHERE id = ANY(%s)", (ids,)
@@ -67,8 +100,8 @@ def _wait_all_done(cluster: Cluster, ids: list[str], timeout: float) -> dict[str
             time.sleep(0.2)
 
 
-def _failures(cluster: Cluster, ids: list[str]) -> str:
-    with psycopg.connect(cluster.dsn()) as conn:
+def _failures(admin: str, ids: list[str]) -> str:
+    with psycopg.connect(admin) as conn:
         rows = conn.execute(
             "SELECT instance_id, node_type, result #>> '{}' FROM df.nodes "
             "WHERE instance_id = ANY(%s) AND status = 'failed'",
@@ -77,8 +110,8 @@ def _failures(cluster: Cluster, ids: list[str]) -> str:
     return "\n".join(map(str, rows[:10]))
 
 
-def _assert_exactly_once(cluster: Cluster, ids: list[str]) -> None:
-    with psycopg.connect(cluster.dsn()) as conn:
+def _assert_exactly_once(admin: str, ids: list[str]) -> None:
+    with psycopg.connect(admin) as conn:
         bad = conn.execute(
             "SELECT i.id, s.step, count(l.*) FROM unnest(%s::text[]) i(id) "
             "CROSS JOIN generate_series(1, 3) s(step) "
@@ -89,18 +122,18 @@ def _assert_exactly_once(cluster: Cluster, ids: list[str]) -> None:
     assert bad == [], f"steps not run exactly once: {bad[:10]}"
 
 
-def test_sigkill_at_random_instants_loses_nothing(crash_cluster: Cluster, tmp_path: Path) -> None:
+def test_sigkill_at_random_instants_loses_nothing(crash: Crash, tmp_path: Path) -> None:
     log = tmp_path / "pgdurable.log"
-    proxy = ProxyProcess(crash_cluster.dsn(), log_path=log, extra_args=ARGS).start()
-    _grant(crash_cluster)
-    second = ProxyProcess(crash_cluster.dsn(), log_path=log, extra_args=ARGS).start()
+    proxy = crash.proxy(log).start()
+    _grant(crash)
+    second = crash.proxy(log).start()
     ids: list[str] = []
     rng = random.Random(4)
     try:
         for round_no in range(7):
             # starts both through pgdurable and directly against PostgreSQL
-            ids += _start(proxy.dsn(), 15)
-            ids += _start(crash_cluster.dsn(), 15)
+            ids += _start(proxy.dsn("worker", crash.owner_password), 15)
+            ids += _start(crash.owner, 15)
             if round_no % 2 == 0:
                 proxy.kill()  # right after a start committed
             else:
@@ -108,29 +141,29 @@ def test_sigkill_at_random_instants_loses_nothing(crash_cluster: Cluster, tmp_pa
                 proxy.kill()
             if round_no == 3:
                 second.kill()
-                second = ProxyProcess(crash_cluster.dsn(), log_path=log, extra_args=ARGS).start()
-            proxy = ProxyProcess(crash_cluster.dsn(), log_path=log, extra_args=ARGS).start()
-        statuses = _wait_all_done(crash_cluster, ids, timeout=120)
+                second = crash.proxy(log).start()
+            proxy = crash.proxy(log).start()
+        statuses = _wait_all_done(crash.admin, ids, timeout=120)
     finally:
         proxy.kill()
         second.kill()
     assert len(ids) >= 200
-    assert set(statuses.values()) == {"completed"}, _failures(crash_cluster, ids)
-    _assert_exactly_once(crash_cluster, ids)
+    assert set(statuses.values()) == {"completed"}, _failures(crash.admin, ids)
+    _assert_exactly_once(crash.admin, ids)
     assert "event=task_recovered" in log.read_text(), "no kill landed mid-step"
 
 
-def test_postgres_crash_restart_mid_run(crash_cluster: Cluster, tmp_path: Path) -> None:
+def test_postgres_crash_restart_mid_run(crash: Crash, tmp_path: Path) -> None:
     log = tmp_path / "pgdurable.log"
-    proxy = ProxyProcess(crash_cluster.dsn(), log_path=log, extra_args=ARGS).start()
-    _grant(crash_cluster)
+    proxy = crash.proxy(log).start()
+    _grant(crash)
     try:
-        ids = _start(crash_cluster.dsn(), 40)
+        ids = _start(crash.owner, 40)
         time.sleep(0.3)
-        crash_cluster.restart("immediate")
-        ids += _start(crash_cluster.dsn(), 10)
-        statuses = _wait_all_done(crash_cluster, ids, timeout=120)
+        crash.cluster.restart("immediate")
+        ids += _start(crash.owner, 10)
+        statuses = _wait_all_done(crash.admin, ids, timeout=120)
     finally:
         proxy.kill()
-    assert set(statuses.values()) == {"completed"}, _failures(crash_cluster, ids)
-    _assert_exactly_once(crash_cluster, ids)
+    assert set(statuses.values()) == {"completed"}, _failures(crash.admin, ids)
+    _assert_exactly_once(crash.admin, ids)
