@@ -292,3 +292,48 @@ def test_a_superuser_cannot_own_a_workflow(realm: Realm) -> None:
     with psycopg.connect(realm.via(ALICE), autocommit=True) as alice:
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="superuser instances"):
             alice.execute("SELECT public.esc_root_start()")
+
+
+def test_every_catalog_relation_a_user_can_touch_is_row_secured(realm: Realm) -> None:
+    """Tables users were granted have RLS; the one view is security_invoker; the rest is
+    _duroxide's readiness sentinel, which holds no user data."""
+    with psycopg.connect(realm.direct(realm.superuser)) as root:
+        open_relations = root.execute(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname IN ('df', '_duroxide') AND c.relkind IN ('r', 'v', 'p', 'm', 'S') "
+            "AND has_table_privilege(%s, c.oid, 'SELECT,INSERT,UPDATE,DELETE') "
+            "AND NOT c.relrowsecurity "
+            "AND NOT coalesce(c.reloptions @> '{security_invoker=true}', false) ORDER BY 1",
+            (ALICE,),
+        ).fetchall()
+    assert open_relations == [("_duroxide._worker_ready",)]
+
+
+# Each checks who is acting (df._acting_owner: the login role must be a member of the
+# instance's owner) or needs a secret only pgdurable holds (a lease token, an apply grant, a
+# random request id). A new SECURITY DEFINER function users can call must be reviewed here.
+REVIEWED_DEFINERS = [
+    "df._acting_owner(text)",
+    "df._apply_as_step(text,uuid,jsonb)",
+    "df._complete_and_load(text,text,uuid,text,text)",
+    "df._complete_step(text,text,uuid,text,text)",
+    "df._new_start_outcome(uuid)",
+    "df._request_advance(text)",
+    "df._send_signal(text,text,jsonb)",
+    "df._setting(text,text)",
+    "df._submit(text)",
+]
+
+
+def test_security_definer_functions_users_can_call_are_the_reviewed_ones(realm: Realm) -> None:
+    with psycopg.connect(realm.direct(realm.superuser)) as root:
+        callable_definers = root.execute(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p "
+            "JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname IN ('df', '_duroxide', 'public') AND p.prosecdef "
+            "AND p.proname NOT LIKE 'esc%%' "
+            "AND has_function_privilege(%s, p.oid, 'EXECUTE') ORDER BY 1",
+            (ALICE,),
+        ).fetchall()
+    assert [name for (name,) in callable_definers] == REVIEWED_DEFINERS
