@@ -181,3 +181,47 @@ def test_missing_privileges_name_what_to_grant(managed: ManagedCluster) -> None:
         conn.execute("SELECT df.grant_usage('mg_stranger')")
         made = conn.execute("SELECT runner::text FROM df._runners WHERE owner = 'mg_stranger'")
         assert made.fetchone() == ("df_run_mg_stranger",)
+
+
+def _user_with_usage(managed: ManagedCluster, proxy: ProxyProcess, name: str) -> str:
+    managed.create_user(name)
+    with psycopg.connect(_through(proxy, ADMIN), autocommit=True) as admin:
+        admin.execute("SELECT df.grant_usage(%s)", (name,))
+    return _through(proxy, name)
+
+
+def test_a_race_losers_query_is_cancelled_through_the_runner(
+    managed: ManagedCluster, managed_proxy: ProxyProcess
+) -> None:
+    """Cancelling needs the runner's own identity (the backend belongs to the runner)."""
+    dsn = _user_with_usage(managed, managed_proxy, "mg_racer")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT df.start('SELECT pg_sleep(30)' | 'SELECT pg_sleep(0.3), 1 AS fast')"
+        ).fetchone()
+        assert row is not None
+        assert conn.execute("SELECT df.await_instance(%s, 20)", (row[0],)).fetchone() == (
+            "completed",
+        )
+    with psycopg.connect(managed.dsn(ROOT), autocommit=True) as root:
+        for _ in range(100):
+            sleeping = root.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'df_run_mg_racer' "
+                "AND query = 'SELECT pg_sleep(30)' AND state = 'active'"
+            ).fetchone()
+            if sleeping == (0,):
+                break
+            root.execute("SELECT pg_sleep(0.05)")
+    assert sleeping == (0,)
+
+
+def test_transaction_mode_new_logs_in_through_the_runner(
+    managed: ManagedCluster, managed_proxy: ProxyProcess
+) -> None:
+    dsn = _user_with_usage(managed, managed_proxy, "mg_newtx")
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT df.start('SELECT 1', transaction_mode => 'new')").fetchone()
+        conn.rollback()
+        assert row is not None
+        status = conn.execute("SELECT df.await_instance(%s, 20)", (row[0],)).fetchone()
+    assert status == ("completed",)

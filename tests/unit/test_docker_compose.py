@@ -39,6 +39,13 @@ def test_pgdurable_waits_for_a_healthy_postgres_and_points_at_it() -> None:
     } <= published
 
 
+def test_scram_everywhere_comes_with_a_runner_secret() -> None:
+    """Password-only upstream: steps can only log in through runner roles."""
+    services = _compose()["services"]
+    assert services["postgres"]["environment"]["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
+    assert len(services["pgdurable"]["environment"]["PGDURABLE_SECRET"]) >= 16
+
+
 def test_healthchecks_and_volume() -> None:
     compose = _compose()
     services = compose["services"]
