@@ -72,3 +72,7 @@ SELECT df._complete_and_load($1, $2, $3, $4, $5);
 
 -- name: apply_as_step
 SELECT df._apply_as_step($1, $2, $3::jsonb);
+
+-- name: http_privilege
+-- May role $1 run HTTP steps now? EXECUTE on builder $2 (no row: the role is gone).
+SELECT has_function_privilege(r.oid, $2::text, 'EXECUTE') FROM pg_roles r WHERE r.rolname = $1;
