@@ -70,6 +70,7 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
         poll_interval=settings.poll_interval,
         enable_superuser_instances=settings.enable_superuser_instances,
         min_loop_iteration_seconds=settings.min_loop_iteration_seconds,
+        http=settings.http,
     )
 
 

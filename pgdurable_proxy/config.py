@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from engine.settings import MIB, HttpSettings
+from engine.ssrf import AllowListError, parse_allow_list
 from pgdurable_proxy.dsn import DSNError, UpstreamDSN, parse_dsn
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -36,6 +38,7 @@ class Settings:
     poll_interval: float = 1.0
     lease_seconds: float = 30.0
     min_loop_iteration_seconds: float = 1.0
+    http: HttpSettings = field(default_factory=HttpSettings)
 
     @property
     def embedded(self) -> bool:
@@ -105,7 +108,40 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=float,
         help="pad each loop iteration to at least this long (pg_durable: 1 s)",
     )
+    _http_options(option)
     return p
+
+
+def _http_options(option: Any) -> None:
+    option(
+        "--http-allow",
+        "",
+        help="comma-separated IPs, CIDRs or hostnames (each optionally :port) that HTTP "
+        "steps may reach although they are not public addresses",
+    )
+    option("--http-max-timeout", 300.0, type=float, help="cap on an HTTP step's timeout (s)")
+    option("--http-max-request-bytes", 10 * MIB, type=int, help="cap on an HTTP request body")
+    option("--http-max-response-bytes", 10 * MIB, type=int, help="cap on an HTTP response body")
+    option("--http-max-redirects", 5, type=int, help="redirects an HTTP step follows")
+
+
+def _http_settings(args: argparse.Namespace) -> HttpSettings:
+    try:
+        allow = parse_allow_list(args.http_allow)
+    except AllowListError as exc:
+        raise ConfigError(str(exc)) from None
+    for flag in ("max_timeout", "max_request_bytes", "max_response_bytes"):
+        if getattr(args, f"http_{flag}") <= 0:
+            raise ConfigError(f"--http-{flag.replace('_', '-')} must be positive")
+    if args.http_max_redirects < 0:
+        raise ConfigError("--http-max-redirects cannot be negative")
+    return HttpSettings(
+        allow=allow,
+        max_timeout=args.http_max_timeout,
+        max_request_bytes=args.http_max_request_bytes,
+        max_response_bytes=args.http_max_response_bytes,
+        max_redirects=args.http_max_redirects,
+    )
 
 
 def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Settings:
@@ -138,4 +174,5 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         poll_interval=args.poll_interval,
         lease_seconds=args.lease_seconds,
         min_loop_iteration_seconds=args.min_loop_iteration_seconds,
+        http=_http_settings(args),
     )
