@@ -19,6 +19,8 @@ from typing import Any, cast
 import asyncpg
 
 from engine.graph import Plan, Planner, TaskLease
+from engine.http import HttpClient, run_http_step
+from engine.http_request import HTTP_TYPES
 from engine.migrations import migrate
 from engine.new_transaction import NewStartRequest, NewTransactionStarts
 from engine.queries import q
@@ -36,6 +38,7 @@ class RunningStep:
 
     task: Task
     backend_pid: int | None = None  # set only while the step's SQL is executing
+    request: asyncio.Future[str] | None = None  # an HTTP step's request in flight
 
 
 SLEEP_RESULT = '{{"slept": true, "seconds": {seconds}}}'
@@ -63,6 +66,7 @@ class Engine:
             settings.max_new_transaction_starts,
             settings.new_transaction_start_timeout,
         )
+        self.http = HttpClient(settings.http)
         self.pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
@@ -155,6 +159,7 @@ class Engine:
         if self._listener is not None:
             self._listener.terminate()
         await self.steps.close()
+        await self.http.close()
         if self.pool is not None:
             self.pool.terminate()
 
@@ -333,6 +338,8 @@ class Engine:
                     else SLEEP_RESULT.format(seconds=int(task.payload or 0))
                 )
                 await self._record_result(task, raw, "exactly-once")  # a timer has no effect
+            elif task.node_type in HTTP_TYPES and not await self._run_http(task):
+                return  # abandoned: whoever abandoned it advanced the instance
             await self.advance(task.instance_id)
         except StepFailed as exc:
             await self._fail(task, str(exc))
@@ -371,6 +378,24 @@ class Engine:
             self._spawn(self._release_step(task, conn))
         return folded[-1] if advanced and folded else None
 
+    async def _run_http(self, task: Task) -> bool:
+        """Run an HTTP step and record its result (at-least-once: a request cannot commit
+        with its record). False when it was abandoned (a RACE loser, a lost lease)."""
+        request = asyncio.ensure_future(run_http_step(self.http, self._require_pool(), task))
+        running = self._running.get((task.instance_id, task.node_id))
+        if running is not None:
+            running.request = request
+        try:
+            await asyncio.wait({request})
+        except asyncio.CancelledError:
+            request.cancel()
+            raise
+        if request.cancelled():
+            log.info("event=http_abandoned instance=%s node=%s", task.instance_id, task.node_id)
+            return False
+        await self._record_result(task, request.result(), "at-least-once")
+        return True
+
     async def _release_step(self, task: Task, conn: asyncpg.Connection) -> None:
         try:
             await self.steps.release(task.owner, task.database, conn)
@@ -394,7 +419,7 @@ class Engine:
             log.warning("event=fail_record_error instance=%s error=%r", task.instance_id, exc)
 
     async def _cancel_steps(self, instance_id: str, nodes: set[str]) -> None:
-        """Cancel the SQL still running for abandoned nodes (a RACE loser, a cancel)."""
+        """Cancel the SQL or HTTP still running for abandoned nodes (a RACE loser, a cancel)."""
         for (inst, node), running in list(self._running.items()):
             if inst == instance_id and node in nodes:
                 await self._cancel_backend(running)
@@ -407,6 +432,8 @@ class Engine:
                 await self._cancel_backend(running)
 
     async def _cancel_backend(self, running: RunningStep) -> None:
+        if running.request is not None:
+            running.request.cancel()
         if running.backend_pid is None:
             return
         task = running.task

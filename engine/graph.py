@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import flow
+from engine.http_request import HttpConfigError, substituted_config
 from engine.outcomes import WAITING, Broke, Done, Failed, Node, NodeStatus, Outcome
 from engine.schedule import next_tick
 from engine.substitute import SubstitutionError, substitute_results, substitute_vars
@@ -240,14 +241,31 @@ class Planner:
         return WAITING
 
     def _sql(self, node: Node) -> Outcome:
+        return self._step(node, lambda: self.substitute(node.query or "", node))
+
+    def _http(self, node: Node) -> Outcome:
+        return self._step(node, lambda: self._http_payload(node))
+
+    def _http_payload(self, node: Node) -> str:
+        """HTTP/HTTP_MULTIPART: the node's config with raw-text substitution (§6.3)."""
+        inst, results = self.instance, self.named_results(node)
+
+        def sub(text: str) -> str:
+            text = substitute_vars(text, inst["vars"], inst["id"], inst["label"])
+            return substitute_results(text, results, raw=True)
+
+        return substituted_config(node.type, node.id, node.query, sub)
+
+    def _step(self, node: Node, payload: Callable[[], str]) -> Outcome:
+        """A leaf that runs as an activity (SQL, HTTP), its payload substituted now."""
         if node.status == NodeStatus.RUNNING:
             return WAITING
         try:
-            text = self.substitute(node.query or "", node)
-        except SubstitutionError as exc:
+            text = payload()
+        except (SubstitutionError, HttpConfigError) as exc:
             self.set_status(node, NodeStatus.RUNNING)
             return self.complete(node, Failed(str(exc)))
-        self.plan.events += 2  # the execute-sql activity
+        self.plan.events += 2  # the execute-sql / execute-http activity
         return self._leaf_task(node, text)
 
     def _sleep(self, node: Node) -> Outcome:
@@ -370,6 +388,8 @@ HANDLERS: dict[str, Callable[[Planner, Node], Outcome]] = {
     "LOOP": flow.loop,
     "BREAK": flow.break_,
     "SQL": Planner._sql,
+    "HTTP": Planner._http,
+    "HTTP_MULTIPART": Planner._http,
     "SLEEP": Planner._sleep,
     "WAIT_SCHEDULE": Planner._wait_schedule,
     "SIGNAL": Planner._signal,

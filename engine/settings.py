@@ -3,7 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from engine.ssrf import AllowEntry
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """Limits of HTTP steps (pg_durable has none) and the --http-allow exceptions."""
+
+    allow: tuple[AllowEntry, ...] = ()
+    max_timeout: float = 300.0  # caps a node's timeout_seconds
+    max_request_bytes: int = 10 * MIB  # body, or the encoded multipart total
+    max_response_bytes: int = 10 * MIB
+    max_redirects: int = 5  # followed, each hop re-checked; beyond: the 3xx is the result
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,3 +41,4 @@ class EngineSettings:
     admin_pool_size: int = 4
     max_new_transaction_starts: int = 2  # concurrent transaction_mode => 'new' sessions
     new_transaction_start_timeout: float = 5.0  # wait for one of those slots
+    http: HttpSettings = field(default_factory=HttpSettings)

@@ -34,8 +34,9 @@ def substitute_vars(
     return _BRACED.sub(replace, text)
 
 
-def substitute_results(text: str, results: Mapping[str, str]) -> str:
-    """Replace `$name`, `$name?`, `$name.col[?]` and `$name.*` with SQL renderings."""
+def substitute_results(text: str, results: Mapping[str, str], raw: bool = False) -> str:
+    """Replace `$name`, `$name?`, `$name.col[?]` and `$name.*` with SQL renderings, or
+    with raw text (`raw`: HTTP url, body, header values and multipart fields)."""
     if "$" not in text or not results:
         return text
     names = sorted(results, key=len, reverse=True)
@@ -46,7 +47,10 @@ def substitute_results(text: str, results: Mapping[str, str]) -> str:
 
     def replace(match: re.Match[str]) -> str:
         name, suffix = match.group(1), match.group(2) or ""
-        return _render_reference(name, suffix, json.loads(results[name]), match.group(0))
+        result = json.loads(results[name])
+        if raw:
+            return _render_raw(name, suffix, result)
+        return _render_reference(name, suffix, result, match.group(0))
 
     return pattern.sub(replace, text)
 
@@ -93,12 +97,16 @@ def _field(name: str, spec: str, result: Any, rows: Any, literal: str) -> str:
     return sql_value(value)
 
 
-def _rowset(name: str, rows: list[Any]) -> str:
+def _check_rowset_size(name: str, rows: list[Any]) -> None:
     if len(rows) > ROWSET_LIMIT:
         raise SubstitutionError(
             f"${name}.* — result has {len(rows)} rows, exceeding the maximum of {ROWSET_LIMIT} "
             "for row-set expansion. Use pagination or intermediate tables for large result sets."
         )
+
+
+def _rowset(name: str, rows: list[Any]) -> str:
+    _check_rowset_size(name, rows)
     alias = '"' + name.replace('"', '""') + '"'
     if not rows or not isinstance(rows[0], dict):
         return f"(SELECT NULL WHERE false) AS {alias}"
@@ -116,6 +124,60 @@ def _rowset_value(value: Any) -> str:
     if isinstance(value, dict | list):
         return sql_literal(json.dumps(value, separators=(",", ":"), ensure_ascii=False)) + "::text"
     return sql_value(value)
+
+
+def _render_raw(name: str, suffix: str, result: Any) -> str:
+    """A reference as raw text: strings unquoted, other JSON as compact JSON text."""
+    rows = result.get("rows") if isinstance(result, dict) else None
+    if suffix == ".*":
+        rowset = rows if isinstance(rows, list) else [result]
+        _check_rowset_size(name, rowset)
+        return _compact(rowset)
+    nullable = suffix.endswith("?")
+    if isinstance(rows, list) and not rows:
+        if nullable:
+            return "NULL"
+        raise SubstitutionError(f"${name} has no rows — query returned zero results")
+    if suffix.startswith("."):
+        column = suffix[1:].rstrip("?")
+        value, what = _raw_field(name, column, result, rows), f"${name}.{column}"
+    elif isinstance(rows, list):
+        value = next(iter(rows[0].values()), None) if rows[0] else None
+        what = f"${name} is NULL — first column of first row"
+    else:
+        return raw_value(result)  # a result without rows is used whole
+    if value is None:
+        if nullable:
+            return "NULL"
+        raise SubstitutionError(f"{what} is NULL")
+    return raw_value(value)
+
+
+def _raw_field(name: str, column: str, result: Any, rows: Any) -> Any:
+    """Field `column` of the first row, or of a JSON object result; missing fails."""
+    if isinstance(rows, list):
+        source = rows[0]
+    elif isinstance(result, dict):
+        source = result
+    else:
+        raise SubstitutionError(f"${name}.{column}: result is neither a row set nor a JSON object")
+    if column not in source:
+        available = ", ".join(source)
+        raise SubstitutionError(
+            f"${name}.{column}: result has no field '{column}' (available: {available})"
+        )
+    return source[column]
+
+
+def raw_value(value: Any) -> str:
+    """A JSON value as raw text (HTTP context)."""
+    if isinstance(value, str):
+        return value
+    return _compact(value)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def sql_value(value: Any) -> str:

@@ -76,6 +76,7 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
         min_loop_iteration_seconds=settings.min_loop_iteration_seconds,
         max_new_transaction_starts=settings.max_new_transaction_starts,
         new_transaction_start_timeout=settings.new_transaction_start_timeout,
+        http=settings.http,
     )
 
 

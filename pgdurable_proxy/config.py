@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from engine.settings import MIB, HttpSettings
+from engine.ssrf import AllowListError, parse_allow_list
 from pgdurable_proxy.dsn import DSNError, UpstreamDSN, parse_dsn
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -39,6 +41,7 @@ class Settings:
     max_new_transaction_starts: int = 2
     new_transaction_start_timeout: float = 5.0
     secret: bytes | None = field(default=None, repr=False)  # never printed
+    http: HttpSettings = field(default_factory=HttpSettings)
 
     @property
     def embedded(self) -> bool:
@@ -125,6 +128,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=Path,
         help="file holding the secret runner-role passwords derive from (or PGDURABLE_SECRET)",
     )
+    _http_options(option)
     return p
 
 
@@ -145,6 +149,38 @@ def _secret(path: Path | None, env: Mapping[str, str]) -> bytes | None:
     if len(secret) < MIN_SECRET_BYTES:
         raise ConfigError(f"the runner secret must be at least {MIN_SECRET_BYTES} bytes long")
     return secret
+
+
+def _http_options(option: Any) -> None:
+    option(
+        "--http-allow",
+        "",
+        help="comma-separated IPs, CIDRs or hostnames (each optionally :port) that HTTP "
+        "steps may reach although they are not public addresses",
+    )
+    option("--http-max-timeout", 300.0, type=float, help="cap on an HTTP step's timeout (s)")
+    option("--http-max-request-bytes", 10 * MIB, type=int, help="cap on an HTTP request body")
+    option("--http-max-response-bytes", 10 * MIB, type=int, help="cap on an HTTP response body")
+    option("--http-max-redirects", 5, type=int, help="redirects an HTTP step follows")
+
+
+def _http_settings(args: argparse.Namespace) -> HttpSettings:
+    try:
+        allow = parse_allow_list(args.http_allow)
+    except AllowListError as exc:
+        raise ConfigError(str(exc)) from None
+    for flag in ("max_timeout", "max_request_bytes", "max_response_bytes"):
+        if getattr(args, f"http_{flag}") <= 0:
+            raise ConfigError(f"--http-{flag.replace('_', '-')} must be positive")
+    if args.http_max_redirects < 0:
+        raise ConfigError("--http-max-redirects cannot be negative")
+    return HttpSettings(
+        allow=allow,
+        max_timeout=args.http_max_timeout,
+        max_request_bytes=args.http_max_request_bytes,
+        max_response_bytes=args.http_max_response_bytes,
+        max_redirects=args.http_max_redirects,
+    )
 
 
 def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Settings:
@@ -180,4 +216,5 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         max_new_transaction_starts=args.max_new_transaction_starts,
         new_transaction_start_timeout=args.new_transaction_start_timeout,
         secret=_secret(args.secret_file, env),
+        http=_http_settings(args),
     )

@@ -97,3 +97,7 @@ SELECT runner::text FROM df._runners WHERE owner = $1;
 
 -- name: set_runner_password
 SELECT df._set_runner_password($1, $2);
+
+-- name: http_privilege
+-- May role $1 run HTTP steps now? EXECUTE on builder $2 (no row: the role is gone).
+SELECT has_function_privilege(r.oid, $2::text, 'EXECUTE') FROM pg_roles r WHERE r.rolname = $1;

@@ -74,3 +74,28 @@ def test_bad_dsns(text: str) -> None:
 def test_tls_flags_go_together() -> None:
     with pytest.raises(ConfigError):
         parse_settings(["--tls-cert", __file__], {})
+
+
+def test_http_flags_and_defaults() -> None:
+    defaults = parse_settings([], {}).http
+    assert defaults.allow == () and defaults.max_timeout == 300
+    assert defaults.max_request_bytes == defaults.max_response_bytes == 10 * 1024 * 1024
+    assert defaults.max_redirects == 5
+    env = {"PGDURABLE_HTTP_ALLOW": "127.0.0.1:8080,10.0.0.0/8", "PGDURABLE_HTTP_MAX_TIMEOUT": "9"}
+    http = parse_settings(["--http-max-redirects", "0", "--http-max-response-bytes", "5"], env).http
+    assert len(http.allow) == 2 and http.allow[0].port == 8080
+    assert (http.max_timeout, http.max_redirects, http.max_response_bytes) == (9, 0, 5)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--http-allow", "127.0.0.1:0"], "bad --http-allow entry '127.0.0.1:0'"),
+        (["--http-max-timeout", "0"], "--http-max-timeout must be positive"),
+        (["--http-max-request-bytes", "-1"], "--http-max-request-bytes must be positive"),
+        (["--http-max-redirects", "-1"], "--http-max-redirects cannot be negative"),
+    ],
+)
+def test_bad_http_flags(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_settings(argv, {})

@@ -1,0 +1,229 @@
+"""Run HTTP steps with aiohttp (§6.8): privilege check, guarded destinations, redirects
+followed by hand (each hop re-checked), time and size limits, the result envelope.
+
+One ClientSession serves every step: created on first use, closed when the engine stops.
+It keeps no cookies (steps of different roles share it) and never reads proxy settings
+from the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import asyncpg
+from aiohttp.abc import AbstractResolver
+from multidict import CIMultiDict
+from yarl import URL
+
+from engine.http_request import (
+    PRIVILEGE_FUNCTIONS,
+    Header,
+    HttpConfigError,
+    HttpRequest,
+    envelope,
+    parse_request,
+    server_error_text,
+)
+from engine.queries import q
+from engine.settings import HttpSettings
+from engine.ssrf import Blocked, Guard, GuardedResolver
+from engine.steps import StepFailed, Task
+
+log = logging.getLogger("pgdurable.http")
+REDIRECTS = frozenset((301, 302, 303, 307, 308))
+# Not sent on to another origin after a redirect.
+ORIGIN_BOUND = frozenset(("authorization", "cookie", "proxy-authorization", "host"))
+# No automatic Content-Type (the body goes as is) and no Accept-Encoding (bodies arrive as
+# the server sends them; the response limit counts the bytes on the wire).
+SKIP_AUTO_HEADERS = ("Content-Type", "Accept-Encoding")
+CHUNK_BYTES = 64 * 1024
+PREVIEW_BYTES = 512
+
+
+async def run_http_step(client: HttpClient, pool: asyncpg.Pool, task: Task) -> str:
+    """The step's result envelope; raises StepFailed with the node's error text."""
+    await check_privilege(pool, task)
+    try:
+        request = parse_request(
+            task.node_type, task.node_id, task.payload, client.settings.max_request_bytes
+        )
+    except HttpConfigError as exc:
+        raise StepFailed(str(exc)) from None
+    return await client.fetch(request)
+
+
+async def check_privilege(pool: asyncpg.Pool, task: Task) -> None:
+    """The owner must hold EXECUTE on the node's builder now, not only when it started."""
+    signature = PRIVILEGE_FUNCTIONS[task.node_type]
+    allowed = await pool.fetchval(q("http_privilege"), task.owner, signature)
+    if allowed is None:
+        raise StepFailed(
+            f"Instance {task.instance_id}: submitted_by role no longer exists in pg_roles"
+        )
+    if not allowed:
+        short = signature.split("(")[0] + "()"
+        raise StepFailed(
+            f"Blocked: role '{task.owner}' does not have EXECUTE privilege on {short}. "
+            f"Grant EXECUTE ON FUNCTION {signature} TO {task.owner} to allow HTTP requests."
+        )
+
+
+@dataclass(slots=True)
+class Hop:
+    """The request being made: the original one, then each redirect's."""
+
+    method: str
+    url: URL
+    text: str  # the URL as error messages show it
+    headers: list[Header]
+    body: bytes | None
+    redirects: int = 0
+    came_from: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """scheme://host:port only: logs leave out paths and queries (they may hold tokens)."""
+        return f"{self.url.scheme}://{self.url.host}:{self.url.port}"
+
+    def redirect(self, status: int, location: str) -> None:
+        target = self.url.join(URL(location))
+        if status == 303 or (status in (301, 302) and self.method == "POST"):
+            self.method, self.body = "GET", None
+            self.headers = [h for h in self.headers if h[0].lower() != "content-type"]
+        if _origin(target) != _origin(self.url):
+            self.headers = [h for h in self.headers if h[0].lower() not in ORIGIN_BOUND]
+        self.came_from, self.url, self.text = self.text, target, str(target)
+        self.redirects += 1
+
+
+class HttpClient:
+    """Executes HTTP requests for steps; one per engine."""
+
+    def __init__(self, settings: HttpSettings, resolver: AbstractResolver | None = None) -> None:
+        self.settings = settings
+        self.guard = Guard(settings.allow)
+        self._inner = resolver
+        self._resolver: GuardedResolver | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            inner = self._inner or aiohttp.ThreadedResolver()
+            self._resolver = GuardedResolver(self.guard, inner)
+            connector = aiohttp.TCPConnector(resolver=self._resolver)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(),  # fetch() bounds the whole exchange
+                auto_decompress=False,
+                trust_env=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._resolver is not None:
+            await self._resolver.close()
+
+    async def fetch(self, request: HttpRequest) -> str:
+        limit = min(request.timeout, self.settings.max_timeout)
+        hop = Hop(request.method, URL(), request.url, list(request.headers), request.body)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(limit):
+                status, headers, body = await self._exchange(hop)
+        except StepFailed:
+            raise
+        except TimeoutError:
+            raise StepFailed(f"HTTP timeout after {_seconds(limit)}s: {hop.text}") from None
+        except Blocked as exc:
+            raise StepFailed(_after_redirect(str(exc), hop)) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise StepFailed(f"HTTP connection failed: {hop.text} - {exc}") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise StepFailed(f"HTTP request failed: {hop.text} - {exc}") from None
+        except Exception as exc:  # a step must fail with a message, never poison its task
+            log.exception("event=http_unexpected_error url=%s", hop.origin)
+            raise StepFailed(f"HTTP request failed: {hop.text} - {exc!r}") from None
+        duration_ms = int((time.monotonic() - started) * 1000)
+        return envelope(status, body, headers, duration_ms)
+
+    async def _exchange(self, hop: Hop) -> tuple[int, list[Header], bytes]:
+        """Send the request, following redirects; (status, headers, body) of the last."""
+        hop.url = self._checked(URL(hop.text), hop.text)
+        while True:
+            async with self.session().request(
+                hop.method,
+                hop.url,
+                headers=CIMultiDict(hop.headers),
+                data=hop.body,
+                allow_redirects=False,
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+            ) as resp:
+                location = resp.headers.get("Location")
+                if resp.status in REDIRECTS and location is not None:
+                    if hop.redirects < self.settings.max_redirects:
+                        hop.redirect(resp.status, location)
+                        log.info("event=http_redirect status=%s to=%s", resp.status, hop.origin)
+                        self._checked(hop.url, hop.text)
+                        continue
+                if resp.status >= 500:
+                    preview = await _read_preview(resp)
+                    raise StepFailed(server_error_text(hop.method, hop.text, resp.status, preview))
+                body = await self._read_body(resp, hop)
+                return resp.status, list(resp.headers.items()), body
+
+    def _checked(self, url: URL, text: str) -> URL:
+        """Checks that need no DNS: the scheme, and hosts that are IP literals."""
+        scheme = url.scheme.lower() if url.scheme else text.split("://")[0].lower()
+        if scheme not in ("http", "https"):
+            raise Blocked(
+                f"Blocked: unsupported URL scheme '{scheme}'. Only http and https are allowed."
+            )
+        if not url.host or url.port is None:
+            raise ValueError("the URL has no host")
+        self.guard.check_literal(url.host, url.port)
+        return url
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, hop: Hop) -> bytes:
+        """The whole body, read in chunks; fails as soon as it passes the limit."""
+        limit = self.settings.max_response_bytes
+        too_large = StepFailed(
+            f"HTTP response from {hop.text} is larger than the limit of {limit} bytes "
+            "(--http-max-response-bytes)"
+        )
+        if resp.content_length is not None and resp.content_length > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+async def _read_preview(resp: aiohttp.ClientResponse) -> bytes:
+    data = bytearray()
+    async for chunk in resp.content.iter_chunked(PREVIEW_BYTES):
+        data += chunk
+        if len(data) >= PREVIEW_BYTES:
+            break
+    return bytes(data[:PREVIEW_BYTES])
+
+
+def _origin(url: URL) -> tuple[str, str | None, int | None]:
+    return url.scheme.lower(), url.host, url.port
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if value == int(value) else str(value)
+
+
+def _after_redirect(message: str, hop: Hop) -> str:
+    return message if hop.came_from is None else f"{message} (redirected from {hop.came_from})"
