@@ -8,9 +8,11 @@ the SCRAM verifier, which the engine computes and sets when a login fails with i
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import os
 from collections.abc import Callable
 
@@ -18,6 +20,7 @@ import asyncpg
 
 from engine.queries import q
 
+log = logging.getLogger("pgdurable.runners")
 SCRAM_ITERATIONS = 4096
 
 
@@ -51,6 +54,11 @@ class Runners:
         self._secret = secret
         self._pool = pool
         self._names: dict[str, str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def resetting(self, runner: str) -> asyncio.Lock:
+        """Held while a runner's password is checked and reset (one at a time per runner)."""
+        return self._locks.setdefault(runner, asyncio.Lock())
 
     async def login_for(self, owner: str) -> tuple[str, str]:
         """(runner role, password) to log in for `owner`; NoRunner when there is none."""
@@ -66,10 +74,17 @@ class Runners:
         return runner, derive_password(self._secret, runner)
 
     async def reset_password(self, runner: str) -> None:
-        """Store the verifier of the derived password (first login, or a new secret)."""
+        """Store the verifier of the derived password (first login, or a new secret).
+
+        Another pgdurable process may be doing the same ("tuple concurrently updated"):
+        its verifier is as good as ours when the secrets agree, so that is not an error.
+        """
         verifier = scram_verifier(derive_password(self._secret, runner))
-        await self._pool().execute(q("set_runner_password"), runner, verifier)
+        try:
+            await self._pool().execute(q("set_runner_password"), runner, verifier)
+        except asyncpg.InternalServerError as exc:
+            log.info("event=runner_password_race runner=%s error=%s", runner, exc)
 
     def forget(self, owner: str) -> None:
-        """Drop a cached name (the runner may have been dropped and re-created)."""
+        """Drop a cached runner name (df.revoke_usage may have removed it)."""
         self._names.pop(owner, None)

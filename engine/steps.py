@@ -83,10 +83,21 @@ class StepConnections:
         try:
             return await self._login(runner, password, database, as_owner, role)
         except StepFailed as exc:
-            if not isinstance(exc.__cause__, asyncpg.InvalidAuthorizationSpecificationError):
+            if not _refused_login(exc):
                 raise
-            runners.forget(role)  # 28P01 is a subclass: a new secret, or a first login
-        await runners.reset_password(runner)
+        async with runners.resetting(runner):  # one reset per runner, not one per step
+            try:  # another step may have reset the password while we waited
+                return await self._login(runner, password, database, as_owner, role)
+            except StepFailed as exc:
+                if not _refused_login(exc):
+                    raise
+            try:
+                await runners.reset_password(runner)
+            except asyncpg.PostgresError as exc:  # e.g. df.revoke_usage dropped the runner
+                runners.forget(role)
+                raise StepFailed(
+                    f"Failed to connect to database '{database}' as '{role}'. Error: {exc}"
+                ) from exc
         return await self._login(runner, password, database, as_owner, role)
 
     async def _login(
@@ -221,6 +232,11 @@ async def _execute(conn: asyncpg.Connection, sql: str) -> str:
         raise StepFailed(str(exc)) from exc
     rows = await stmt.fetch()
     return rows_document(columns, [tuple(r) for r in rows])
+
+
+def _refused_login(exc: StepFailed) -> bool:
+    """A first login, or one after the secret changed (28P01 is a subclass of 28000)."""
+    return isinstance(exc.__cause__, asyncpg.InvalidAuthorizationSpecificationError)
 
 
 def _sql_error(exc: asyncpg.PostgresError) -> str:

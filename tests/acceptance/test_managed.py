@@ -225,3 +225,17 @@ def test_transaction_mode_new_logs_in_through_the_runner(
         assert row is not None
         status = conn.execute("SELECT df.await_instance(%s, 20)", (row[0],)).fetchone()
     assert status == ("completed",)
+
+
+def test_parallel_first_logins_of_a_new_runner_all_succeed(
+    managed: ManagedCluster, managed_proxy: ProxyProcess
+) -> None:
+    """Four branches log in as a runner whose password is not set yet: one sets it."""
+    dsn = _user_with_usage(managed, managed_proxy, "mg_parallel")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT df.start('SELECT 1' & 'SELECT 2' & 'SELECT 3' & 'SELECT 4')"
+        ).fetchone()
+        assert row is not None
+        status = conn.execute("SELECT df.await_instance(%s, 20)", (row[0],)).fetchone()
+    assert status == ("completed",)
