@@ -159,9 +159,7 @@ class Engine:
             self._wake.clear()
             try:
                 await self._ensure_listener()
-                await self._process_advances()
-                await self._claim_tasks()
-                due = await self._require_pool().fetchval(q("next_due"))
+                due = await self._poll()
                 pause = (
                     self.settings.poll_interval
                     if due is None
@@ -205,10 +203,27 @@ class Engine:
         return self.pool
 
     # -- advancing ----------------------------------------------------------------------------
-    async def _process_advances(self) -> None:
-        pool = self._require_pool()
-        rows = await pool.fetch(q("pending_advances"), 256)
-        await asyncio.gather(*(self.advance(r["instance_id"]) for r in rows))
+    async def _poll(self) -> float | None:
+        """One scheduler pass: start the tasks claimed, advance the instances due; returns
+        the seconds until the next timer (None: nothing scheduled)."""
+        free = self.steps.slots._value  # claim no more than we can run now
+        rows = await self._require_pool().fetch(
+            q("poll"),
+            uuid.UUID(self.owner_id),
+            self.settings.lease_seconds,
+            256,
+            max(0, min(free, CLAIM_BATCH)),
+        )
+        advances, due = [], None
+        for r in rows:
+            if r["kind"] == "advance":
+                advances.append(r["instance_id"])
+            elif r["kind"] == "task":
+                self._start_claimed(r)
+            else:
+                due = r["due"]
+        await asyncio.gather(*(self.advance(i) for i in advances))
+        return due
 
     async def advance(self, instance_id: str) -> None:
         """Load, plan and apply one instance's next steps in one transaction."""
@@ -251,36 +266,25 @@ class Engine:
                 self.wake()
 
     # -- leaf tasks ------------------------------------------------------------------------------
-    async def _claim_tasks(self) -> None:
-        free = self.steps.slots._value  # claim no more than we can run now
-        if free <= 0:
-            return
-        pool = self._require_pool()
-        rows = await pool.fetch(
-            q("claim_tasks"),
-            uuid.UUID(self.owner_id),
-            self.settings.lease_seconds,
-            min(free, CLAIM_BATCH),
-        )
-        for r in rows:
-            if r["attempts"] > 1:
-                log.info(
-                    "event=task_recovered instance=%s node=%s attempt=%d",
-                    r["instance_id"],
-                    r["node_id"],
-                    r["attempts"],
-                )
-            self._start_task(
-                Task(
-                    r["instance_id"],
-                    r["node_id"],
-                    r["node_type"],
-                    r["payload"],
-                    str(r["lease_token"]),
-                    r["owner"] or "",
-                    r["database"] or self.settings.catalog_database,
-                )
+    def _start_claimed(self, r: asyncpg.Record) -> None:
+        if r["attempts"] > 1:
+            log.info(
+                "event=task_recovered instance=%s node=%s attempt=%d",
+                r["instance_id"],
+                r["node_id"],
+                r["attempts"],
             )
+        self._start_task(
+            Task(
+                r["instance_id"],
+                r["node_id"],
+                r["node_type"],
+                r["payload"],
+                str(r["lease_token"]),
+                r["owner"] or "",
+                r["database"] or self.settings.catalog_database,
+            )
+        )
 
     def _start_task(self, task: Task) -> None:
         self._running[(task.instance_id, task.node_id)] = RunningStep(task)
