@@ -26,6 +26,9 @@ from engine.steps import StepConnections, StepFailed, Task, run_sql_step
 
 log = logging.getLogger("pgdurable.engine")
 CLAIM_BATCH = 64
+# The engine's queries look rows up by key: never by a sequential scan planned while a table
+# was nearly empty (see 0008_perf.sql), and never JIT-compiled.
+ENGINE_SESSION = {"enable_seqscan": "off", "jit": "off"}
 
 
 @dataclass(slots=True)
@@ -112,6 +115,7 @@ class Engine:
             min_size=1,
             max_size=self.settings.admin_pool_size,
             reset=_keep_session,
+            server_settings=ENGINE_SESSION,
         )
         await self._listen()
 

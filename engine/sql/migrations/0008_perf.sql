@@ -286,11 +286,13 @@ BEGIN
 END
 $$;
 
--- Same checks and effects as before, one statement fewer: deleting the leased task row is
--- what proves the lease.
-CREATE OR REPLACE FUNCTION df._complete_step(p_instance text, p_node text, p_token uuid,
-                                             p_raw text, p_delivery text DEFAULT 'exactly-once')
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- Recording a step's result: the same checks and effects as before, one statement fewer
+-- (deleting the leased task row is what proves the lease). df._complete_step is the entry
+-- point; df._complete_and_load calls the body directly, without a second SECURITY DEFINER
+-- frame and its settings.
+CREATE FUNCTION df._record_step(p_instance text, p_node text, p_token uuid, p_raw text,
+                                p_delivery text)
+RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM df._tasks
     WHERE instance_id = p_instance AND node_id = p_node AND lease_token = p_token;
@@ -313,13 +315,40 @@ BEGIN
     ON CONFLICT (instance_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
 END
 $$;
+REVOKE EXECUTE ON FUNCTION df._record_step(text, text, uuid, text, text) FROM PUBLIC;
 
+CREATE OR REPLACE FUNCTION df._complete_step(p_instance text, p_node text, p_token uuid,
+                                             p_raw text, p_delivery text DEFAULT 'exactly-once')
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM df._record_step(p_instance, p_node, p_token, p_raw, p_delivery);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df._complete_and_load(p_instance text, p_node text, p_token uuid,
+                                                 p_raw text, p_delivery text)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state jsonb;
+    secret uuid := gen_random_uuid();
+BEGIN
+    PERFORM df._record_step(p_instance, p_node, p_token, p_raw, p_delivery);
+    state := df._load_for_advance(p_instance);
+    IF state IS NULL THEN
+        RETURN NULL;  -- someone else holds the instance: the _advance row is left for them
+    END IF;
+    INSERT INTO df._apply_grants (txid, secret) VALUES (txid_current(), secret)
+    ON CONFLICT (txid) DO UPDATE SET secret = excluded.secret;
+    RETURN (state || jsonb_build_object('apply_secret', secret))::text;
+END
+$$;
+
+-- The engine's own connections plan the same way (they set it at login); these are the
+-- entry points a step's transaction, or a user's df.start, calls on other connections.
 ALTER FUNCTION df._complete_and_load(text, text, uuid, text, text) SET enable_seqscan = off SET jit = off;
+ALTER FUNCTION df._complete_step(text, text, uuid, text, text) SET enable_seqscan = off SET jit = off;
 ALTER FUNCTION df._apply_as_step(text, uuid, jsonb) SET enable_seqscan = off SET jit = off;
 ALTER FUNCTION df._submit(text) SET enable_seqscan = off SET jit = off;
-ALTER FUNCTION df._load_for_advance(text) SET enable_seqscan = off SET jit = off;
-ALTER FUNCTION df._apply_plan(text, jsonb) SET enable_seqscan = off SET jit = off;
-ALTER FUNCTION df._fail_step(text, text, uuid, text, text) SET enable_seqscan = off SET jit = off;
 
 -- One round trip per scheduler pass instead of three: the instances due for an advance,
 -- the due tasks claimed for this engine (at most p_claims; as the named query claim_tasks
