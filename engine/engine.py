@@ -1,8 +1,10 @@
 """The engine: installs the catalog, advances instances, runs leaf tasks, recovers leases.
 
-Wake-ups come from three places: `wake()` (the proxy saw a df.start commit), NOTIFY on
-channel df_wake (every other call site and other pgdurable processes), and a slow poll that
-also catches due timers and expired leases.
+Wake-ups come from three places: NOTIFY on channel df_wake, whose payload names the
+instance to advance (df.start, df.cancel, df.signal: every call site, every pgdurable
+process), `wake()` (work for the scheduler), and a slow poll that also catches due timers and
+expired leases. When the proxy sees a df.start commit it only wakes the scheduler if the
+listener is down (`started_through_proxy()`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ CLAIM_BATCH = 64
 # The engine's queries look rows up by key: never by a sequential scan planned while a table
 # was nearly empty (see 0008_perf.sql), and never JIT-compiled.
 ENGINE_SESSION = {"enable_seqscan": "off", "jit": "off"}
+INSTANCE_ID = re.compile(r"[0-9a-f]{8}")
 
 
 @dataclass(slots=True)
@@ -133,7 +137,23 @@ class Engine:
 
     async def _listen(self) -> None:
         self._listener = await asyncpg.connect(self.settings.admin_dsn)
-        await self._listener.add_listener("df_wake", lambda *_: self.wake())
+        await self._listener.add_listener("df_wake", self._notified)
+
+    def _notified(self, *args: object) -> None:
+        """A df_wake notification: advance the instance it names right away (no scheduler
+        pass); anything else wakes the scheduler."""
+        payload = args[-1]
+        if isinstance(payload, str) and INSTANCE_ID.fullmatch(payload):
+            self._spawn(self._advance_notified(payload))
+        else:
+            self.wake()
+
+    async def _advance_notified(self, instance_id: str) -> None:
+        try:
+            await self.advance(instance_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("event=advance_error instance=%s error=%r", instance_id, exc)
+            self.wake()  # the instance's _advance row stays: the scheduler retries it
 
     async def stop(self) -> None:
         """Stop the loops; in-flight steps are abandoned (their leases expire)."""
@@ -149,8 +169,14 @@ class Engine:
             self.pool.terminate()
 
     def wake(self) -> None:
-        """Look for work now (called when a df.start committed through the proxy)."""
+        """Look for work now."""
         self._wake.set()
+
+    def started_through_proxy(self) -> None:
+        """A df.start committed through the proxy: its NOTIFY advances it, unless the
+        listener is down, in which case the scheduler looks now."""
+        if self._listener is None or self._listener.is_closed():
+            self.wake()
 
     # -- loops --------------------------------------------------------------------------------
     async def _scheduler(self) -> None:

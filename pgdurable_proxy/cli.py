@@ -84,7 +84,9 @@ async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
         await asyncio.wait_for(asyncio.shield(engine.started()), ENGINE_BOOT_WAIT)
     except TimeoutError:
         log.warning("event=engine_not_ready_yet waited=%ss", ENGINE_BOOT_WAIT)
-    server = ProxyServer(upstream, Interceptor(metrics), metrics, tls, wake=engine.wake)
+    server = ProxyServer(
+        upstream, Interceptor(metrics), metrics, tls, wake=engine.started_through_proxy
+    )
     port = await server.start(settings.host, settings.port)
     admin = None
     if settings.http_port is not None:
