@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import re
@@ -29,6 +30,7 @@ from engine.steps import StepConnections, StepFailed, Task, run_sql_step
 
 log = logging.getLogger("pgdurable.engine")
 CLAIM_BATCH = 64
+ADVANCE_BATCH = 64  # instances loaded, planned and applied in one transaction
 # The engine's queries look rows up by key: never by a sequential scan planned while a table
 # was nearly empty (see 0008_perf.sql), and never JIT-compiled.
 ENGINE_SESSION = {"enable_seqscan": "off", "jit": "off"}
@@ -61,6 +63,8 @@ class Engine:
         self.pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
+        self._to_advance: dict[str, None] = {}  # instance ids, in arrival order
+        self._advance_ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running: dict[tuple[str, str], RunningStep] = {}
@@ -98,6 +102,7 @@ class Engine:
         self.wake()
         loops = [
             asyncio.create_task(self._scheduler(), name="pgdurable-scheduler"),
+            asyncio.create_task(self._advancer(), name="pgdurable-advancer"),
             asyncio.create_task(self._lease_keeper(), name="pgdurable-leases"),
         ]
         try:
@@ -144,16 +149,9 @@ class Engine:
         pass); anything else wakes the scheduler."""
         payload = args[-1]
         if isinstance(payload, str) and INSTANCE_ID.fullmatch(payload):
-            self._spawn(self._advance_notified(payload))
+            self._request_advance(payload)
         else:
             self.wake()
-
-    async def _advance_notified(self, instance_id: str) -> None:
-        try:
-            await self.advance(instance_id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("event=advance_error instance=%s error=%r", instance_id, exc)
-            self.wake()  # the instance's _advance row stays: the scheduler retries it
 
     async def stop(self) -> None:
         """Stop the loops; in-flight steps are abandoned (their leases expire)."""
@@ -244,16 +242,61 @@ class Engine:
             256,
             max(0, min(free, CLAIM_BATCH)),
         )
-        advances, due = [], None
+        due = None
         for r in rows:
             if r["kind"] == "advance":
-                advances.append(r["instance_id"])
+                self._request_advance(r["instance_id"])
             elif r["kind"] == "task":
                 self._start_claimed(r)
             else:
                 due = r["due"]
-        await asyncio.gather(*(self.advance(i) for i in advances))
         return due
+
+    def _request_advance(self, instance_id: str) -> None:
+        self._to_advance[instance_id] = None
+        self._advance_ready.set()
+
+    async def _advancer(self) -> None:
+        """Advance the instances asked for, as many per transaction as have arrived."""
+        while not self._stop.is_set():
+            await self._advance_ready.wait()
+            self._advance_ready.clear()
+            while self._to_advance:
+                batch = list(itertools.islice(self._to_advance, ADVANCE_BATCH))
+                for instance_id in batch:
+                    del self._to_advance[instance_id]
+                try:
+                    await self.advance_many(batch)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("event=advance_error instances=%d error=%r", len(batch), exc)
+                    self.wake()  # their _advance rows stay: the scheduler finds them again
+                except Exception:  # a planner bug must not stop every other advance
+                    log.exception("event=advance_failed instances=%s", batch)
+
+    async def advance_many(self, instance_ids: list[str]) -> None:
+        """advance() for several instances in one transaction; one by one if that fails."""
+        if len(instance_ids) == 1:
+            await self.advance(instance_ids[0])
+            return
+        planned: list[tuple[str, dict[str, Any], Plan]] = []
+        try:
+            async with self._require_pool().acquire() as conn, conn.transaction():
+                for r in await conn.fetch(q("load_many"), instance_ids):
+                    if r["state"] is not None:
+                        planned.append((r["id"], *self.plan(r["state"])))
+                if planned:
+                    await conn.execute(
+                        q("apply_many"),
+                        [p[0] for p in planned],
+                        [p[2].to_json() for p in planned],
+                    )
+        except asyncpg.PostgresError as exc:
+            log.warning("event=advance_batch_failed instances=%d error=%r", len(instance_ids), exc)
+            for instance_id in instance_ids:
+                await self.advance(instance_id)
+            return
+        for instance_id, state, plan in planned:
+            await self._act_on(instance_id, state, plan)
 
     async def advance(self, instance_id: str) -> None:
         """Load, plan and apply one instance's next steps in one transaction."""

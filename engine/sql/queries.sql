@@ -20,6 +20,14 @@ SELECT df._load_for_advance($1)::text;
 -- name: apply_plan
 SELECT df._apply_plan($1, $2::jsonb);
 
+-- name: load_many
+-- load_for_advance for several instances, in the order given (state NULL: held elsewhere).
+SELECT u.id, df._load_for_advance(u.id)::text AS state
+FROM unnest($1::text[]) WITH ORDINALITY AS u(id, n) ORDER BY u.n;
+
+-- name: apply_many
+SELECT df._apply_plan(u.id, u.plan::jsonb) FROM unnest($1::text[], $2::text[]) AS u(id, plan);
+
 -- name: complete_step
 SELECT df._complete_step($1, $2, $3, $4, $5);
 
