@@ -25,6 +25,8 @@ from engine.settings import EngineSettings
 log = logging.getLogger("pgdurable.steps")
 ACTIVE_SQL_TRANSACTION = "25001"
 STATEMENT_CACHE_SIZE = 64  # prepared step statements kept per step connection
+# A prepared statement that no longer fits the schema, or that the session lost: prepare again.
+STALE_STATEMENT = (asyncpg.InvalidCachedStatementError, asyncpg.InvalidSQLStatementNameError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +159,7 @@ async def run_sql_step(
                     and await _advance_here(conn, task, state, plan_here)
                 )
             return advanced
-        except asyncpg.InvalidCachedStatementError as exc:
+        except STALE_STATEMENT as exc:
             # a statement prepared earlier no longer fits the schema; the transaction was
             # rolled back, so running the step once more, freshly prepared, is safe
             _forget_statements(conn)
@@ -215,7 +217,7 @@ async def _execute(conn: asyncpg.Connection, sql: str, retry: bool = True) -> st
         raise StepFailed(str(exc)) from exc
     try:
         rows = await stmt.fetch()
-    except asyncpg.InvalidCachedStatementError:
+    except STALE_STATEMENT:
         _forget_statements(conn)
         if not retry or conn.is_in_transaction():
             raise  # run_sql_step re-runs the whole transaction
