@@ -282,8 +282,12 @@ class Engine:
         try:
             async with self._require_pool().acquire() as conn, conn.transaction():
                 for r in await conn.fetch(q("load_many"), instance_ids):
-                    if r["state"] is not None:
+                    if r["state"] is None:
+                        continue
+                    try:
                         planned.append((r["id"], *self.plan(r["state"])))
+                    except Exception:  # a planner bug: this one stays due, the others go on
+                        log.exception("event=plan_failed instance=%s", r["id"])
                 if planned:
                     await conn.execute(
                         q("apply_many"),
