@@ -1,16 +1,20 @@
 """The engine: installs the catalog, advances instances, runs leaf tasks, recovers leases.
 
-Wake-ups come from three places: `wake()` (the proxy saw a df.start commit), NOTIFY on
-channel df_wake (every other call site and other pgdurable processes), and a slow poll that
-also catches due timers and expired leases.
+Wake-ups come from three places: NOTIFY on channel df_wake, whose payload names the
+instance to advance (df.start, df.cancel, df.signal: every call site, every pgdurable
+process), `wake()` (work for the scheduler), and a slow poll that also catches due timers and
+expired leases. When the proxy sees a df.start commit it only wakes the scheduler if the
+listener is down (`started_through_proxy()`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
+import re
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -30,6 +34,11 @@ from engine.steps import StepConnections, StepFailed, Task, run_sql_step
 
 log = logging.getLogger("pgdurable.engine")
 CLAIM_BATCH = 64
+ADVANCE_BATCH = 64  # instances loaded, planned and applied in one transaction
+# The engine's queries look rows up by key: never by a sequential scan planned while a table
+# was nearly empty (see 0008_perf.sql), and never JIT-compiled.
+ENGINE_SESSION = {"enable_seqscan": "off", "jit": "off"}
+INSTANCE_ID = re.compile(r"[0-9a-f]{8}")
 
 
 @dataclass(slots=True)
@@ -70,6 +79,8 @@ class Engine:
         self.pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
+        self._to_advance: dict[str, None] = {}  # instance ids, in arrival order
+        self._advance_ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running: dict[tuple[str, str], RunningStep] = {}
@@ -107,6 +118,7 @@ class Engine:
         self.wake()
         loops = [
             asyncio.create_task(self._scheduler(), name="pgdurable-scheduler"),
+            asyncio.create_task(self._advancer(), name="pgdurable-advancer"),
             asyncio.create_task(self._lease_keeper(), name="pgdurable-leases"),
         ]
         try:
@@ -128,6 +140,7 @@ class Engine:
             min_size=1,
             max_size=self.settings.admin_pool_size,
             reset=_keep_session,
+            server_settings=ENGINE_SESSION,
         )
         await self._listen()
 
@@ -147,7 +160,16 @@ class Engine:
 
     async def _listen(self) -> None:
         self._listener = await asyncpg.connect(self.settings.admin_dsn)
-        await self._listener.add_listener("df_wake", lambda *_: self.wake())
+        await self._listener.add_listener("df_wake", self._notified)
+
+    def _notified(self, *args: object) -> None:
+        """A df_wake notification: advance the instance it names right away (no scheduler
+        pass); anything else wakes the scheduler."""
+        payload = args[-1]
+        if isinstance(payload, str) and INSTANCE_ID.fullmatch(payload):
+            self._request_advance(payload)
+        else:
+            self.wake()
 
     async def stop(self) -> None:
         """Stop the loops; in-flight steps are abandoned (their leases expire)."""
@@ -164,7 +186,7 @@ class Engine:
             self.pool.terminate()
 
     def wake(self) -> None:
-        """Look for work now (called when a df.start committed through the proxy)."""
+        """Look for work now."""
         self._wake.set()
 
     def start_new(self, login_role: str, detail: str) -> None:
@@ -186,6 +208,12 @@ class Engine:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("event=new_start_error request=%s error=%r", request.request, exc)
 
+    def started_through_proxy(self) -> None:
+        """A df.start committed through the proxy: its NOTIFY advances it, unless the
+        listener is down, in which case the scheduler looks now."""
+        if self._listener is None or self._listener.is_closed():
+            self.wake()
+
     # -- loops --------------------------------------------------------------------------------
     async def _scheduler(self) -> None:
         pause = 0.0
@@ -197,9 +225,7 @@ class Engine:
             self._wake.clear()
             try:
                 await self._ensure_listener()
-                await self._process_advances()
-                await self._claim_tasks()
-                due = await self._require_pool().fetchval(q("next_due"))
+                due = await self._poll()
                 pause = (
                     self.settings.poll_interval
                     if due is None
@@ -243,10 +269,76 @@ class Engine:
         return self.pool
 
     # -- advancing ----------------------------------------------------------------------------
-    async def _process_advances(self) -> None:
-        pool = self._require_pool()
-        rows = await pool.fetch(q("pending_advances"), 256)
-        await asyncio.gather(*(self.advance(r["instance_id"]) for r in rows))
+    async def _poll(self) -> float | None:
+        """One scheduler pass: start the tasks claimed, advance the instances due; returns
+        the seconds until the next timer (None: nothing scheduled)."""
+        free = self.steps.slots._value  # claim no more than we can run now
+        rows = await self._require_pool().fetch(
+            q("poll"),
+            uuid.UUID(self.owner_id),
+            self.settings.lease_seconds,
+            256,
+            max(0, min(free, CLAIM_BATCH)),
+        )
+        due = None
+        for r in rows:
+            if r["kind"] == "advance":
+                self._request_advance(r["instance_id"])
+            elif r["kind"] == "task":
+                self._start_claimed(r)
+            else:
+                due = r["due"]
+        return due
+
+    def _request_advance(self, instance_id: str) -> None:
+        self._to_advance[instance_id] = None
+        self._advance_ready.set()
+
+    async def _advancer(self) -> None:
+        """Advance the instances asked for, as many per transaction as have arrived."""
+        while not self._stop.is_set():
+            await self._advance_ready.wait()
+            self._advance_ready.clear()
+            while self._to_advance:
+                batch = list(itertools.islice(self._to_advance, ADVANCE_BATCH))
+                for instance_id in batch:
+                    del self._to_advance[instance_id]
+                try:
+                    await self.advance_many(batch)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("event=advance_error instances=%d error=%r", len(batch), exc)
+                    self.wake()  # their _advance rows stay: the scheduler finds them again
+                except Exception:  # a planner bug must not stop every other advance
+                    log.exception("event=advance_failed instances=%s", batch)
+
+    async def advance_many(self, instance_ids: list[str]) -> None:
+        """advance() for several instances in one transaction; one by one if that fails."""
+        if len(instance_ids) == 1:
+            await self.advance(instance_ids[0])
+            return
+        planned: list[tuple[str, dict[str, Any], Plan]] = []
+        try:
+            async with self._require_pool().acquire() as conn, conn.transaction():
+                for r in await conn.fetch(q("load_many"), instance_ids):
+                    if r["state"] is None:
+                        continue
+                    try:
+                        planned.append((r["id"], *self.plan(r["state"])))
+                    except Exception:  # a planner bug: this one stays due, the others go on
+                        log.exception("event=plan_failed instance=%s", r["id"])
+                if planned:
+                    await conn.execute(
+                        q("apply_many"),
+                        [p[0] for p in planned],
+                        [p[2].to_json() for p in planned],
+                    )
+        except asyncpg.PostgresError as exc:
+            log.warning("event=advance_batch_failed instances=%d error=%r", len(instance_ids), exc)
+            for instance_id in instance_ids:
+                await self.advance(instance_id)
+            return
+        for instance_id, state, plan in planned:
+            await self._act_on(instance_id, state, plan)
 
     async def advance(self, instance_id: str) -> None:
         """Load, plan and apply one instance's next steps in one transaction."""
@@ -289,36 +381,25 @@ class Engine:
                 self.wake()
 
     # -- leaf tasks ------------------------------------------------------------------------------
-    async def _claim_tasks(self) -> None:
-        free = self.steps.slots._value  # claim no more than we can run now
-        if free <= 0:
-            return
-        pool = self._require_pool()
-        rows = await pool.fetch(
-            q("claim_tasks"),
-            uuid.UUID(self.owner_id),
-            self.settings.lease_seconds,
-            min(free, CLAIM_BATCH),
-        )
-        for r in rows:
-            if r["attempts"] > 1:
-                log.info(
-                    "event=task_recovered instance=%s node=%s attempt=%d",
-                    r["instance_id"],
-                    r["node_id"],
-                    r["attempts"],
-                )
-            self._start_task(
-                Task(
-                    r["instance_id"],
-                    r["node_id"],
-                    r["node_type"],
-                    r["payload"],
-                    str(r["lease_token"]),
-                    r["owner"] or "",
-                    r["database"] or self.settings.catalog_database,
-                )
+    def _start_claimed(self, r: asyncpg.Record) -> None:
+        if r["attempts"] > 1:
+            log.info(
+                "event=task_recovered instance=%s node=%s attempt=%d",
+                r["instance_id"],
+                r["node_id"],
+                r["attempts"],
             )
+        self._start_task(
+            Task(
+                r["instance_id"],
+                r["node_id"],
+                r["node_type"],
+                r["payload"],
+                str(r["lease_token"]),
+                r["owner"] or "",
+                r["database"] or self.settings.catalog_database,
+            )
+        )
 
     def _start_task(self, task: Task) -> None:
         self._running[(task.instance_id, task.node_id)] = RunningStep(task)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ STEP_SESSION_SETTINGS = {
     "df.in_workflow": "true",
     "application_name": "pg_durable:worker:workflow-sql",
 }
+STATEMENT_CACHE_SIZE = 64  # prepared step statements kept per step connection
+# A prepared statement that no longer fits the schema, or that the session lost: prepare again.
+STALE_STATEMENT = (asyncpg.InvalidCachedStatementError, asyncpg.InvalidSQLStatementNameError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,26 +190,34 @@ async def run_sql_step(
             raise StepFailed(_sql_error(exc)) from exc
         await record_elsewhere(task, raw, "at-least-once")
         return False
-    try:
-        async with conn.transaction():
-            raw = await _execute(conn, sql)
-            state = await conn.fetchval(
-                q("complete_and_load"),
-                task.instance_id,
-                task.node_id,
-                task.token,
-                raw,
-                "exactly-once",
-            )
-            advanced = (
-                state is not None
-                and plan_here is not None
-                and await _advance_here(conn, task, state, plan_here)
-            )
-        return advanced
-    except asyncpg.PostgresError as exc:
-        if exc.sqlstate != ACTIVE_SQL_TRANSACTION:
-            raise StepFailed(_sql_error(exc)) from exc
+    for fresh in (False, True):
+        try:
+            async with conn.transaction():
+                raw = await _execute(conn, sql)
+                state = await conn.fetchval(
+                    q("complete_and_load"),
+                    task.instance_id,
+                    task.node_id,
+                    task.token,
+                    raw,
+                    "exactly-once",
+                )
+                advanced = (
+                    state is not None
+                    and plan_here is not None
+                    and await _advance_here(conn, task, state, plan_here)
+                )
+            return advanced
+        except STALE_STATEMENT as exc:
+            # a statement prepared earlier no longer fits the schema; the transaction was
+            # rolled back, so running the step once more, freshly prepared, is safe
+            _forget_statements(conn)
+            if fresh:
+                raise StepFailed(_sql_error(exc)) from exc
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate != ACTIVE_SQL_TRANSACTION:
+                raise StepFailed(_sql_error(exc)) from exc
+            break
     log.info("event=step_autocommit instance=%s node=%s", task.instance_id, task.node_id)
     try:
         raw = await _execute(conn, sql)
@@ -217,8 +229,30 @@ async def run_sql_step(
     return False
 
 
-async def _execute(conn: asyncpg.Connection, sql: str) -> str:
-    stmt = await conn.prepare(sql)
+# Step statements prepared on each step connection, by text (most recently used last): a
+# workflow's steps repeat, and preparing is a round trip of its own.
+_prepared: weakref.WeakKeyDictionary[
+    asyncpg.Connection, dict[str, asyncpg.prepared_stmt.PreparedStatement]
+] = weakref.WeakKeyDictionary()
+
+
+async def _prepare(conn: asyncpg.Connection, sql: str) -> asyncpg.prepared_stmt.PreparedStatement:
+    cache = _prepared.setdefault(conn, {})
+    stmt = cache.pop(sql, None)
+    if stmt is None:
+        stmt = await conn.prepare(sql)
+        if len(cache) >= STATEMENT_CACHE_SIZE:
+            del cache[next(iter(cache))]
+    cache[sql] = stmt
+    return stmt
+
+
+def _forget_statements(conn: asyncpg.Connection) -> None:
+    _prepared.pop(conn, None)
+
+
+async def _execute(conn: asyncpg.Connection, sql: str, retry: bool = True) -> str:
+    stmt = await _prepare(conn, sql)
     parameters = stmt.get_parameters()
     if parameters:
         raise StepFailed(
@@ -230,7 +264,13 @@ async def _execute(conn: asyncpg.Connection, sql: str) -> str:
         check_columns(columns)
     except UnsupportedColumn as exc:
         raise StepFailed(str(exc)) from exc
-    rows = await stmt.fetch()
+    try:
+        rows = await stmt.fetch()
+    except STALE_STATEMENT:
+        _forget_statements(conn)
+        if not retry or conn.is_in_transaction():
+            raise  # run_sql_step re-runs the whole transaction
+        return await _execute(conn, sql, retry=False)  # nothing ran: prepare afresh
     return rows_document(columns, [tuple(r) for r in rows])
 
 

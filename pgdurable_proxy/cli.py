@@ -92,7 +92,12 @@ async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
     except TimeoutError:
         log.warning("event=engine_not_ready_yet waited=%ss", ENGINE_BOOT_WAIT)
     server = ProxyServer(
-        upstream, Interceptor(metrics), metrics, tls, wake=engine.wake, start_new=engine.start_new
+        upstream,
+        Interceptor(metrics),
+        metrics,
+        tls,
+        wake=engine.started_through_proxy,
+        start_new=engine.start_new,
     )
     port = await server.start(settings.host, settings.port)
     admin = None

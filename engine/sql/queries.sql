@@ -1,20 +1,9 @@
 -- Named queries the engine runs (loaded once by engine/queries.py).
 
--- name: claim_tasks
--- Take up to $3 due tasks whose lease is free or expired; $1 = this engine, $2 = lease seconds.
-UPDATE df._tasks t
-SET lease_owner = $1, lease_token = gen_random_uuid(),
-    lease_until = now() + make_interval(secs => $2), attempts = t.attempts + 1
-FROM df.instances i
-WHERE i.id = t.instance_id
-  AND (t.instance_id, t.node_id) IN (
-      SELECT c.instance_id, c.node_id FROM df._tasks c
-      WHERE c.due_at <= now() AND (c.lease_owner IS NULL OR c.lease_until < now())
-      ORDER BY c.due_at
-      LIMIT $3
-      FOR UPDATE SKIP LOCKED)
-RETURNING t.instance_id, t.node_id, t.node_type, t.payload, t.lease_token, t.attempts,
-          (SELECT r.rolname FROM pg_roles r WHERE r.oid = i.submitted_by) AS owner, i.database;
+-- name: poll
+-- One scheduler pass: $1 = this engine, $2 = lease seconds, $3 = most advances, $4 = most
+-- tasks to claim. Rows of kind 'advance', 'task' (claimed) and one 'due'.
+SELECT * FROM df._poll($1, $2, $3, $4);
 
 -- name: task_identity
 SELECT (SELECT r.rolname FROM pg_roles r WHERE r.oid = i.submitted_by) AS owner, i.database
@@ -25,21 +14,19 @@ UPDATE df._tasks SET lease_until = now() + make_interval(secs => $2)
 WHERE lease_owner = $1 AND lease_token = ANY ($3::uuid[])
 RETURNING lease_token;
 
--- name: pending_advances
-SELECT instance_id FROM df._advance WHERE requested_at <= clock_timestamp()
-ORDER BY requested_at LIMIT $1;
-
--- name: next_due
--- Seconds until the next timer or paced loop is due (NULL: nothing scheduled).
-SELECT extract(epoch FROM least(
-    (SELECT min(requested_at) FROM df._advance),
-    (SELECT min(due_at) FROM df._tasks WHERE lease_owner IS NULL)) - clock_timestamp());
-
 -- name: load_for_advance
 SELECT df._load_for_advance($1)::text;
 
 -- name: apply_plan
 SELECT df._apply_plan($1, $2::jsonb);
+
+-- name: load_many
+-- load_for_advance for several instances, in the order given (state NULL: held elsewhere).
+SELECT u.id, df._load_for_advance(u.id)::text AS state
+FROM unnest($1::text[]) WITH ORDINALITY AS u(id, n) ORDER BY u.n;
+
+-- name: apply_many
+SELECT df._apply_plan(u.id, u.plan::jsonb) FROM unnest($1::text[], $2::text[]) AS u(id, plan);
 
 -- name: complete_step
 SELECT df._complete_step($1, $2, $3, $4, $5);

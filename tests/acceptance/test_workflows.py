@@ -170,6 +170,31 @@ def test_non_transactional_statement_is_at_least_once(wf_dsn: str) -> None:
     assert details is not None and "at-least-once" in str(details[0])
 
 
+def test_repeated_step_sees_a_changed_table(wf_dsn: str) -> None:
+    """Step statements are prepared once per step connection; a changed result type makes
+    the step run again, freshly prepared, not fail."""
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS cached_t")
+        conn.execute("CREATE TABLE cached_t (a int)")
+        conn.execute("INSERT INTO cached_t VALUES (1)")
+    for _ in range(3):  # prepared on the step connections this runs on
+        instance, status = _run(wf_dsn, "'SELECT * FROM cached_t'")
+        assert status == "completed"
+        assert _result(wf_dsn, instance) == {"rows": [{"a": 1}], "row_count": 1}
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE cached_t ADD COLUMN b text DEFAULT 'x'")
+    for graph in ("'SELECT * FROM cached_t'", "'SELECT * FROM cached_t' ~> 'SELECT 2 AS n'"):
+        instance, status = _run(wf_dsn, graph)
+        assert status == "completed"
+    with psycopg.connect(wf_dsn) as conn:
+        first = conn.execute(
+            "SELECT result::jsonb FROM df.instance_nodes(%s) "
+            "WHERE query = 'SELECT * FROM cached_t'",
+            (instance,),
+        ).fetchone()
+    assert first is not None and first[0] == {"rows": [{"a": 1, "b": "x"}], "row_count": 1}
+
+
 def test_superuser_instances_are_refused_by_default(proxy: ProxyProcess) -> None:
     with (
         psycopg.connect(proxy.dsn()) as conn,

@@ -10,7 +10,7 @@ from tests.bench.workflows.results import RunResult
 from tests.bench.workflows.workloads import HELLO_WORLD
 
 STEPS_TARGET = 1000.0  # SQL steps/s, best pgdurable workload
-HELLO_P50_TARGET_MS = 5.0  # one-step SELECT 1, closed loop, client-observed p50
+HELLO_P50_TARGET_MS = 5.0  # one-step SELECT 1, one client, client-observed p50
 SYSTEMS = ("pgdurable", "dbos")
 TOP_STATEMENTS = 12
 
@@ -59,7 +59,7 @@ def _failed(r: RunResult) -> str:
 
 
 def check_targets(runs: Sequence[RunResult]) -> list[TargetCheck]:
-    """≥ 1,000 SQL steps/s (best pgdurable run); hello-world closed-loop p50 ≤ 5 ms."""
+    """≥ 1,000 SQL steps/s (best pgdurable run); hello-world p50 ≤ 5 ms, one at a time."""
     ours = [r for r in runs if r.system == "pgdurable" and r.steps_per_s is not None]
     best = max(ours, key=lambda r: r.steps_per_s or 0.0, default=None)
     steps = TargetCheck(
@@ -68,26 +68,32 @@ def check_targets(runs: Sequence[RunResult]) -> list[TargetCheck]:
         f"{_f(best.steps_per_s)} ({best.workload} {best.mode})" if best else "not measured",
         (best.steps_per_s or 0.0) >= STEPS_TARGET if best else None,
     )
-    hello = next(
+    # One workflow at a time, as DBOS's 9.5 ms reference was measured: with 8 clients in a
+    # closed loop the p50 is queueing (8 / throughput), which the closed-loop row reports.
+    single = next(
         (
             r
             for r in ours
-            if r.workload == HELLO_WORLD and r.mode == "closed" and r.client_p50_ms is not None
+            if r.workload == HELLO_WORLD and r.mode == "single" and r.client_p50_ms is not None
         ),
         None,
     )
-    single = next(
-        (r for r in ours if r.workload == HELLO_WORLD and r.mode == "single"),
+    closed = next(
+        (r for r in ours if r.workload == HELLO_WORLD and r.mode == "closed"),
         None,
     )
-    alone = f"; 1 client: {_f(single.client_p50_ms, 2)} ms" if single else ""
+    loaded = (
+        f"; {closed.clients} clients, closed loop: {_f(closed.client_p50_ms, 2)} ms"
+        if closed
+        else ""
+    )
     latency = TargetCheck(
-        f"hello-world ({HELLO_WORLD}) p50 start→completed, closed loop",
+        f"hello-world ({HELLO_WORLD}) p50 start→completed, one workflow at a time",
         f"≤ {HELLO_P50_TARGET_MS:g} ms",
-        f"{_f(hello.client_p50_ms, 2)} ms (server-side {_f(hello.server_p50_ms, 2)} ms{alone})"
-        if hello
+        f"{_f(single.client_p50_ms, 2)} ms (server-side {_f(single.server_p50_ms, 2)} ms{loaded})"
+        if single
         else "not measured",
-        (hello.client_p50_ms or 0.0) <= HELLO_P50_TARGET_MS if hello else None,
+        (single.client_p50_ms or 0.0) <= HELLO_P50_TARGET_MS if single else None,
     )
     return [steps, latency]
 
