@@ -36,7 +36,7 @@ log = logging.getLogger("pgdurable.engine")
 CLAIM_BATCH = 64
 ADVANCE_BATCH = 64  # instances loaded, planned and applied in one transaction
 # The engine's queries look rows up by key: never by a sequential scan planned while a table
-# was nearly empty (see 0008_perf.sql), and never JIT-compiled.
+# was nearly empty (see 0010_perf.sql), and never JIT-compiled.
 ENGINE_SESSION = {"enable_seqscan": "off", "jit": "off"}
 INSTANCE_ID = re.compile(r"[0-9a-f]{8}")
 
@@ -528,7 +528,7 @@ class Engine:
             conn = await self.steps.acquire(task.owner, task.database)
             try:
                 async with conn.transaction():  # as the login role: a runner's own backend
-                    await conn.execute("SET LOCAL ROLE NONE")
+                    await conn.execute(q("as_login_role"))
                     await conn.execute(q("cancel_backend"), running.backend_pid)
             finally:
                 await self.steps.release(task.owner, task.database, conn)

@@ -51,6 +51,11 @@ ON CONFLICT (epoch_id) DO UPDATE SET last_seen_at = now();
 SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *;
 SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;
 
+-- name: as_login_role
+-- Until the transaction ends, act as the session's login role: a runner may cancel only its
+-- own backends, and a step session runs as the owner.
+SET LOCAL ROLE NONE;
+
 -- name: cancel_backend
 SELECT pg_cancel_backend($1);
 
