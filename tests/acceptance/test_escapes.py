@@ -15,6 +15,7 @@ from pgdurable_proxy.cluster import Cluster
 from tests.support.clusters import Flavor
 from tests.support.managed import ROOT, ManagedCluster, user_password
 from tests.support.proxy import ProxyProcess
+from tests.support.workflows import start_and_await
 
 ALICE, BOB = "esc_alice", "esc_bob"
 RUNNER = f"df_run_{ALICE}"
@@ -100,17 +101,15 @@ def realm(request: pytest.FixtureRequest, flavor: Flavor) -> Iterator[Realm]:
 
 def _run(realm: Realm, user: str, graph_sql: str, *params: str) -> tuple[str, str]:
     """Start a workflow as `user` through pgdurable; (instance status, last SQL node text)."""
-    with psycopg.connect(realm.via(user), autocommit=True) as conn:
-        row = conn.execute(f"SELECT df.start({graph_sql})", params).fetchone()
-        assert row is not None
-        status = conn.execute("SELECT df.await_instance(%s, 30)", (row[0],)).fetchone()
+    instance, status = start_and_await(realm.via(user), graph_sql, *params, timeout=30)
+    with psycopg.connect(realm.via(user)) as conn:
         text = conn.execute(
             "SELECT result #>> '{}' FROM df.nodes WHERE instance_id = %s AND node_type = 'SQL' "
             "ORDER BY updated_at DESC, id LIMIT 1",
-            (row[0],),
+            (instance,),
         ).fetchone()
-    assert status is not None and text is not None
-    return str(status[0]), str(text[0])
+    assert text is not None
+    return status, str(text[0])
 
 
 ROLE_CHANGES = [

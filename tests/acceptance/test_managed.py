@@ -13,6 +13,7 @@ from tests.support.catalog import install_catalog
 from tests.support.clusters import FLAVORS, Flavor, run_psql
 from tests.support.managed import ADMIN, ROOT, ManagedCluster, user_password
 from tests.support.proxy import ProxyProcess
+from tests.support.workflows import await_status, start_and_await
 
 
 def _through(proxy: ProxyProcess, user: str, dbname: str = "postgres") -> str:
@@ -28,15 +29,20 @@ def _own_database(managed: ManagedCluster, name: str) -> str:
 
 
 def _run(dsn: str, sql_text: str) -> tuple[str, str | None]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT df.start(%s)", (sql_text,)).fetchone()
-        assert row is not None
-        status = conn.execute("SELECT df.await_instance(%s, 30)", (row[0],)).fetchone()
+    instance, status = start_and_await(dsn, "%s", sql_text, timeout=30)
+    with psycopg.connect(dsn) as conn:
         result = conn.execute(
-            "SELECT result #>> '{}' FROM df.nodes WHERE instance_id = %s", (row[0],)
+            "SELECT result #>> '{}' FROM df.nodes WHERE instance_id = %s", (instance,)
         ).fetchone()
-    assert status is not None and result is not None
-    return str(status[0]), result[0]
+    assert result is not None
+    return status, result[0]
+
+
+def _user_with_usage(managed: ManagedCluster, proxy: ProxyProcess, name: str) -> str:
+    managed.create_user(name)
+    with psycopg.connect(_through(proxy, ADMIN), autocommit=True) as admin:
+        admin.execute("SELECT df.grant_usage(%s)", (name,))
+    return _through(proxy, name)
 
 
 @pytest.mark.skipif(not WALKTHROUGH.exists(), reason=f"{WALKTHROUGH} is not beside this checkout")
@@ -62,9 +68,8 @@ def test_walkthrough_passes_on_a_password_only_cluster(
 def test_the_runner_is_a_member_of_its_owner_only(
     managed: ManagedCluster, managed_proxy: ProxyProcess
 ) -> None:
-    managed.create_user("mg_owner")
+    owner = _user_with_usage(managed, managed_proxy, "mg_owner")
     with psycopg.connect(_through(managed_proxy, ADMIN), autocommit=True) as admin:
-        admin.execute("SELECT df.grant_usage('mg_owner')")
         runner = admin.execute(
             "SELECT r.rolname, r.rolcanlogin, r.rolinherit, r.rolsuper, r.rolcreaterole, "
             "array(SELECT m.roleid::regrole::text FROM pg_auth_members m "
@@ -73,10 +78,7 @@ def test_the_runner_is_a_member_of_its_owner_only(
         stored = admin.execute("SELECT count(*) FROM df._runners WHERE owner = 'mg_owner'")
         assert stored.fetchone() == (1,)
     assert runner == ("df_run_mg_owner", True, False, False, False, ["mg_owner"])
-    status, result = _run(
-        _through(managed_proxy, "mg_owner"),
-        "SELECT current_user::text AS u, session_user::text AS s",
-    )
+    status, result = _run(owner, "SELECT current_user::text AS u, session_user::text AS s")
     assert status == "completed", result
     assert result == '{"rows": [{"s": "df_run_mg_owner", "u": "mg_owner"}], "row_count": 1}'
     with psycopg.connect(_through(managed_proxy, ADMIN), autocommit=True) as admin:
@@ -183,26 +185,13 @@ def test_missing_privileges_name_what_to_grant(managed: ManagedCluster) -> None:
         assert made.fetchone() == ("df_run_mg_stranger",)
 
 
-def _user_with_usage(managed: ManagedCluster, proxy: ProxyProcess, name: str) -> str:
-    managed.create_user(name)
-    with psycopg.connect(_through(proxy, ADMIN), autocommit=True) as admin:
-        admin.execute("SELECT df.grant_usage(%s)", (name,))
-    return _through(proxy, name)
-
-
 def test_a_race_losers_query_is_cancelled_through_the_runner(
     managed: ManagedCluster, managed_proxy: ProxyProcess
 ) -> None:
     """Cancelling needs the runner's own identity (the backend belongs to the runner)."""
     dsn = _user_with_usage(managed, managed_proxy, "mg_racer")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT df.start('SELECT pg_sleep(30)' | 'SELECT pg_sleep(0.3), 1 AS fast')"
-        ).fetchone()
-        assert row is not None
-        assert conn.execute("SELECT df.await_instance(%s, 20)", (row[0],)).fetchone() == (
-            "completed",
-        )
+    graph = "'SELECT pg_sleep(30)' | 'SELECT pg_sleep(0.3), 1 AS fast'"
+    assert start_and_await(dsn, graph)[1] == "completed"
     with psycopg.connect(managed.dsn(ROOT), autocommit=True) as root:
         for _ in range(100):
             sleeping = root.execute(
@@ -223,8 +212,7 @@ def test_transaction_mode_new_logs_in_through_the_runner(
         row = conn.execute("SELECT df.start('SELECT 1', transaction_mode => 'new')").fetchone()
         conn.rollback()
         assert row is not None
-        status = conn.execute("SELECT df.await_instance(%s, 20)", (row[0],)).fetchone()
-    assert status == ("completed",)
+    assert await_status(dsn, row[0]) == "completed"
 
 
 def test_parallel_first_logins_of_a_new_runner_all_succeed(
@@ -232,10 +220,5 @@ def test_parallel_first_logins_of_a_new_runner_all_succeed(
 ) -> None:
     """Four branches log in as a runner whose password is not set yet: one sets it."""
     dsn = _user_with_usage(managed, managed_proxy, "mg_parallel")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT df.start('SELECT 1' & 'SELECT 2' & 'SELECT 3' & 'SELECT 4')"
-        ).fetchone()
-        assert row is not None
-        status = conn.execute("SELECT df.await_instance(%s, 20)", (row[0],)).fetchone()
-    assert status == ("completed",)
+    graph = "'SELECT 1' & 'SELECT 2' & 'SELECT 3' & 'SELECT 4'"
+    assert start_and_await(dsn, graph)[1] == "completed"

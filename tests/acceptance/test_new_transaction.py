@@ -13,13 +13,7 @@ import pytest
 from pgdurable_proxy.cluster import Cluster
 from tests.acceptance.conftest import WORKFLOW_ROLE
 from tests.support.proxy import ProxyProcess
-
-
-def _await(dsn: str, instance: str) -> str:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT df.await_instance(%s, 30)", (instance,)).fetchone()
-    assert row is not None
-    return str(row[0])
+from tests.support.workflows import await_status
 
 
 def test_new_survives_the_callers_rollback(wf_dsn: str) -> None:
@@ -36,7 +30,7 @@ def test_new_survives_the_callers_rollback(wf_dsn: str) -> None:
         gone = conn.execute("SELECT count(*) FROM df.instances WHERE id = %s", (caller[0],))
         assert gone.fetchone() == (0,)
     assert owner == (WORKFLOW_ROLE, "kept")
-    assert _await(wf_dsn, new[0]) == "completed"
+    assert await_status(wf_dsn, new[0]) == "completed"
 
 
 def test_new_sees_only_committed_variables(wf_dsn: str) -> None:
@@ -51,7 +45,7 @@ def test_new_sees_only_committed_variables(wf_dsn: str) -> None:
         assert row is not None
         conn.execute("SELECT df.unsetvar('tm_probe')")
         conn.commit()
-    assert _await(wf_dsn, row[0]) == "completed"
+    assert await_status(wf_dsn, row[0]) == "completed"
     with psycopg.connect(wf_dsn) as conn:
         result = conn.execute("SELECT df.result(%s)", (row[0],)).fetchone()
     assert result is not None and json.loads(result[0])["rows"] == [{"v": "committed"}]
@@ -81,7 +75,7 @@ def test_new_inside_a_workflow_fails_the_step(wf_dsn: str) -> None:
             "SELECT df.start('SELECT df.start(''SELECT 1'', transaction_mode => ''new'')')"
         ).fetchone()
         assert row is not None
-        assert _await(wf_dsn, row[0]) == "failed"
+        assert await_status(wf_dsn, row[0]) == "failed"
         error = conn.execute(
             "SELECT result #>> '{}' FROM df.nodes WHERE instance_id = %s", (row[0],)
         ).fetchone()

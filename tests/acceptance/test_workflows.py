@@ -9,16 +9,7 @@ import pytest
 
 from pgdurable_proxy.cluster import Cluster
 from tests.support.proxy import ProxyProcess
-
-
-def _run(dsn: str, graph_sql: str, *params: object, timeout: int = 20) -> tuple[str, str]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(f"SELECT df.start({graph_sql})", params).fetchone()
-        assert row is not None
-        instance = str(row[0])
-        status = conn.execute("SELECT df.await_instance(%s, %s)", (instance, timeout)).fetchone()
-        assert status is not None
-        return instance, str(status[0])
+from tests.support.workflows import start_and_await as _run
 
 
 def _result(dsn: str, instance: str) -> object:

@@ -1,0 +1,24 @@
+"""Start a workflow and wait for it, as a client would (df.start, then df.await_instance)."""
+
+from __future__ import annotations
+
+import psycopg
+
+
+def await_status(dsn: str, instance: str, timeout: int = 20) -> str:
+    """df.await_instance's answer: the terminal status (or its timeout error)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT df.await_instance(%s, %s)", (instance, timeout)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def start_and_await(
+    dsn: str, graph_sql: str, *params: object, timeout: int = 20
+) -> tuple[str, str]:
+    """(instance id, terminal status) of `SELECT df.start(<graph_sql>)` with `params`."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(f"SELECT df.start({graph_sql})", params).fetchone()
+    assert row is not None
+    instance = str(row[0])
+    return instance, await_status(dsn, instance, timeout)
