@@ -5,10 +5,6 @@
 -- tasks to claim. Rows of kind 'advance', 'task' (claimed) and one 'due'.
 SELECT * FROM df._poll($1, $2, $3, $4);
 
--- name: task_identity
-SELECT (SELECT r.rolname FROM pg_roles r WHERE r.oid = i.submitted_by) AS owner, i.database
-FROM df.instances i WHERE i.id = $1;
-
 -- name: renew_leases
 UPDATE df._tasks SET lease_until = now() + make_interval(secs => $2)
 WHERE lease_owner = $1 AND lease_token = ANY ($3::uuid[])
