@@ -22,7 +22,8 @@ from typing import Any, cast
 
 import asyncpg
 
-from engine.graph import Plan, Planner, TaskLease
+from engine.graph import TaskLease
+from engine.held import Planned, Planning, differences
 from engine.http import HttpClient, run_http_step
 from engine.http_request import HTTP_TYPES
 from engine.migrations import migrate
@@ -50,6 +51,15 @@ class RunningStep:
     request: asyncio.Future[str] | None = None  # an HTTP step's request in flight
 
 
+@dataclass(slots=True)
+class EngineCounters:
+    """What the engine did since it started (exposed on /metrics)."""
+
+    advances_total: int = 0  # on the engine's own connections
+    in_step_advances_held_total: int = 0  # in a step's transaction, from held state
+    in_step_advances_loaded_total: int = 0  # in a step's transaction, from a fresh load
+
+
 SLEEP_RESULT = '{{"slept": true, "seconds": {seconds}}}'
 
 
@@ -64,6 +74,9 @@ class Engine:
         self.settings = settings
         self.owner_id = str(uuid.uuid4())
         self.lease = TaskLease(self.owner_id, settings.lease_seconds)
+        self.planning = Planning(
+            self.lease, settings.enable_superuser_instances, settings.min_loop_iteration_seconds
+        )
         runners = None
         if settings.runner_secret is not None:
             runners = Runners(settings.runner_secret, self._require_pool)
@@ -76,6 +89,7 @@ class Engine:
             settings.new_transaction_start_timeout,
         )
         self.http = HttpClient(settings.http)
+        self.counters = EngineCounters()
         self.pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
@@ -316,29 +330,30 @@ class Engine:
         if len(instance_ids) == 1:
             await self.advance(instance_ids[0])
             return
-        planned: list[tuple[str, dict[str, Any], Plan]] = []
+        planned: list[tuple[str, Planned]] = []
         try:
             async with self._require_pool().acquire() as conn, conn.transaction():
                 for r in await conn.fetch(q("load_many"), instance_ids):
                     if r["state"] is None:
                         continue
                     try:
-                        planned.append((r["id"], *self.plan(r["state"])))
+                        planned.append((r["id"], self.planning.from_document(r["state"])))
                     except Exception:  # a planner bug: this one stays due, the others go on
                         log.exception("event=plan_failed instance=%s", r["id"])
                 if planned:
                     await conn.execute(
                         q("apply_many"),
                         [p[0] for p in planned],
-                        [p[2].to_json() for p in planned],
+                        [p[1].plan.to_json() for p in planned],
                     )
         except asyncpg.PostgresError as exc:
             log.warning("event=advance_batch_failed instances=%d error=%r", len(instance_ids), exc)
             for instance_id in instance_ids:
                 await self.advance(instance_id)
             return
-        for instance_id, state, plan in planned:
-            await self._act_on(instance_id, state, plan)
+        self.counters.advances_total += len(planned)
+        for instance_id, one in planned:
+            await self._act_on(instance_id, one)
 
     async def advance(self, instance_id: str) -> None:
         """Load, plan and apply one instance's next steps in one transaction."""
@@ -347,23 +362,20 @@ class Engine:
             text = await conn.fetchval(q("load_for_advance"), instance_id)
             if text is None:
                 return
-            state, plan = self.plan(text)
-            await conn.execute(q("apply_plan"), instance_id, plan.to_json())
-        await self._act_on(instance_id, state, plan)
+            planned = self.planning.from_document(text)
+            await conn.execute(q("apply_plan"), instance_id, planned.plan.to_json())
+        self.counters.advances_total += 1
+        await self._act_on(instance_id, planned)
 
-    def plan(self, state_text: str) -> tuple[dict[str, Any], Plan]:
-        """Plan an instance from the state _load_for_advance returned."""
-        state = json.loads(state_text)
-        state["allow_superuser"] = self.settings.enable_superuser_instances
-        state["min_iteration_seconds"] = self.settings.min_loop_iteration_seconds
-        return state, Planner(state, self.lease, lambda: str(uuid.uuid4())).run()
-
-    async def _act_on(self, instance_id: str, state: dict[str, Any], plan: Plan) -> None:
-        """After a plan committed: cancel abandoned steps, start the tasks leased to us."""
+    async def _act_on(self, instance_id: str, planned: Planned) -> None:
+        """After a plan committed: cancel abandoned steps, start the tasks leased to us, and
+        hold the state while SQL steps of the instance run here."""
+        plan = planned.plan
         if plan.cancel_nodes:
             await self._cancel_steps(instance_id, set(plan.cancel_nodes))
         if plan.wake_at is not None:
             self.wake()
+        database = planned.instance["database"] or self.settings.catalog_database
         for task in plan.tasks:
             if task["lease_owner"] == self.owner_id:
                 self._start_task(
@@ -373,12 +385,23 @@ class Engine:
                         task["node_type"],
                         task["payload"],
                         task["lease_token"],
-                        state["owner"] or "",
-                        state["database"] or self.settings.catalog_database,
+                        planned.owner,
+                        database,
                     )
                 )
             else:
                 self.wake()
+        if database == self.settings.catalog_database and self._runs_sql(instance_id):
+            self.planning.hold(instance_id, planned)
+        else:
+            self.planning.drop(instance_id)
+
+    def _runs_sql(self, instance_id: str) -> bool:
+        """Does this engine run SQL steps of the instance right now?"""
+        return any(
+            key[0] == instance_id and running.task.node_type == "SQL"
+            for key, running in self._running.items()
+        )
 
     # -- leaf tasks ------------------------------------------------------------------------------
     def _start_claimed(self, r: asyncpg.Record) -> None:
@@ -410,7 +433,13 @@ class Engine:
             if task.node_type == "SQL":
                 folded = await self._run_sql(task)
                 if folded is not None:  # advanced inside the step's own transaction
-                    await self._act_on(task.instance_id, *folded)
+                    if folded.from_memory:
+                        self.counters.in_step_advances_held_total += 1
+                    else:
+                        self.counters.in_step_advances_loaded_total += 1
+                    await self._act_on(task.instance_id, folded)
+                    if self.settings.verify_held_state:
+                        self._spawn(self._verify_held(task.instance_id))
                     return
             elif task.node_type in ("SLEEP", "WAIT_SCHEDULE"):
                 raw = (
@@ -430,8 +459,10 @@ class Engine:
             )  # the lease expires; retried
         finally:
             self._running.pop((task.instance_id, task.node_id), None)
+            if not self._runs_sql(task.instance_id):
+                self.planning.drop(task.instance_id)
 
-    async def _run_sql(self, task: Task) -> tuple[dict[str, Any], Plan] | None:
+    async def _run_sql(self, task: Task) -> Planned | None:
         await self.steps.slots.acquire()
         try:
             conn = await self.steps.acquire(task.owner, task.database)
@@ -441,23 +472,17 @@ class Engine:
         running = self._running.get((task.instance_id, task.node_id))
         if running is not None:
             running.backend_pid = conn.get_server_pid()
-        folded: list[tuple[dict[str, Any], Plan]] = []
-
-        def plan_here(state_text: str) -> str:
-            state, plan = self.plan(state_text)
-            folded.append((state, plan))
-            return plan.to_json()
-
+        advance = _StepAdvance(self.planning)
         try:
             in_catalog = task.database == self.settings.catalog_database
             elsewhere = None if in_catalog else self._record_result
-            advanced = await run_sql_step(conn, task, elsewhere, plan_here if in_catalog else None)
+            advanced = await run_sql_step(conn, task, elsewhere, advance if in_catalog else None)
         finally:
             if running is not None:  # never cancel a pooled backend doing other work
                 running.backend_pid = None
             # reset the connection off the critical path; it keeps its slot until pooled
             self._spawn(self._release_step(task, conn))
-        return folded[-1] if advanced and folded else None
+        return advance.planned[-1] if advanced and advance.planned else None
 
     async def _run_http(self, task: Task) -> bool:
         """Run an HTTP step and record its result (at-least-once: a request cannot commit
@@ -534,3 +559,48 @@ class Engine:
                 await self.steps.release(task.owner, task.database, conn)
         except (StepFailed, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("event=cancel_failed error=%r", exc)
+
+    async def _verify_held(self, instance_id: str) -> None:
+        """--verify-held-state: the held state must equal the stored one whenever the
+        database would let it be used (same version, no change waiting)."""
+        held = self.planning.snapshot(instance_id)
+        if held is None:
+            return
+        row = await self._require_pool().fetchrow(q("held_state_check"), instance_id)
+        if row is None or row["state"] is None or row["pending"]:
+            return
+        document = json.loads(row["state"])
+        if document.get("version") != held.instance.get("version"):
+            return
+        found = differences(held, document)
+        if found and not self.failed.done():
+            log.error("event=held_state_mismatch instance=%s differences=%s", instance_id, found)
+            self.failed.set_result(AssertionError(f"held state of {instance_id}: {found}"))
+
+
+class _StepAdvance:
+    """The engine's planning for one SQL step's transaction (steps.InStepAdvance)."""
+
+    def __init__(self, planning: Planning) -> None:
+        self.planning = planning
+        self.planned: list[Planned] = []  # the last one is what the transaction applied
+
+    def from_memory(self, task: Task, raw: str) -> tuple[int, str] | None:
+        try:
+            planned = self.planning.completed_step(task.instance_id, task.node_id, raw)
+        except Exception:  # a planner bug: load the state instead
+            log.exception("event=held_plan_failed instance=%s", task.instance_id)
+            return None
+        if planned is None:
+            return None
+        self.planned.append(planned)
+        return int(planned.instance["version"]), planned.plan.to_json()
+
+    def from_state(self, state: str) -> str | None:
+        try:
+            planned = self.planning.from_document(state)
+        except Exception:
+            log.exception("event=in_step_plan_failed state=%.200s", state)
+            return None
+        self.planned.append(planned)
+        return planned.plan.to_json()

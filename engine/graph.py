@@ -41,6 +41,7 @@ class Plan:
     continued_from: int | None = None  # a root loop began a new execution
     drop_all_tasks: bool = False
     wake_at: float | None = None  # epoch seconds: advance again then
+    version: int | None = None  # the instance's version once this plan is applied
 
     def to_json(self) -> str:
         body = {
@@ -54,6 +55,7 @@ class Plan:
             "continued_from": self.continued_from,
             "drop_all_tasks": self.drop_all_tasks,
             "wake_at": self.wake_at,
+            "version": self.version,
         }
         if self.instance_status is not None:
             body["instance_status"] = self.instance_status
@@ -72,10 +74,18 @@ class Planner:
     """Drives one instance's graph once and records the resulting changes in a Plan."""
 
     def __init__(
-        self, instance: dict[str, Any], lease: TaskLease, new_token: Callable[[], str]
+        self,
+        instance: dict[str, Any],
+        lease: TaskLease,
+        new_token: Callable[[], str],
+        nodes: dict[str, Node] | None = None,
     ) -> None:
+        """`nodes`, when given, are the instance's nodes already (they are updated in place);
+        otherwise they are read from the loaded document's "nodes"."""
         self.instance = instance
-        self.nodes = {n["id"]: Node.from_json(n) for n in instance["nodes"] or []}
+        if nodes is None:
+            nodes = {n["id"]: Node.from_json(n) for n in instance["nodes"] or []}
+        self.nodes = nodes
         self.lease = lease
         self.new_token = new_token
         self.now = float(instance.get("now") or 0.0)

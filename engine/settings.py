@@ -42,3 +42,4 @@ class EngineSettings:
     max_new_transaction_starts: int = 2  # concurrent transaction_mode => 'new' sessions
     new_transaction_start_timeout: float = 5.0  # wait for one of those slots
     http: HttpSettings = field(default_factory=HttpSettings)
+    verify_held_state: bool = False  # compare held state with the database after each use

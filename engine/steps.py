@@ -15,6 +15,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import asyncpg
 
@@ -29,6 +30,7 @@ STEP_SESSION_SETTINGS = {
     "df.in_workflow": "true",
     "application_name": "pg_durable:worker:workflow-sql",
 }
+HELD_PLAN_APPLIED = "applied"  # df._complete_held applied the plan made from held state
 STATEMENT_CACHE_SIZE = 64  # prepared step statements kept per step connection
 # A prepared statement that no longer fits the schema, or that the session lost: prepare again.
 STALE_STATEMENT = (asyncpg.InvalidCachedStatementError, asyncpg.InvalidSQLStatementNameError)
@@ -147,23 +149,45 @@ class StepConnections:
 
 
 Recorder = Callable[[Task, str, str], Awaitable[None]]
-# Plans an instance from its loaded state (JSON text); returns the plan's JSON text.
-Planning = Callable[[str], str]
 
 
-async def _advance_here(
-    conn: asyncpg.Connection, task: Task, state: str, plan_here: Planning
+class InStepAdvance(Protocol):
+    """Plans the instance inside a step's own transaction (one commit per step)."""
+
+    def from_memory(self, task: Task, raw: str) -> tuple[int, str] | None:
+        """(version held, plan JSON) from the state the engine holds, with this step
+        completed with `raw`; None when it holds none."""
+
+    def from_state(self, state: str) -> str | None:
+        """Plan JSON from a loaded state (JSON text); None if planning failed."""
+
+
+async def _record_and_advance(
+    conn: asyncpg.Connection, task: Task, raw: str, advance: InStepAdvance
 ) -> bool:
-    """Advance the instance inside the step's own transaction (one commit per step).
+    """Record the step and advance its instance in the step's transaction: from held state
+    when the database confirms it is exact, else from the state loaded here.
 
-    Whatever goes wrong here must not undo the step: its _advance row stays, and the
-    engine's ordinary advance takes over after COMMIT.
+    Whatever goes wrong in planning must not undo the step: its _advance row stays, and
+    the engine's ordinary advance takes over after COMMIT.
     """
+    held = advance.from_memory(task, raw)
+    if held is None:
+        state = await conn.fetchval(
+            q("complete_and_load"), task.instance_id, task.node_id, task.token, raw, "exactly-once"
+        )
+    else:
+        version, held_plan = held
+        state = await conn.fetchval(
+            q("complete_held"), task.instance_id, task.node_id, task.token, raw, version, held_plan
+        )
+        if state == HELD_PLAN_APPLIED:
+            return True
+    if state is None:
+        return False
     secret = json.loads(state)["apply_secret"]
-    try:
-        plan = plan_here(state)
-    except Exception:
-        log.exception("event=in_step_plan_failed instance=%s", task.instance_id)
+    plan = advance.from_state(state)
+    if plan is None:
         return False
     return bool(await conn.fetchval(q("apply_as_step"), task.instance_id, secret, plan))
 
@@ -172,7 +196,7 @@ async def run_sql_step(
     conn: asyncpg.Connection,
     task: Task,
     record_elsewhere: Recorder | None,
-    plan_here: Planning | None = None,
+    advance: InStepAdvance | None = None,
 ) -> bool:
     """Execute and record one SQL step; raises StepFailed with the node's error text.
 
@@ -194,20 +218,12 @@ async def run_sql_step(
         try:
             async with conn.transaction():
                 raw = await _execute(conn, sql)
-                state = await conn.fetchval(
-                    q("complete_and_load"),
-                    task.instance_id,
-                    task.node_id,
-                    task.token,
-                    raw,
-                    "exactly-once",
+                if advance is not None:
+                    return await _record_and_advance(conn, task, raw, advance)
+                await conn.execute(
+                    q("complete_step"), task.instance_id, task.node_id, task.token, raw
                 )
-                advanced = (
-                    state is not None
-                    and plan_here is not None
-                    and await _advance_here(conn, task, state, plan_here)
-                )
-            return advanced
+            return False
         except STALE_STATEMENT as exc:
             # a statement prepared earlier no longer fits the schema; the transaction was
             # rolled back, so running the step once more, freshly prepared, is safe

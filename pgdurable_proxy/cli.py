@@ -17,7 +17,7 @@ from pgdurable_proxy import logs
 from pgdurable_proxy.config import ConfigError, Settings, parse_settings
 from pgdurable_proxy.dsn import UpstreamDSN, parse_dsn
 from pgdurable_proxy.intercept import Interceptor
-from pgdurable_proxy.metrics import Metrics
+from pgdurable_proxy.metrics import Metrics, render_counters
 from pgdurable_proxy.server import ProxyServer, server_tls_context
 
 log = logging.getLogger("pgdurable.cli")
@@ -77,6 +77,7 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
         max_new_transaction_starts=settings.max_new_transaction_starts,
         new_transaction_start_timeout=settings.new_transaction_start_timeout,
         http=settings.http,
+        verify_held_state=settings.verify_held_state,
     )
 
 
@@ -104,7 +105,9 @@ async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
     if settings.http_port is not None:
         from pgdurable_proxy.admin import start_admin
 
-        admin = await start_admin(settings.host, settings.http_port, metrics)
+        admin = await start_admin(
+            settings.host, settings.http_port, metrics, lambda: render_counters(engine.counters)
+        )
     _announce(settings, upstream, port)
     failure = await _wait_for_signal_or(engine.failed)
     log.warning("event=shutting_down sessions=%d", len(server.sessions))

@@ -42,6 +42,7 @@ class Settings:
     new_transaction_start_timeout: float = 5.0
     secret: bytes | None = field(default=None, repr=False)  # never printed
     http: HttpSettings = field(default_factory=HttpSettings)
+    verify_held_state: bool = False
 
     @property
     def embedded(self) -> bool:
@@ -127,6 +128,13 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--secret-file",
         type=Path,
         help="file holding the secret runner-role passwords derive from (or PGDURABLE_SECRET)",
+    )
+    option(
+        "--verify-held-state",
+        False,
+        action="store_true",
+        help="check the state held in memory against the database after each use, and stop "
+        "on any difference (for tests; costs a query per step)",
     )
     _http_options(option)
     return p
@@ -217,4 +225,5 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         new_transaction_start_timeout=args.new_transaction_start_timeout,
         secret=_secret(args.secret_file, env),
         http=_http_settings(args),
+        verify_held_state=args.verify_held_state,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,10 @@ import pytest
 from pgdurable_proxy.cluster import Cluster
 from tests.support.clusters import FLAVORS, Flavor, make_cluster, remove_cluster
 from tests.support.proxy import ProxyProcess
+
+# Every pgdurable the tests start checks the instance state it holds in memory against the
+# database after each use, and stops on any difference (the benchmarks do not).
+os.environ.setdefault("PGDURABLE_VERIFY_HELD_STATE", "1")
 
 
 @pytest.fixture(scope="session", params=FLAVORS, ids=[f.name for f in FLAVORS])

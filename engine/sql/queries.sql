@@ -89,3 +89,11 @@ SELECT df._set_runner_password($1, $2);
 -- name: http_privilege
 -- May role $1 run HTTP steps now? EXECUTE on builder $2 (no row: the role is gone).
 SELECT has_function_privilege(r.oid, $2::text, 'EXECUTE') FROM pg_roles r WHERE r.rolname = $1;
+
+-- name: complete_held
+SELECT df._complete_held($1, $2, $3, $4, $5, $6::jsonb);
+
+-- name: held_state_check
+-- The stored state of an instance and whether a change waits for an advance (one snapshot).
+SELECT df._instance_state($1)::text AS state,
+       EXISTS (SELECT 1 FROM df._advance a WHERE a.instance_id = $1) AS pending;

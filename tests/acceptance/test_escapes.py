@@ -239,6 +239,9 @@ def test_explain_of_bobs_instance_shows_nothing_of_it(realm: Realm, bobs_instanc
 RECORDERS = [
     'SELECT df._complete_step(%(id)s, %(node)s, %(token)s, \'{"rows":[],"row_count":0}\')',
     "SELECT df._complete_and_load(%(id)s, %(node)s, %(token)s, '{}', 'exactly-once')",
+    # a plan that would finish the instance, at the version its first advance leaves
+    "SELECT df._complete_held(%(id)s, %(node)s, %(token)s, '{}', 1, "
+    '\'{"instance_status": "completed", "events": 9, "execution_id": 1}\')',
     "SELECT df._fail_step(%(id)s, %(node)s, %(token)s, 'forged', NULL)",
     "SELECT df._apply_as_step(%(id)s, %(token)s, '{}')",
     "SELECT df._apply_plan(%(id)s, '{}')",
@@ -316,6 +319,7 @@ REVIEWED_DEFINERS = [
     "df._acting_owner(text)",
     "df._apply_as_step(text,uuid,jsonb)",
     "df._complete_and_load(text,text,uuid,text,text)",
+    "df._complete_held(text,text,uuid,text,bigint,jsonb)",
     "df._complete_step(text,text,uuid,text,text)",
     "df._new_start_outcome(uuid)",
     "df._request_advance(text)",

@@ -269,3 +269,23 @@ def test_list_instances_pagination(wf_dsn: str) -> None:
             "SELECT status, current_execution_id FROM df.instance_info(%s)", (next(iter(ids)),)
         ).fetchone()
         assert info == ("completed", 1)
+
+
+def test_steps_advance_from_held_state(proxy: ProxyProcess, wf_dsn: str) -> None:
+    """Each step of a sequence advances its instance in the step's own transaction from the
+    state the engine holds (no reload), and that state matches the database: the test
+    processes run with --verify-held-state, which stops pgdurable on any difference."""
+    from tests.support.metrics import read_metrics
+
+    before = read_metrics(proxy.http_port)
+    graph = "'SELECT 1 AS a' |=> 'x' ~> 'SELECT $x.a + 1 AS b' ~> ('SELECT 3' & 'SELECT 4')"
+    instance, status = _run(wf_dsn, graph)
+    assert status == "completed"
+    assert _result(wf_dsn, instance) == [
+        {"rows": [{"?column?": 3}], "row_count": 1},
+        {"rows": [{"?column?": 4}], "row_count": 1},
+    ]
+    after = read_metrics(proxy.http_port)
+    held = after["in_step_advances_held_total"] - before["in_step_advances_held_total"]
+    assert held >= 3, after  # the two in sequence and at least one JOIN branch
+    assert proxy.process is not None and proxy.process.poll() is None

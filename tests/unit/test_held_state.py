@@ -1,0 +1,154 @@
+"""Planning from held state gives the plan a fresh load would give (engine/held.py)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from engine.graph import Plan, TaskLease
+from engine.held import Planning, differences
+
+LEASE = TaskLease("engine-1", 30.0)
+
+
+def _node(node_id: str, kind: str, **fields: Any) -> dict[str, Any]:
+    node = {"id": node_id, "type": kind, "query": None, "name": None, "left": None}
+    node.update(right=None, status="pending", raw=None, error=None, iteration=0)
+    node.update(iteration_started=None, **fields)
+    return node
+
+
+def _document(root: str, nodes: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    doc = {"now": 1000.0, "id": "0000abcd", "label": None, "root": root, "status": "pending"}
+    doc.update(owner="alice", owner_oid=1, superuser=False, can_login=True, database=None)
+    doc.update(vars={}, execution_id=None, version=0, signals=[], events=0, nodes=nodes)
+    doc.update(fields)
+    return doc
+
+
+def _stored(doc: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """What df._apply_plan leaves in the database, loaded again."""
+    stored = copy.deepcopy(doc)
+    for node in stored["nodes"]:
+        change = plan.nodes.get(node["id"])
+        if change is not None:
+            node.update(status=change["status"], raw=change["raw"], error=change["error"])
+            node["iteration"] = change.get("iteration") or node["iteration"]
+    stored.update(status=plan.instance_status or doc["status"], events=plan.events)
+    stored.update(execution_id=plan.execution_id, version=plan.version)
+    return stored
+
+
+def _complete(doc: dict[str, Any], node_id: str, raw: str) -> dict[str, Any]:
+    done = copy.deepcopy(doc)
+    for node in done["nodes"]:
+        if node["id"] == node_id:
+            node.update(status="completed", raw=raw)
+    return done
+
+
+def _comparable(plan: Plan, recorded: str | None = None) -> dict[str, Any]:
+    """The plan without lease tokens; without the `recorded` step's completion entry, which
+    a plan from memory carries and a loaded one leaves to df._record_step."""
+    body = json.loads(plan.to_json())
+    for task in body["tasks"]:
+        task["lease_token"] = "token"
+    completion = {"status": "completed", "error": None, "delivery": "exactly-once"}
+    body["nodes"] = [
+        n
+        for n in body["nodes"]
+        if n["id"] != recorded or any(n.get(k) != v for k, v in completion.items())
+    ]
+    for node in body["nodes"]:
+        node.pop("delivery", None)
+    return body
+
+
+def _running_sql(plan: Plan) -> list[str]:
+    return [t["node_id"] for t in plan.tasks if t["node_type"] == "SQL"]
+
+
+def _check_equivalent(doc: dict[str, Any], finish: list[str]) -> Planning:
+    """Hold the first advance, then finish steps one by one from memory; each plan must
+    equal the one planned from the stored state, and the held state must equal it."""
+    planning = Planning(LEASE, allow_superuser=False, min_iteration=0.0)
+    first = planning.from_document(json.dumps(doc))
+    planning.hold(doc["id"], first)
+    stored = _stored(doc, first.plan)
+    for node_id in finish:
+        raw = json.dumps({"rows": [{"step": node_id}], "row_count": 1})
+        assert planning.holds(doc["id"])
+        held = planning.snapshot(doc["id"])
+        assert held is not None and differences(held, stored) == []
+        from_memory = planning.completed_step(doc["id"], node_id, raw)
+        assert from_memory is not None and from_memory.from_memory
+        done = _complete(stored, node_id, raw)
+        done["now"] = from_memory.instance["now"]
+        loaded = Planning(LEASE, False, 0.0).from_document(json.dumps(done))
+        assert _comparable(from_memory.plan, node_id) == _comparable(loaded.plan)
+        assert from_memory.plan.nodes[node_id]["delivery"] == "exactly-once"
+        planning.hold(doc["id"], from_memory)
+        stored = _stored(done, from_memory.plan)
+    return planning
+
+
+def test_a_sequence_plans_the_same_from_memory() -> None:
+    nodes = [
+        _node("r", "THEN", left="t", right="c"),
+        _node("t", "THEN", left="a", right="b"),
+        _node("a", "SQL", query="SELECT 1", name="x"),
+        _node("b", "SQL", query="SELECT $x.step AS s"),
+        _node("c", "SQL", query="SELECT 3"),
+    ]
+    planning = _check_equivalent(_document("r", nodes), ["a", "b", "c"])
+    assert not planning.holds("0000abcd")  # finished: nothing is held any more
+
+
+def test_a_join_plans_the_same_from_memory() -> None:
+    nodes = [
+        _node("r", "THEN", left="j", right="c"),
+        _node("j", "JOIN", left="a", right="b"),
+        _node("a", "SQL", query="SELECT 1"),
+        _node("b", "SQL", query="SELECT 2"),
+        _node("c", "SQL", query="SELECT 3"),
+    ]
+    planning = _check_equivalent(_document("r", nodes), ["b", "a", "c"])
+    assert not planning.holds("0000abcd")
+
+
+def test_a_loop_plans_the_same_from_memory() -> None:
+    nodes = [
+        _node("l", "LOOP", left="b", query='{"condition_node":"k"}'),
+        _node("b", "SQL", query="SELECT 1"),
+        _node("k", "SQL", query="SELECT false AS again"),
+    ]
+    # every step's result is a truthy row: the loop goes on, its body reset and run again
+    planning = _check_equivalent(_document("l", nodes), ["b", "k", "b", "k", "b"])
+    assert planning.holds("0000abcd")
+
+
+def test_nothing_is_planned_for_a_step_the_held_state_does_not_run() -> None:
+    planning = Planning(LEASE, allow_superuser=False, min_iteration=0.0)
+    doc = _document("a", [_node("a", "SQL", query="SELECT 1")])
+    planning.hold(doc["id"], planning.from_document(json.dumps(doc)))
+    assert planning.completed_step(doc["id"], "elsewhere", "{}") is None
+    assert not planning.holds(doc["id"])  # taken out: only a committed plan holds it again
+    assert planning.completed_step(doc["id"], "a", "{}") is None
+
+
+def test_differences_name_what_disagrees() -> None:
+    planning = Planning(LEASE, allow_superuser=False, min_iteration=0.0)
+    doc = _document("a", [_node("a", "SQL", query="SELECT 1")])
+    first = planning.from_document(json.dumps(doc))
+    planning.hold(doc["id"], first)
+    held = planning.snapshot(doc["id"])
+    assert held is not None
+    stored = _stored(doc, first.plan)
+    assert differences(held, stored) == []
+    stored["nodes"][0]["status"] = "completed"
+    stored["version"] = 7
+    assert differences(held, stored) == [
+        "version: held 1, stored 7",
+        "node a status: held 'running', stored 'completed'",
+    ]
