@@ -98,6 +98,7 @@ class Engine:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running: dict[tuple[str, str], RunningStep] = {}
+        self._sql_steps: dict[str, int] = {}  # instance id -> SQL steps of it in _running
         self._loops: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
         self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
@@ -398,10 +399,7 @@ class Engine:
 
     def _runs_sql(self, instance_id: str) -> bool:
         """Does this engine run SQL steps of the instance right now?"""
-        return any(
-            key[0] == instance_id and running.task.node_type == "SQL"
-            for key, running in self._running.items()
-        )
+        return instance_id in self._sql_steps
 
     # -- leaf tasks ------------------------------------------------------------------------------
     def _start_claimed(self, r: asyncpg.Record) -> None:
@@ -425,8 +423,22 @@ class Engine:
         )
 
     def _start_task(self, task: Task) -> None:
-        self._running[(task.instance_id, task.node_id)] = RunningStep(task)
+        key = (task.instance_id, task.node_id)
+        if task.node_type == "SQL" and key not in self._running:
+            self._sql_steps[task.instance_id] = self._sql_steps.get(task.instance_id, 0) + 1
+        self._running[key] = RunningStep(task)
         self._spawn(self._run_task(task))
+
+    def _finished(self, task: Task) -> None:
+        """Forget a step that ended; the held state goes with the instance's last SQL step."""
+        if self._running.pop((task.instance_id, task.node_id), None) is None:
+            return
+        if task.node_type == "SQL":
+            left = self._sql_steps.pop(task.instance_id, 1) - 1
+            if left > 0:
+                self._sql_steps[task.instance_id] = left
+            else:
+                self.planning.drop(task.instance_id)
 
     async def _run_task(self, task: Task) -> None:
         try:
@@ -458,9 +470,7 @@ class Engine:
                 "event=task_error instance=%s node=%s error=%r", task.instance_id, task.node_id, exc
             )  # the lease expires; retried
         finally:
-            self._running.pop((task.instance_id, task.node_id), None)
-            if not self._runs_sql(task.instance_id):
-                self.planning.drop(task.instance_id)
+            self._finished(task)
 
     async def _run_sql(self, task: Task) -> Planned | None:
         await self.steps.slots.acquire()
