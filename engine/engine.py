@@ -31,7 +31,14 @@ from engine.new_transaction import NewStartRequest, NewTransactionStarts
 from engine.queries import q
 from engine.runners import Runners
 from engine.settings import EngineSettings
-from engine.steps import StepConnections, StepFailed, Task, run_sql_step
+from engine.steps import (
+    FirstOutcome,
+    StepConnections,
+    StepFailed,
+    Task,
+    run_first_step,
+    run_sql_step,
+)
 
 log = logging.getLogger("pgdurable.engine")
 CLAIM_BATCH = 64
@@ -49,6 +56,7 @@ class RunningStep:
     task: Task
     backend_pid: int | None = None  # set only while the step's SQL is executing
     request: asyncio.Future[str] | None = None  # an HTTP step's request in flight
+    leased: bool = True  # False: a first step, which has no task row (no lease to renew)
 
 
 @dataclass(slots=True)
@@ -58,6 +66,7 @@ class EngineCounters:
     advances_total: int = 0  # on the engine's own connections
     in_step_advances_held_total: int = 0  # in a step's transaction, from held state
     in_step_advances_loaded_total: int = 0  # in a step's transaction, from a fresh load
+    first_steps_total: int = 0  # new instances advanced in their first step's transaction
 
 
 SLEEP_RESULT = '{{"slept": true, "seconds": {seconds}}}'
@@ -183,8 +192,26 @@ class Engine:
         payload = args[-1]
         if isinstance(payload, str) and INSTANCE_ID.fullmatch(payload):
             self._request_advance(payload)
+        elif isinstance(payload, str) and payload.startswith("["):
+            self._new_instance(payload)
         else:
             self.wake()
+
+    def _new_instance(self, payload: str) -> None:
+        """df.start's wake-up, ["<id>", "<owner>"]: an instance whose steps run in the catalog's
+        database. When a step connection is free and no advance waits, its first advance
+        and first step share one transaction; otherwise it is advanced as usual."""
+        try:
+            instance_id, owner = json.loads(payload)
+        except ValueError:
+            self.wake()
+            return
+        if not isinstance(instance_id, str) or not INSTANCE_ID.fullmatch(instance_id):
+            self.wake()
+        elif self.steps.slots.locked() or self._to_advance or not isinstance(owner, str):
+            self._request_advance(instance_id)
+        else:
+            self._spawn(self._first_step(instance_id, owner))
 
     async def stop(self) -> None:
         """Stop the loops; in-flight steps are abandoned (their leases expire)."""
@@ -259,7 +286,7 @@ class Engine:
         interval = self.settings.lease_seconds / 3
         while not self._stop.is_set():
             await asyncio.sleep(interval)
-            tokens = [uuid.UUID(r.task.token) for r in self._running.values()]
+            tokens = [uuid.UUID(r.task.token) for r in self._running.values() if r.leased]
             try:
                 if tokens:
                     kept = await pool.fetch(
@@ -423,11 +450,15 @@ class Engine:
         )
 
     def _start_task(self, task: Task) -> None:
+        self._track(RunningStep(task))
+        self._spawn(self._run_task(task))
+
+    def _track(self, running: RunningStep) -> None:
+        task = running.task
         key = (task.instance_id, task.node_id)
         if task.node_type == "SQL" and key not in self._running:
             self._sql_steps[task.instance_id] = self._sql_steps.get(task.instance_id, 0) + 1
-        self._running[key] = RunningStep(task)
-        self._spawn(self._run_task(task))
+        self._running[key] = running
 
     def _finished(self, task: Task) -> None:
         """Forget a step that ended; the held state goes with the instance's last SQL step."""
@@ -491,8 +522,52 @@ class Engine:
             if running is not None:  # never cancel a pooled backend doing other work
                 running.backend_pid = None
             # reset the connection off the critical path; it keeps its slot until pooled
-            self._spawn(self._release_step(task, conn))
+            self._spawn(self._release_step(task.owner, task.database, conn))
         return advance.planned[-1] if advanced and advance.planned else None
+
+    async def _first_step(self, instance_id: str, owner: str) -> None:
+        """A new instance's first advance and first SQL step in one transaction on its
+        owner's connection (steps.run_first_step); the ordinary advance if that fails."""
+        await self.steps.slots.acquire()
+        first = _FirstStep(self, instance_id)
+        conn = None
+        outcome = FirstOutcome.NOTHING
+        try:
+            conn = await self.steps.acquire(owner, self.settings.catalog_database)
+            first.backend_pid = conn.get_server_pid()
+            outcome = await run_first_step(conn, instance_id, uuid.UUID(self.owner_id), first)
+            await self._after_first_step(instance_id, first, outcome)
+        except (StepFailed, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.info("event=first_step_deferred instance=%s error=%r", instance_id, exc)
+        finally:
+            if first.task is not None:
+                self._finished(first.task)
+            if conn is None:
+                self.steps.slots.release()
+            else:
+                self._spawn(self._release_step(owner, self.settings.catalog_database, conn))
+        if first.promoted and outcome is FirstOutcome.NOTHING and first.task is not None:
+            self._start_task(first.task)  # its task row is ours: run it as any step
+        elif outcome is FirstOutcome.NOTHING:
+            self._request_advance(instance_id)
+
+    async def _after_first_step(
+        self, instance_id: str, first: _FirstStep, outcome: FirstOutcome
+    ) -> None:
+        if outcome is FirstOutcome.PROMOTED:  # recorded; the instance waits for an advance
+            await self.advance(instance_id)
+            return
+        if outcome is FirstOutcome.APPLIED:
+            planned = first.planned
+            self.counters.first_steps_total += first.task is not None
+        elif outcome is FirstOutcome.PROMOTED_ADVANCED:
+            planned = first.advance.planned[-1]
+        else:
+            return
+        if planned is not None:
+            await self._act_on(instance_id, planned)
+            if self.settings.verify_held_state:
+                self._spawn(self._verify_held(instance_id))
 
     async def _run_http(self, task: Task) -> bool:
         """Run an HTTP step and record its result (at-least-once: a request cannot commit
@@ -512,9 +587,9 @@ class Engine:
         await self._record_result(task, request.result(), "at-least-once")
         return True
 
-    async def _release_step(self, task: Task, conn: asyncpg.Connection) -> None:
+    async def _release_step(self, owner: str, database: str, conn: asyncpg.Connection) -> None:
         try:
-            await self.steps.release(task.owner, task.database, conn)
+            await self.steps.release(owner, database, conn)
         finally:
             self.steps.slots.release()
 
@@ -614,3 +689,72 @@ class _StepAdvance:
             return None
         self.planned.append(planned)
         return planned.plan.to_json()
+
+
+class _FirstStep:
+    """The engine's planning for a new instance's first transaction (steps.FirstStep)."""
+
+    def __init__(self, engine: Engine, instance_id: str) -> None:
+        self.engine = engine
+        self.instance_id = instance_id
+        self.backend_pid: int | None = None
+        self.planned: Planned | None = None  # the last plan made: what is applied
+        self.task: Task | None = None  # the step run in the transaction
+        self.advance = _StepAdvance(engine.planning)  # once promoted
+        self.promoted = False
+        self._promotion: str | None = None  # the first plan with the step's task row
+
+    def plan_first(self, state: str) -> tuple[str, Task | None]:
+        engine = self.engine
+        planned = engine.planning.from_document(state)
+        self.planned = planned
+        plan = planned.plan
+        if len(plan.tasks) != 1 or plan.cancel_nodes:
+            return plan.to_json(), None
+        only = plan.tasks[0]
+        if only["node_type"] != "SQL" or only["lease_owner"] != engine.owner_id:
+            return plan.to_json(), None
+        self._promotion = plan.to_json()
+        plan.tasks = []  # run right here: it never becomes a task row (unless promoted)
+        database = engine.settings.catalog_database
+        self.task = Task(
+            self.instance_id,
+            only["node_id"],
+            "SQL",
+            only["payload"],
+            only["lease_token"],
+            planned.owner,
+            database,
+        )
+        engine._track(RunningStep(self.task, self.backend_pid, leased=False))
+        return plan.to_json(), self.task
+
+    def plan_done(self, task: Task, raw: str) -> str:
+        assert self.planned is not None
+        done = self.engine.planning.completed(self.planned.after(), task.node_id, raw)
+        if done is None:  # cannot be: plan_first marked the step running
+            raise StepFailed(f"first step {task.node_id} of {task.instance_id} not running")
+        self.planned = done
+        return done.plan.to_json()
+
+    async def promote(self, advance_xmin: str) -> bool:
+        engine, planned = self.engine, self.planned
+        if self._promotion is None or planned is None or self.task is None:
+            return False
+        try:
+            self.promoted = bool(
+                await engine._require_pool().fetchval(
+                    q("promote_first"), self.instance_id, advance_xmin, self._promotion
+                )
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning(
+                "event=first_step_promotion_failed instance=%s error=%r", self.instance_id, exc
+            )
+            return False
+        if self.promoted:  # now an ordinary leased step, finished from the held plan
+            engine.planning.hold(self.instance_id, planned)
+            running = engine._running.get((self.instance_id, self.task.node_id))
+            if running is not None:
+                running.leased = True
+        return self.promoted

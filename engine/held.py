@@ -90,21 +90,24 @@ class Planning:
         The held state is taken out: it is held again only once the plan is committed.
         None when nothing is held, or the step is not one the held state runs."""
         held = self._held.pop(instance_id, None)
-        if held is None:
-            return None
-        node = held.nodes.get(node_id)
+        return None if held is None else self.completed(held, node_id, raw)
+
+    def completed(self, state: Planned, node_id: str, raw: str) -> Planned | None:
+        """Plan from `state` (an applied plan's, see Planned.after) in which SQL step
+        `node_id` just completed with `raw`; its nodes are updated in place."""
+        node = state.nodes.get(node_id)
         if node is None or node.type != "SQL" or node.status != NodeStatus.RUNNING:
             return None
         node.status, node.raw, node.error = NodeStatus.COMPLETED, raw, None
-        instance = dict(held.instance)
-        instance["now"] = time.time() + held.clock_offset
-        planner = Planner(instance, self.lease, _new_token, nodes=held.nodes)
+        instance = dict(state.instance)
+        instance["now"] = time.time() + state.clock_offset
+        planner = Planner(instance, self.lease, _new_token, nodes=state.nodes)
         completion = {"id": node_id, "status": "completed", "raw": raw, "error": None}
         planner.plan.nodes[node_id] = completion
         plan = planner.run()
         plan.nodes[node_id]["delivery"] = "exactly-once"
-        plan.version = int(held.instance["version"]) + 1
-        return Planned(instance, held.nodes, plan, held.clock_offset, from_memory=True)
+        plan.version = int(state.instance["version"]) + 1
+        return Planned(instance, state.nodes, plan, state.clock_offset, from_memory=True)
 
     def snapshot(self, instance_id: str) -> Planned | None:
         """A copy of the held state (for verification), or None."""

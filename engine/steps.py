@@ -9,8 +9,10 @@ says so through the node's delivery.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
+import uuid
 import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -243,6 +245,74 @@ async def run_sql_step(
     except asyncpg.PostgresError as exc:
         raise StepFailed(_sql_error(exc)) from exc
     return False
+
+
+FIRST_STEP_PROMOTION = 0.005  # seconds a first step runs before its plan is committed apart
+
+
+class FirstStep(Protocol):
+    """Plans a new instance's first advance and first SQL step (run_first_step)."""
+
+    @property
+    def advance(self) -> InStepAdvance:
+        """Finishes the step once it was promoted."""
+
+    def plan_first(self, state: str) -> tuple[str, Task | None]:
+        """The first plan's JSON, and the SQL step to run in this transaction (left out
+        of the plan's tasks), or None to apply the plan alone."""
+
+    def plan_done(self, task: Task, raw: str) -> str:
+        """The plan's JSON once `task` completed with `raw`."""
+
+    async def promote(self, advance_xmin: str) -> bool:
+        """Commit the first plan, with the step's task row, elsewhere (the step runs long):
+        then the step finishes as any step does. False if the instance changed."""
+
+
+class FirstOutcome(enum.Enum):
+    """How run_first_step ended."""
+
+    NOTHING = "nothing applied"  # nothing to do, or the instance changed: rolled back
+    APPLIED = "first plans applied"
+    PROMOTED = "promoted, then recorded"  # the instance still needs an advance
+    PROMOTED_ADVANCED = "promoted, then recorded and advanced"
+
+
+class _NotApplied(Exception):
+    """df._apply_first found the instance changed: roll back the step's statement."""
+
+
+async def run_first_step(
+    conn: asyncpg.Connection, instance_id: str, engine_key: uuid.UUID, first: FirstStep
+) -> FirstOutcome:
+    """A new instance's first advance and first SQL step in one transaction on its owner's
+    connection (0013_first_step.sql). Errors of the statement propagate, everything rolled
+    back: the engine then runs the step (if promoted) or advances the instance as usual."""
+    try:
+        async with conn.transaction():
+            state = await conn.fetchval(q("first_state"), instance_id, engine_key)
+            if state is None:
+                return FirstOutcome.NOTHING
+            xmin = json.loads(state)["advance_xmin"]
+            plan, task = first.plan_first(state)
+            plans = [plan]
+            if task is not None:
+                execution = asyncio.ensure_future(_execute(conn, task.payload or ""))
+                done, _ = await asyncio.wait({execution}, timeout=FIRST_STEP_PROMOTION)
+                if not done and await first.promote(xmin):
+                    raw = await execution
+                    if await _record_and_advance(conn, task, raw, first.advance):
+                        return FirstOutcome.PROMOTED_ADVANCED
+                    return FirstOutcome.PROMOTED
+                plans.append(first.plan_done(task, await execution))
+            applied = await conn.fetchval(
+                q("apply_first"), instance_id, engine_key, xmin, "[" + ",".join(plans) + "]"
+            )
+            if not applied:
+                raise _NotApplied
+    except _NotApplied:
+        return FirstOutcome.NOTHING
+    return FirstOutcome.APPLIED
 
 
 # Step statements prepared on each step connection, by text (most recently used last): a

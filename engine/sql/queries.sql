@@ -97,3 +97,12 @@ SELECT df._complete_held($1, $2, $3, $4, $5, $6::jsonb);
 -- The stored state of an instance and whether a change waits for an advance (one snapshot).
 SELECT df._instance_state($1)::text AS state,
        EXISTS (SELECT 1 FROM df._advance a WHERE a.instance_id = $1) AS pending;
+
+-- name: first_state
+SELECT df._first_state($1, $2);
+
+-- name: apply_first
+SELECT df._apply_first($1, $2, $3, $4::jsonb);
+
+-- name: promote_first
+SELECT df._promote_first($1, $2, $3::jsonb);

@@ -15,7 +15,7 @@ from pgdurable_proxy.cluster import Cluster
 from tests.support.clusters import Flavor
 from tests.support.managed import ROOT, ManagedCluster, user_password
 from tests.support.proxy import ProxyProcess
-from tests.support.workflows import start_and_await
+from tests.support.workflows import await_running, start_and_await
 
 ALICE, BOB = "esc_alice", "esc_bob"
 RUNNER = f"df_run_{ALICE}"
@@ -168,6 +168,7 @@ def bobs_instance(realm: Realm) -> Iterator[str]:
         bob.execute("SELECT df.setvar('esc_bob_var', 'bob-only')")
         row = bob.execute("SELECT df.start('SELECT pg_sleep(60)', 'bob')").fetchone()
         assert row is not None
+        await_running(bob, str(row[0]))
         yield str(row[0])
         bob.execute("SELECT df.cancel(%s)", (row[0],))
 
@@ -243,6 +244,10 @@ RECORDERS = [
     "SELECT df._complete_held(%(id)s, %(node)s, %(token)s, '{}', 1, "
     '\'{"instance_status": "completed", "events": 9, "execution_id": 1}\')',
     "SELECT df._fail_step(%(id)s, %(node)s, %(token)s, 'forged', NULL)",
+    # the engine's first-transaction functions, with a guessed engine key
+    "SELECT df._first_state(%(id)s, %(token)s)",
+    "SELECT df._apply_first(%(id)s, %(token)s, '0', "
+    '\'[{"instance_status": "completed", "events": 9, "execution_id": 1}]\')',
     "SELECT df._apply_as_step(%(id)s, %(token)s, '{}')",
     "SELECT df._apply_plan(%(id)s, '{}')",
 ]
@@ -318,9 +323,11 @@ def test_every_catalog_relation_a_user_can_touch_is_row_secured(realm: Realm) ->
 REVIEWED_DEFINERS = [
     "df._acting_owner(text)",
     "df._apply_as_step(text,uuid,jsonb)",
+    "df._apply_first(text,uuid,text,jsonb)",
     "df._complete_and_load(text,text,uuid,text,text)",
     "df._complete_held(text,text,uuid,text,bigint,jsonb)",
     "df._complete_step(text,text,uuid,text,text)",
+    "df._first_state(text,uuid)",
     "df._new_start_outcome(uuid)",
     "df._request_advance(text)",
     "df._send_signal(text,text,jsonb)",

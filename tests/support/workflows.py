@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 
 
@@ -22,3 +24,14 @@ def start_and_await(
     assert row is not None
     instance = str(row[0])
     return instance, await_status(dsn, instance, timeout)
+
+
+def await_running(conn: psycopg.Connection[tuple[object, ...]], instance: str) -> None:
+    """Wait (up to 10 s) until the engine has picked the instance up."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        row = conn.execute("SELECT df.status(%s)", (instance,)).fetchone()
+        if row is not None and row[0] != "pending":
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"instance {instance} still pending after 10 s")
