@@ -67,6 +67,7 @@ class EngineCounters:
     in_step_advances_held_total: int = 0  # in a step's transaction, from held state
     in_step_advances_loaded_total: int = 0  # in a step's transaction, from a fresh load
     first_steps_total: int = 0  # new instances advanced in their first step's transaction
+    first_steps_promoted_total: int = 0  # of those tried, first plans committed apart (slow)
 
 
 SLEEP_RESULT = '{{"slept": true, "seconds": {seconds}}}'
@@ -753,6 +754,7 @@ class _FirstStep:
             )
             return False
         if self.promoted:  # now an ordinary leased step, finished from the held plan
+            engine.counters.first_steps_promoted_total += 1
             engine.planning.hold(self.instance_id, planned)
             running = engine._running.get((self.instance_id, self.task.node_id))
             if running is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import psycopg
 import pytest
@@ -320,3 +321,30 @@ def test_a_new_instance_runs_its_first_step_in_its_first_transaction(
     assert rows == (1,)
     assert nodes == [("completed", 3)]
     assert _result(wf_dsn, instance) == {"rows": [{"two": 2}], "row_count": 1}
+
+
+def test_a_slow_first_step_shows_as_running_and_runs_once(proxy: ProxyProcess, wf_dsn: str) -> None:
+    """A first step still running after a few milliseconds is promoted: its instance shows
+    as running while it runs, and it still runs exactly once."""
+    from tests.support.metrics import read_metrics
+
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS first_step_rows (instance text)")
+        before = read_metrics(proxy.http_port)
+        row = conn.execute(
+            "SELECT df.start('INSERT INTO first_step_rows "
+            "SELECT ''{sys_instance_id}'' FROM pg_sleep(0.5)')"
+        ).fetchone()
+        assert row is not None
+        instance = str(row[0])
+        time.sleep(0.2)
+        assert conn.execute("SELECT df.status(%s)", (instance,)).fetchone() == ("running",)
+        assert conn.execute("SELECT df.await_instance(%s, 10)", (instance,)).fetchone() == (
+            "completed",
+        )
+        rows = conn.execute(
+            "SELECT count(*) FROM first_step_rows WHERE instance = %s", (instance,)
+        ).fetchone()
+    assert rows == (1,)
+    after = read_metrics(proxy.http_port)
+    assert after["first_steps_promoted_total"] - before["first_steps_promoted_total"] == 1
