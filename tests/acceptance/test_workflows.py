@@ -10,6 +10,7 @@ import pytest
 
 from pgdurable_proxy.cluster import Cluster
 from tests.support.proxy import ProxyProcess
+from tests.support.workflows import await_running
 from tests.support.workflows import start_and_await as _run
 
 
@@ -348,3 +349,25 @@ def test_a_slow_first_step_shows_as_running_and_runs_once(proxy: ProxyProcess, w
     assert rows == (1,)
     after = read_metrics(proxy.http_port)
     assert after["first_steps_promoted_total"] - before["first_steps_promoted_total"] == 1
+
+
+def test_a_status_set_by_hand_stops_the_next_step(wf_dsn: str) -> None:
+    """Owners may UPDATE df.instances.status themselves (pg_durable grants it); a step that
+    finishes afterwards sees it, even though the engine holds the instance's state."""
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS stopped_by_hand (instance text)")
+        row = conn.execute(
+            "SELECT df.start('SELECT pg_sleep(0.5)' ~> "
+            "'INSERT INTO stopped_by_hand SELECT ''{sys_instance_id}''')"
+        ).fetchone()
+        assert row is not None
+        instance = str(row[0])
+        await_running(conn, instance)
+        conn.execute("UPDATE df.instances SET status = 'cancelled' WHERE id = %s", (instance,))
+        time.sleep(1.5)
+        rows = conn.execute(
+            "SELECT count(*) FROM stopped_by_hand WHERE instance = %s", (instance,)
+        ).fetchone()
+        status = conn.execute("SELECT df.status(%s)", (instance,)).fetchone()
+    assert rows == (0,)
+    assert status == ("cancelled",)

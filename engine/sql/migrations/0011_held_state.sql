@@ -198,7 +198,10 @@ CREATE FUNCTION df._complete_held(p_instance text, p_node text, p_token uuid, p_
                                   p_version bigint, plan jsonb)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM 1 FROM df.instances i WHERE i.id = p_instance FOR NO KEY UPDATE SKIP LOCKED;
+    -- a running instance (users may set df.instances.status themselves), locked as an
+    -- advance locks it
+    PERFORM 1 FROM df.instances i
+    WHERE i.id = p_instance AND i.status = 'running' FOR NO KEY UPDATE SKIP LOCKED;
     IF NOT FOUND
        OR EXISTS (SELECT 1 FROM df._advance a WHERE a.instance_id = p_instance)
        OR (SELECT e.version FROM df._executions e WHERE e.instance_id = p_instance
