@@ -26,9 +26,10 @@ BEGIN
         RAISE EXCEPTION 'Instance not found or access denied: %', new_instance
             USING ERRCODE = '42501';
     END IF;
-    INSERT INTO df._instance_vars (instance_id, vars)
-    SELECT new_instance, coalesce(jsonb_object_agg(v.name, v.value), '{}')
+    INSERT INTO df._instance_vars (instance_id, vars)  -- none: readers see '{}'
+    SELECT new_instance, jsonb_object_agg(v.name, v.value)
     FROM df.vars v WHERE v.owner = inst.owner_role AND v.value IS NOT NULL
+    HAVING count(*) > 0
     ON CONFLICT (instance_id) DO NOTHING;
     INSERT INTO df._advance AS a (instance_id) VALUES (new_instance)
     ON CONFLICT (instance_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
