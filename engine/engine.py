@@ -43,6 +43,8 @@ from engine.steps import (
 log = logging.getLogger("pgdurable.engine")
 CLAIM_BATCH = 64
 ADVANCE_BATCH = 64  # instances loaded, planned and applied in one transaction
+LOCKED_RETRY_DELAY = 0.005  # seconds before advancing again an instance found locked
+LOCKED_RETRIES = 200  # then the scheduler's poll finds it
 # The engine's queries look rows up by key: never by a sequential scan planned while a table
 # was nearly empty (see 0010_perf.sql), and never JIT-compiled.
 ENGINE_SESSION = {"enable_seqscan": "off", "jit": "off"}
@@ -109,6 +111,7 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running: dict[tuple[str, str], RunningStep] = {}
         self._sql_steps: dict[str, int] = {}  # instance id -> SQL steps of it in _running
+        self._locked_retries: dict[str, int] = {}  # instance id -> advances retried
         self._loops: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
         self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
@@ -360,10 +363,12 @@ class Engine:
             await self.advance(instance_ids[0])
             return
         planned: list[tuple[str, Planned]] = []
+        skipped: list[str] = []  # not loaded: already advanced, or locked by another
         try:
             async with self._require_pool().acquire() as conn, conn.transaction():
                 for r in await conn.fetch(q("load_many"), instance_ids):
                     if r["state"] is None:
+                        skipped.append(r["id"])
                         continue
                     try:
                         planned.append((r["id"], self.planning.from_document(r["state"])))
@@ -380,6 +385,8 @@ class Engine:
             for instance_id in instance_ids:
                 await self.advance(instance_id)
             return
+        if skipped:
+            await self._retry_locked(skipped)
         self.counters.advances_total += len(planned)
         for instance_id, one in planned:
             await self._act_on(instance_id, one)
@@ -389,16 +396,32 @@ class Engine:
         pool = self._require_pool()
         async with pool.acquire() as conn, conn.transaction():
             text = await conn.fetchval(q("load_for_advance"), instance_id)
-            if text is None:
-                return
-            planned = self.planning.from_document(text)
-            await conn.execute(q("apply_plan"), instance_id, planned.plan.to_json())
+            if text is not None:
+                planned = self.planning.from_document(text)
+                await conn.execute(q("apply_plan"), instance_id, planned.plan.to_json())
+        if text is None:
+            await self._retry_locked([instance_id])
+            return
         self.counters.advances_total += 1
         await self._act_on(instance_id, planned)
+
+    async def _retry_locked(self, instance_ids: list[str]) -> None:
+        """Instances not loaded although an advance is due are being changed by another
+        transaction right now (a step recording its result, a parallel step's advance):
+        try again in a moment rather than at the next poll, a limited number of times."""
+        for (instance_id,) in await self._require_pool().fetch(q("advances_due"), instance_ids):
+            tries = self._locked_retries.get(instance_id, 0)
+            if tries < LOCKED_RETRIES:
+                self._locked_retries[instance_id] = tries + 1
+                loop = asyncio.get_running_loop()
+                loop.call_later(LOCKED_RETRY_DELAY, self._request_advance, instance_id)
+            else:
+                self._locked_retries.pop(instance_id, None)  # the poll takes over
 
     async def _act_on(self, instance_id: str, planned: Planned) -> None:
         """After a plan committed: cancel abandoned steps, start the tasks leased to us, and
         hold the state while SQL steps of the instance run here."""
+        self._locked_retries.pop(instance_id, None)
         plan = planned.plan
         if plan.cancel_nodes:
             await self._cancel_steps(instance_id, set(plan.cancel_nodes))

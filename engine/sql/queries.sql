@@ -106,3 +106,8 @@ SELECT df._apply_first($1, $2, $3, $4::jsonb);
 
 -- name: promote_first
 SELECT df._promote_first($1, $2, $3::jsonb);
+
+-- name: advances_due
+-- Of these instances, those with an advance due now (one that a lock made us skip).
+SELECT a.instance_id::text FROM df._advance a
+WHERE a.instance_id = ANY ($1::text[]) AND a.requested_at <= clock_timestamp();
