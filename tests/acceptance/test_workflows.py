@@ -371,3 +371,24 @@ def test_a_status_set_by_hand_stops_the_next_step(wf_dsn: str) -> None:
         status = conn.execute("SELECT df.status(%s)", (instance,)).fetchone()
     assert rows == (0,)
     assert status == ("cancelled",)
+
+
+def test_no_session_state_survives_from_one_step_to_the_next(wf_dsn: str) -> None:
+    """Step connections are pooled, but each step finds a fresh session (pg_durable opens
+    one per node): settings, temp tables, held cursors and advisory locks are gone."""
+    graph = (
+        "'SELECT set_config(''test.leak'', ''left over'', false), pg_advisory_lock(424242)' ~> "
+        "'CREATE TEMP TABLE leak_probe (x int)' ~> "
+        "'SELECT current_setting(''test.leak'', true) AS setting, "
+        "to_regclass(''pg_temp.leak_probe'') IS NOT NULL AS temp_table, "
+        "(SELECT count(*) FROM pg_locks WHERE locktype = ''advisory'' "
+        "AND pid = pg_backend_pid()) AS advisory_locks'"
+    )
+    instance, status = _run(wf_dsn, graph)
+    assert status == "completed"
+    result = _result(wf_dsn, instance)
+    assert isinstance(result, dict)
+    assert result["rows"] == [{"setting": None, "temp_table": False, "advisory_locks": 0}]
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:  # nobody holds the lock
+        assert conn.execute("SELECT pg_try_advisory_lock(424242)").fetchone() == (True,)
+        conn.execute("SELECT pg_advisory_unlock(424242)")
