@@ -9,14 +9,13 @@ says so through the node's delivery.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import json
 import logging
 import uuid
 import weakref
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -134,10 +133,7 @@ class StepConnections:
 
     async def release(self, role: str, database: str, conn: asyncpg.Connection) -> None:
         try:
-            if conn in _reset_on_commit:
-                _reset_on_commit.discard(conn)
-            else:
-                await conn.execute(q("reset_step_session"))
+            await conn.execute(q("reset_step_session"))
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
             conn.terminate()
             return
@@ -155,26 +151,6 @@ class StepConnections:
 
 
 Recorder = Callable[[Task, str, str], Awaitable[None]]
-
-# Step connections whose session was reset together with their last COMMIT.
-_reset_on_commit: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
-
-
-@contextlib.asynccontextmanager
-async def step_transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
-    """A step's transaction. Its COMMIT carries the session reset (one round trip for
-    both): StepConnections.release then has nothing left to send."""
-    await conn.execute("BEGIN")
-    try:
-        yield
-    except BaseException:
-        try:
-            await conn.execute("ROLLBACK")
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-            conn.terminate()  # e.g. a statement still running: never pooled
-        raise
-    await conn.execute("COMMIT; " + q("reset_step_session"))
-    _reset_on_commit.add(conn)
 
 
 class InStepAdvance(Protocol):
@@ -242,7 +218,7 @@ async def run_sql_step(
         return False
     for fresh in (False, True):
         try:
-            async with step_transaction(conn):
+            async with conn.transaction():
                 raw = await _execute(conn, sql)
                 if advance is not None:
                     return await _record_and_advance(conn, task, raw, advance)
@@ -313,7 +289,7 @@ async def run_first_step(
     connection (0013_first_step.sql). Errors of the statement propagate, everything rolled
     back: the engine then runs the step (if promoted) or advances the instance as usual."""
     try:
-        async with step_transaction(conn):
+        async with conn.transaction():
             state = await conn.fetchval(q("first_state"), instance_id, engine_key)
             if state is None:
                 return FirstOutcome.NOTHING
