@@ -388,7 +388,10 @@ def test_no_session_state_survives_from_one_step_to_the_next(wf_dsn: str) -> Non
     assert status == "completed"
     result = _result(wf_dsn, instance)
     assert isinstance(result, dict)
-    assert result["rows"] == [{"setting": None, "temp_table": False, "advisory_locks": 0}]
+    (row,) = result["rows"]
+    # RESET ALL leaves a custom setting defined but empty; a new session has none at all
+    assert row["setting"] in (None, "") and row["temp_table"] is False, row
+    assert row["advisory_locks"] == 0, row
     with psycopg.connect(wf_dsn, autocommit=True) as conn:  # nobody holds the lock
         assert conn.execute("SELECT pg_try_advisory_lock(424242)").fetchone() == (True,)
         conn.execute("SELECT pg_advisory_unlock(424242)")
