@@ -43,8 +43,8 @@ from engine.steps import (
 log = logging.getLogger("pgdurable.engine")
 CLAIM_BATCH = 64
 ADVANCE_BATCH = 64  # instances loaded, planned and applied in one transaction
-LOCKED_RETRY_DELAY = 0.005  # seconds before advancing again an instance found locked
-LOCKED_RETRIES = 200  # then the scheduler's poll finds it
+LOCKED_RETRY_DELAY = 0.005  # seconds before advancing again an instance found locked,
+LOCKED_RETRIES = 8  # doubled at each retry (about 1.3 s in all); then the poll finds it
 # The engine's queries look rows up by key: never by a sequential scan planned while a table
 # was nearly empty (see 0010_perf.sql), and never JIT-compiled.
 ENGINE_SESSION = {"enable_seqscan": "off", "jit": "off"}
@@ -408,13 +408,18 @@ class Engine:
     async def _retry_locked(self, instance_ids: list[str]) -> None:
         """Instances not loaded although an advance is due are being changed by another
         transaction right now (a step recording its result, a parallel step's advance):
-        try again in a moment rather than at the next poll, a limited number of times."""
-        for (instance_id,) in await self._require_pool().fetch(q("advances_due"), instance_ids):
+        try again in a moment rather than at the next poll, backing off (a transaction left
+        open after df.cancel holds its instance row until it ends)."""
+        due = [r[0] for r in await self._require_pool().fetch(q("advances_due"), instance_ids)]
+        for instance_id in set(instance_ids) - set(due):  # advanced already: nothing to retry
+            self._locked_retries.pop(instance_id, None)
+        for instance_id in due:
             tries = self._locked_retries.get(instance_id, 0)
             if tries < LOCKED_RETRIES:
                 self._locked_retries[instance_id] = tries + 1
                 loop = asyncio.get_running_loop()
-                loop.call_later(LOCKED_RETRY_DELAY, self._request_advance, instance_id)
+                delay = LOCKED_RETRY_DELAY * 2**tries
+                loop.call_later(delay, self._request_advance, instance_id)
             else:
                 self._locked_retries.pop(instance_id, None)  # the poll takes over
 
