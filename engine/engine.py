@@ -17,7 +17,6 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import Any, cast
 
 import asyncpg
@@ -26,6 +25,7 @@ from engine.graph import TaskLease
 from engine.held import Planned, Planning, differences
 from engine.http import HttpClient, run_http_step
 from engine.http_request import HTTP_TYPES
+from engine.in_step import EngineCounters, EngineParts, FirstTransaction, RunningStep, StepAdvance
 from engine.migrations import migrate
 from engine.new_transaction import NewStartRequest, NewTransactionStarts
 from engine.queries import q
@@ -49,27 +49,6 @@ LOCKED_RETRIES = 8  # doubled at each retry (about 1.3 s in all); then the poll 
 # was nearly empty (see 0010_perf.sql), and never JIT-compiled.
 ENGINE_SESSION = {"enable_seqscan": "off", "jit": "off"}
 INSTANCE_ID = re.compile(r"[0-9a-f]{8}")
-
-
-@dataclass(slots=True)
-class RunningStep:
-    """A leaf task this engine is executing right now."""
-
-    task: Task
-    backend_pid: int | None = None  # set only while the step's SQL is executing
-    request: asyncio.Future[str] | None = None  # an HTTP step's request in flight
-    leased: bool = True  # False: a first step, which has no task row (no lease to renew)
-
-
-@dataclass(slots=True)
-class EngineCounters:
-    """What the engine did since it started (exposed on /metrics)."""
-
-    advances_total: int = 0  # on the engine's own connections
-    in_step_advances_held_total: int = 0  # in a step's transaction, from held state
-    in_step_advances_loaded_total: int = 0  # in a step's transaction, from a fresh load
-    first_steps_total: int = 0  # new instances advanced in their first step's transaction
-    first_steps_promoted_total: int = 0  # of those tried, first plans committed apart (slow)
 
 
 SLEEP_RESULT = '{{"slept": true, "seconds": {seconds}}}'
@@ -112,6 +91,15 @@ class Engine:
         self._running: dict[tuple[str, str], RunningStep] = {}
         self._sql_steps: dict[str, int] = {}  # instance id -> SQL steps of it in _running
         self._locked_retries: dict[str, int] = {}  # instance id -> advances retried
+        self.parts = EngineParts(
+            self.planning,
+            self.owner_id,
+            settings.catalog_database,
+            self.counters,
+            self._running,
+            self._track,
+            self._require_pool,
+        )
         self._loops: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
         self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
@@ -542,7 +530,7 @@ class Engine:
         running = self._running.get((task.instance_id, task.node_id))
         if running is not None:
             running.backend_pid = conn.get_server_pid()
-        advance = _StepAdvance(self.planning)
+        advance = StepAdvance(self.planning)
         try:
             in_catalog = task.database == self.settings.catalog_database
             elsewhere = None if in_catalog else self._record_result
@@ -558,7 +546,7 @@ class Engine:
         """A new instance's first advance and first SQL step in one transaction on its
         owner's connection (steps.run_first_step); the ordinary advance if that fails."""
         await self.steps.slots.acquire()
-        first = _FirstStep(self, instance_id)
+        first = FirstTransaction(self.parts, instance_id)
         conn = None
         outcome = FirstOutcome.NOTHING
         try:
@@ -581,7 +569,7 @@ class Engine:
             self._request_advance(instance_id)
 
     async def _after_first_step(
-        self, instance_id: str, first: _FirstStep, outcome: FirstOutcome
+        self, instance_id: str, first: FirstTransaction, outcome: FirstOutcome
     ) -> None:
         if outcome is FirstOutcome.PROMOTED:  # recorded; the instance waits for an advance
             await self.advance(instance_id)
@@ -690,101 +678,3 @@ class Engine:
         if found and not self.failed.done():
             log.error("event=held_state_mismatch instance=%s differences=%s", instance_id, found)
             self.failed.set_result(AssertionError(f"held state of {instance_id}: {found}"))
-
-
-class _StepAdvance:
-    """The engine's planning for one SQL step's transaction (steps.InStepAdvance)."""
-
-    def __init__(self, planning: Planning) -> None:
-        self.planning = planning
-        self.planned: list[Planned] = []  # the last one is what the transaction applied
-
-    def from_memory(self, task: Task, raw: str) -> tuple[int, str] | None:
-        try:
-            planned = self.planning.completed_step(task.instance_id, task.node_id, raw)
-        except Exception:  # a planner bug: load the state instead
-            log.exception("event=held_plan_failed instance=%s", task.instance_id)
-            return None
-        if planned is None:
-            return None
-        self.planned.append(planned)
-        return int(planned.instance["version"]), planned.plan.to_json()
-
-    def from_state(self, state: str) -> str | None:
-        try:
-            planned = self.planning.from_document(state)
-        except Exception:
-            log.exception("event=in_step_plan_failed state=%.200s", state)
-            return None
-        self.planned.append(planned)
-        return planned.plan.to_json()
-
-
-class _FirstStep:
-    """The engine's planning for a new instance's first transaction (steps.FirstStep)."""
-
-    def __init__(self, engine: Engine, instance_id: str) -> None:
-        self.engine = engine
-        self.instance_id = instance_id
-        self.backend_pid: int | None = None
-        self.planned: Planned | None = None  # the last plan made: what is applied
-        self.task: Task | None = None  # the step run in the transaction
-        self.advance = _StepAdvance(engine.planning)  # once promoted
-        self.promoted = False
-        self._promotion: str | None = None  # the first plan with the step's task row
-
-    def plan_first(self, state: str) -> tuple[str, Task | None]:
-        engine = self.engine
-        planned = engine.planning.from_document(state)
-        self.planned = planned
-        plan = planned.plan
-        if len(plan.tasks) != 1 or plan.cancel_nodes:
-            return plan.to_json(), None
-        only = plan.tasks[0]
-        if only["node_type"] != "SQL" or only["lease_owner"] != engine.owner_id:
-            return plan.to_json(), None
-        self._promotion = plan.to_json()
-        plan.tasks = []  # run right here: it never becomes a task row (unless promoted)
-        database = engine.settings.catalog_database
-        self.task = Task(
-            self.instance_id,
-            only["node_id"],
-            "SQL",
-            only["payload"],
-            only["lease_token"],
-            planned.owner,
-            database,
-        )
-        engine._track(RunningStep(self.task, self.backend_pid, leased=False))
-        return plan.to_json(), self.task
-
-    def plan_done(self, task: Task, raw: str) -> str:
-        assert self.planned is not None
-        done = self.engine.planning.completed(self.planned.after(), task.node_id, raw)
-        if done is None:  # cannot be: plan_first marked the step running
-            raise StepFailed(f"first step {task.node_id} of {task.instance_id} not running")
-        self.planned = done
-        return done.plan.to_json()
-
-    async def promote(self, advance_xmin: str) -> bool:
-        engine, planned = self.engine, self.planned
-        if self._promotion is None or planned is None or self.task is None:
-            return False
-        try:
-            self.promoted = bool(
-                await engine._require_pool().fetchval(
-                    q("promote_first"), self.instance_id, advance_xmin, self._promotion
-                )
-            )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning(
-                "event=first_step_promotion_failed instance=%s error=%r", self.instance_id, exc
-            )
-            return False
-        if self.promoted:  # now an ordinary leased step, finished from the held plan
-            engine.counters.first_steps_promoted_total += 1
-            engine.planning.hold(self.instance_id, planned)
-            running = engine._running.get((self.instance_id, self.task.node_id))
-            if running is not None:
-                running.leased = True
-        return self.promoted

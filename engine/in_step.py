@@ -1,0 +1,149 @@
+"""What the engine does inside a step's own transaction (steps.InStepAdvance,
+steps.FirstStep), and the bookkeeping of running steps it shares with them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from engine.held import Planned, Planning
+from engine.queries import q
+from engine.steps import StepFailed, Task
+
+log = logging.getLogger("pgdurable.engine")
+
+
+@dataclass(slots=True)
+class RunningStep:
+    """A leaf task this engine is executing right now."""
+
+    task: Task
+    backend_pid: int | None = None  # set only while the step's SQL is executing
+    request: asyncio.Future[str] | None = None  # an HTTP step's request in flight
+    leased: bool = True  # False: a first step, which has no task row (no lease to renew)
+
+
+@dataclass(slots=True)
+class EngineCounters:
+    """What the engine did since it started (exposed on /metrics)."""
+
+    advances_total: int = 0  # on the engine's own connections
+    in_step_advances_held_total: int = 0  # in a step's transaction, from held state
+    in_step_advances_loaded_total: int = 0  # in a step's transaction, from a fresh load
+    first_steps_total: int = 0  # new instances advanced in their first step's transaction
+    first_steps_promoted_total: int = 0  # of those tried, first plans committed apart (slow)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineParts:
+    """The parts of the engine a first transaction works with."""
+
+    planning: Planning
+    owner_id: str
+    catalog_database: str
+    counters: EngineCounters
+    running: dict[tuple[str, str], RunningStep]
+    track: Callable[[RunningStep], None]  # registers a running step
+    pool: Callable[[], asyncpg.Pool]
+
+
+class StepAdvance:
+    """The engine's planning for one SQL step's transaction (steps.InStepAdvance)."""
+
+    def __init__(self, planning: Planning) -> None:
+        self.planning = planning
+        self.planned: list[Planned] = []  # the last one is what the transaction applied
+
+    def from_memory(self, task: Task, raw: str) -> tuple[int, str] | None:
+        try:
+            planned = self.planning.completed_step(task.instance_id, task.node_id, raw)
+        except Exception:  # a planner bug: load the state instead
+            log.exception("event=held_plan_failed instance=%s", task.instance_id)
+            return None
+        if planned is None:
+            return None
+        self.planned.append(planned)
+        return int(planned.instance["version"]), planned.plan.to_json()
+
+    def from_state(self, state: str) -> str | None:
+        try:
+            planned = self.planning.from_document(state)
+        except Exception:
+            log.exception("event=in_step_plan_failed state=%.200s", state)
+            return None
+        self.planned.append(planned)
+        return planned.plan.to_json()
+
+
+class FirstTransaction:
+    """The engine's planning for a new instance's first transaction (steps.FirstStep)."""
+
+    def __init__(self, engine: EngineParts, instance_id: str) -> None:
+        self.engine = engine
+        self.instance_id = instance_id
+        self.backend_pid: int | None = None
+        self.planned: Planned | None = None  # the last plan made: what is applied
+        self.task: Task | None = None  # the step run in the transaction
+        self.advance = StepAdvance(engine.planning)  # once promoted
+        self.promoted = False
+        self._promotion: str | None = None  # the first plan with the step's task row
+
+    def plan_first(self, state: str) -> tuple[str, Task | None]:
+        engine = self.engine
+        planned = engine.planning.from_document(state)
+        self.planned = planned
+        plan = planned.plan
+        if len(plan.tasks) != 1 or plan.cancel_nodes:
+            return plan.to_json(), None
+        only = plan.tasks[0]
+        if only["node_type"] != "SQL" or only["lease_owner"] != engine.owner_id:
+            return plan.to_json(), None
+        self._promotion = plan.to_json()
+        plan.tasks = []  # run right here: it never becomes a task row (unless promoted)
+        database = engine.catalog_database
+        self.task = Task(
+            self.instance_id,
+            only["node_id"],
+            "SQL",
+            only["payload"],
+            only["lease_token"],
+            planned.owner,
+            database,
+        )
+        engine.track(RunningStep(self.task, self.backend_pid, leased=False))
+        return plan.to_json(), self.task
+
+    def plan_done(self, task: Task, raw: str) -> str:
+        assert self.planned is not None
+        done = self.engine.planning.completed(self.planned.after(), task.node_id, raw)
+        if done is None:  # cannot be: plan_first marked the step running
+            raise StepFailed(f"first step {task.node_id} of {task.instance_id} not running")
+        self.planned = done
+        return done.plan.to_json()
+
+    async def promote(self, advance_xmin: str) -> bool:
+        engine, planned = self.engine, self.planned
+        if self._promotion is None or planned is None or self.task is None:
+            return False
+        try:
+            self.promoted = bool(
+                await engine.pool().fetchval(
+                    q("promote_first"), self.instance_id, advance_xmin, self._promotion
+                )
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning(
+                "event=first_step_promotion_failed instance=%s error=%r", self.instance_id, exc
+            )
+            return False
+        if self.promoted:  # now an ordinary leased step, finished from the held plan
+            engine.counters.first_steps_promoted_total += 1
+            engine.planning.hold(self.instance_id, planned)
+            running = engine.running.get((self.instance_id, self.task.node_id))
+            if running is not None:
+                running.leased = True
+        return self.promoted
