@@ -17,7 +17,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -70,7 +70,14 @@ class StepConnections:
             conn = idle.pop()
             if not conn.is_closed():
                 return conn
-        return await self.connect(role, database, STEP_SESSION_SETTINGS)
+        conn = await self.connect(role, database, STEP_SESSION_SETTINGS)
+        if database == self.settings.catalog_database:
+            try:
+                await _prepare_bookkeeping(conn)
+            except BaseException:
+                conn.terminate()
+                raise
+        return conn
 
     async def connect(
         self, role: str, database: str, server_settings: dict[str, str]
@@ -175,13 +182,26 @@ async def _record_and_advance(
     """
     held = advance.from_memory(task, raw)
     if held is None:
-        state = await conn.fetchval(
-            q("complete_and_load"), task.instance_id, task.node_id, task.token, raw, "exactly-once"
+        state = await _book(
+            conn,
+            "complete_and_load",
+            task.instance_id,
+            task.node_id,
+            task.token,
+            raw,
+            "exactly-once",
         )
     else:
         version, held_plan = held
-        state = await conn.fetchval(
-            q("complete_held"), task.instance_id, task.node_id, task.token, raw, version, held_plan
+        state = await _book(
+            conn,
+            "complete_held",
+            task.instance_id,
+            task.node_id,
+            task.token,
+            raw,
+            version,
+            held_plan,
         )
         if state == HELD_PLAN_APPLIED:
             return True
@@ -191,7 +211,7 @@ async def _record_and_advance(
     plan = advance.from_state(state)
     if plan is None:
         return False
-    return bool(await conn.fetchval(q("apply_as_step"), task.instance_id, secret, plan))
+    return bool(await _book(conn, "apply_as_step", task.instance_id, secret, plan))
 
 
 async def run_sql_step(
@@ -222,8 +242,14 @@ async def run_sql_step(
                 raw = await _execute(conn, sql)
                 if advance is not None:
                     return await _record_and_advance(conn, task, raw, advance)
-                await conn.execute(
-                    q("complete_step"), task.instance_id, task.node_id, task.token, raw
+                await _book(
+                    conn,
+                    "complete_step",
+                    task.instance_id,
+                    task.node_id,
+                    task.token,
+                    raw,
+                    "exactly-once",
                 )
             return False
         except STALE_STATEMENT as exc:
@@ -239,8 +265,8 @@ async def run_sql_step(
     log.info("event=step_autocommit instance=%s node=%s", task.instance_id, task.node_id)
     try:
         raw = await _execute(conn, sql)
-        await conn.execute(
-            q("complete_step"), task.instance_id, task.node_id, task.token, raw, "at-least-once"
+        await _book(
+            conn, "complete_step", task.instance_id, task.node_id, task.token, raw, "at-least-once"
         )
     except asyncpg.PostgresError as exc:
         raise StepFailed(_sql_error(exc)) from exc
@@ -290,7 +316,7 @@ async def run_first_step(
     back: the engine then runs the step (if promoted) or advances the instance as usual."""
     try:
         async with conn.transaction():
-            state = await conn.fetchval(q("first_state"), instance_id, engine_key)
+            state = await _book(conn, "first_state", instance_id, engine_key)
             if state is None:
                 return FirstOutcome.NOTHING
             xmin = json.loads(state)["advance_xmin"]
@@ -305,8 +331,8 @@ async def run_first_step(
                         return FirstOutcome.PROMOTED_ADVANCED
                     return FirstOutcome.PROMOTED
                 plans.append(first.plan_done(task, await execution))
-            applied = await conn.fetchval(
-                q("apply_first"), instance_id, engine_key, xmin, "[" + ",".join(plans) + "]"
+            applied = await _book(
+                conn, "apply_first", instance_id, engine_key, xmin, "[" + ",".join(plans) + "]"
             )
             if not applied:
                 raise _NotApplied
@@ -335,6 +361,37 @@ async def _prepare(conn: asyncpg.Connection, sql: str) -> asyncpg.prepared_stmt.
 
 def _forget_statements(conn: asyncpg.Connection) -> None:
     _prepared.pop(conn, None)
+    _bookkeeping.pop(conn, None)
+
+
+# The engine's own statements on a step connection in the catalog's database, prepared
+# before any step runs there. A step may leave its role changed (RESET ROLE, SET ROLE NONE:
+# a runner has none of its owner's privileges), and a statement parsed after that could not
+# even name schema df; one prepared before runs (its functions are SECURITY DEFINER and
+# check the lease token or the login role, not the current role).
+BOOKKEEPING = (
+    "complete_held",
+    "complete_and_load",
+    "apply_as_step",
+    "complete_step",
+    "first_state",
+    "apply_first",
+)
+_bookkeeping: weakref.WeakKeyDictionary[
+    asyncpg.Connection, dict[str, asyncpg.prepared_stmt.PreparedStatement]
+] = weakref.WeakKeyDictionary()
+
+
+async def _prepare_bookkeeping(conn: asyncpg.Connection) -> None:
+    _bookkeeping[conn] = {name: await conn.prepare(q(name)) for name in BOOKKEEPING}
+
+
+async def _book(conn: asyncpg.Connection, name: str, *args: object) -> Any:
+    """Run a bookkeeping statement, prepared at connect time when it was."""
+    statement = _bookkeeping.get(conn, {}).get(name)
+    if statement is None:
+        return await conn.fetchval(q(name), *args)
+    return await statement.fetchval(*args)
 
 
 async def _execute(conn: asyncpg.Connection, sql: str, retry: bool = True) -> str:

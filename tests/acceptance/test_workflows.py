@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import psycopg
 import pytest
@@ -395,3 +396,23 @@ def test_no_session_state_survives_from_one_step_to_the_next(wf_dsn: str) -> Non
     with psycopg.connect(wf_dsn, autocommit=True) as conn:  # nobody holds the lock
         assert conn.execute("SELECT pg_try_advisory_lock(424242)").fetchone() == (True,)
         conn.execute("SELECT pg_advisory_unlock(424242)")
+
+
+def test_a_step_may_leave_its_role_for_one_without_df(
+    proxy: ProxyProcess, cluster: Cluster
+) -> None:
+    """A step that switches to a role of its owner's with no access to schema df still has
+    its result recorded, even on a step connection that has run nothing before (a new
+    owner): the engine's statements are prepared before any step runs there."""
+    owner = f"switcher_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {owner} LOGIN")
+        admin.execute(f"CREATE ROLE {owner}_plain NOLOGIN")
+        admin.execute(f"GRANT {owner}_plain TO {owner}")
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT df.grant_usage(%s)", (owner,))
+    dsn = proxy.dsn(owner)
+    graph = f"'SET ROLE {owner}_plain' ~> 'SELECT current_user::text AS u'"
+    instance, status = _run(dsn, graph)
+    assert status == "completed", status
+    assert _result(dsn, instance) == {"rows": [{"u": owner}], "row_count": 1}
