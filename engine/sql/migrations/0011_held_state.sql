@@ -4,8 +4,9 @@
 -- Every plan applied to an instance bumps a version (on its latest execution row); every
 -- other change the planner must see (a step's or timer's result, a failure, a signal, a
 -- cancel, a start) leaves an _advance row. An engine that applied version v, holds the
--- leases of the instance's running steps and finds, with the instance row locked, version
--- v and no _advance row, therefore holds exactly the stored state: it plans from memory
+-- leases of the instance's running steps and finds, with the instance row locked, the
+-- instance still running (owners may set its status by hand), version v and no _advance
+-- row, therefore holds exactly the stored state: it plans from memory
 -- and applies the plan in the step's transaction with one call, df._complete_held. In any
 -- other case that call does what df._complete_and_load does.
 
