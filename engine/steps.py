@@ -256,6 +256,8 @@ async def run_sql_step(
             # a statement prepared earlier no longer fits the schema; the transaction was
             # rolled back, so running the step once more, freshly prepared, is safe
             _forget_statements(conn)
+            if conn in _bookkeeping:  # the rollback undid any role change: prepare anew
+                await _prepare_bookkeeping(conn)
             if fresh:
                 raise StepFailed(_sql_error(exc)) from exc
         except asyncpg.PostgresError as exc:
@@ -361,7 +363,6 @@ async def _prepare(conn: asyncpg.Connection, sql: str) -> asyncpg.prepared_stmt.
 
 def _forget_statements(conn: asyncpg.Connection) -> None:
     _prepared.pop(conn, None)
-    _bookkeeping.pop(conn, None)
 
 
 # The engine's own statements on a step connection in the catalog's database, prepared
