@@ -441,6 +441,12 @@ class Engine:
         else:
             self.planning.drop(instance_id)
 
+    async def _act_on_applied_in_step(self, instance_id: str, planned: Planned) -> None:
+        """_act_on for a plan a step's transaction applied (held state may now be checked)."""
+        await self._act_on(instance_id, planned)
+        if self.settings.verify_held_state:
+            self._spawn(self._verify_held(instance_id))
+
     def _runs_sql(self, instance_id: str) -> bool:
         """Does this engine run SQL steps of the instance right now?"""
         return instance_id in self._sql_steps
@@ -497,9 +503,7 @@ class Engine:
                         self.counters.in_step_advances_held_total += 1
                     else:
                         self.counters.in_step_advances_loaded_total += 1
-                    await self._act_on(task.instance_id, folded)
-                    if self.settings.verify_held_state:
-                        self._spawn(self._verify_held(task.instance_id))
+                    await self._act_on_applied_in_step(task.instance_id, folded)
                     return
             elif task.node_type in ("SLEEP", "WAIT_SCHEDULE"):
                 raw = (
@@ -582,9 +586,7 @@ class Engine:
         else:
             return
         if planned is not None:
-            await self._act_on(instance_id, planned)
-            if self.settings.verify_held_state:
-                self._spawn(self._verify_held(instance_id))
+            await self._act_on_applied_in_step(instance_id, planned)
 
     async def _run_http(self, task: Task) -> bool:
         """Run an HTTP step and record its result (at-least-once: a request cannot commit
