@@ -43,6 +43,19 @@ class Plan:
     wake_at: float | None = None  # epoch seconds: advance again then
     version: int | None = None  # the instance's version once this plan is applied
 
+    def can_continue(self) -> bool:
+        """Whether a later pass may add to this plan, so that both are applied as one with
+        the same effect as applying this plan and then the later one: nothing here that
+        applying twice would order differently (tasks, cancellations, signals, timers)."""
+        return not (
+            self.tasks
+            or self.cancel_nodes
+            or self.consumed_signals
+            or self.drop_all_tasks
+            or self.continued_from is not None
+            or self.wake_at is not None
+        )
+
     def to_json(self) -> str:
         body = {
             "nodes": list(self.nodes.values()),
@@ -79,9 +92,12 @@ class Planner:
         lease: TaskLease,
         new_token: Callable[[], str],
         nodes: dict[str, Node] | None = None,
+        plan: Plan | None = None,
     ) -> None:
         """`nodes`, when given, are the instance's nodes already (they are updated in place);
-        otherwise they are read from the loaded document's "nodes"."""
+        otherwise they are read from the loaded document's "nodes". `plan`, when given, is
+        a plan not yet applied that this pass continues: its changes and this pass's are
+        then applied as one (later transitions of a node replace earlier ones)."""
         self.instance = instance
         if nodes is None:
             nodes = {n["id"]: Node.from_json(n) for n in instance["nodes"] or []}
@@ -90,7 +106,7 @@ class Planner:
         self.new_token = new_token
         self.now = float(instance.get("now") or 0.0)
         self.min_iteration_seconds = float(instance.get("min_iteration_seconds", 1.0))
-        self.plan = Plan(
+        self.plan = plan or Plan(
             events=int(instance["events"]), execution_id=int(instance["execution_id"] or 1)
         )
 

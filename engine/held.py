@@ -92,18 +92,23 @@ class Planning:
         held = self._held.pop(instance_id, None)
         return None if held is None else self.completed(held, node_id, raw)
 
-    def completed(self, state: Planned, node_id: str, raw: str) -> Planned | None:
+    def completed(
+        self, state: Planned, node_id: str, raw: str, continuing: Plan | None = None
+    ) -> Planned | None:
         """Plan from `state` (an applied plan's, see Planned.after) in which SQL step
-        `node_id` just completed with `raw`; its nodes are updated in place."""
+        `node_id` just completed with `raw`; its nodes are updated in place.
+
+        With `continuing` (state's own plan, not applied yet, see Plan.can_continue), the
+        plan made adds to it: one plan with the effect of both."""
         node = state.nodes.get(node_id)
         if node is None or node.type != "SQL" or node.status != NodeStatus.RUNNING:
             return None
         node.status, node.raw, node.error = NodeStatus.COMPLETED, raw, None
         instance = dict(state.instance)
         instance["now"] = time.time() + state.clock_offset
-        planner = Planner(instance, self.lease, _new_token, nodes=state.nodes)
+        planner = Planner(instance, self.lease, _new_token, nodes=state.nodes, plan=continuing)
         completion = {"id": node_id, "status": "completed", "raw": raw, "error": None}
-        planner.plan.nodes[node_id] = completion
+        planner.plan.nodes.setdefault(node_id, {}).update(completion)
         plan = planner.run()
         plan.nodes[node_id]["delivery"] = "exactly-once"
         plan.version = int(state.instance["version"]) + 1

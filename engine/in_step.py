@@ -117,13 +117,19 @@ class FirstTransaction:
         engine.track(RunningStep(self.task, self.backend_pid, leased=False))
         return plan.to_json(), self.task
 
-    def plan_done(self, task: Task, raw: str) -> str:
-        assert self.planned is not None
-        done = self.engine.planning.completed(self.planned.after(), task.node_id, raw)
+    def plan_done(self, task: Task, raw: str) -> list[str]:
+        first = self.planned
+        assert first is not None
+        first_json = first.plan.to_json()
+        continuing = first.plan if first.plan.can_continue() else None
+        done = self.engine.planning.completed(first.after(), task.node_id, raw, continuing)
         if done is None:  # cannot be: plan_first marked the step running
             raise StepFailed(f"first step {task.node_id} of {task.instance_id} not running")
         self.planned = done
-        return done.plan.to_json()
+        if continuing is not None and done.plan.continued_from is None:
+            return [done.plan.to_json()]  # the first plan and this one, as one
+        # a root loop began a new execution: the first one must be stored first
+        return [first_json, done.plan.to_json()]
 
     async def promote(self, advance_xmin: str) -> bool:
         engine, planned = self.engine, self.planned

@@ -289,8 +289,9 @@ class FirstStep(Protocol):
         """The first plan's JSON, and the SQL step to run in this transaction (left out
         of the plan's tasks), or None to apply the plan alone."""
 
-    def plan_done(self, task: Task, raw: str) -> str:
-        """The plan's JSON once `task` completed with `raw`."""
+    def plan_done(self, task: Task, raw: str) -> list[str]:
+        """The plans (JSON) to apply, in order, once `task` completed with `raw`: the
+        first plan and the next, as one plan where they can be."""
 
     async def promote(self, advance_xmin: str) -> bool:
         """Commit the first plan, with the step's task row, elsewhere (the step runs long):
@@ -332,7 +333,7 @@ async def run_first_step(
                     if await _record_and_advance(conn, task, raw, first.advance):
                         return FirstOutcome.PROMOTED_ADVANCED
                     return FirstOutcome.PROMOTED
-                plans.append(first.plan_done(task, await execution))
+                plans = first.plan_done(task, await execution)
             applied = await _book(
                 conn, "apply_first", instance_id, engine_key, xmin, "[" + ",".join(plans) + "]"
             )

@@ -152,3 +152,58 @@ def test_differences_name_what_disagrees() -> None:
         "version: held 1, stored 7",
         "node a status: held 'running', stored 'completed'",
     ]
+
+
+def _first_and_done(doc: dict[str, Any], step: str, continuing: bool) -> tuple[Plan, Plan]:
+    """A new instance's first plan and the plan once `step` completed, made as the first
+    transaction makes them (the step's task is run there, so it leaves the first plan)."""
+    planning = Planning(LEASE, allow_superuser=False, min_iteration=0.0)
+    first = planning.from_document(json.dumps(doc))
+    first.plan.tasks = []
+    before = copy.deepcopy(first.plan)
+    raw = json.dumps({"rows": [{"step": step}], "row_count": 1})
+    plan = first.plan if continuing else None
+    done = planning.completed(first.after(), step, raw, plan)
+    assert done is not None
+    return before, done.plan
+
+
+def test_a_first_plan_continued_by_its_step_leaves_what_both_plans_leave() -> None:
+    nodes = [
+        _node("r", "THEN", left="t", right="c"),
+        _node("t", "THEN", left="a", right="b"),
+        _node("a", "SQL", query="SELECT 1", name="x"),
+        _node("b", "SQL", query="SELECT $x.step AS s"),
+        _node("c", "SQL", query="SELECT 3"),
+    ]
+    doc = _document("r", nodes)
+    first, done = _first_and_done(doc, "a", continuing=False)
+    assert first.can_continue()
+    _, merged = _first_and_done(doc, "a", continuing=True)
+    assert _stored(doc, merged) == _stored(_stored(doc, first), done)
+    assert _comparable(merged)["tasks"] == _comparable(done)["tasks"]
+    assert [t["node_id"] for t in merged.tasks] == ["b"]
+    assert merged.instance_status == "running" and merged.nodes["a"]["status"] == "completed"
+
+
+def test_a_one_step_workflow_finishes_in_one_plan() -> None:
+    doc = _document("a", [_node("a", "SQL", query="SELECT 1")])
+    first, done = _first_and_done(doc, "a", continuing=False)
+    _, merged = _first_and_done(doc, "a", continuing=True)
+    assert _stored(doc, merged) == _stored(_stored(doc, first), done)
+    assert merged.instance_status == "completed" and merged.execution_status == "Completed"
+    assert merged.output == done.output
+
+
+def test_plans_with_tasks_or_timers_are_not_continued() -> None:
+    plan = Plan()
+    assert plan.can_continue()
+    for change in (
+        {"tasks": [{"node_id": "a"}]},
+        {"cancel_nodes": ["a"]},
+        {"consumed_signals": [{"id": 1, "node_id": "a"}]},
+        {"drop_all_tasks": True},
+        {"continued_from": 1},
+        {"wake_at": 5.0},
+    ):
+        assert not Plan(**change).can_continue(), change  # type: ignore[arg-type]
