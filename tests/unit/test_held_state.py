@@ -93,15 +93,19 @@ def _check_equivalent(doc: dict[str, Any], finish: list[str]) -> Planning:
     return planning
 
 
-def test_a_sequence_plans_the_same_from_memory() -> None:
-    nodes = [
+def _sequence() -> list[dict[str, Any]]:
+    """'SELECT 1' |=> 'x' ~> 'SELECT $x.step AS s' ~> 'SELECT 3'"""
+    return [
         _node("r", "THEN", left="t", right="c"),
         _node("t", "THEN", left="a", right="b"),
         _node("a", "SQL", query="SELECT 1", name="x"),
         _node("b", "SQL", query="SELECT $x.step AS s"),
         _node("c", "SQL", query="SELECT 3"),
     ]
-    planning = _check_equivalent(_document("r", nodes), ["a", "b", "c"])
+
+
+def test_a_sequence_plans_the_same_from_memory() -> None:
+    planning = _check_equivalent(_document("r", _sequence()), ["a", "b", "c"])
     assert not planning.holds("0000abcd")  # finished: nothing is held any more
 
 
@@ -169,14 +173,7 @@ def _first_and_done(doc: dict[str, Any], step: str, continuing: bool) -> tuple[P
 
 
 def test_a_first_plan_continued_by_its_step_leaves_what_both_plans_leave() -> None:
-    nodes = [
-        _node("r", "THEN", left="t", right="c"),
-        _node("t", "THEN", left="a", right="b"),
-        _node("a", "SQL", query="SELECT 1", name="x"),
-        _node("b", "SQL", query="SELECT $x.step AS s"),
-        _node("c", "SQL", query="SELECT 3"),
-    ]
-    doc = _document("r", nodes)
+    doc = _document("r", _sequence())
     first, done = _first_and_done(doc, "a", continuing=False)
     assert first.can_continue()
     _, merged = _first_and_done(doc, "a", continuing=True)
