@@ -9,13 +9,14 @@ says so through the node's delivery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import logging
 import uuid
 import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -140,7 +141,10 @@ class StepConnections:
 
     async def release(self, role: str, database: str, conn: asyncpg.Connection) -> None:
         try:
-            await conn.execute(q("reset_step_session"))
+            if conn in _reset_on_commit:
+                _reset_on_commit.discard(conn)
+            else:
+                await conn.execute(q("reset_step_session"))
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
             conn.terminate()
             return
@@ -158,6 +162,31 @@ class StepConnections:
 
 
 Recorder = Callable[[Task, str, str], Awaitable[None]]
+
+# Step connections whose session was reset in their step's transaction.
+_reset_on_commit: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
+
+
+@contextlib.asynccontextmanager
+async def step_transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """A step's transaction, whose last round trip resets the session and commits: one
+    round trip for both (StepConnections.release then has nothing left to send).
+
+    The reset comes before the COMMIT, so that the two succeed or fail together: if the
+    reset fails, the step's work is rolled back like any failed statement's, never left
+    committed under an error; release then resets the session on its own."""
+    await conn.execute("BEGIN")
+    try:
+        yield
+        await conn.execute(q("reset_step_session") + " COMMIT;")
+    except BaseException:
+        if conn.is_in_transaction():
+            try:
+                await conn.execute("ROLLBACK")
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                conn.terminate()  # e.g. a statement still running: never pooled
+        raise
+    _reset_on_commit.add(conn)
 
 
 class InStepAdvance(Protocol):
@@ -238,7 +267,7 @@ async def run_sql_step(
         return False
     for fresh in (False, True):
         try:
-            async with conn.transaction():
+            async with step_transaction(conn):
                 raw = await _execute(conn, sql)
                 if advance is not None:
                     return await _record_and_advance(conn, task, raw, advance)
@@ -318,7 +347,7 @@ async def run_first_step(
     connection (0013_first_step.sql). Errors of the statement propagate, everything rolled
     back: the engine then runs the step (if promoted) or advances the instance as usual."""
     try:
-        async with conn.transaction():
+        async with step_transaction(conn):
             state = await _book(conn, "first_state", instance_id, engine_key)
             if state is None:
                 return FirstOutcome.NOTHING
