@@ -38,3 +38,50 @@ def test_migrating_twice_and_concurrently_gives_one_version(cluster: Cluster) ->
             "('df.instances'::regclass, 'df.nodes'::regclass, 'df.vars'::regclass)"
         ).fetchone()
         assert rls == (True,)
+
+
+def test_an_administrator_deleting_instances_removes_their_engine_rows(cluster: Cluster) -> None:
+    """The per-step engine rows have no foreign key to df.instances (0015): triggers remove
+    them with their instance, on DELETE and on TRUNCATE ... CASCADE."""
+    dsn = create_database(cluster, "df_forget_rows")
+
+    async def install() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(install())
+    engine_rows = (
+        "SELECT (SELECT count(*) FROM df._tasks), (SELECT count(*) FROM df._node_state), "
+        "(SELECT count(*) FROM df._advance)"
+    )
+    ids = [f"0000000{n}" for n in range(3)]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for instance in ids:
+            node = instance[::-1]
+            with conn.transaction():  # the catalog's foreign keys are checked at commit
+                conn.execute(
+                    "INSERT INTO df.instances (id, root_node, submitted_by) "
+                    "VALUES (%s, %s, current_user::regrole)",
+                    (instance, node),
+                )
+                conn.execute(
+                    "INSERT INTO df.nodes (id, instance_id, node_type, query, submitted_by) "
+                    "VALUES (%s, %s, 'SQL', 'SELECT 1', current_user::regrole)",
+                    (node, instance),
+                )
+            for table, columns in (
+                ("_tasks", "(instance_id, node_id, node_type) VALUES (%s, %s, 'SQL')"),
+                ("_node_state", "(instance_id, node_id, raw_result) VALUES (%s, %s, '{}')"),
+            ):
+                conn.execute(f"INSERT INTO df.{table} {columns}", (instance, node))
+            conn.execute("INSERT INTO df._advance (instance_id) VALUES (%s)", (instance,))
+        assert conn.execute(engine_rows).fetchone() == (3, 3, 3)
+        with conn.transaction():  # an instance goes with its nodes (spec: no cascade there)
+            conn.execute("DELETE FROM df.nodes WHERE instance_id = %s", (ids[0],))
+            conn.execute("DELETE FROM df.instances WHERE id = %s", (ids[0],))
+        assert conn.execute(engine_rows).fetchone() == (2, 2, 2)
+        conn.execute("TRUNCATE df.instances CASCADE")
+        assert conn.execute(engine_rows).fetchone() == (0, 0, 0)
