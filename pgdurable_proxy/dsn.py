@@ -36,10 +36,12 @@ class UpstreamDSN:
     def with_user(self, user: str, password: str | None = None, dbname: str | None = None) -> str:
         """A libpq URI for the same server as another role (used by the engine)."""
         auth = _quote(user) + (f":{_quote(password)}" if password else "")
-        host = "" if self.is_unix_socket else _host_part(self.host)
-        query = f"?host={_quote(self.host)}&" if self.is_unix_socket else "?"
-        query += f"sslmode={self.sslmode}"
-        return f"postgresql://{auth}@{host}:{self.port}/{_quote(dbname or self.dbname)}{query}"
+        path = _quote(dbname or self.dbname)
+        if self.is_unix_socket:  # an empty host with a port is not a socket to asyncpg
+            query = f"host={_quote(self.host)}&port={self.port}&sslmode={self.sslmode}"
+            return f"postgresql://{auth}@/{path}?{query}"
+        host = _host_part(self.host)
+        return f"postgresql://{auth}@{host}:{self.port}/{path}?sslmode={self.sslmode}"
 
     def admin_uri(self) -> str:
         """The DSN of pgdurable's admin connection, normalised to a URI."""

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,31 +31,33 @@ def _ssl_capable(bindir: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A cluster with ssl=on when some PostgreSQL build here supports it (else plain)."""
+    """A cluster with ssl=on when some PostgreSQL build here supports it (else plain), and
+    a Unix socket (in a short path: socket paths are limited to about 100 bytes)."""
     root = tmp_path_factory.mktemp("tls-cluster")
     capable = [f for f in FLAVORS if f.available and _ssl_capable(f.bindir)]
     cluster = make_cluster(capable[0] if capable else FLAVORS[0], root)
-    if not capable:
-        yield cluster
-        remove_cluster(cluster)
-        return
-    cert, key = self_signed(root)
-    for path in (cert, key):
-        target = cluster.datadir / path.name
-        shutil.copy(path, target)
-        target.chmod(0o600)
-        if cluster.os_user:
-            entry = pwd.getpwnam(cluster.os_user)
-            os.chown(target, entry.pw_uid, entry.pw_gid)
-    cluster.settings = {
-        **cluster.settings,
-        "ssl": "on",
-        "ssl_cert_file": cert.name,
-        "ssl_key_file": key.name,
-    }
+    sockets = Path(tempfile.mkdtemp(prefix="pgd-", dir="/tmp"))
+    sockets.chmod(0o777)  # the server may run as another OS user
+    cluster.settings = {**cluster.settings, "unix_socket_directories": str(sockets)}
+    if capable:
+        cert, key = self_signed(root)
+        for path in (cert, key):
+            target = cluster.datadir / path.name
+            shutil.copy(path, target)
+            target.chmod(0o600)
+            if cluster.os_user:
+                entry = pwd.getpwnam(cluster.os_user)
+                os.chown(target, entry.pw_uid, entry.pw_gid)
+        cluster.settings = {
+            **cluster.settings,
+            "ssl": "on",
+            "ssl_cert_file": cert.name,
+            "ssl_key_file": key.name,
+        }
     cluster.restart()
     yield cluster
     remove_cluster(cluster)
+    shutil.rmtree(sockets, ignore_errors=True)
 
 
 @pytest.fixture
@@ -72,6 +75,35 @@ def _upstream_ssl(dsn: str) -> bool:
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
         return bool(row and row[0])
+
+
+def test_an_upstream_unix_socket_serves_the_relay_and_the_engine(
+    tls_cluster: Cluster, tmp_path: Path
+) -> None:
+    """--upstream may name a socket directory: sessions and the engine's connections (its
+    own and each step's, as the owner) all go through it."""
+    sockets = tls_cluster.settings["unix_socket_directories"]
+    upstream = f"postgresql://postgres@/postgres?host={sockets}&port={tls_cluster.port}"
+    proxy = ProxyProcess(upstream, log_path=tmp_path / "log").start()
+    try:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            conn.execute("SELECT df.grant_usage('trust_user')")
+            socket_sessions = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE client_port = -1 "
+                "AND pid = pg_backend_pid()"
+            ).fetchone()
+        assert socket_sessions == (1,)  # this session itself is relayed over the socket
+        with psycopg.connect(proxy.dsn(user="trust_user"), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT df.start('SELECT inet_server_addr() IS NULL AS over_socket')"
+            ).fetchone()
+            assert row is not None
+            done = conn.execute("SELECT df.await_instance(%s, 20)", (row[0],)).fetchone()
+            result = conn.execute("SELECT df.result(%s)::jsonb", (row[0],)).fetchone()
+        assert done == ("completed",)
+        assert result is not None and result[0]["rows"] == [{"over_socket": True}]
+    finally:
+        proxy.kill()
 
 
 @pytest.mark.parametrize(("sslmode", "expected"), [("require", True), ("disable", False)])
