@@ -33,6 +33,7 @@ from tests.bench.workflows.servers import (
     proxy_pid,
     start_bench_cluster,
     start_pgdurable,
+    system_dsn,
 )
 from tests.bench.workflows.stats import CpuProbe, StatsReader
 from tests.bench.workflows.window import Window
@@ -56,6 +57,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="auto (Debian 15 if present, else wheel 18), 15, 18, or a bin dir",
     )
     p.add_argument("--no-dbos", action="store_true", help="skip DBOS Transact")
+    p.add_argument(
+        "--transport",
+        choices=("tcp", "unix"),
+        default="tcp",
+        help="how pgdurable and DBOS reach PostgreSQL: loopback TCP (default) or a Unix socket",
+    )
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list (all)")
     p.add_argument("--modes", default=",".join(MODES), help="closed,burst,single (all)")
     p.add_argument(
@@ -106,7 +113,8 @@ def _bench(
     bindir = resolve_bindir(args.pg)
     pgss = pgss_available(bindir)
     log(f"PostgreSQL from {bindir} (pg_stat_statements: {pgss}), work dir {workdir}")
-    cluster = start_bench_cluster(bindir, workdir, pgss)
+    sockets = workdir / "sockets" if args.transport == "unix" else None
+    cluster = start_bench_cluster(bindir, workdir, pgss, sockets)
     stack.callback(cluster.stop, "fast")
     prepare_databases(cluster, pgss)
     problems: list[str] = []
@@ -120,7 +128,7 @@ def _bench(
 
     proxy_args = ["--max-user-connections", str(args.max_user_connections), *args.proxy_arg]
     proxy_log = workdir / "pgdurable.log"
-    proxy = start_pgdurable(cluster, proxy_log, proxy_args)
+    proxy = start_pgdurable(cluster, proxy_log, proxy_args, sockets)
     stack.callback(proxy.stop)
     log(f"cluster on port {cluster.port}; pgdurable on port {proxy.port} (pid {proxy_pid(proxy)})")
     pg_pid = postmaster_pid(cluster)
@@ -145,6 +153,7 @@ def _bench(
         "timeout_s": args.timeout,
         "workloads": workloads,
         "modes": modes,
+        "transport": args.transport,
         "pgdurable_db": BENCH_DB,
         "dbos_dbs": [DBOS_SYS_DB, DBOS_APP_DB],
         "command": " ".join(sys.argv),
@@ -171,7 +180,8 @@ def _bench(
         },
         roots=(os.getpid(), pg_pid),
     )
-    runs, health = run_all(setup, workloads, modes, Window(reader, cpu, cluster.port))
+    tcp_port = cluster.port if sockets is None else None  # round trips: counted on TCP only
+    runs, health = run_all(setup, workloads, modes, Window(reader, cpu, tcp_port))
     problems += [f"pgdurable catalog after the runs: {p}" for p in health]
     proxy.stop()
     count, lines = log_problems(proxy_log)
@@ -180,7 +190,10 @@ def _bench(
         problems += [f"  `{line[:300]}`" for line in lines[:5]]
 
     if dbos_version is not None:
-        runs += _run_dbos(args, cluster, workdir, pgss, pg_pid, workloads, modes, stack, problems)
+        selection = (workloads, modes)
+        runs += _run_dbos(
+            args, cluster, (workdir, sockets), pgss, pg_pid, selection, stack, problems
+        )
 
     for r in runs:
         problems += [f"{r.label}: {e}" for e in r.errors]
@@ -212,18 +225,19 @@ def _bench(
 def _run_dbos(
     args: argparse.Namespace,
     cluster: Cluster,
-    workdir: Path,
+    paths: tuple[Path, Path | None],
     pgss: bool,
     pg_pid: int,
-    workloads: list[str],
-    modes: list[str],
+    selection: tuple[list[str], list[str]],
     stack: contextlib.ExitStack,
     problems: list[str],
 ) -> list[RunResult]:
     """The DBOS runs, in a child Python process that is always stopped."""
+    workloads, modes = selection
+    workdir, sockets = paths  # the work dir, and the socket directory if any
     config = {
-        "sys_url": cluster.dsn(dbname=DBOS_SYS_DB),
-        "app_url": cluster.dsn(dbname=DBOS_APP_DB),
+        "sys_url": system_dsn(cluster, DBOS_SYS_DB, sockets),
+        "app_url": system_dsn(cluster, DBOS_APP_DB, sockets),
         "stats_dsn": cluster.dsn(),
         "databases": [DBOS_SYS_DB, DBOS_APP_DB],
         "pgss": pgss,
@@ -235,7 +249,7 @@ def _run_dbos(
         "warmup_s": args.warmup,
         "postmaster_pid": pg_pid,
         "bench_pid": os.getpid(),
-        "port": cluster.port,
+        "port": cluster.port if sockets is None else None,
     }
     cfg_path, out_path = workdir / "dbos_config.json", workdir / "dbos_results.json"
     cfg_path.write_text(json.dumps(config))

@@ -254,12 +254,16 @@ def _notes(meta: dict[str, Any]) -> list[str]:
     ]
 
 
+_TRANSPORTS = {"tcp": "loopback TCP", "unix": "a Unix socket; round trips not counted"}
+
+
 def markdown(meta: dict[str, Any], runs: Sequence[RunResult], checks: Sequence[TargetCheck]) -> str:
     """The whole report."""
     lines = [
         "## Workflow benchmark: pgdurable vs DBOS Transact",
         "",
-        f"{meta['started']}, {meta['postgres']} (fsync on, max_connections=200), "
+        f"{meta['started']}, {meta['postgres']} (fsync on, max_connections=200, reached over "
+        f"{_TRANSPORTS[meta.get('transport', 'tcp')]}), "
         f"{meta['host']['nproc']} CPUs (load {meta['host']['loadavg_start'][0]:.2f} at start), "
         f"pgdurable {meta['pgdurable_rev']} (`{' '.join(meta['pgdurable_args'])}`), "
         f"DBOS {meta['dbos'] or 'not run'}; Python {meta['python']}.",

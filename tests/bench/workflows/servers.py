@@ -26,9 +26,14 @@ def pgss_available(bindir: Path) -> bool:
     return (bindir.parent / "lib" / "pg_stat_statements.so").exists()
 
 
-def start_bench_cluster(bindir: Path, workdir: Path, pgss: bool) -> Cluster:
-    """initdb + start: defaults, max_connections=200, pg_stat_statements preloaded if asked."""
+def start_bench_cluster(bindir: Path, workdir: Path, pgss: bool, sockets: Path | None) -> Cluster:
+    """initdb + start: defaults, max_connections=200, pg_stat_statements preloaded if asked,
+    and a Unix socket in `sockets` when given."""
     settings = {"max_connections": "200"}
+    if sockets is not None:
+        sockets.mkdir(exist_ok=True)
+        sockets.chmod(0o777)  # the server may run as another OS user
+        settings["unix_socket_directories"] = str(sockets)
     if pgss:
         settings["shared_preload_libraries"] = "pg_stat_statements"
     try:
@@ -52,10 +57,19 @@ def prepare_databases(cluster: Cluster, pgss: bool) -> None:
             conn.execute(f"GRANT USAGE ON SEQUENCE {EVENTS_TABLE}_id_seq TO {BENCH_ROLE}")
 
 
-def start_pgdurable(cluster: Cluster, log: Path, extra_args: list[str]) -> ProxyProcess:
+def system_dsn(cluster: Cluster, dbname: str, sockets: Path | None) -> str:
+    """How the systems under test reach PostgreSQL: loopback TCP, or the Unix socket."""
+    if sockets is None:
+        return cluster.dsn(dbname=dbname)
+    return f"postgresql://postgres@/{dbname}?host={sockets}&port={cluster.port}"
+
+
+def start_pgdurable(
+    cluster: Cluster, log: Path, extra_args: list[str], sockets: Path | None = None
+) -> ProxyProcess:
     """`python -m pgdurable_proxy --upstream .../bench`, then df.grant_usage for the role."""
     proxy = ProxyProcess(
-        upstream=cluster.dsn(dbname=BENCH_DB),
+        upstream=system_dsn(cluster, BENCH_DB, sockets),
         extra_args=["--log-level", "warning", *extra_args],
         log_path=log,
     )

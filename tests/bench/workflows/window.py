@@ -27,8 +27,11 @@ from tests.bench.workflows.stats import (
 _SEGS_IN = re.compile(r"\bdata_segs_in:(\d+)")
 
 
-def tcp_segments_in(port: int) -> dict[str, int] | None:
-    """data_segs_in per peer address of the established connections to `port` (None: no ss)."""
+def tcp_segments_in(port: int | None) -> dict[str, int] | None:
+    """data_segs_in per peer address of the established connections to `port` (None: no ss,
+    or no port: the systems reach PostgreSQL over a Unix socket, which has no segments)."""
+    if port is None:
+        return None
     try:
         out = subprocess.run(
             ["ss", "-Htin", "state", "established", f"( sport = :{port} )"],
@@ -64,7 +67,7 @@ class Measurement:
 class Window:
     """open() once the clients are connected, stop_cpu() when the load ends, close() last."""
 
-    def __init__(self, reader: StatsReader, cpu: CpuProbe, port: int) -> None:
+    def __init__(self, reader: StatsReader, cpu: CpuProbe, port: int | None) -> None:
         self.reader, self.cpu, self.port = reader, cpu, port
         self._before: Snapshot | None = None
         self._segments: dict[str, int] | None = None
