@@ -91,17 +91,19 @@ class FirstTransaction:
         self.advance = StepAdvance(engine.planning)  # once promoted
         self.promoted = False
         self._promotion: str | None = None  # the first plan with the step's task row
+        self._first: str = ""  # the first plan as applied here, without that task row
 
-    def plan_first(self, state: str) -> tuple[str, Task | None]:
+    def plan_first(self, state: str) -> tuple[str, str, Task | None]:
         engine = self.engine
         planned = engine.planning.from_document(state)
         self.planned = planned
         plan = planned.plan
+        advance_xmin = str(planned.instance["advance_xmin"])
         if len(plan.tasks) != 1 or plan.cancel_nodes:
-            return plan.to_json(), None
+            return advance_xmin, plan.to_json(), None
         only = plan.tasks[0]
         if only["node_type"] != "SQL" or only["lease_owner"] != engine.owner_id:
-            return plan.to_json(), None
+            return advance_xmin, plan.to_json(), None
         self._promotion = plan.to_json()
         plan.tasks = []  # run right here: it never becomes a task row (unless promoted)
         database = engine.catalog_database
@@ -115,12 +117,12 @@ class FirstTransaction:
             database,
         )
         engine.track(RunningStep(self.task, self.backend_pid, leased=False))
-        return plan.to_json(), self.task
+        self._first = plan.to_json()
+        return advance_xmin, self._first, self.task
 
     def plan_done(self, task: Task, raw: str) -> list[str]:
         first = self.planned
         assert first is not None
-        first_json = first.plan.to_json()
         continuing = first.plan if first.plan.can_continue() else None
         done = self.engine.planning.completed(first.after(), task.node_id, raw, continuing)
         if done is None:  # cannot be: plan_first marked the step running
@@ -128,8 +130,9 @@ class FirstTransaction:
         self.planned = done
         if continuing is not None and done.plan.continued_from is None:
             return [done.plan.to_json()]  # the first plan and this one, as one
-        # a root loop began a new execution: the first one must be stored first
-        return [first_json, done.plan.to_json()]
+        # in turn: the first plan cannot be continued, or a root loop began a new execution
+        # (whose predecessor must be stored first)
+        return [self._first, done.plan.to_json()]
 
     async def promote(self, advance_xmin: str) -> bool:
         engine, planned = self.engine, self.planned

@@ -314,9 +314,10 @@ class FirstStep(Protocol):
     def advance(self) -> InStepAdvance:
         """Finishes the step once it was promoted."""
 
-    def plan_first(self, state: str) -> tuple[str, Task | None]:
-        """The first plan's JSON, and the SQL step to run in this transaction (left out
-        of the plan's tasks), or None to apply the plan alone."""
+    def plan_first(self, state: str) -> tuple[str, str, Task | None]:
+        """From df._first_state's document: the version of its _advance row, the first
+        plan's JSON, and the SQL step to run in this transaction (left out of the plan's
+        tasks), or None to apply the plan alone."""
 
     def plan_done(self, task: Task, raw: str) -> list[str]:
         """The plans (JSON) to apply, in order, once `task` completed with `raw`: the
@@ -351,8 +352,7 @@ async def run_first_step(
             state = await _book(conn, "first_state", instance_id, engine_key)
             if state is None:
                 return FirstOutcome.NOTHING
-            xmin = json.loads(state)["advance_xmin"]
-            plan, task = first.plan_first(state)
+            xmin, plan, task = first.plan_first(state)
             plans = [plan]
             if task is not None:
                 execution = asyncio.ensure_future(_execute(conn, task.payload or ""))
