@@ -524,13 +524,17 @@ class Engine:
         finally:
             self._finished(task)
 
-    async def _run_sql(self, task: Task) -> Planned | None:
+    async def _step_connection(self, owner: str, database: str) -> asyncpg.Connection:
+        """A step slot and a connection as `owner`; _release_step gives both back."""
         await self.steps.slots.acquire()
         try:
-            conn = await self.steps.acquire(task.owner, task.database)
+            return await self.steps.acquire(owner, database)
         except BaseException:
             self.steps.slots.release()
             raise
+
+    async def _run_sql(self, task: Task) -> Planned | None:
+        conn = await self._step_connection(task.owner, task.database)
         running = self._running.get((task.instance_id, task.node_id))
         if running is not None:
             running.backend_pid = conn.get_server_pid()
@@ -549,12 +553,16 @@ class Engine:
     async def _first_step(self, instance_id: str, owner: str) -> None:
         """A new instance's first advance and first SQL step in one transaction on its
         owner's connection (steps.run_first_step); the ordinary advance if that fails."""
-        await self.steps.slots.acquire()
+        database = self.settings.catalog_database
+        try:
+            conn = await self._step_connection(owner, database)
+        except (StepFailed, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.info("event=first_step_deferred instance=%s error=%r", instance_id, exc)
+            self._request_advance(instance_id)
+            return
         first = FirstTransaction(self.parts, instance_id)
-        conn = None
         outcome = FirstOutcome.NOTHING
         try:
-            conn = await self.steps.acquire(owner, self.settings.catalog_database)
             first.backend_pid = conn.get_server_pid()
             outcome = await run_first_step(conn, instance_id, uuid.UUID(self.owner_id), first)
             await self._after_first_step(instance_id, first, outcome)
@@ -563,10 +571,7 @@ class Engine:
         finally:
             if first.task is not None:
                 self._finished(first.task)
-            if conn is None:
-                self.steps.slots.release()
-            else:
-                self._spawn(self._release_step(owner, self.settings.catalog_database, conn))
+            self._spawn(self._release_step(owner, database, conn))
         if first.promoted and outcome is FirstOutcome.NOTHING and first.task is not None:
             self._start_task(first.task)  # its task row is ours: run it as any step
         elif outcome is FirstOutcome.NOTHING:
