@@ -9,7 +9,7 @@ import psycopg
 
 from engine.migrations import load_migrations, migrate
 from pgdurable_proxy.cluster import Cluster
-from tests.support.catalog import create_database
+from tests.support.catalog import create_database, install_catalog
 
 
 def test_migrating_twice_and_concurrently_gives_one_version(cluster: Cluster) -> None:
@@ -85,3 +85,87 @@ def test_an_administrator_deleting_instances_removes_their_engine_rows(cluster: 
         assert conn.execute(engine_rows).fetchone() == (2, 2, 2)
         conn.execute("TRUNCATE df.instances CASCADE")
         assert conn.execute(engine_rows).fetchone() == (0, 0, 0)
+
+
+# Node rows (type, left, right, query) and the check each breaks (None: accepted). The
+# children are placeholders: the foreign keys are deferred, and each row is rolled back.
+NODE_SHAPES = [
+    *[((kind, None, None, "q"), None) for kind in ("SQL", "SLEEP", "WAIT_SCHEDULE", "BREAK")],
+    *[((kind, None, None, "q"), None) for kind in ("HTTP", "HTTP_MULTIPART", "SIGNAL")],
+    (("SQL", "aaaaaaaa", None, "q"), "nodes_structure_chk"),
+    (("SIGNAL", None, "aaaaaaaa", "q"), "nodes_structure_chk"),
+    (("SLEEP", None, None, None), "nodes_structure_chk"),
+    (("THEN", "aaaaaaaa", "bbbbbbbb", None), None),
+    (("THEN", "aaaaaaaa", "bbbbbbbb", "q"), "nodes_structure_chk"),
+    (("THEN", "aaaaaaaa", None, None), "nodes_structure_chk"),
+    (("IF", "aaaaaaaa", "bbbbbbbb", "{}"), None),
+    (("IF", "aaaaaaaa", "bbbbbbbb", None), "nodes_structure_chk"),
+    (("IF", None, "bbbbbbbb", "{}"), "nodes_structure_chk"),
+    (("LOOP", "aaaaaaaa", None, None), None),
+    (("LOOP", "aaaaaaaa", None, "{}"), None),
+    (("LOOP", "aaaaaaaa", "bbbbbbbb", None), "nodes_structure_chk"),
+    (("LOOP", None, None, None), "nodes_structure_chk"),
+    (("JOIN", "aaaaaaaa", "bbbbbbbb", None), None),
+    (("JOIN", "aaaaaaaa", "bbbbbbbb", "{}"), None),
+    (("JOIN", None, "bbbbbbbb", None), "nodes_structure_chk"),
+    (("RACE", "aaaaaaaa", "bbbbbbbb", None), None),
+    (("RACE", "aaaaaaaa", "bbbbbbbb", "q"), "nodes_structure_chk"),
+    (("SEQ", None, None, "q"), "nodes_node_type_chk"),
+    (("sql", None, None, "q"), "nodes_node_type_chk"),
+]
+
+# Other columns of a node or an instance, and the check each value breaks (None: accepted).
+COLUMN_VALUES = [
+    ("nodes", "status", "pending", None),
+    ("nodes", "status", "failed", None),
+    ("nodes", "status", "skipped", "nodes_status_chk"),
+    ("nodes", "status", "cancelled", "nodes_status_chk"),
+    ("nodes", "result_name", "_ok9", None),
+    ("nodes", "result_name", "9no", "nodes_result_name_chk"),
+    ("nodes", "id", "ABCDEF01", "nodes_id_format_chk"),
+    ("instances", "status", "cancelled", None),
+    ("instances", "status", "skipped", "instances_status_chk"),
+    ("instances", "id", "1234567", "instances_id_format_chk"),
+    ("instances", "root_node", "xyz", "instances_root_node_format_chk"),
+]
+
+
+def _check_violated(conn: psycopg.Connection, sql: str, params: tuple[object, ...]) -> str | None:
+    """Run one INSERT or UPDATE in a rolled-back savepoint; the check it broke, if any."""
+    try:
+        with conn.transaction():
+            conn.execute(sql, params)
+            raise _RolledBack
+    except _RolledBack:
+        return None
+    except psycopg.errors.CheckViolation as exc:
+        return exc.diag.constraint_name
+
+
+class _RolledBack(Exception):
+    pass
+
+
+def test_the_catalog_checks_refuse_what_pg_durable_refuses(cluster: Cluster) -> None:
+    """Every CHECK rule of the spec (§2.1, §2.2), from its rewritten, cheaper form (0016)."""
+    dsn = create_database(cluster, "df_checks")
+    install_catalog(dsn)
+    insert_node = (
+        "INSERT INTO df.nodes (id, instance_id, node_type, left_node, right_node, query, "
+        "submitted_by) VALUES ('0000000a', '0000000a', %s, %s, %s, %s, current_user::regrole)"
+    )
+    with psycopg.connect(dsn) as conn:
+        for shape, expected in NODE_SHAPES:
+            assert _check_violated(conn, insert_node, shape) == expected, shape
+        conn.execute(
+            "INSERT INTO df.instances (id, root_node, submitted_by) "
+            "VALUES ('0000000a', '0000000a', current_user::regrole)"
+        )
+        conn.execute(insert_node, ("SQL", None, None, "q"))
+        for table, column, value, expected in COLUMN_VALUES:
+            update = f"UPDATE df.{table} SET {column} = %s"
+            assert _check_violated(conn, update, (value,)) == expected, (table, column, value)
+        result = "UPDATE df.nodes SET status = %s, result = '1'"
+        assert _check_violated(conn, result, ("completed",)) is None
+        assert _check_violated(conn, result, ("running",)) == "nodes_result_status_chk"
+        conn.rollback()
