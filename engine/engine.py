@@ -36,6 +36,7 @@ from engine.steps import (
     StepConnections,
     StepFailed,
     Task,
+    began_next_step,
     run_first_step,
     run_sql_step,
 )
@@ -411,39 +412,50 @@ class Engine:
             else:
                 self._locked_retries.pop(instance_id, None)  # the poll takes over
 
-    async def _act_on(self, instance_id: str, planned: Planned) -> None:
-        """After a plan committed: cancel abandoned steps, start the tasks leased to us, and
-        hold the state while SQL steps of the instance run here."""
+    async def _act_on(
+        self, instance_id: str, planned: Planned, carried: asyncpg.Connection | None = None
+    ) -> None:
+        """After a plan committed: cancel abandoned steps, start the tasks leased to us (the
+        plan's one SQL step on `carried`, whose transaction began with the last step's
+        COMMIT), and hold the state while SQL steps of the instance run here."""
         self._locked_retries.pop(instance_id, None)
         plan = planned.plan
-        if plan.cancel_nodes:
-            await self._cancel_steps(instance_id, set(plan.cancel_nodes))
-        if plan.wake_at is not None:
-            self.wake()
         database = planned.instance["database"] or self.settings.catalog_database
-        for task in plan.tasks:
-            if task["lease_owner"] == self.owner_id:
-                self._start_task(
-                    Task(
-                        instance_id,
-                        task["node_id"],
-                        task["node_type"],
-                        task["payload"],
-                        task["lease_token"],
-                        planned.owner,
-                        database,
-                    )
-                )
-            else:
+        try:
+            if plan.cancel_nodes:
+                await self._cancel_steps(instance_id, set(plan.cancel_nodes))
+            if plan.wake_at is not None:
                 self.wake()
+            for task in plan.tasks:
+                if task["lease_owner"] != self.owner_id:
+                    self.wake()
+                    continue
+                step = Task(
+                    instance_id,
+                    task["node_id"],
+                    task["node_type"],
+                    task["payload"],
+                    task["lease_token"],
+                    planned.owner,
+                    database,
+                )
+                on = carried if step.node_type == "SQL" else None
+                self._start_task(step, on)
+                carried = None if on is not None else carried
+        finally:
+            if carried is not None:  # its step was not started here: roll back, pool it
+                self.steps.carried.discard(carried)
+                self._spawn(self._release_step(planned.owner, database, carried))
         if database == self.settings.catalog_database and self._runs_sql(instance_id):
             self.planning.hold(instance_id, planned)
         else:
             self.planning.drop(instance_id)
 
-    async def _act_on_applied_in_step(self, instance_id: str, planned: Planned) -> None:
+    async def _act_on_applied_in_step(
+        self, instance_id: str, planned: Planned, carried: asyncpg.Connection | None = None
+    ) -> None:
         """_act_on for a plan a step's transaction applied (held state may now be checked)."""
-        await self._act_on(instance_id, planned)
+        await self._act_on(instance_id, planned, carried)
         if self.settings.verify_held_state:
             self._spawn(self._verify_held(instance_id))
 
@@ -472,9 +484,9 @@ class Engine:
             )
         )
 
-    def _start_task(self, task: Task) -> None:
+    def _start_task(self, task: Task, carried: asyncpg.Connection | None = None) -> None:
         self._track(RunningStep(task))
-        self._spawn(self._run_task(task))
+        self._spawn(self._run_task(task, carried))
 
     def _track(self, running: RunningStep) -> None:
         task = running.task
@@ -494,16 +506,17 @@ class Engine:
             else:
                 self.planning.drop(task.instance_id)
 
-    async def _run_task(self, task: Task) -> None:
+    async def _run_task(self, task: Task, carried: asyncpg.Connection | None = None) -> None:
+        """Run a leaf task; an SQL one on `carried` when its transaction was begun there."""
         try:
             if task.node_type == "SQL":
-                folded = await self._run_sql(task)
+                folded, carried = await self._run_sql(task, carried)
                 if folded is not None:  # advanced inside the step's own transaction
                     if folded.from_memory:
                         self.counters.in_step_advances_held_total += 1
                     else:
                         self.counters.in_step_advances_loaded_total += 1
-                    await self._act_on_applied_in_step(task.instance_id, folded)
+                    await self._act_on_applied_in_step(task.instance_id, folded, carried)
                     return
             elif task.node_type in ("SLEEP", "WAIT_SCHEDULE"):
                 raw = (
@@ -533,22 +546,37 @@ class Engine:
             self.steps.slots.release()
             raise
 
-    async def _run_sql(self, task: Task) -> Planned | None:
-        conn = await self._step_connection(task.owner, task.database)
+    async def _run_sql(
+        self, task: Task, carried: asyncpg.Connection | None
+    ) -> tuple[Planned | None, asyncpg.Connection | None]:
+        """Run an SQL step on `carried` (its slot and begun transaction), else on a pooled
+        connection. Returns the plan applied in the step's transaction, and the connection
+        when its COMMIT began the transaction of the step that plan leased to this engine
+        (the caller then runs that step on it, or releases it)."""
+        if carried is None:
+            conn = await self._step_connection(task.owner, task.database)
+        else:
+            conn = carried
+            self.steps.carried.discard(conn)
+            self.counters.chained_steps_total += 1
         running = self._running.get((task.instance_id, task.node_id))
         if running is not None:
             running.backend_pid = conn.get_server_pid()
         advance = StepAdvance(self.planning)
+        planned = None
         try:
             in_catalog = task.database == self.settings.catalog_database
             elsewhere = None if in_catalog else self._record_result
-            advanced = await run_sql_step(conn, task, elsewhere, advance if in_catalog else None)
+            if await run_sql_step(conn, task, elsewhere, advance if in_catalog else None):
+                planned = advance.planned[-1] if advance.planned else None
         finally:
             if running is not None:  # never cancel a pooled backend doing other work
                 running.backend_pid = None
-            # reset the connection off the critical path; it keeps its slot until pooled
-            self._spawn(self._release_step(task.owner, task.database, conn))
-        return advance.planned[-1] if advanced and advance.planned else None
+            if planned is not None and began_next_step(conn):
+                self.steps.carried.add(conn)
+            else:  # reset the connection off the critical path; it keeps its slot until pooled
+                self._spawn(self._release_step(task.owner, task.database, conn))
+        return planned, conn if conn in self.steps.carried else None
 
     async def _first_step(self, instance_id: str, owner: str) -> None:
         """A new instance's first advance and first SQL step in one transaction on its

@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -36,6 +37,7 @@ class EngineCounters:
     in_step_advances_loaded_total: int = 0  # in a step's transaction, from a fresh load
     first_steps_total: int = 0  # new instances advanced in their first step's transaction
     first_steps_promoted_total: int = 0  # of those tried, first plans committed apart (slow)
+    chained_steps_total: int = 0  # SQL steps begun by the previous step's COMMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,20 @@ class StepAdvance:
         self.planned.append(planned)
         return planned.plan.to_json()
 
+    def chains(self) -> bool:
+        owner_id = self.planning.lease.owner
+        return bool(self.planned) and next_sql_step(self.planned[-1], owner_id) is not None
+
+
+def next_sql_step(planned: Planned, owner_id: str) -> dict[str, Any] | None:
+    """The plan's one task, when it is the instance's only next step and an SQL step that
+    the engine `owner_id` leased to itself; else None."""
+    plan = planned.plan
+    if len(plan.tasks) != 1 or plan.cancel_nodes or plan.drop_all_tasks:
+        return None
+    only = plan.tasks[0]
+    return only if only["node_type"] == "SQL" and only["lease_owner"] == owner_id else None
+
 
 class FirstTransaction:
     """The engine's planning for a new instance's first transaction (steps.FirstStep)."""
@@ -99,10 +115,8 @@ class FirstTransaction:
         self.planned = planned
         plan = planned.plan
         advance_xmin = str(planned.instance["advance_xmin"])
-        if len(plan.tasks) != 1 or plan.cancel_nodes:
-            return advance_xmin, plan.to_json(), None
-        only = plan.tasks[0]
-        if only["node_type"] != "SQL" or only["lease_owner"] != engine.owner_id:
+        only = next_sql_step(planned, engine.owner_id)
+        if only is None:
             return advance_xmin, plan.to_json(), None
         self._promotion = plan.to_json()
         plan.tasks = []  # run right here: it never becomes a task row (unless promoted)

@@ -64,6 +64,8 @@ class StepConnections:
         self.runners = runners
         self.slots = asyncio.Semaphore(settings.max_user_connections)
         self._idle: dict[tuple[str, str], list[asyncpg.Connection]] = defaultdict(list)
+        # connections (with their slots) handed from a step to the next (began_next_step)
+        self.carried: set[asyncpg.Connection] = set()
 
     async def acquire(self, role: str, database: str) -> asyncpg.Connection:
         idle = self._idle[(role, database)]
@@ -141,7 +143,11 @@ class StepConnections:
 
     async def release(self, role: str, database: str, conn: asyncpg.Connection) -> None:
         try:
-            if conn in _reset_on_commit:
+            if conn in _begun:  # carried to a next step that did not run: nothing done yet
+                _begun.discard(conn)
+                _reset_on_commit.discard(conn)
+                await conn.execute("ROLLBACK")
+            elif conn in _reset_on_commit:
                 _reset_on_commit.discard(conn)
             else:
                 await conn.execute(q("reset_step_session"))
@@ -155,9 +161,9 @@ class StepConnections:
             await conn.close()
 
     async def close(self) -> None:
-        for conns in self._idle.values():
-            for conn in conns:
-                conn.terminate()
+        for conn in [*self.carried, *(c for conns in self._idle.values() for c in conns)]:
+            conn.terminate()
+        self.carried.clear()
         self._idle.clear()
 
 
@@ -165,20 +171,41 @@ Recorder = Callable[[Task, str, str], Awaitable[None]]
 
 # Step connections whose session was reset in their step's transaction.
 _reset_on_commit: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
+# Step connections whose last round trip also began the next step's transaction.
+_begun: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
+
+
+def began_next_step(conn: asyncpg.Connection) -> bool:
+    """Did the step's COMMIT also begin the transaction of the step run next on `conn`?"""
+    return conn in _begun
+
+
+@dataclass(slots=True)
+class StepEnding:
+    """How a step's transaction ends: `begin_next` asks for the next step's BEGIN to go
+    with this one's COMMIT (the engine runs that step on this connection right away)."""
+
+    begin_next: bool = False
 
 
 @contextlib.asynccontextmanager
-async def step_transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+async def step_transaction(conn: asyncpg.Connection) -> AsyncIterator[StepEnding]:
     """A step's transaction, whose last round trip resets the session and commits: one
     round trip for both (StepConnections.release then has nothing left to send).
 
     The reset comes before the COMMIT, so that the two succeed or fail together: if the
     reset fails, the step's work is rolled back like any failed statement's, never left
-    committed under an error; release then resets the session on its own."""
-    await conn.execute("BEGIN")
+    committed under an error; release then resets the session on its own. A connection
+    whose previous step began this transaction sends no BEGIN of its own."""
+    if conn in _begun:
+        _begun.discard(conn)
+    else:
+        await conn.execute("BEGIN")
+    ending = StepEnding()
     try:
-        yield
-        await conn.execute(q("reset_step_session") + " COMMIT;")
+        yield ending
+        end = " COMMIT; BEGIN;" if ending.begin_next else " COMMIT;"
+        await conn.execute(q("reset_step_session") + end)
     except BaseException:
         if conn.is_in_transaction():
             try:
@@ -187,6 +214,8 @@ async def step_transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
                 conn.terminate()  # e.g. a statement still running: never pooled
         raise
     _reset_on_commit.add(conn)
+    if ending.begin_next:
+        _begun.add(conn)
 
 
 class InStepAdvance(Protocol):
@@ -198,6 +227,10 @@ class InStepAdvance(Protocol):
 
     def from_state(self, state: str) -> str | None:
         """Plan JSON from a loaded state (JSON text); None if planning failed."""
+
+    def chains(self) -> bool:
+        """Does the plan applied leave exactly one next step, an SQL step of the instance
+        that this engine runs (so its transaction may begin with this one's COMMIT)?"""
 
 
 async def _record_and_advance(
@@ -267,10 +300,12 @@ async def run_sql_step(
         return False
     for fresh in (False, True):
         try:
-            async with step_transaction(conn):
+            async with step_transaction(conn) as ending:
                 raw = await _execute(conn, sql)
                 if advance is not None:
-                    return await _record_and_advance(conn, task, raw, advance)
+                    advanced = await _record_and_advance(conn, task, raw, advance)
+                    ending.begin_next = advanced and advance.chains()
+                    return advanced
                 await _book(
                     conn,
                     "complete_step",

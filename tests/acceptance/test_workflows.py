@@ -437,3 +437,31 @@ def test_a_step_may_leave_its_role_for_one_without_df(
     instance, status = _run(dsn, graph)
     assert status == "completed", status
     assert _result(dsn, instance) == {"rows": [{"u": owner}], "row_count": 1}
+
+
+def test_a_step_begins_on_the_connection_its_predecessor_committed(
+    proxy: ProxyProcess, wf_dsn: str
+) -> None:
+    """The COMMIT of a step whose plan leaves one next SQL step also sends that step's
+    BEGIN, and the engine runs the step on that connection: one round trip fewer. Each
+    step still finds a reset session and sees what the one before it committed."""
+    from tests.support.metrics import read_metrics
+
+    table = f"chain_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (step int, pid int)")
+    before = read_metrics(proxy.http_port)["chained_steps_total"]
+    steps = [
+        f"'INSERT INTO {table} VALUES ({n}, pg_backend_pid())' ~> "
+        f"'SELECT set_config(''work_mem'', ''{n + 1}MB'', false)' ~> "
+        for n in range(1, 4)
+    ]
+    graph = "".join(steps) + (
+        "'SELECT (SELECT setting = reset_val FROM pg_settings WHERE name = ''work_mem'') "
+        f"AS fresh, (SELECT count(*) FROM {table}) AS rows'"
+    )
+    instance, status = _run(wf_dsn, graph)
+    assert status == "completed", status
+    assert _result(wf_dsn, instance) == {"rows": [{"fresh": True, "rows": 3}], "row_count": 1}
+    chained = read_metrics(proxy.http_port)["chained_steps_total"] - before
+    assert chained >= 5, chained  # of 7 steps: all but the first one or two
