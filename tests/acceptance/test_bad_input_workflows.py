@@ -197,3 +197,77 @@ def test_invalid_cron_gets_the_position_of_its_literal(wf_dsn: str) -> None:
     assert error.sqlstate == "22023"
     assert str(error.diag.message_primary).startswith("Invalid cron expression '61 * * * *'")
     assert error.diag.statement_position == str(sql.index("'61") + 1)
+
+
+def _sql(n: int, **extra: object) -> dict[str, object]:
+    return {"node_type": "SQL", "query": f"SELECT {n}", **extra}
+
+
+# Graphs with a wrong node, and where df.start says it is: the first one in pre-order
+# (a node, then its left, right and condition subtrees, then extra_nodes in order).
+GRAPH_PROBLEMS = [
+    (
+        {
+            "node_type": "THEN",
+            "left_node": {
+                "node_type": "THEN",
+                "left_node": _sql(1),
+                "right_node": _sql(2, left_node=_sql(3)),
+            },
+            "right_node": {"node_type": "THEN", "left_node": _sql(4)},
+        },
+        "root.left.right: SQL nodes cannot have children",
+    ),
+    (
+        {
+            "node_type": "IF",
+            "left_node": _sql(1),
+            "right_node": _sql(2),
+            "condition_node": {"node_type": "THEN", "left_node": _sql(3)},
+        },
+        "root.condition_node: THEN node requires left_node and right_node",
+    ),
+    (
+        {
+            "node_type": "JOIN",
+            "left_node": _sql(1),
+            "right_node": {"node_type": "RACE", "left_node": _sql(2), "right_node": _sql(3)},
+            "extra_nodes": [_sql(4), {"node_type": "SLEEP"}, {"node_type": "BREAK"}],
+        },
+        "root.extra_nodes[1]: SLEEP node requires a query",
+    ),
+    (
+        {"node_type": "LOOP", "left_node": _sql(1), "right_node": _sql(2)},
+        "root: right_node is not valid for LOOP nodes",
+    ),
+    # a child that is missing, not malformed (reported by the catalog's CHECK before 0017)
+    (
+        {"node_type": "THEN", "left_node": _sql(1)},
+        "root: THEN node requires left_node and right_node",
+    ),
+    (
+        {"node_type": "JOIN", "left_node": _sql(1), "right_node": {"node_type": "RACE"}},
+        "root.right: RACE node requires left_node and right_node",
+    ),
+    ({"node_type": "LOOP"}, "root: LOOP node requires left_node (the body)"),
+    (
+        {"node_type": "IF", "left_node": _sql(1), "right_node": _sql(2)},
+        "root: IF node requires a condition_node or a condition config in query",
+    ),
+]
+
+
+@pytest.mark.parametrize(("graph", "where"), GRAPH_PROBLEMS)
+def test_a_graph_problem_names_the_first_wrong_node_by_its_path(
+    wf_dsn: str, graph: dict[str, object], where: str
+) -> None:
+    error = _error(wf_dsn, "SELECT df.start(%s)", json.dumps(graph))
+    assert error.sqlstate == "22023"
+    assert error.diag.message_primary == f"Invalid durable function graph: {where}"
+
+
+def test_too_deep_is_reported_before_a_wrong_node(wf_dsn: str) -> None:
+    deep = json.loads(_chain(257))
+    graph = {"node_type": "THEN", "left_node": _sql(1, right_node=_sql(2)), "right_node": deep}
+    error = _error(wf_dsn, "SELECT df.start(%s)", json.dumps(graph))
+    assert error.sqlstate == "54001"
