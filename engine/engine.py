@@ -25,7 +25,14 @@ from engine.graph import TaskLease
 from engine.held import Planned, Planning, differences
 from engine.http import HttpClient, run_http_step
 from engine.http_request import HTTP_TYPES
-from engine.in_step import EngineCounters, EngineParts, FirstTransaction, RunningStep, StepAdvance
+from engine.in_step import (
+    EngineCounters,
+    EngineParts,
+    FirstTransaction,
+    RunningStep,
+    StepAdvance,
+    next_sql_step,
+)
 from engine.migrations import migrate
 from engine.new_transaction import NewStartRequest, NewTransactionStarts
 from engine.queries import q
@@ -307,7 +314,7 @@ class Engine:
     async def _poll(self) -> float | None:
         """One scheduler pass: start the tasks claimed, advance the instances due; returns
         the seconds until the next timer (None: nothing scheduled)."""
-        free = self.steps.slots._value  # claim no more than we can run now
+        free = self.steps.slots.free  # claim no more than we can run now
         rows = await self._require_pool().fetch(
             q("poll"),
             uuid.UUID(self.owner_id),
@@ -538,12 +545,17 @@ class Engine:
             self._finished(task)
 
     async def _step_connection(self, owner: str, database: str) -> asyncpg.Connection:
-        """A step slot and a connection as `owner`; _release_step gives both back."""
-        await self.steps.slots.acquire()
+        """A step slot and a connection as `owner` (one whose transaction a finishing step
+        began, when one was handed over with the slot); _release_step gives both back."""
+        handed = await self.steps.slots.take((owner, database))
+        if handed is not None:
+            self.steps.carried.discard(handed)
+            self.counters.handed_over_steps_total += 1
+            return handed
         try:
             return await self.steps.acquire(owner, database)
         except BaseException:
-            self.steps.slots.release()
+            self.steps.slots.give()
             raise
 
     async def _run_sql(
@@ -562,7 +574,8 @@ class Engine:
         running = self._running.get((task.instance_id, task.node_id))
         if running is not None:
             running.backend_pid = conn.get_server_pid()
-        advance = StepAdvance(self.planning)
+        key = (task.owner, task.database)
+        advance = StepAdvance(self.planning, lambda: self.steps.slots.wanted(key))
         planned = None
         try:
             in_catalog = task.database == self.settings.catalog_database
@@ -572,11 +585,22 @@ class Engine:
         finally:
             if running is not None:  # never cancel a pooled backend doing other work
                 running.backend_pid = None
-            if planned is not None and began_next_step(conn):
-                self.steps.carried.add(conn)
-            else:  # reset the connection off the critical path; it keeps its slot until pooled
-                self._spawn(self._release_step(task.owner, task.database, conn))
-        return planned, conn if conn in self.steps.carried else None
+            self._pass_on(task, conn, planned)
+        own_next = planned is not None and next_sql_step(planned, self.owner_id) is not None
+        return planned, conn if own_next and conn in self.steps.carried else None
+
+    def _pass_on(self, task: Task, conn: asyncpg.Connection, planned: Planned | None) -> None:
+        """After a step: keep its connection and slot for the instance's next step (the
+        caller runs it), hand them to a step of the owner waiting for a slot, or release
+        them (resetting the connection off the critical path)."""
+        if planned is not None and began_next_step(conn):
+            self.steps.carried.add(conn)
+            if next_sql_step(planned, self.owner_id) is not None:
+                return
+            if self.steps.slots.hand((task.owner, task.database), conn):
+                return  # the waiting step takes it out of `carried`
+            self.steps.carried.discard(conn)
+        self._spawn(self._release_step(task.owner, task.database, conn))
 
     async def _first_step(self, instance_id: str, owner: str) -> None:
         """A new instance's first advance and first SQL step in one transaction on its
@@ -643,7 +667,7 @@ class Engine:
         try:
             await self.steps.release(owner, database, conn)
         finally:
-            self.steps.slots.release()
+            self.steps.slots.give()
 
     async def _record_result(self, task: Task, raw: str, delivery: str) -> None:
         await self._require_pool().execute(

@@ -37,7 +37,8 @@ class EngineCounters:
     in_step_advances_loaded_total: int = 0  # in a step's transaction, from a fresh load
     first_steps_total: int = 0  # new instances advanced in their first step's transaction
     first_steps_promoted_total: int = 0  # of those tried, first plans committed apart (slow)
-    chained_steps_total: int = 0  # SQL steps begun by the previous step's COMMIT
+    chained_steps_total: int = 0  # SQL steps begun by the COMMIT of their instance's last
+    handed_over_steps_total: int = 0  # ... by the COMMIT of another instance's step
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +57,10 @@ class EngineParts:
 class StepAdvance:
     """The engine's planning for one SQL step's transaction (steps.InStepAdvance)."""
 
-    def __init__(self, planning: Planning) -> None:
+    def __init__(self, planning: Planning, handover: Callable[[], bool] | None = None) -> None:
         self.planning = planning
         self.planned: list[Planned] = []  # the last one is what the transaction applied
+        self.handover = handover  # does another step of the owner wait for a step slot?
 
     def from_memory(self, task: Task, raw: str) -> tuple[int, str] | None:
         try:
@@ -81,8 +83,11 @@ class StepAdvance:
         return planned.plan.to_json()
 
     def chains(self) -> bool:
-        owner_id = self.planning.lease.owner
-        return bool(self.planned) and next_sql_step(self.planned[-1], owner_id) is not None
+        if not self.planned:
+            return False
+        if next_sql_step(self.planned[-1], self.planning.lease.owner) is not None:
+            return True
+        return self.handover is not None and self.handover()
 
 
 def next_sql_step(planned: Planned, owner_id: str) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from engine.queries import q
 from engine.results import UnsupportedColumn, check_columns, rows_document
 from engine.runners import NoRunner, Runners
 from engine.settings import EngineSettings
+from engine.slots import StepSlots
 
 log = logging.getLogger("pgdurable.steps")
 ACTIVE_SQL_TRANSACTION = "25001"
@@ -62,9 +63,9 @@ class StepConnections:
     def __init__(self, settings: EngineSettings, runners: Runners | None = None) -> None:
         self.settings = settings
         self.runners = runners
-        self.slots = asyncio.Semaphore(settings.max_user_connections)
+        self.slots = StepSlots(settings.max_user_connections)
         self._idle: dict[tuple[str, str], list[asyncpg.Connection]] = defaultdict(list)
-        # connections (with their slots) handed from a step to the next (began_next_step)
+        # connections (with their slots) passed from a step to the next (began_next_step)
         self.carried: set[asyncpg.Connection] = set()
 
     async def acquire(self, role: str, database: str) -> asyncpg.Connection:
@@ -229,8 +230,9 @@ class InStepAdvance(Protocol):
         """Plan JSON from a loaded state (JSON text); None if planning failed."""
 
     def chains(self) -> bool:
-        """Does the plan applied leave exactly one next step, an SQL step of the instance
-        that this engine runs (so its transaction may begin with this one's COMMIT)?"""
+        """May the next step's transaction begin with this one's COMMIT: does the plan
+        applied leave exactly one next step, an SQL step of the instance that this engine
+        runs, or does another step of the owner wait for a step slot?"""
 
 
 async def _record_and_advance(

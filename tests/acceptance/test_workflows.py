@@ -465,3 +465,34 @@ def test_a_step_begins_on_the_connection_its_predecessor_committed(
     assert _result(wf_dsn, instance) == {"rows": [{"fresh": True, "rows": 3}], "row_count": 1}
     chained = read_metrics(proxy.http_port)["chained_steps_total"] - before
     assert chained >= 5, chained  # of 7 steps: all but the first one or two
+
+
+def test_a_finishing_step_hands_its_connection_to_a_waiting_one(
+    proxy: ProxyProcess, wf_dsn: str
+) -> None:
+    """More workflows than step slots (--max-user-connections, 10): a step that finishes
+    its workflow while a step of the same owner waits for a slot hands it its slot and its
+    connection, whose COMMIT began the waiting step's transaction. Every step still runs
+    exactly once, in a reset session."""
+    from tests.support.metrics import read_metrics
+    from tests.support.workflows import await_status
+
+    table = f"handover_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (instance text, step int)")
+    before = read_metrics(proxy.http_port)["handed_over_steps_total"]
+    graph = " ~> ".join(
+        f"'INSERT INTO {table} SELECT ''{{sys_instance_id}}'', {n} "
+        f"WHERE current_setting(''test.leak'', true) IS DISTINCT FROM ''x'''"
+        f" ~> 'SELECT set_config(''test.leak'', ''x'', false)'"
+        for n in (1, 2)
+    )
+    with psycopg.connect(wf_dsn) as conn:  # all at once: they commit together
+        ids = [
+            str(r[0]) for r in conn.execute(f"SELECT df.start({graph}) FROM generate_series(1, 30)")
+        ]
+    assert {await_status(wf_dsn, i) for i in ids} == {"completed"}
+    with psycopg.connect(wf_dsn) as conn:
+        rows = conn.execute(f"SELECT instance, step FROM {table} ORDER BY 1, 2").fetchall()
+    assert rows == sorted((i, n) for i in ids for n in (1, 2))
+    assert read_metrics(proxy.http_port)["handed_over_steps_total"] > before

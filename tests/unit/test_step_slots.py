@@ -1,0 +1,74 @@
+"""The step-slot cap: waiters in order, hand-overs with a connection, cancelled waiters."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from engine.slots import StepSlots
+
+ALICE = ("alice", "db")
+BOB = ("bob", "db")
+CONN = cast(Any, object())  # stands for a step connection: the slots only pass it on
+
+
+def _run(test: Any) -> None:
+    asyncio.run(test())
+
+
+def test_free_slots_are_taken_at_once_then_waiters_are_served_in_order() -> None:
+    async def test() -> None:
+        slots = StepSlots(1)
+        assert await slots.take(ALICE) is None and slots.locked()
+        first = asyncio.ensure_future(slots.take(BOB))
+        second = asyncio.ensure_future(slots.take(ALICE))
+        await asyncio.sleep(0)
+        assert slots.wanted(BOB) and slots.wanted(ALICE) and not first.done()
+        slots.give()
+        assert await first is None and not second.done()
+        slots.give()
+        assert await second is None
+        slots.give()
+        assert slots.free == 1 and not slots.wanted(ALICE)
+
+    _run(test)
+
+
+def test_a_slot_is_handed_over_with_its_connection_to_a_waiter_of_that_owner() -> None:
+    async def test() -> None:
+        slots = StepSlots(1)
+        await slots.take(ALICE)
+        bob = asyncio.ensure_future(slots.take(BOB))
+        alice = asyncio.ensure_future(slots.take(ALICE))
+        await asyncio.sleep(0)
+        assert slots.hand(ALICE, CONN)  # ahead of bob, who waited longer but runs as bob
+        handed = await alice
+        assert not slots.hand(ALICE, CONN)  # nobody else waits as alice: nothing done
+        assert handed is CONN
+        slots.give()
+        assert await bob is None and slots.free == 0
+
+    _run(test)
+
+
+def test_a_cancelled_waiter_leaves_and_one_served_as_it_was_cancelled_passes_it_on() -> None:
+    async def test() -> None:
+        slots = StepSlots(1)
+        await slots.take(ALICE)
+        gone = asyncio.ensure_future(slots.take(BOB))
+        await asyncio.sleep(0)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert not slots.wanted(BOB)
+        late = asyncio.ensure_future(slots.take(BOB))
+        await asyncio.sleep(0)
+        slots.give()  # served ...
+        late.cancel()  # ... and cancelled before it ran: the slot must not be lost
+        with pytest.raises(asyncio.CancelledError):
+            await late
+        assert slots.free == 1
+
+    _run(test)
