@@ -37,8 +37,8 @@ class EngineCounters:
     in_step_advances_loaded_total: int = 0  # in a step's transaction, from a fresh load
     first_steps_total: int = 0  # new instances advanced in their first step's transaction
     first_steps_promoted_total: int = 0  # of those tried, first plans committed apart (slow)
-    chained_steps_total: int = 0  # SQL steps begun by the COMMIT of their instance's last
-    handed_over_steps_total: int = 0  # ... by the COMMIT of another instance's step
+    chained_steps_total: int = 0  # SQL steps begun by their instance's previous COMMIT
+    handed_over_steps_total: int = 0  # SQL steps begun by another instance's step's COMMIT
 
 
 @dataclass(frozen=True, slots=True)
