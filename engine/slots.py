@@ -57,21 +57,24 @@ class StepSlots:
 
     def wanted(self, key: SlotKey) -> bool:
         """Does a step wait for a slot to run as `key`?"""
-        return any(w.key == key for w in self._waiters)
+        return any(w.key == key and not w.future.done() for w in self._waiters)
 
     def hand(self, key: SlotKey, conn: asyncpg.Connection) -> bool:
         """Give the slot held with `conn`, and `conn`, to the first step waiting as `key`;
         False (nothing done) when none waits."""
         for waiter in self._waiters:
-            if waiter.key == key:
+            if waiter.key == key and not waiter.future.done():
                 self._waiters.remove(waiter)
                 waiter.future.set_result(conn)
                 return True
         return False
 
     def give(self) -> None:
-        """Give a slot back: to the first waiter, else to the free ones."""
-        if self._waiters:
-            self._waiters.popleft().future.set_result(None)
-        else:
-            self._free += 1
+        """Give a slot back: to the first waiter, else to the free ones. (A waiter cancelled
+        a moment ago is still queued, its future already cancelled: it is passed over.)"""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.future.done():
+                waiter.future.set_result(None)
+                return
+        self._free += 1

@@ -72,3 +72,23 @@ def test_a_cancelled_waiter_leaves_and_one_served_as_it_was_cancelled_passes_it_
         assert slots.free == 1
 
     _run(test)
+
+
+def test_a_slot_given_back_passes_over_a_waiter_cancelled_a_moment_ago() -> None:
+    async def test() -> None:
+        slots = StepSlots(1)
+        await slots.take(ALICE)
+        gone = asyncio.ensure_future(slots.take(ALICE))
+        stays = asyncio.ensure_future(slots.take(BOB))
+        await asyncio.sleep(0)
+        gone.cancel()  # its future is cancelled now; the task has not run its cleanup yet
+        assert not slots.wanted(ALICE)
+        assert not slots.hand(ALICE, CONN)
+        slots.give()
+        assert await stays is None
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        slots.give()
+        assert slots.free == 1
+
+    _run(test)
