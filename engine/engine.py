@@ -446,9 +446,11 @@ class Engine:
                     planned.owner,
                     database,
                 )
-                on = carried if step.node_type == "SQL" else None
-                self._start_task(step, on)
-                carried = None if on is not None else carried
+                if carried is not None and step.node_type == "SQL":
+                    self._start_task(step, carried)
+                    carried = None
+                else:
+                    self._start_task(step)
         finally:
             if carried is not None:  # its step was not started here: roll back, pool it
                 self.steps.carried.discard(carried)
@@ -576,7 +578,7 @@ class Engine:
             running.backend_pid = conn.get_server_pid()
         key = (task.owner, task.database)
         advance = StepAdvance(self.planning, lambda: self.steps.slots.wanted(key))
-        planned = None
+        planned = kept = None
         try:
             in_catalog = task.database == self.settings.catalog_database
             elsewhere = None if in_catalog else self._record_result
@@ -585,22 +587,22 @@ class Engine:
         finally:
             if running is not None:  # never cancel a pooled backend doing other work
                 running.backend_pid = None
-            self._pass_on(task, conn, planned)
-        own_next = planned is not None and next_sql_step(planned, self.owner_id) is not None
-        return planned, conn if own_next and conn in self.steps.carried else None
+            kept = self._pass_on(task, conn, planned)
+        return planned, kept
 
-    def _pass_on(self, task: Task, conn: asyncpg.Connection, planned: Planned | None) -> None:
-        """After a step: keep its connection and slot for the instance's next step (the
-        caller runs it), hand them to a step of the owner waiting for a slot, or release
-        them (resetting the connection off the critical path)."""
+    def _pass_on(
+        self, task: Task, conn: asyncpg.Connection, planned: Planned | None
+    ) -> asyncpg.Connection | None:
+        """After a step: keep its connection and slot for the instance's next step (returned:
+        the caller runs that step on it), hand them to a step of the owner waiting for a
+        slot, or release them (resetting the connection off the critical path)."""
         if planned is not None and began_next_step(conn):
-            self.steps.carried.add(conn)
-            if next_sql_step(planned, self.owner_id) is not None:
-                return
-            if self.steps.slots.hand((task.owner, task.database), conn):
-                return  # the waiting step takes it out of `carried`
-            self.steps.carried.discard(conn)
+            own_next = next_sql_step(planned, self.owner_id) is not None
+            if own_next or self.steps.slots.hand((task.owner, task.database), conn):
+                self.steps.carried.add(conn)  # until the step that runs on it takes it
+                return conn if own_next else None
         self._spawn(self._release_step(task.owner, task.database, conn))
+        return None
 
     async def _first_step(self, instance_id: str, owner: str) -> None:
         """A new instance's first advance and first SQL step in one transaction on its

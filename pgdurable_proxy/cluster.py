@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 CLUSTER_OS_USER = "embedded_postgres"
 
@@ -144,6 +145,11 @@ class Cluster:
         """A libpq URI for this cluster."""
         auth = f"{user}:{password}" if password else user
         return f"postgresql://{auth}@{self.host}:{self.port}/{dbname}"
+
+    def socket_dsn(self, user: str = "postgres", dbname: str = "postgres") -> str:
+        """A libpq URI for this cluster over the Unix socket in its unix_socket_directories."""
+        sockets = quote(self.settings["unix_socket_directories"], safe="")
+        return f"postgresql://{user}@/{dbname}?host={sockets}&port={self.port}"
 
     def remove(self) -> None:
         """Stop the server and delete the data directory."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from urllib.parse import quote
 
 from pgdurable_proxy.cluster import Cluster, free_port, wheel_bindir
 
@@ -38,10 +37,7 @@ def start_embedded(data_dir: Path) -> Cluster:
 
 def embedded_dsn(cluster: Cluster) -> str:
     """How pgdurable reaches the embedded server: its Unix socket if it has one."""
-    sockets = cluster.settings.get(SOCKETS, "")
-    if not sockets:
-        return cluster.dsn()
-    return f"postgresql://postgres@/postgres?host={quote(sockets, safe='')}&port={cluster.port}"
+    return cluster.socket_dsn() if cluster.settings.get(SOCKETS) else cluster.dsn()
 
 
 def _socket_fits(datadir: Path) -> bool:

@@ -102,9 +102,7 @@ def test_an_upstream_unix_socket_serves_the_relay_and_the_engine(
 ) -> None:
     """--upstream may name a socket directory: sessions and the engine's connections (its
     own and each step's, as the owner) all go through it."""
-    sockets = tls_cluster.settings["unix_socket_directories"]
-    upstream = f"postgresql://postgres@/postgres?host={sockets}&port={tls_cluster.port}"
-    proxy = ProxyProcess(upstream, log_path=tmp_path / "log").start()
+    proxy = ProxyProcess(tls_cluster.socket_dsn(), log_path=tmp_path / "log").start()
     try:
         _steps_run_over_the_socket(proxy.dsn(), "trust_user")
     finally:

@@ -59,9 +59,7 @@ def prepare_databases(cluster: Cluster, pgss: bool) -> None:
 
 def system_dsn(cluster: Cluster, dbname: str, sockets: Path | None) -> str:
     """How the systems under test reach PostgreSQL: loopback TCP, or the Unix socket."""
-    if sockets is None:
-        return cluster.dsn(dbname=dbname)
-    return f"postgresql://postgres@/{dbname}?host={sockets}&port={cluster.port}"
+    return cluster.dsn(dbname=dbname) if sockets is None else cluster.socket_dsn(dbname=dbname)
 
 
 def start_pgdurable(
