@@ -40,15 +40,69 @@ def test_a_slot_is_handed_over_with_its_connection_to_a_waiter_of_that_owner() -
     async def test() -> None:
         slots = StepSlots(1)
         await slots.take(ALICE)
+        alice = asyncio.ensure_future(slots.take(ALICE))
+        bob = asyncio.ensure_future(slots.take(BOB))
+        await asyncio.sleep(0)
+        assert slots.hand(ALICE, CONN)  # alice's turn: her waiter gets slot and connection
+        handed = await alice
+        assert handed is CONN
+        assert not slots.hand(ALICE, CONN)  # nobody else waits as alice: nothing done
+        slots.give()
+        assert await bob is None and slots.free == 0
+
+    _run(test)
+
+
+def test_a_hand_over_does_not_jump_another_owners_turn() -> None:
+    async def test() -> None:
+        slots = StepSlots(1)
+        await slots.take(ALICE)
         bob = asyncio.ensure_future(slots.take(BOB))
         alice = asyncio.ensure_future(slots.take(ALICE))
         await asyncio.sleep(0)
-        assert slots.hand(ALICE, CONN)  # ahead of bob, who waited longer but runs as bob
-        handed = await alice
-        assert not slots.hand(ALICE, CONN)  # nobody else waits as alice: nothing done
-        assert handed is CONN
+        assert not slots.hand(ALICE, CONN)  # bob's turn first
         slots.give()
-        assert await bob is None and slots.free == 0
+        assert await bob is None
+        assert slots.hand(ALICE, CONN)
+        assert await alice is CONN
+
+    _run(test)
+
+
+def test_owners_take_turns_so_a_wide_graph_does_not_starve_another_owners_step() -> None:
+    """One owner's 5,000 parallel steps queued first; another owner's hello world waited
+    behind all of them (15 minutes in an adversarial run). It now waits for one turn."""
+
+    async def test() -> None:
+        slots = StepSlots(1)
+        await slots.take(ALICE)
+        wide = [asyncio.ensure_future(slots.take(ALICE)) for _ in range(50)]
+        await asyncio.sleep(0)
+        hello = asyncio.ensure_future(slots.take(BOB))
+        await asyncio.sleep(0)
+        slots.give()
+        await asyncio.sleep(0)
+        assert wide[0].done() and not hello.done()
+        slots.give()
+        await asyncio.sleep(0)
+        assert hello.done() and not wide[1].done()
+        for future in wide:
+            future.cancel()
+        await asyncio.gather(*wide, return_exceptions=True)
+
+    _run(test)
+
+
+def test_a_free_slot_is_taken_at_once_even_if_cancelled_waiters_are_still_queued() -> None:
+    async def test() -> None:
+        slots = StepSlots(1)
+        await slots.take(ALICE)
+        gone = asyncio.ensure_future(slots.take(BOB))
+        await asyncio.sleep(0)
+        gone.cancel()  # not yet run its cleanup: still queued, future cancelled
+        slots.give()
+        assert slots.free == 1
+        assert await asyncio.wait_for(slots.take(ALICE), 1) is None
 
     _run(test)
 
