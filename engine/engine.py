@@ -1,9 +1,10 @@
 """The engine: installs the catalog, advances instances, runs leaf tasks, recovers leases.
 
-Wake-ups come from three places: NOTIFY on channel df_wake, whose payload names the
-instance to advance (df.start, df.cancel, df.signal: every call site, every pgdurable
-process), `wake()` (work for the scheduler), and a slow poll that also catches due timers and
-expired leases. When the proxy sees a df.start commit it only wakes the scheduler if the
+Wake-ups come from three places: NOTIFY on channel df_wake (df.start, df.cancel,
+df.signal: every call site, every pgdurable process; the payload says nothing, since any role
+may listen or notify), `wake()` (work for the scheduler), and a slow poll that also catches
+due timers and expired leases. Each runs a scheduler pass, which reads what is due from the
+catalog. When the proxy sees a df.start commit it only wakes the scheduler if the
 listener is down (`started_through_proxy()`).
 """
 
@@ -14,7 +15,6 @@ import contextlib
 import itertools
 import json
 import logging
-import re
 import uuid
 from collections.abc import Awaitable
 from typing import Any, cast
@@ -56,7 +56,6 @@ LOCKED_RETRIES = 8  # doubled at each retry (about 1.3 s in all); then the poll 
 # The engine's queries look rows up by key: never by a sequential scan planned while a table
 # was nearly empty (see 0010_perf.sql), and never JIT-compiled.
 ENGINE_SESSION = {"enable_seqscan": "off", "jit": "off"}
-INSTANCE_ID = re.compile(r"[0-9a-f]{8}")
 
 
 SLEEP_RESULT = '{{"slept": true, "seconds": {seconds}}}'
@@ -99,6 +98,7 @@ class Engine:
         self._running: dict[tuple[str, str], RunningStep] = {}
         self._sql_steps: dict[str, int] = {}  # instance id -> SQL steps of it in _running
         self._locked_retries: dict[str, int] = {}  # instance id -> advances retried
+        self._first_steps: set[str] = set()  # instances whose first step is being taken
         self.parts = EngineParts(
             self.planning,
             self.owner_id,
@@ -187,31 +187,21 @@ class Engine:
         await self._listener.add_listener("df_wake", self._notified)
 
     def _notified(self, *args: object) -> None:
-        """A df_wake notification: advance the instance it names right away (no scheduler
-        pass); anything else wakes the scheduler."""
-        payload = args[-1]
-        if isinstance(payload, str) and INSTANCE_ID.fullmatch(payload):
-            self._request_advance(payload)
-        elif isinstance(payload, str) and payload.startswith("["):
-            self._new_instance(payload)
-        else:
-            self.wake()
+        """A df_wake notification: look for work now. Its payload is ignored (any role may
+        NOTIFY df_wake): what to advance, and as whom, is read from the catalog."""
+        self.wake()
 
-    def _new_instance(self, payload: str) -> None:
-        """df.start's wake-up, ["<id>", "<owner>"]: an instance whose steps run in the catalog's
-        database. When a step connection is free and no advance waits, its first advance
-        and first step share one transaction; otherwise it is advanced as usual."""
-        try:
-            instance_id, owner = json.loads(payload)
-        except ValueError:
-            self.wake()
-            return
-        if not isinstance(instance_id, str) or not INSTANCE_ID.fullmatch(instance_id):
-            self.wake()
-        elif self.steps.slots.locked() or self._to_advance or not isinstance(owner, str):
+    def _new_instance(self, instance_id: str, owner: str | None, first_steps: int) -> bool:
+        """A new instance whose steps run in the catalog's database: when a step connection
+        is free and no advance waits, its first advance and first step share one
+        transaction on its owner's connection (the owner read from df.instances). False
+        when it is advanced as usual."""
+        if owner is None or self._to_advance or self.steps.slots.free <= first_steps:
             self._request_advance(instance_id)
-        else:
-            self._spawn(self._first_step(instance_id, owner))
+            return False
+        self._first_steps.add(instance_id)
+        self._spawn(self._first_step(instance_id, owner))
+        return True
 
     async def stop(self) -> None:
         """Stop the loops; in-flight steps are abandoned (their leases expire)."""
@@ -321,10 +311,14 @@ class Engine:
             self.settings.lease_seconds,
             256,
             max(0, min(free, CLAIM_BATCH)),
+            list(self._first_steps),
         )
         due = None
+        first_steps = 0
         for r in rows:
-            if r["kind"] == "advance":
+            if r["kind"] == "new":
+                first_steps += self._new_instance(r["instance_id"], r["owner"], first_steps)
+            elif r["kind"] == "advance":
                 self._request_advance(r["instance_id"])
             elif r["kind"] == "task":
                 self._start_claimed(r)
@@ -607,6 +601,12 @@ class Engine:
     async def _first_step(self, instance_id: str, owner: str) -> None:
         """A new instance's first advance and first SQL step in one transaction on its
         owner's connection (steps.run_first_step); the ordinary advance if that fails."""
+        try:
+            await self._take_first_step(instance_id, owner)
+        finally:
+            self._first_steps.discard(instance_id)
+
+    async def _take_first_step(self, instance_id: str, owner: str) -> None:
         database = self.settings.catalog_database
         try:
             conn = await self._step_connection(owner, database)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from engine.outcomes import WAITING, Broke, Done, Failed, Node, NodeStatus, Outc
 from engine.schedule import next_tick
 from engine.substitute import SubstitutionError, substitute_results, substitute_vars
 
+log = logging.getLogger("pgdurable.engine")
 BREAK_OUTSIDE_LOOP = (
     "df.break() was called outside of a loop. df.break() may only be used inside df.loop()."
 )
@@ -61,6 +63,7 @@ class Plan:
             "nodes": list(self.nodes.values()),
             "tasks": self.tasks,
             "cancel_nodes": self.cancel_nodes,
+            "consumed_signals": self.consumed_signals,
             "execution_status": self.execution_status,
             "output": self.output,
             "events": self.events,
@@ -126,7 +129,10 @@ class Planner:
                 return self._finish(Failed(problem))
             self.plan.instance_status = "running"
             self.plan.events += 5  # started, load-graph, instance->running
-        outcome = self.drive(self.instance["root"])
+        try:
+            outcome = self.drive(self.instance["root"])
+        except Exception as exc:  # a graph the start checks let through, or a planner bug
+            return self._unplannable(exc)
         if isinstance(outcome, Broke):
             outcome = Failed(BREAK_OUTSIDE_LOOP)
         if outcome is not None:
@@ -156,6 +162,15 @@ class Planner:
             self.plan.execution_status = "Failed"
             self.plan.output = outcome.error
         return self.plan
+
+    def _unplannable(self, exc: Exception) -> Plan:
+        """The instance cannot be planned: it fails once, with the reason, instead of being
+        retried for ever (the tasks this pass made never start)."""
+        log.error("event=plan_failed instance=%s error=%r", self.instance["id"], exc)
+        self.plan.tasks.clear()
+        self.plan.drop_all_tasks = True
+        self.plan.wake_at = None
+        return self._finish(Failed(f"pgdurable could not plan this instance: {exc!r}"))
 
     def _cancel(self) -> Plan:
         self.plan.drop_all_tasks = True

@@ -275,7 +275,7 @@ async def _record_and_advance(
     plan = advance.from_state(state)
     if plan is None:
         return False
-    return bool(await _book(conn, "apply_as_step", task.instance_id, secret, plan))
+    return bool(await _book(conn, "apply_as_step", task.instance_id, task.node_id, secret, plan))
 
 
 async def run_sql_step(

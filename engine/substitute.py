@@ -107,14 +107,14 @@ def _check_rowset_size(name: str, rows: list[Any]) -> None:
 
 def _rowset(name: str, rows: list[Any]) -> str:
     _check_rowset_size(name, rows)
-    alias = '"' + name.replace('"', '""') + '"'
+    alias = _identifier(name)
     if not rows or not isinstance(rows[0], dict):
         return f"(SELECT NULL WHERE false) AS {alias}"
     columns = list(rows[0])
     values = ", ".join(
         "(" + ", ".join(_rowset_value(row.get(col)) for col in columns) + ")" for row in rows
     )
-    header = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+    header = ", ".join(_identifier(c) for c in columns)
     return f"(VALUES {values}) AS {alias}({header})"
 
 
@@ -194,5 +194,18 @@ def sql_value(value: Any) -> str:
 
 
 def sql_literal(text: str) -> str:
-    """A single-quoted SQL literal (standard_conforming_strings)."""
-    return "'" + text.replace("'", "''") + "'"
+    """A single-quoted SQL literal (standard_conforming_strings). A value with a `$` in it
+    is spelt as an escape string with `$` as `\\x24`: the step may put the reference inside a
+    dollar-quoted body (a DO block, a function), whose end a `$$` in the value would be."""
+    if "$" not in text:
+        return "'" + text.replace("'", "''") + "'"
+    escaped = text.replace("\\", "\\\\").replace("'", "''").replace("$", "\\x24")
+    return "E'" + escaped + "'"
+
+
+def _identifier(name: str) -> str:
+    """A quoted identifier; one with a `$` is spelt with a Unicode escape (see sql_literal)."""
+    if "$" not in name:
+        return '"' + name.replace('"', '""') + '"'
+    escaped = name.replace("\\", "\\\\").replace('"', '""').replace("$", "\\0024")
+    return 'U&"' + escaped + '"'

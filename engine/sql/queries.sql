@@ -1,28 +1,52 @@
 -- Named queries the engine runs (loaded once by engine/queries.py).
+--
+-- Some run on a workflow owner's step session, after the owner's own SQL, whose search_path,
+-- temporary objects and role defaults the owner controls: a name resolved through it could
+-- be the owner's (a pg_temp.jsonb domain whose CHECK saw every plan). So every type,
+-- function, operator and table here is schema-qualified; tests/unit/test_engine_sql.py
+-- checks each statement. (OPERATOR(...) binds as any operator: parenthesise its operands.)
 
 -- name: poll
 -- One scheduler pass: $1 = this engine, $2 = lease seconds, $3 = most advances, $4 = most
--- tasks to claim. Rows of kind 'advance', 'task' (claimed) and one 'due'.
-SELECT * FROM df._poll($1, $2, $3, $4);
+-- tasks to claim, $5 = instances whose first step this engine is taking (left out). Rows of
+-- kind 'new' (a new instance, with its owner), 'advance', 'task' (claimed) and one 'due'.
+SELECT * FROM df._poll($1, $2, $3, $4, $5::pg_catalog.text[]);
 
 -- name: renew_leases
-UPDATE df._tasks SET lease_until = now() + make_interval(secs => $2)
-WHERE lease_owner = $1 AND lease_token = ANY ($3::uuid[])
-RETURNING lease_token;
+-- Renew this engine's leases; the tokens still leased to it come back (a token missing was
+-- lost: taken over, or its task dropped). A task row locked by a transaction (its step
+-- recording its result, an advance dropping it) is not waited for: it is still ours, and
+-- a renewal that waited on a busy instance let every other lease expire.
+WITH mine AS (
+    SELECT t.instance_id, t.node_id, t.lease_token FROM df._tasks t
+    WHERE t.lease_owner OPERATOR(pg_catalog.=) $1
+      AND t.lease_token OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.uuid[])
+), renewed AS (
+    UPDATE df._tasks t
+    SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2)
+    WHERE (t.instance_id, t.node_id) IN (
+        SELECT l.instance_id, l.node_id FROM df._tasks l
+        WHERE l.lease_owner OPERATOR(pg_catalog.=) $1
+          AND l.lease_token OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.uuid[])
+        FOR UPDATE SKIP LOCKED)
+)
+SELECT lease_token FROM mine;
 
 -- name: load_for_advance
-SELECT df._load_for_advance($1)::text;
+SELECT df._load_for_advance($1)::pg_catalog.text;
 
 -- name: apply_plan
-SELECT df._apply_plan($1, $2::jsonb);
+SELECT df._apply_plan($1, $2::pg_catalog.jsonb);
 
 -- name: load_many
 -- load_for_advance for several instances, in the order given (state NULL: held elsewhere).
-SELECT u.id, df._load_for_advance(u.id)::text AS state
-FROM unnest($1::text[]) WITH ORDINALITY AS u(id, n) ORDER BY u.n;
+SELECT u.id, df._load_for_advance(u.id)::pg_catalog.text AS state
+FROM pg_catalog.unnest($1::pg_catalog.text[]) WITH ORDINALITY AS u(id, n) ORDER BY u.n;
 
 -- name: apply_many
-SELECT df._apply_plan(u.id, u.plan::jsonb) FROM unnest($1::text[], $2::text[]) AS u(id, plan);
+SELECT df._apply_plan(u.id, u.plan::pg_catalog.jsonb)
+FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::pg_catalog.text[]))
+     AS u(id, plan);
 
 -- name: complete_step
 SELECT df._complete_step($1, $2, $3, $4, $5);
@@ -40,12 +64,12 @@ ON CONFLICT (sentinel) DO UPDATE SET schema_version = excluded.schema_version;
 
 -- name: heartbeat
 INSERT INTO df._worker_epoch (epoch_id) VALUES ($1)
-ON CONFLICT (epoch_id) DO UPDATE SET last_seen_at = now();
+ON CONFLICT (epoch_id) DO UPDATE SET last_seen_at = pg_catalog.now();
 
 -- name: reset_step_session
 -- Leave a pooled step connection as a fresh login would find it (RESET ALL skips role).
 SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *;
-SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;
+SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;
 
 -- name: as_login_role
 -- Until the transaction ends, act as the session's login role: a runner may cancel only its
@@ -53,61 +77,69 @@ SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;
 SET LOCAL ROLE NONE;
 
 -- name: cancel_backend
-SELECT pg_cancel_backend($1);
+SELECT pg_catalog.pg_cancel_backend($1);
 
 -- name: complete_and_load
 SELECT df._complete_and_load($1, $2, $3, $4, $5);
 
 -- name: apply_as_step
-SELECT df._apply_as_step($1, $2, $3::jsonb);
+SELECT df._apply_as_step($1, $2, $3, $4::pg_catalog.jsonb);
 
 -- name: new_start_ack
 -- A transaction_mode => 'new' request was taken up; old answers are cleared on the way.
 WITH pruned AS (
-    DELETE FROM df._new_starts WHERE created_at < clock_timestamp() - interval '10 minutes'
+    DELETE FROM df._new_starts
+    WHERE created_at OPERATOR(pg_catalog.<)
+          (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) '10 minutes'::pg_catalog.interval)
 )
 INSERT INTO df._new_starts (request) VALUES ($1) ON CONFLICT (request) DO NOTHING;
 
 -- name: new_start_answer
-UPDATE df._new_starts SET instance_id = $2, error = $3, sqlstate = $4 WHERE request = $1;
+UPDATE df._new_starts SET instance_id = $2, error = $3, sqlstate = $4
+WHERE request OPERATOR(pg_catalog.=) $1;
 
 -- name: may_act_as
 -- May a session that logged in as $1 start instances as $2 (as SET ROLE would allow)?
-SELECT $1::text = $2::text
-       OR coalesce(pg_has_role($1::text::name, $2::text::name, 'MEMBER'), false)
-FROM pg_roles WHERE rolname = $1 AND EXISTS (SELECT FROM pg_roles r WHERE r.rolname = $2);
+SELECT $1::pg_catalog.text OPERATOR(pg_catalog.=) $2::pg_catalog.text
+       OR coalesce(pg_catalog.pg_has_role($1::pg_catalog.text::pg_catalog.name,
+                                          $2::pg_catalog.text::pg_catalog.name, 'MEMBER'), false)
+FROM pg_catalog.pg_roles
+WHERE rolname OPERATOR(pg_catalog.=) $1
+  AND EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) $2);
 
 -- name: start_in_this_transaction
 SELECT df.start($1, $2, $3);
 
 -- name: runner_of
-SELECT runner::text FROM df._runners WHERE owner = $1;
+SELECT runner::pg_catalog.text FROM df._runners WHERE owner OPERATOR(pg_catalog.=) $1;
 
 -- name: set_runner_password
 SELECT df._set_runner_password($1, $2);
 
 -- name: http_privilege
 -- May role $1 run HTTP steps now? EXECUTE on builder $2 (no row: the role is gone).
-SELECT has_function_privilege(r.oid, $2::text, 'EXECUTE') FROM pg_roles r WHERE r.rolname = $1;
+SELECT pg_catalog.has_function_privilege(r.oid, $2::pg_catalog.text, 'EXECUTE')
+FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) $1;
 
 -- name: complete_held
-SELECT df._complete_held($1, $2, $3, $4, $5, $6::jsonb);
+SELECT df._complete_held($1, $2, $3, $4, $5, $6::pg_catalog.jsonb);
 
 -- name: held_state_check
 -- The stored state of an instance and whether a change waits for an advance (one snapshot).
-SELECT df._instance_state($1)::text AS state,
-       EXISTS (SELECT 1 FROM df._advance a WHERE a.instance_id = $1) AS pending;
+SELECT df._instance_state($1)::pg_catalog.text AS state,
+       EXISTS (SELECT 1 FROM df._advance a WHERE a.instance_id OPERATOR(pg_catalog.=) $1) AS pending;
 
 -- name: first_state
 SELECT df._first_state($1, $2);
 
 -- name: apply_first
-SELECT df._apply_first($1, $2, $3, $4::jsonb);
+SELECT df._apply_first($1, $2, $3, $4::pg_catalog.jsonb);
 
 -- name: promote_first
-SELECT df._promote_first($1, $2, $3::jsonb);
+SELECT df._promote_first($1, $2, $3::pg_catalog.jsonb);
 
 -- name: advances_due
 -- Of these instances, those with an advance due now (one that a lock made us skip).
-SELECT a.instance_id::text FROM df._advance a
-WHERE a.instance_id = ANY ($1::text[]) AND a.requested_at <= clock_timestamp();
+SELECT a.instance_id::pg_catalog.text FROM df._advance a
+WHERE a.instance_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])
+  AND a.requested_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp();

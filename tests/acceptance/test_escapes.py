@@ -15,7 +15,7 @@ from pgdurable_proxy.cluster import Cluster
 from tests.support.clusters import Flavor
 from tests.support.managed import ROOT, ManagedCluster, user_password
 from tests.support.proxy import ProxyProcess
-from tests.support.workflows import await_running, start_and_await
+from tests.support.workflows import await_running, await_status, start_and_await
 
 ALICE, BOB = "esc_alice", "esc_bob"
 RUNNER = f"df_run_{ALICE}"
@@ -248,7 +248,7 @@ RECORDERS = [
     "SELECT df._first_state(%(id)s, %(token)s)",
     "SELECT df._apply_first(%(id)s, %(token)s, '0', "
     '\'[{"instance_status": "completed", "events": 9, "execution_id": 1}]\')',
-    "SELECT df._apply_as_step(%(id)s, %(token)s, '{}')",
+    "SELECT df._apply_as_step(%(id)s, %(node)s, %(token)s, '{}')",
     "SELECT df._apply_plan(%(id)s, '{}')",
 ]
 
@@ -322,11 +322,12 @@ def test_every_catalog_relation_a_user_can_touch_is_row_secured(realm: Realm) ->
 # random request id). A new SECURITY DEFINER function users can call must be reviewed here.
 REVIEWED_DEFINERS = [
     "df._acting_owner(text)",
-    "df._apply_as_step(text,uuid,jsonb)",
+    "df._apply_as_step(text,text,uuid,jsonb)",
     "df._apply_first(text,uuid,text,jsonb)",
     "df._complete_and_load(text,text,uuid,text,text)",
     "df._complete_held(text,text,uuid,text,bigint,jsonb)",
     "df._complete_step(text,text,uuid,text,text)",
+    "df._delete_vars(regrole,text)",
     "df._first_state(text,uuid)",
     "df._new_start_outcome(uuid)",
     "df._request_advance(text)",
@@ -347,3 +348,49 @@ def test_security_definer_functions_users_can_call_are_the_reviewed_ones(realm: 
             (ALICE,),
         ).fetchall()
     assert [name for (name,) in callable_definers] == REVIEWED_DEFINERS
+
+
+# Alice's first step hooks `jsonb` for the rest of its transaction: a domain in pg_temp whose
+# CHECK saves every value cast to it, and a search_path that finds it first. The engine's
+# bookkeeping then ran on her session with `$n::jsonb` parameters: the plans it applied, with
+# the next steps' lease tokens, went through her function into her table.
+JSONB_HOOK = """DO $d$ BEGIN
+  CREATE FUNCTION pg_temp.esc_grab(v pg_catalog.jsonb) RETURNS boolean LANGUAGE sql
+    AS $f$ INSERT INTO public.esc_loot VALUES (v::pg_catalog.text) RETURNING true $f$;
+  CREATE DOMAIN pg_temp.jsonb AS pg_catalog.jsonb CHECK (pg_temp.esc_grab(VALUE));
+  PERFORM pg_catalog.set_config('search_path', 'pg_temp, pg_catalog, public', false);
+END $d$"""
+
+
+def test_a_pg_temp_jsonb_domain_never_sees_the_engines_plans(realm: Realm) -> None:
+    with psycopg.connect(realm.direct(ALICE), autocommit=True) as alice:
+        alice.execute("CREATE TABLE IF NOT EXISTS public.esc_loot (v text)")
+        alice.execute("TRUNCATE public.esc_loot")
+    _, status = start_and_await(
+        realm.via(ALICE), "%s ~> 'SELECT 2' ~> 'SELECT 3'", JSONB_HOOK, timeout=30
+    )
+    assert status == "completed"
+    with psycopg.connect(realm.direct(ALICE), autocommit=True) as alice:
+        loot = alice.execute("SELECT v FROM public.esc_loot").fetchall()
+    assert loot == [], f"the engine's plans went through alice's domain: {loot[:1]}"
+
+
+def test_a_forged_df_wake_does_not_make_the_engine_log_in_as_the_role_it_names(
+    realm: Realm,
+) -> None:
+    """Any role may NOTIFY df_wake: a payload naming an instance and an owner made the engine
+    log in as that owner (2,000 forged notifications: sessions as postgres, failed logins)."""
+    ghost = f"esc_ghost_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(realm.via(ALICE), autocommit=True) as alice:
+        for _ in range(20):
+            alice.execute(f"""NOTIFY df_wake, '["0badf00d", "{ghost}"]'""")
+        with alice.transaction():  # her own new instance, named as the superuser's
+            row = alice.execute("SELECT df.start('SELECT current_user::text AS u')").fetchone()
+            assert row is not None
+            alice.execute(f"""NOTIFY df_wake, '["{row[0]}", "{realm.superuser}"]'""")
+    assert await_status(realm.via(ALICE), str(row[0]), 30) == "completed"
+    with psycopg.connect(realm.via(ALICE)) as alice:
+        result = alice.execute("SELECT df.result(%s)", (row[0],)).fetchone()
+    assert result is not None and ALICE in str(result[0]), result
+    log = realm.proxy.log_path
+    assert log is not None and ghost not in log.read_text()

@@ -1,0 +1,86 @@
+"""Defects an adversarial run found in the engine's behaviour, each reproduced through
+pgdurable as a user would meet it."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+from pgdurable_proxy.cluster import Cluster
+from tests.support.proxy import ProxyProcess
+from tests.support.workflows import await_running, await_status
+
+
+def _start(dsn: str, graph_sql: str) -> str:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(f"SELECT df.start({graph_sql})").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _wait_node(dsn: str, instance: str, node_type: str, status: str, count: int) -> None:
+    deadline = time.monotonic() + 10
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM df.nodes WHERE instance_id = %s AND node_type = %s "
+                "AND status = %s",
+                (instance, node_type, status),
+            ).fetchone()
+            if row is not None and row[0] >= count:
+                return
+            time.sleep(0.02)
+    raise AssertionError(f"{instance}: fewer than {count} {node_type} nodes {status}")
+
+
+def test_one_signal_satisfies_one_wait(wf_dsn: str) -> None:
+    """A consumed signal was never marked consumed, so one df.signal satisfied
+    `wait('go') ~> wait('go')` (and drove a loop of waits 7 times)."""
+    instance = _start(wf_dsn, "df.wait_for_signal('go') ~> df.wait_for_signal('go') ~> 'SELECT 1'")
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        await_running(conn, instance)
+        conn.execute("SELECT df.signal(%s, 'go', '1')", (instance,))
+    _wait_node(wf_dsn, instance, "SIGNAL", "completed", 1)
+    time.sleep(0.5)  # time enough for a reused signal to complete the second wait too
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        waits = conn.execute(
+            "SELECT status FROM df.nodes WHERE instance_id = %s AND node_type = 'SIGNAL' "
+            "ORDER BY status",
+            (instance,),
+        ).fetchall()
+        assert waits == [("completed",), ("running",)]
+        conn.execute("SELECT df.signal(%s, 'go', '2')", (instance,))
+    assert await_status(wf_dsn, instance) == "completed"
+
+
+def test_an_instance_the_planner_cannot_plan_fails_once_with_the_reason(
+    wf_dsn: str, proxy: ProxyProcess, cluster: Cluster
+) -> None:
+    """A node configuration the planner cannot read (here written by hand after df.start's
+    checks, as an instance from before them would have it) failed in a tight loop: 7,780
+    tracebacks and pending for ever. It now fails its instance once."""
+    with psycopg.connect(cluster.dsn()) as admin, admin.transaction():
+        admin.execute("SET ROLE wf_user")
+        row = admin.execute("SELECT df.start('SELECT 1' ~> df.sleep(1))").fetchone()
+        assert row is not None
+        instance = str(row[0])
+        admin.execute("RESET ROLE")
+        admin.execute(
+            "UPDATE df.nodes SET query = 'abc' WHERE instance_id = %s AND node_type = 'SLEEP'",
+            (instance,),
+        )
+    assert await_status(wf_dsn, instance) == "failed"
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT output FROM df._executions WHERE instance_id = %s", (instance,)
+        ).fetchone()
+    assert row is not None and "could not plan this instance" in str(row[0]), row
+    time.sleep(0.3)
+    assert proxy.log_path is not None
+    failures = [
+        line
+        for line in proxy.log_path.read_text().splitlines()
+        if "event=plan_failed" in line and instance in line
+    ]
+    assert len(failures) == 1, failures
