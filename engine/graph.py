@@ -44,6 +44,7 @@ class Plan:
     drop_all_tasks: bool = False
     wake_at: float | None = None  # epoch seconds: advance again then
     version: int | None = None  # the instance's version once this plan is applied
+    advance_keys: list[str] | None = None  # the _advance rows the state was loaded with
 
     def can_continue(self) -> bool:
         """Whether a later pass may add to this plan, so that both are applied as one with
@@ -75,6 +76,8 @@ class Plan:
         }
         if self.instance_status is not None:
             body["instance_status"] = self.instance_status
+        if self.advance_keys is not None:
+            body["advance_keys"] = self.advance_keys
         return json.dumps(body, separators=(",", ":"))
 
 

@@ -61,11 +61,13 @@ class Planning:
     def from_document(self, state_text: str) -> Planned:
         """Plan from what df._load_for_advance returned."""
         instance = json.loads(state_text)
+        advance_keys = instance.pop("advance_keys", None)
         instance["allow_superuser"] = self.allow_superuser
         instance["min_iteration_seconds"] = self.min_iteration
         planner = Planner(instance, self.lease, _new_token)
         plan = planner.run()
         plan.version = int(instance.get("version") or 0) + 1
+        plan.advance_keys = advance_keys
         del instance["nodes"]
         offset = float(instance.get("now") or time.time()) - time.time()
         return Planned(instance, planner.nodes, plan, offset)

@@ -140,6 +140,6 @@ SELECT df._promote_first($1, $2, $3::pg_catalog.jsonb);
 
 -- name: advances_due
 -- Of these instances, those with an advance due now (one that a lock made us skip).
-SELECT a.instance_id::pg_catalog.text FROM df._advance a
+SELECT DISTINCT a.instance_id::pg_catalog.text FROM df._advance a
 WHERE a.instance_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])
   AND a.requested_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp();

@@ -294,3 +294,35 @@ def test_every_engine_statement_is_accepted_by_postgresql(catalog_dsn: str) -> N
         return failed
 
     assert asyncio.run(prepare_all()) == []
+
+
+def test_a_sibling_step_records_its_result_while_its_instance_is_being_advanced(
+    admin: psycopg.Connection, catalog_dsn: str
+) -> None:
+    """Parallel steps of one instance each upserted the instance's one _advance row, so
+    they queued behind whichever transaction was loading and planning the instance (2.3
+    steps/s for a graph of 5,000 parallel leaves). A step now records without waiting, and
+    the advance that was running leaves the sibling's request for the next one."""
+    instance = _start(catalog_dsn, "hard_alice", "SELECT 7")
+    token = uuid.uuid4()
+    admin.execute(
+        "INSERT INTO df._tasks (instance_id, node_id, node_type, payload, due_at, lease_owner,"
+        " lease_token, lease_until) SELECT %s, root_node, 'SQL', 'SELECT 7', now(),"
+        " gen_random_uuid(), %s, now() + interval '1 minute' FROM df.instances WHERE id = %s",
+        (instance, token, instance),
+    )
+    node = admin.execute("SELECT root_node FROM df.instances WHERE id = %s", (instance,))
+    node_id = node.fetchone()[0]  # type: ignore[index]
+    with psycopg.connect(catalog_dsn) as advancing, advancing.transaction():
+        state = advancing.execute("SELECT df._load_for_advance(%s)", (instance,)).fetchone()
+        assert state is not None and state[0]["advance_keys"] == [""]
+        with psycopg.connect(catalog_dsn, autocommit=True) as sibling:
+            sibling.execute("SET lock_timeout = '2s'")
+            sibling.execute(
+                'SELECT df._complete_step(%s, %s, %s, \'{"rows":[],"row_count":0}\')',
+                (instance, node_id, token),
+            )
+        plan = {"events": 1, "execution_id": 1, "advance_keys": [""]}
+        advancing.execute("SELECT df._apply_plan(%s, %s)", (instance, json.dumps(plan)))
+    left = admin.execute("SELECT node_id FROM df._advance WHERE instance_id = %s", (instance,))
+    assert left.fetchall() == [(node_id,)]

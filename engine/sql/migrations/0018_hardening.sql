@@ -21,6 +21,12 @@ DELETE FROM df._apply_grants;
 ALTER TABLE df._apply_grants ADD COLUMN instance_id text NOT NULL,
                              ADD COLUMN node_id text NOT NULL;
 
+-- An instance's _advance rows are keyed by the node that asked ('' for df.start, df.cancel,
+-- df.signal and timers): see "Sibling steps do not wait for each other" below.
+ALTER TABLE df._advance ADD COLUMN node_id text NOT NULL DEFAULT '';
+ALTER TABLE df._advance DROP CONSTRAINT _advance_pkey,
+                        ADD CONSTRAINT _advance_pkey PRIMARY KEY (instance_id, node_id);
+
 CREATE OR REPLACE FUNCTION df._complete_and_load(p_instance text, p_node text, p_token uuid,
                                                  p_raw text, p_delivery text)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER
@@ -59,7 +65,7 @@ BEGIN
     EXCEPTION WHEN others THEN
         RAISE WARNING 'pgdurable: in-step advance of % failed: %', p_instance, SQLERRM;
         INSERT INTO df._advance AS a (instance_id) VALUES (p_instance)
-        ON CONFLICT (instance_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
+        ON CONFLICT (instance_id, node_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
         RETURN false;
     END;
     RETURN true;
@@ -103,7 +109,7 @@ BEGIN
     HAVING count(*) > 0
     ON CONFLICT (instance_id) DO NOTHING;
     INSERT INTO df._advance AS a (instance_id) VALUES (new_instance)
-    ON CONFLICT (instance_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
+    ON CONFLICT (instance_id, node_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
     PERFORM pg_notify('df_wake', '');  -- any role may listen: say nothing
 END
 $$;
@@ -115,7 +121,7 @@ BEGIN
         RETURN;
     END IF;
     INSERT INTO df._advance AS a (instance_id) VALUES (target)
-    ON CONFLICT (instance_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
+    ON CONFLICT (instance_id, node_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
     PERFORM pg_notify('df_wake', '');
 END
 $$;
@@ -147,7 +153,7 @@ BEGIN
            NULL::integer, r.rolname, i.database, NULL::double precision
     FROM (SELECT a.instance_id FROM df._advance a
           WHERE a.requested_at <= clock_timestamp() AND NOT df._first_step_busy(a.instance_id, p_busy)
-          ORDER BY a.requested_at LIMIT p_advances) a
+          GROUP BY a.instance_id ORDER BY min(a.requested_at) LIMIT p_advances) a
          LEFT JOIN df.instances i ON i.id = a.instance_id
          LEFT JOIN pg_roles r ON r.oid = i.submitted_by;
     IF p_claims > 0 THEN
@@ -302,13 +308,19 @@ BEGIN
         DELETE FROM df._signals g WHERE g.instance_id = p_instance;
     END IF;
 
-    IF NOT coalesce((plan ->> 'held')::boolean, false) THEN
+    IF coalesce((plan ->> 'held')::boolean, false) THEN
+        NULL;  -- planned from held state: it took no _advance row
+    ELSIF plan ? 'advance_keys' THEN  -- the rows its state was loaded with, no others
+        DELETE FROM df._advance a
+        WHERE a.instance_id = p_instance
+          AND a.node_id IN (SELECT jsonb_array_elements_text(plan -> 'advance_keys'));
+    ELSE
         DELETE FROM df._advance WHERE instance_id = p_instance;
     END IF;
     IF plan ->> 'wake_at' IS NOT NULL THEN
         INSERT INTO df._advance AS a (instance_id, requested_at)
         VALUES (p_instance, to_timestamp((plan ->> 'wake_at')::double precision))
-        ON CONFLICT (instance_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
+        ON CONFLICT (instance_id, node_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
     END IF;
 END
 $$;
@@ -501,5 +513,120 @@ BEGIN
             THEN format('%s node requires a query', t)
     END;
     RETURN coalesce(problem, df._leaf_config_problem(t, node ->> 'query'));
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- Sibling steps do not wait for each other. Every step recorded its result by upserting its
+-- instance's one _advance row, so the parallel steps of one instance queued on that row
+-- (behind whichever transaction was loading and planning the instance, for a graph of
+-- 10,000 nodes a long time). A step now leaves a row of its own, keyed by its node (''
+-- for df.start, df.cancel, df.signal and timers); an advance deletes only the rows it
+-- loaded (their keys come with the state, as 'advance_keys'), so a row a sibling committed
+-- meanwhile stays and brings the next advance. (The table change is at the top.)
+
+CREATE OR REPLACE FUNCTION df._record_step(p_instance text, p_node text, p_token uuid,
+                                           p_raw text, p_delivery text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM df._tasks
+    WHERE instance_id = p_instance AND node_id = p_node AND lease_token = p_token;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgdurable: step %/% is not leased with this token', p_instance, p_node
+            USING ERRCODE = '40001';
+    END IF;
+    -- a step that could not run inside a transaction block says so where users look
+    UPDATE df.nodes
+    SET status = 'completed', result = p_raw::jsonb, updated_at = clock_timestamp(),
+        status_details = CASE WHEN p_delivery = 'exactly-once' THEN status_details
+                              ELSE coalesce(status_details, '{}')
+                                   || jsonb_build_object('delivery', p_delivery) END
+    WHERE instance_id = p_instance AND id = p_node;
+    INSERT INTO df._node_state AS s (instance_id, node_id, raw_result, delivery)
+    VALUES (p_instance, p_node, p_raw, p_delivery)
+    ON CONFLICT (instance_id, node_id)
+    DO UPDATE SET raw_result = excluded.raw_result, delivery = excluded.delivery;
+    INSERT INTO df._advance AS a (instance_id, node_id) VALUES (p_instance, p_node)
+    ON CONFLICT (instance_id, node_id)
+    DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df._fail_step(p_instance text, p_node text, p_token uuid, p_error text,
+                                         p_delivery text DEFAULT NULL)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM df._tasks
+    WHERE instance_id = p_instance AND node_id = p_node AND lease_token = p_token;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE df.nodes SET status = 'failed', result = to_jsonb(p_error), updated_at = clock_timestamp()
+    WHERE instance_id = p_instance AND id = p_node;
+    IF p_delivery IS NOT NULL THEN
+        INSERT INTO df._node_state (instance_id, node_id, delivery)
+        VALUES (p_instance, p_node, p_delivery)
+        ON CONFLICT (instance_id, node_id) DO UPDATE SET delivery = excluded.delivery;
+    END IF;
+    INSERT INTO df._advance AS a (instance_id, node_id) VALUES (p_instance, p_node)
+    ON CONFLICT (instance_id, node_id)
+    DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
+    RETURN true;
+END
+$$;
+
+-- The state to plan from, with the keys of the _advance rows it takes (locked until the
+-- plan is applied); NULL when another transaction holds the instance or nothing is due.
+CREATE OR REPLACE FUNCTION df._load_for_advance(p_instance text)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    keys text[];
+BEGIN
+    PERFORM 1 FROM df.instances i WHERE i.id = p_instance FOR NO KEY UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT array_agg(a.node_id) INTO keys
+    FROM (SELECT a.node_id FROM df._advance a WHERE a.instance_id = p_instance
+          FOR UPDATE SKIP LOCKED) a;
+    IF keys IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN df._instance_state(p_instance) || jsonb_build_object('advance_keys', to_jsonb(keys));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df._first_state(p_instance text, p_key uuid)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
+DECLARE
+    advance_xmin text;
+BEGIN
+    IF NOT df._engine_acting_for(p_instance, p_key)
+       OR (SELECT i.status FROM df.instances i WHERE i.id = p_instance) <> 'pending' THEN
+        RETURN NULL;
+    END IF;
+    SELECT a.xmin::text INTO advance_xmin FROM df._advance a
+    WHERE a.instance_id = p_instance AND a.node_id = '';
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN (df._instance_state(p_instance)
+            || jsonb_build_object('advance_xmin', advance_xmin))::text;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df._first_unchanged(p_instance text, p_advance_xmin text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM df.instances i
+    WHERE i.id = p_instance AND i.status = 'pending' FOR NO KEY UPDATE SKIP LOCKED;
+    IF NOT FOUND OR EXISTS (SELECT 1 FROM df._executions e WHERE e.instance_id = p_instance) THEN
+        RETURN false;
+    END IF;
+    PERFORM 1 FROM df._advance a
+    WHERE a.instance_id = p_instance AND a.node_id = '' AND a.xmin::text = p_advance_xmin
+    FOR UPDATE SKIP LOCKED;
+    RETURN FOUND;
 END
 $$;
