@@ -84,3 +84,31 @@ def test_an_instance_the_planner_cannot_plan_fails_once_with_the_reason(
         if "event=plan_failed" in line and instance in line
     ]
     assert len(failures) == 1, failures
+
+
+def test_a_wide_graph_does_not_keep_another_owners_hello_world_waiting(
+    wf_dsn: str, proxy: ProxyProcess, cluster: Cluster
+) -> None:
+    """One owner's graph of many parallel steps took every step slot, and another owner's
+    hello world waited behind all of them. Owners now take turns for slots."""
+    other = "wf_fair_other"
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (other,)).fetchone():
+            admin.execute(f"CREATE ROLE {other} LOGIN")
+    with psycopg.connect(proxy.dsn(), autocommit=True) as admin:
+        admin.execute("SELECT df.grant_usage(%s)", (other,))
+    leaves = " & ".join(["'SELECT pg_sleep(0.1)'"] * 60)
+    wide = _start(wf_dsn, f"({leaves})")
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        await_running(conn, wide)
+    _wait_node(wf_dsn, wide, "SQL", "running", 10)
+    hello = _start(proxy.dsn(other), "'SELECT 1'")
+    assert await_status(proxy.dsn(other), hello) == "completed"
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        done = conn.execute(
+            "SELECT count(*) FROM df.nodes WHERE instance_id = %s AND node_type = 'SQL' "
+            "AND status = 'completed'",
+            (wide,),
+        ).fetchone()
+    assert done is not None and done[0] < 40, f"the hello world waited for {done[0]} steps"
+    assert await_status(wf_dsn, wide, 60) == "completed"
