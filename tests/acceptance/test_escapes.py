@@ -4,6 +4,8 @@ asserts what it got: a privilege error or zero rows."""
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -394,3 +396,87 @@ def test_a_forged_df_wake_does_not_make_the_engine_log_in_as_the_role_it_names(
     assert result is not None and ALICE in str(result[0]), result
     log = realm.proxy.log_path
     assert log is not None and ghost not in log.read_text()
+
+
+def _node_and_token(realm: Realm, instance: str) -> tuple[str, uuid.UUID]:
+    """The running SQL step of `instance` and its lease token, as a hook would capture it."""
+    with psycopg.connect(realm.direct(realm.superuser)) as root:
+        for _ in range(200):
+            row = root.execute(
+                "SELECT node_id, lease_token FROM df._tasks WHERE instance_id = %s "
+                "AND lease_token IS NOT NULL",
+                (instance,),
+            ).fetchone()
+            if row is not None:
+                return str(row[0]), row[1]
+            time.sleep(0.02)
+    raise AssertionError(f"no leased task for {instance}")
+
+
+def test_an_apply_secret_from_ones_own_step_does_not_advance_another_owners_instance(
+    realm: Realm, bobs_instance: str
+) -> None:
+    """The escape's last link: with a lease token of her own running step, alice obtained
+    an apply secret and applied a plan (a task carrying her SQL) to bob's instance, and the
+    engine ran it as bob. The secret is now bound to her instance and node."""
+    with psycopg.connect(realm.via(ALICE), autocommit=True) as alice:
+        row = alice.execute("SELECT df.start('SELECT pg_sleep(60)')").fetchone()
+    assert row is not None
+    mine = str(row[0])
+    node, token = _node_and_token(realm, mine)
+    injected = json.dumps(
+        {
+            "tasks": [{"node_id": "esc00001", "node_type": "SQL", "payload": "SELECT 1"}],
+            "execution_id": 1,
+            "events": 1,
+        }
+    )
+    with psycopg.connect(realm.direct(ALICE)) as alice:
+        state = alice.execute(
+            'SELECT df._complete_and_load(%s, %s, %s, \'{"rows":[],"row_count":0}\','
+            " 'exactly-once')::jsonb ->> 'apply_secret'",
+            (mine, node, token),
+        ).fetchone()
+        assert state is not None and state[0] is not None
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            alice.execute(
+                "SELECT df._apply_as_step(%s, %s, %s, %s)",
+                (bobs_instance, node, state[0], injected),
+            )
+        alice.rollback()
+    with psycopg.connect(realm.via(ALICE), autocommit=True) as alice:
+        alice.execute("SELECT df.cancel(%s)", (mine,))
+    with psycopg.connect(realm.direct(realm.superuser)) as root:
+        planted = root.execute(
+            "SELECT count(*) FROM df._tasks WHERE instance_id = %s AND node_id = 'esc00001'",
+            (bobs_instance,),
+        ).fetchone()
+    assert planted == (0,)
+
+
+def test_a_session_that_is_only_a_member_of_the_owner_cannot_take_a_first_step(
+    realm: Realm,
+) -> None:
+    """A forged df_wake named a superuser as the owner of alice's new instance: the engine
+    logged in as it, and df._first_state accepted the session (a superuser is a member of
+    every role), so her first step would have run as the superuser."""
+    with psycopg.connect(realm.direct(realm.superuser)) as root:
+        key = root.execute("SELECT epoch_id FROM df._worker_epoch LIMIT 1").fetchone()
+        assert key is not None
+        # the engine's first transaction then waits to write the instance's first execution
+        root.execute("LOCK TABLE df._executions IN EXCLUSIVE MODE")
+        with psycopg.connect(realm.via(ALICE), autocommit=True) as alice:
+            row = alice.execute("SELECT df.start('SELECT current_user::text')").fetchone()
+            assert row is not None
+            mine = str(row[0])
+        try:
+            as_root = root.execute("SELECT df._first_state(%s, %s)", (mine, key[0])).fetchone()
+            with psycopg.connect(realm.direct(ALICE), autocommit=True) as alice:
+                as_owner = alice.execute(
+                    "SELECT df._first_state(%s, %s)", (mine, key[0])
+                ).fetchone()
+        finally:
+            root.rollback()
+    assert as_root == (None,)
+    assert as_owner is not None and as_owner[0] is not None
+    assert await_status(realm.via(ALICE), mine, 30) == "completed"

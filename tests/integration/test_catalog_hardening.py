@@ -74,61 +74,6 @@ def test_the_engine_calls_on_step_sessions_only_pinned_security_definer_function
     assert all(r[1] and r[2] for r in rows), rows
 
 
-def test_an_apply_secret_from_ones_own_step_does_not_advance_another_owners_instance(
-    admin: psycopg.Connection, catalog_dsn: str
-) -> None:
-    """The escape's last link: a secret earned with one's own lease token applied a plan
-    (a task carrying one's own SQL) to another owner's instance, which then ran as them."""
-    mine = _start(catalog_dsn, "hard_alice", "SELECT 1")
-    bobs = _start(catalog_dsn, "hard_bob", "SELECT 2")
-    token = uuid.uuid4()
-    admin.execute(  # alice's running step, as a lease token she captured would give her
-        "INSERT INTO df._tasks (instance_id, node_id, node_type, payload, due_at, lease_owner,"
-        " lease_token, lease_until) SELECT %s, root_node, 'SQL', 'SELECT 1', now(),"
-        " gen_random_uuid(), %s, now() + interval '1 minute' FROM df.instances WHERE id = %s",
-        (mine, token, mine),
-    )
-    admin.execute("UPDATE df.instances SET status = 'running' WHERE id = %s", (mine,))
-    node = admin.execute("SELECT root_node FROM df.instances WHERE id = %s", (mine,)).fetchone()
-    assert node is not None
-    injected = (
-        '{"tasks": [{"node_id": "x", "node_type": "SQL", "payload": "SELECT 1"}],'
-        ' "execution_id": 1, "events": 1}'
-    )
-    with _as(catalog_dsn, "hard_alice") as alice, alice.transaction():
-        state = alice.execute(
-            'SELECT df._complete_and_load(%s, %s, %s, \'{"rows":[],"row_count":0}\','
-            " 'exactly-once')::jsonb ->> 'apply_secret'",
-            (mine, node[0], token),
-        ).fetchone()
-        assert state is not None and state[0] is not None
-        with pytest.raises(errors.InsufficientPrivilege):
-            alice.execute(
-                "SELECT df._apply_as_step(%s, %s, %s, %s)", (bobs, node[0], state[0], injected)
-            )
-    tasks = admin.execute("SELECT count(*) FROM df._tasks WHERE instance_id = %s", (bobs,))
-    assert tasks.fetchone() == (0,)
-
-
-def test_a_session_that_is_only_a_member_of_the_owner_cannot_take_a_first_step(
-    admin: psycopg.Connection, catalog_dsn: str
-) -> None:
-    """A forged df_wake named a superuser as the owner of alice's new instance; the engine
-    logged in as it and df._first_state accepted the session (a superuser is a member of
-    every role), so alice's first step would have run as the superuser."""
-    mine = _start(catalog_dsn, "hard_alice", "SELECT current_user")
-    key = uuid.uuid4()
-    admin.execute("INSERT INTO df._worker_epoch (epoch_id) VALUES (%s)", (key,))
-    try:
-        row = admin.execute("SELECT df._first_state(%s, %s)", (mine, key)).fetchone()
-        assert row == (None,)
-        with _as(catalog_dsn, "hard_alice") as alice:
-            row = alice.execute("SELECT df._first_state(%s, %s)", (mine, key)).fetchone()
-            assert row is not None and row[0] is not None
-    finally:
-        admin.execute("DELETE FROM df._worker_epoch WHERE epoch_id = %s", (key,))
-
-
 def test_df_wake_tells_a_listener_nothing_about_another_owners_instances(
     admin: psycopg.Connection, catalog_dsn: str
 ) -> None:
