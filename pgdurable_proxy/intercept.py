@@ -42,6 +42,16 @@ def replace_sql(msg_type: int, message: bytes, sql: bytes) -> bytes:
     return frame(b"P", message[5 : name_end + 1] + sql + message[sql_end:])
 
 
+# Only texts up to this size are cached. The cache exists for statements an application
+# sends again and again (a df.start or df.status in a loop), and those are short: the
+# walkthrough's and pg_durable's examples are all under 1 KiB. A longer text is re-parsed
+# when it comes back (≈ 15 µs per 200 characters), which costs less than keeping it.
+MAX_CACHED_SQL_BYTES = 8 * 1024
+# What the whole cache may hold: texts, rewritten texts and a fixed charge per entry.
+CACHE_BUDGET_BYTES = 4 * 1024 * 1024
+ENTRY_OVERHEAD_BYTES = 256
+
+
 class Interceptor:
     """Classifies candidate statements (cached) and decides what the server receives."""
 
@@ -49,25 +59,37 @@ class Interceptor:
         self,
         metrics: Metrics,
         classifier: Callable[[str], Classification] = classify,
-        cache_size: int = 10_000,
+        cache_budget: int = CACHE_BUDGET_BYTES,
+        max_cached_sql: int = MAX_CACHED_SQL_BYTES,
     ) -> None:
         self.metrics = metrics
         self._classify = classifier
-        self._cache: dict[bytes, Classification] = {}
-        self._cache_size = cache_size
+        self._cache: dict[bytes, tuple[Classification, int]] = {}
+        self._budget = cache_budget
+        self._max_cached_sql = max_cached_sql
 
     def verdict(self, sql: bytes) -> Classification:
         """The cached classification of `sql` (classifying it on first sight)."""
         cached = self._cache.get(sql)
         if cached is not None:
             self.metrics.classify_cache_hits_total += 1
-            return cached
+            return cached[0]
         self.metrics.classified_total += 1
         verdict = self._classify(sql.decode("utf-8", "replace"))
-        if len(self._cache) >= self._cache_size:
-            del self._cache[next(iter(self._cache))]
-        self._cache[sql] = verdict
+        if len(sql) <= self._max_cached_sql:
+            self._remember(sql, verdict)
         return verdict
+
+    def _remember(self, sql: bytes, verdict: Classification) -> None:
+        """Cache a verdict, evicting the oldest entries to stay within the byte budget."""
+        size = ENTRY_OVERHEAD_BYTES + len(sql) + len(verdict.rewritten or "")
+        metrics = self.metrics
+        while self._cache and metrics.classify_cache_bytes + size > self._budget:
+            oldest = next(iter(self._cache))
+            metrics.classify_cache_bytes -= self._cache.pop(oldest)[1]
+        self._cache[sql] = (verdict, size)
+        metrics.classify_cache_bytes += size
+        metrics.classify_cache_entries = len(self._cache)
 
     def inspect(
         self, session_parameters: Mapping[str, str], msg_type: int, message: bytes

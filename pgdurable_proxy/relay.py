@@ -50,7 +50,7 @@ class ClientSession(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamLink | None = None
         self.upstream_transport: asyncio.Transport | None = None
-        self.framer = ClientFramer(self._inspect)
+        self.framer = ClientFramer(self._inspect, inspecting=False)  # until logged in
         self.params: dict[str, str] = {}
         self._startup_buffer = bytearray()
         self._closing = False
@@ -85,6 +85,11 @@ class ClientSession(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.upstream_transport is not None:
             self.upstream_transport.resume_reading()
+
+    # -- login -----------------------------------------------------------------------
+    def logged_in(self) -> None:
+        """The server accepted the login (first ReadyForQuery): statements may be looked at."""
+        self.framer.start_inspecting()
 
     # -- data ------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -209,6 +214,10 @@ class ClientSession(asyncio.Protocol):
             self.fail("57P01", "terminating connection due to pgdurable shutdown")
 
 
+def _unchanged(message: bytes) -> bytes:
+    return message
+
+
 class UpstreamLink(asyncio.Protocol):
     """The PostgreSQL side of one session: raw pipe to the client, boundaries tracked."""
 
@@ -226,8 +235,9 @@ class UpstreamLink(asyncio.Protocol):
             self.client.transport is not None
             and self.client.transport.get_extra_info("sslcontext") is not None
         )
-        if transport.get_extra_info("sslcontext") is not None and not client_tls:
-            self._auth = UntilReady(strip_channel_binding)
+        # Frame the login until its ReadyForQuery: that is when the session may be inspected.
+        strip = transport.get_extra_info("sslcontext") is not None and not client_tls
+        self._auth = UntilReady(strip_channel_binding if strip else _unchanged)
 
     def position_errors(self, hints: tuple[tuple[str, int], ...] = ()) -> None:
         """Frame replies until the next ReadyForQuery to add positions to errors."""
@@ -246,6 +256,7 @@ class UpstreamLink(asyncio.Protocol):
             data = self._auth.feed(data)
             if self._auth.done:
                 self._auth = None
+                self.client.logged_in()
         if self._positioner is not None:
             data = self._positioner.feed(data)
             if self._positioner.done:
