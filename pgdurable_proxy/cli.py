@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from pgdurable_proxy.server import ProxyServer, server_tls_context
 
 log = logging.getLogger("pgdurable.cli")
 ENGINE_BOOT_WAIT = 15.0
+FD_LIMIT_IF_UNLIMITED = 1 << 20  # Linux's default fs.nr_open
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pgdurable: error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    raise_fd_limit()
     try:
         return uvloop.run(serve(settings))
     except KeyboardInterrupt:
@@ -39,6 +42,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one line, not a traceback, for start-up failures
         print(f"pgdurable: error: {exc}", file=sys.stderr)
         return 1
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: each client costs two descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, FD_LIMIT_IF_UNLIMITED)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("event=fd_limit_not_raised soft=%s hard=%s reason=%s", soft, hard, exc)
+    log.info("event=fd_limit soft=%s hard=%s", soft, hard)
 
 
 async def serve(settings: Settings) -> int:
@@ -99,6 +115,8 @@ async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
         tls,
         wake=engine.started_through_proxy,
         start_new=engine.start_new,
+        authentication_timeout=settings.authentication_timeout,
+        max_client_connections=settings.max_client_connections,
     )
     port = await server.start(settings.host, settings.port)
     admin = None

@@ -18,6 +18,7 @@ class Metrics:
     classify_cache_bytes: int = 0  # gauge: what they hold (texts + a fixed charge each)
     workflow_statements_total: int = 0
     protocol_violations_total: int = 0
+    clients_refused_total: int = 0  # over --max-client-connections: FATAL 53300
 
     def render(self) -> str:
         """The counters in Prometheus exposition format."""

@@ -36,8 +36,9 @@ class SessionHost(Protocol):
     tls_context: ssl.SSLContext | None
     wake: Callable[[], None]
     start_new: Callable[[str, str], None]  # (login role, request detail)
+    authentication_timeout: float
 
-    def register(self, session: ClientSession) -> None: ...
+    def register(self, session: ClientSession) -> bool: ...
     def unregister(self, session: ClientSession) -> None: ...
     def inspect(self, session: ClientSession, msg_type: int, message: bytes) -> bytes | None: ...
 
@@ -54,6 +55,9 @@ class ClientSession(asyncio.Protocol):
         self.params: dict[str, str] = {}
         self._startup_buffer = bytearray()
         self._closing = False
+        self._admitted = True  # False: over --max-client-connections, refused at startup
+        self._login_timer: asyncio.TimerHandle | None = None
+        self._tls_pending = False
         # a df.start went upstream: tell the engine once the session is idle (committed)
         self.wake_on_idle = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -64,10 +68,16 @@ class ClientSession(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.host.register(self)
+        self._admitted = self.host.register(self)
+        if self._closing:
+            return
+        self._login_timer = asyncio.get_running_loop().call_later(
+            self.host.authentication_timeout, self._login_timed_out
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        self._stop_login_timer()
         self.host.unregister(self)
         link = self.upstream
         if link is None or link.transport is None or link.transport.is_closing():
@@ -89,7 +99,29 @@ class ClientSession(asyncio.Protocol):
     # -- login -----------------------------------------------------------------------
     def logged_in(self) -> None:
         """The server accepted the login (first ReadyForQuery): statements may be looked at."""
+        self._stop_login_timer()
         self.framer.start_inspecting()
+
+    def _stop_login_timer(self) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+
+    def _login_timed_out(self) -> None:
+        """authentication_timeout: from the first byte to the end of the login."""
+        self._login_timer = None
+        if self._closing or self.transport is None:
+            return
+        log.info("event=authentication_timeout seconds=%s", self.host.authentication_timeout)
+        if self._tls_pending:  # mid-handshake: nothing can be said in plaintext
+            self._closing = True
+            self.transport.abort()
+            return
+        self.fail("57014", "canceling authentication due to timeout")
+
+    def refuse(self) -> None:
+        """Answer FATAL 53300 as PostgreSQL does when max_connections is reached."""
+        self.fail("53300", "sorry, too many clients already")
 
     # -- data ------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -129,6 +161,8 @@ class ClientSession(asyncio.Protocol):
         elif isinstance(packet, startup.CancelRequest):
             self._closing = True
             self._spawn(self._forward_cancel(packet.raw))
+        elif not self._admitted:
+            self.refuse()
         else:
             self.params = packet.params
             self.transport.pause_reading()
@@ -146,6 +180,7 @@ class ClientSession(asyncio.Protocol):
             return
         self.transport.write(b"S")
         self.transport.pause_reading()
+        self._tls_pending = True
         self._spawn(self._start_tls(ctx))
 
     async def _start_tls(self, ctx: ssl.SSLContext) -> None:
@@ -157,6 +192,8 @@ class ClientSession(asyncio.Protocol):
             log.info("event=tls_failed reason=%s", exc)
             self.transport.abort()
             return
+        finally:
+            self._tls_pending = False
         self.transport = cast(asyncio.Transport, tls)
 
     async def _forward_cancel(self, packet: bytes) -> None:

@@ -3,6 +3,16 @@ pgdurable (the real process, in front of real clusters)."""
 
 from __future__ import annotations
 
+import re
+import select
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgdurable_proxy.cluster import Cluster
 from tests.support.metrics import read_metrics, rss_bytes
 from tests.support.proxy import ProxyProcess
 from tests.support.rawwire import Message, RawConnection, query, startup_packet
@@ -51,3 +61,110 @@ def test_unauthenticated_big_queries_are_neither_held_nor_classified(
     assert peak_rss - base_rss < 64 * MIB, (base_rss, peak_rss)
     for name in CACHE_GAUGES:
         assert after.get(name, 0) == before.get(name, 0), name
+
+
+@pytest.fixture
+def short_auth_proxy(cluster: Cluster, tmp_path: Path) -> Iterator[ProxyProcess]:
+    args = ["--authentication-timeout", "1"]
+    process = ProxyProcess(cluster.dsn(), args, log_path=tmp_path / "pgdurable.log").start()
+    yield process
+    process.stop()
+
+
+def _expect_auth_timeout(conn: RawConnection, started: float) -> None:
+    messages = _drain(conn)
+    elapsed = time.monotonic() - started
+    assert messages and messages[-1].type == "E", messages
+    assert messages[-1].fields["C"] == "57014", messages[-1].fields
+    assert messages[-1].fields["S"] == "FATAL"
+    assert 0.9 < elapsed < 3.0, elapsed
+
+
+def test_slow_loris_startup_is_cut_off(short_auth_proxy: ProxyProcess) -> None:
+    """One byte of the startup packet every 0.2 s: cut off after the 1 s timeout."""
+    conn = RawConnection(short_auth_proxy.port)
+    started = time.monotonic()
+    for byte in startup_packet():  # ~40 bytes: 8 s if never cut off
+        _send_ignoring_hangup(conn, bytes([byte]))
+        readable, _, _ = select.select([conn.sock], [], [], 0.2)
+        if readable:
+            break
+    _expect_auth_timeout(conn, started)
+
+
+def test_login_left_unfinished_is_cut_off(short_auth_proxy: ProxyProcess) -> None:
+    """A password login that never sends its password ends at the timeout too."""
+    conn = RawConnection(short_auth_proxy.port)
+    started = time.monotonic()
+    conn.send(startup_packet("scram_user"))
+    auth = conn.read_message()
+    assert auth is not None and auth.type == "R"
+    _expect_auth_timeout(conn, started)
+
+
+def test_idle_session_outlives_the_authentication_timeout(
+    short_auth_proxy: ProxyProcess,
+) -> None:
+    with psycopg.connect(short_auth_proxy.dsn(), autocommit=True) as conn:
+        time.sleep(1.5)
+        assert conn.execute("SELECT 'still here'").fetchone() == ("still here",)
+
+
+@pytest.fixture
+def three_client_proxy(cluster: Cluster, tmp_path: Path) -> Iterator[ProxyProcess]:
+    args = ["--max-client-connections", "3"]
+    process = ProxyProcess(cluster.dsn(), args, log_path=tmp_path / "pgdurable.log").start()
+    yield process
+    process.stop()
+
+
+def _refused(port: int) -> dict[str, str]:
+    conn = RawConnection(port)
+    conn.send(startup_packet())
+    messages = _drain(conn)
+    conn.close()
+    assert [m.type for m in messages] == ["E"], messages
+    return messages[0].fields
+
+
+def test_too_many_clients_get_53300(three_client_proxy: ProxyProcess) -> None:
+    proxy = three_client_proxy
+    sessions = [psycopg.connect(proxy.dsn(), autocommit=True) for _ in range(3)]
+    fields = _refused(proxy.port)
+    assert (fields["S"], fields["C"], fields["M"]) == (
+        "FATAL",
+        "53300",
+        "sorry, too many clients already",
+    )
+    with pytest.raises(psycopg.OperationalError, match="sorry, too many clients already"):
+        psycopg.connect(proxy.dsn())
+    for n, conn in enumerate(sessions):  # the sessions inside the limit carry on
+        assert conn.execute("SELECT %s::int", (n,)).fetchone() == (n,)
+    sessions.pop().close()
+    deadline = time.monotonic() + 5
+    while True:  # the freed slot is taken as soon as pgdurable saw the close
+        try:
+            sessions.append(psycopg.connect(proxy.dsn(), autocommit=True))
+            break
+        except psycopg.OperationalError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert sessions[-1].execute("SELECT 'reused'").fetchone() == ("reused",)
+    assert read_metrics(proxy.http_port)["clients_refused_total"] >= 2
+    for conn in sessions:
+        conn.close()
+
+
+def test_fd_soft_limit_is_raised_to_the_hard_limit(cluster: Cluster, tmp_path: Path) -> None:
+    log_path = tmp_path / "pgdurable.log"
+    proxy = ProxyProcess(cluster.dsn(), log_path=log_path, soft_fd_limit=256).start()
+    try:
+        assert proxy.process is not None
+        limits = Path(f"/proc/{proxy.process.pid}/limits").read_text()
+        found = re.search(r"^Max open files\s+(\S+)\s+(\S+)", limits, re.MULTILINE)
+        assert found is not None, limits
+        soft, hard = found.groups()
+        assert soft == hard and soft != "256", limits
+        assert f"event=fd_limit soft={soft} hard={hard}" in log_path.read_text()
+    finally:
+        proxy.stop()
