@@ -15,6 +15,7 @@ from typing import Any
 
 from pglast import parser
 
+from dsl import deepjson
 from dsl.steps import (
     LiteralPosition,
     StepSyntaxError,
@@ -60,7 +61,7 @@ class Classification:
 def classify(sql: str) -> Classification:
     """Classify one Query/Parse text (which may hold several statements)."""
     try:
-        tree = json.loads(parser.parse_sql_json(sql))
+        tree = _parse_tree(sql)
     except parser.ParseError:
         return Classification(StatementKind.UNPARSABLE)
     raw_statements = tree.get("stmts", [])
@@ -100,6 +101,16 @@ def classify(sql: str) -> Classification:
         step_error=error,
         literal_positions=positions,
     )
+
+
+def _parse_tree(sql: str) -> dict[str, Any]:
+    """libpg_query's parse tree as dicts; trees deeper than `json.loads` goes decode too."""
+    text = parser.parse_sql_json(sql)
+    try:
+        tree: dict[str, Any] = json.loads(text)
+    except RecursionError:  # json.loads is bounded by the recursion limit, deepjson is not
+        tree = deepjson.loads(text)
+    return tree
 
 
 def _first_step_error(
@@ -160,5 +171,5 @@ def _is_create_extension(stmt: dict[str, Any]) -> bool:
 def _operator_name(expr: dict[str, Any]) -> str | None:
     names = expr.get("name", [])
     if len(names) == 1 and "String" in names[0]:
-        return str(names[0]["String"]["sval"])
+        return str(names[0]["String"].get("sval", ""))
     return None

@@ -226,7 +226,11 @@ class ClientSession(asyncio.Protocol):
 
     # -- interception and errors ---------------------------------------------------------
     def _inspect(self, msg_type: int, message: bytes) -> bytes | None:
-        return self.host.inspect(self, msg_type, message)
+        try:
+            return self.host.inspect(self, msg_type, message)
+        except Exception:  # a bug: log it, and let the server have the statement as sent
+            log.exception("event=inspect_failed")
+            return None
 
     def fail(self, sqlstate: str, message: str) -> None:
         """Tell the client FATAL <sqlstate> when the stream allows it, then close both sides."""

@@ -168,3 +168,20 @@ def test_fd_soft_limit_is_raised_to_the_hard_limit(cluster: Cluster, tmp_path: P
         assert f"event=fd_limit soft={soft} hard={hard}" in log_path.read_text()
     finally:
         proxy.stop()
+
+
+DEEP_STATEMENTS = {
+    "plus_800_terms": ("SELECT df.version(), " + "+".join(["1"] * 800), 800),
+    "coalesce_400_deep": ("SELECT df.version(), " + "coalesce(" * 400 + "7" + ")" * 400, 7),
+}
+
+
+@pytest.mark.parametrize("protocol", ["extended", "simple"])
+@pytest.mark.parametrize("name", sorted(DEEP_STATEMENTS))
+def test_deep_statement_passes_through(proxy: ProxyProcess, name: str, protocol: str) -> None:
+    sql, expected = DEEP_STATEMENTS[name]
+    cursor_factory = psycopg.ClientCursor if protocol == "simple" else psycopg.Cursor
+    with psycopg.connect(proxy.dsn(), autocommit=True, cursor_factory=cursor_factory) as conn:
+        version, value = conn.execute(sql).fetchone()  # type: ignore[misc]
+        assert isinstance(version, str) and value == expected
+        assert conn.execute("SELECT 'usable'").fetchone() == ("usable",)
