@@ -12,12 +12,15 @@ from pgdurable_proxy.wire.messages import frame
 _Q = ord("Q")
 
 
-def message_sql(msg_type: int, message: bytes) -> bytes:
-    """The SQL text of a whole Query or Parse message, as raw bytes."""
+def message_sql(msg_type: int, message: bytes) -> bytes | None:
+    """The SQL text of a whole Query or Parse message, as raw bytes; None if malformed."""
     if msg_type == _Q:
         return message[5:-1]
-    name_end = message.index(b"\0", 5)
-    return message[name_end + 1 : message.index(b"\0", name_end + 1)]
+    name_end = message.find(b"\0", 5)
+    sql_end = message.find(b"\0", name_end + 1) if name_end >= 0 else -1
+    if sql_end < 0:
+        return None  # the server refuses it (08P01); nothing to classify
+    return message[name_end + 1 : sql_end]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +100,11 @@ class Interceptor:
         """What to do with a candidate message: replacement bytes and engine hints."""
         if not _lexable(session_parameters):
             return PASS
+        sql = message_sql(msg_type, message)
+        if sql is None:
+            return PASS
         self.metrics.candidates_total += 1
-        verdict = self.verdict(message_sql(msg_type, message))
+        verdict = self.verdict(sql)
         if verdict.kind is StatementKind.WORKFLOW:
             self.metrics.workflow_statements_total += 1
         replacement = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import select
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,3 +186,27 @@ def test_deep_statement_passes_through(proxy: ProxyProcess, name: str, protocol:
         version, value = conn.execute(sql).fetchone()  # type: ignore[misc]
         assert isinstance(version, str) and value == expected
         assert conn.execute("SELECT 'usable'").fetchone() == ("usable",)
+
+
+MALFORMED_PARSES = {
+    "no_terminators": b"SELECT df.version()",
+    "no_sql_terminator": b"\0SELECT df.version()",
+    "name_only": b"df_statement\0",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED_PARSES))
+def test_malformed_parse_naming_df_gets_the_servers_error(proxy: ProxyProcess, name: str) -> None:
+    assert proxy.log_path is not None
+    log_offset = proxy.log_path.stat().st_size
+    conn = RawConnection(proxy.port)
+    assert conn.login()[-1].type == "Z"
+    body = MALFORMED_PARSES[name]
+    conn.send(b"P" + struct.pack("!I", len(body) + 4) + body + b"S\0\0\0\4")
+    replies = conn.read_until("Z")
+    assert [m.type for m in replies] == ["E", "Z"], replies
+    assert replies[0].fields["C"] == "08P01" and replies[0].fields["S"] == "ERROR"
+    conn.send(query("SELECT df.version()"))
+    assert [m.type for m in conn.read_until("Z")] == ["T", "D", "C", "Z"]
+    conn.close()
+    assert "Traceback" not in proxy.log_path.read_text()[log_offset:]
