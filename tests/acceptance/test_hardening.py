@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import select
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,3 +211,29 @@ def test_malformed_parse_naming_df_gets_the_servers_error(proxy: ProxyProcess, n
     assert [m.type for m in conn.read_until("Z")] == ["T", "D", "C", "Z"]
     conn.close()
     assert "Traceback" not in proxy.log_path.read_text()[log_offset:]
+
+
+def test_huge_dense_df_statement_does_not_stall_other_sessions(proxy: ProxyProcess) -> None:
+    """800 kB of `SELECT df.version(), 1,1,…`: classifying it must not hold the event loop."""
+    big = "SELECT df.version(), " + ",".join(["1"] * 400_000)
+    sqlstates: list[str | None] = []
+
+    def send() -> None:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            try:
+                conn.execute(big)
+            except psycopg.Error as exc:
+                sqlstates.append(exc.sqlstate)
+
+    with psycopg.connect(proxy.dsn(), autocommit=True) as other:
+        other.execute("SELECT 1")
+        sender = threading.Thread(target=send)
+        sender.start()
+        worst = 0.0
+        while sender.is_alive():
+            started = time.monotonic()
+            other.execute("SELECT 1")
+            worst = max(worst, time.monotonic() - started)
+        sender.join()
+    assert sqlstates == ["54011"]  # PostgreSQL: target lists can have at most 1664 entries
+    assert worst < 0.5, worst
