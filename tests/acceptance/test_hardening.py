@@ -172,6 +172,26 @@ def test_fd_soft_limit_is_raised_to_the_hard_limit(cluster: Cluster, tmp_path: P
         proxy.stop()
 
 
+def test_client_limit_is_lowered_to_what_the_fd_limit_serves(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Hard limit 256: 1000 clients would need ~3,000 descriptors; pgdurable says so."""
+    log_path = tmp_path / "pgdurable.log"
+    proxy = ProxyProcess(
+        cluster.dsn(), log_path=log_path, soft_fd_limit=256, hard_fd_limit=256
+    ).start()
+    try:
+        log = log_path.read_text()
+        assert "event=max_client_connections_lowered configured=1000 effective=60" in log, log
+        sessions = [psycopg.connect(proxy.dsn(), autocommit=True) for _ in range(60)]
+        assert _refused(proxy.port)["C"] == "53300"
+        assert sessions[-1].execute("SELECT 1").fetchone() == (1,)
+        for conn in sessions:
+            conn.close()
+    finally:
+        proxy.stop()
+
+
 DEEP_STATEMENTS = {
     "plus_800_terms": ("SELECT df.version(), " + "+".join(["1"] * 800), 800),
     "coalesce_400_deep": ("SELECT df.version(), " + "coalesce(" * 400 + "7" + ")" * 400, 7),

@@ -24,6 +24,7 @@ class ProxyProcess:
     http_port: int = field(default_factory=free_port)
     log_path: Path | None = None
     soft_fd_limit: int | None = None  # start with this soft RLIMIT_NOFILE
+    hard_fd_limit: int | None = None  # and this hard one (lowering it cannot be undone)
     process: subprocess.Popen[str] | None = None
 
     def __post_init__(self) -> None:
@@ -53,7 +54,7 @@ class ProxyProcess:
             stderr=log,
             text=True,
             env={**os.environ},
-            preexec_fn=self._limit_fds if self.soft_fd_limit is not None else None,
+            preexec_fn=self._limit_fds if self.soft_fd_limit or self.hard_fd_limit else None,
         )
         deadline = time.monotonic() + timeout
         assert self.process.stdout is not None
@@ -66,8 +67,9 @@ class ProxyProcess:
         raise TimeoutError("pgdurable did not become ready")
 
     def _limit_fds(self) -> None:
-        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (self.soft_fd_limit, hard))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        hard = self.hard_fd_limit or hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.soft_fd_limit or min(soft, hard), hard))
 
     def dsn(self, user: str = "postgres", password: str = "", dbname: str = "postgres") -> str:
         """libpq URI pointing at the proxy."""
