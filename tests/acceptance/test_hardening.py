@@ -49,7 +49,7 @@ def test_unauthenticated_big_queries_are_neither_held_nor_classified(
     before = read_metrics(managed_proxy.http_port)
     base_rss = peak_rss = rss_bytes(pid)
     big = query("SELECT df.start($$" + "x" * (15 * MIB) + "$$)")
-    for n in range(8):
+    for n in range(20):
         conn = RawConnection(managed_proxy.port)
         conn.send(startup_packet(f"made_up_user_{n}"))
         auth = conn.read_message()
