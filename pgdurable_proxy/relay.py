@@ -114,8 +114,7 @@ class ClientSession(asyncio.Protocol):
             return
         log.info("event=authentication_timeout seconds=%s", self.host.authentication_timeout)
         if self._tls_pending:  # mid-handshake: nothing can be said in plaintext
-            self._closing = True
-            self.transport.abort()
+            self._drop()
             return
         self.fail("57014", "canceling authentication due to timeout")
 
@@ -190,11 +189,21 @@ class ClientSession(asyncio.Protocol):
             tls = await loop.start_tls(self.transport, self, ctx, server_side=True)
         except (OSError, ssl.SSLError) as exc:
             log.info("event=tls_failed reason=%s", exc)
-            self.transport.abort()
+            self._drop()
             return
         finally:
             self._tls_pending = False
         self.transport = cast(asyncio.Transport, tls)
+
+    def _drop(self) -> None:
+        """Abort a connection whose TLS handshake did not finish: this protocol will not
+        hear connection_lost (the TLS layer never handed the connection over), so forget
+        the session here."""
+        self._closing = True
+        self._stop_login_timer()
+        if self.transport is not None:
+            self.transport.abort()
+        self.host.unregister(self)
 
     async def _forward_cancel(self, packet: bytes) -> None:
         assert self.transport is not None

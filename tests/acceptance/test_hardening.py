@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from pgdurable_proxy.cluster import Cluster
+from tests.support.certs import self_signed
 from tests.support.metrics import read_metrics, rss_bytes
 from tests.support.proxy import ProxyProcess
 from tests.support.rawwire import Message, RawConnection, query, startup_packet
@@ -102,6 +103,30 @@ def test_login_left_unfinished_is_cut_off(short_auth_proxy: ProxyProcess) -> Non
     auth = conn.read_message()
     assert auth is not None and auth.type == "R"
     _expect_auth_timeout(conn, started)
+
+
+def test_tls_handshake_left_unfinished_is_cut_off(cluster: Cluster, tmp_path: Path) -> None:
+    """SSLRequest answered 'S', then no ClientHello: the connection is dropped at the timeout."""
+    cert, key = self_signed(tmp_path)
+    log_path = tmp_path / "pgdurable.log"
+    args = ["--authentication-timeout", "1", "--tls-cert", str(cert), "--tls-key", str(key)]
+    proxy = ProxyProcess(cluster.dsn(), args, log_path=log_path).start()
+    try:
+        conn = RawConnection(proxy.port)
+        started = time.monotonic()
+        conn.send(struct.pack("!II", 8, 80877103))
+        assert conn.sock.recv(1) == b"S"
+        assert _drain(conn) == []  # closed without a word: nothing can be said in plaintext
+        assert 0.9 < time.monotonic() - started < 3.0
+        with psycopg.connect(proxy.dsn(), sslmode="require", autocommit=True) as healthy:
+            assert healthy.execute("SELECT 1").fetchone() == (1,)
+        deadline = time.monotonic() + 3  # the dropped connection is forgotten too
+        while read_metrics(proxy.http_port)["sessions_active"] != 0:
+            assert time.monotonic() < deadline, "a session outlived its connection"
+            time.sleep(0.05)
+    finally:
+        proxy.stop()
+    assert "Traceback" not in log_path.read_text()
 
 
 def test_idle_session_outlives_the_authentication_timeout(
