@@ -94,7 +94,7 @@ def _deepen(rng: random.Random, text: str) -> str:
     else:  # PostgreSQL refuses 1200 terms (stack depth): an error with a SQLSTATE
         deep = "('SELECT ' || " + "+".join(["1"] * depth) + ")"
     if rng.random() < 0.2:
-        deep = " ~> ".join([deep] + ["'SELECT 1'"] * rng.choice((50, 500)))
+        deep = " ~> ".join([deep] + ["'SELECT 1'"] * rng.choice((20, 150)))
     return text.replace("'SELECT 1'", deep, 1)
 
 
@@ -104,12 +104,17 @@ MUTATIONS: list[Callable[[random.Random, str], str]] = [
 ]
 
 
-def mutated(rng: random.Random) -> str:
-    """One fuzzed statement: a corpus entry with 1-4 mutations, never a NUL byte."""
+def mutated(rng: random.Random) -> bytes:
+    """One fuzzed statement: a corpus entry with 1-4 mutations, sometimes with raw bytes
+    that are not UTF-8, never a NUL byte."""
     text = rng.choice(CORPUS)
     for _ in range(rng.randint(1, 4)):
         text = rng.choice(MUTATIONS)(rng, text)
-    return text.replace("\0", "")
+    data = text.encode()
+    if rng.random() < 0.1:
+        at = rng.randrange(len(data) + 1)
+        data = data[:at] + rng.randbytes(rng.randint(1, 4)) + data[at:]
+    return data.replace(b"\0", b"")
 
 
 def _connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
