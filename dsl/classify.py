@@ -72,7 +72,7 @@ class Classification:
 def classify(sql: str) -> Classification:
     """Classify one Query/Parse text (which may hold several statements)."""
     if len(sql) > MAX_EXACT_SQL_CHARS:
-        return _from_text(sql)
+        return _from_big_text(sql)
     try:
         text = parser.parse_sql_json(sql)
     except parser.ParseError:
@@ -123,7 +123,7 @@ def classify(sql: str) -> Classification:
 
 
 def _from_text(sql: str) -> Classification:
-    """A verdict without parsing, for texts too big to parse on the event loop.
+    """A verdict without parsing, for trees too big to decode on the event loop.
 
     It names the df functions the text seems to call (in literals and comments too: a
     spurious `start` costs a wake-up and a notice tap, nothing more). It rewrites nothing:
@@ -135,6 +135,14 @@ def _from_text(sql: str) -> Classification:
         return Classification(StatementKind.PASSTHROUGH)
     uses_operators = any(op in sql for op in DSL_OPERATORS)
     return Classification(StatementKind.WORKFLOW, functions, uses_operators)
+
+
+def _from_big_text(sql: str) -> Classification:
+    """Like `_from_text` for texts over MAX_EXACT_SQL_CHARS, where even a regular expression
+    costs up to a second on adversarial text: any `start` counts as a call of df.start."""
+    if "start" not in sql.lower():
+        return Classification(StatementKind.PASSTHROUGH)
+    return Classification(StatementKind.WORKFLOW, frozenset({"start"}))
 
 
 class _TooDeep(Exception):

@@ -38,10 +38,18 @@ def test_a_deep_df_start_is_classified_exactly() -> None:
     assert verdict.step_error is not None and verdict.step_error.step == "SELEC 2"
 
 
-def test_a_big_text_is_judged_from_the_text() -> None:
-    padding = "-- " + "x" * MAX_EXACT_SQL_CHARS + "\n"
-    verdict = classify(padding + 'SELECT df.Start(\'SELEC 1\'), "df"."Status"(1), x.df.y()')
+def test_a_big_tree_is_judged_from_the_text() -> None:
+    dense = ", ".join(["1"] * 30_000)  # a tree of more than 1 MiB of JSON
+    verdict = classify(f'SELECT df.Start(\'SELEC 1\'), "df"."Status"(1), x.df.y(), {dense}')
     assert verdict.kind is StatementKind.WORKFLOW
     assert verdict.df_functions == {"start", "Status"}
     assert verdict.rewritten is None and verdict.step_error is None
-    assert classify(padding + "SELECT 1").kind is StatementKind.PASSTHROUGH
+    assert classify(f"SELECT df_x({dense})").kind is StatementKind.PASSTHROUGH
+
+
+def test_a_big_text_only_says_whether_it_may_start_a_workflow() -> None:
+    padding = "-- " + "x" * MAX_EXACT_SQL_CHARS + "\n"
+    verdict = classify(padding + "SELECT df.START('SELEC 1')")
+    assert verdict.starts_workflow
+    assert verdict.rewritten is None and verdict.step_error is None
+    assert classify(padding + "SELECT df.status('x')").kind is StatementKind.PASSTHROUGH
