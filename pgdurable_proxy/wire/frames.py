@@ -1,11 +1,11 @@
 """Header-only framing of both directions: the relay's hot path.
 
 Client→server: every message is checked (type, length) but only `Q` and `P` bodies are
-ever looked at, and only when a cheap byte pre-filter hits. Everything else, CopyData
-included, streams through as the original bytes. Server→client: bodies are skipped; only
-ReadyForQuery, BackendKeyData, ParameterStatus and ErrorResponse are read, so the relay
-knows where message boundaries are (to write its own messages safely) and the session's
-transaction status.
+ever looked at, only once the login succeeded, and only when a cheap byte pre-filter
+hits. Everything else, CopyData included, streams through as the original bytes.
+Server→client: bodies are skipped; only ReadyForQuery, BackendKeyData, ParameterStatus
+and ErrorResponse are read, so the relay knows where message boundaries are (to write its
+own messages safely) and the session's transaction status.
 
 Measured on the project machine (2 vCPU, CPython 3.11): `ClientFramer.feed` on one
 pgbench `-S` simple Query ≈ 1.1 µs, `ServerTracker.feed` on its 4-message reply ≈ 1.4 µs
