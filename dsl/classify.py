@@ -9,12 +9,14 @@ libpg_query's JSON output (≈ 15 µs for 200 characters) rather than pglast's P
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from pglast import parser
 
+from dsl import deepjson
 from dsl.steps import (
     LiteralPosition,
     StepSyntaxError,
@@ -27,6 +29,16 @@ from dsl.tree import df_function_name, nodes_of
 
 DSL_OPERATORS = frozenset({"~>", "|=>", "?>", "!>", "@>", "&", "|"})
 EXTENSION_NAME = "pg_durable"
+# The relay classifies on its event loop, and the densest statements cost ~6 µs a byte to
+# parse, decode and walk (`SELECT df.version(), 1,1,…` of 2 MB: 12 s, every session
+# stalled). Past these sizes the verdict comes from the text alone (`_from_text`).
+MAX_EXACT_SQL_CHARS = 256 * 1024
+MAX_TREE_JSON_CHARS = 1024 * 1024
+MAX_DEEP_TREE_JSON_CHARS = 512 * 1024  # the iterative decoder is ~5x slower than json's
+# df.<name>( in the text, quoted or not: what the text-only verdict looks for.
+_DF_CALL = re.compile(
+    r'(?<![\w.$"])(?:df|"df")\s*\.\s*("?)([A-Za-z_][A-Za-z0-9_$]*)\1\s*\(', re.IGNORECASE
+)
 
 
 class StatementKind(StrEnum):
@@ -59,10 +71,18 @@ class Classification:
 
 def classify(sql: str) -> Classification:
     """Classify one Query/Parse text (which may hold several statements)."""
+    if len(sql) > MAX_EXACT_SQL_CHARS:
+        return _from_big_text(sql)
     try:
-        tree = json.loads(parser.parse_sql_json(sql))
+        text = parser.parse_sql_json(sql)
     except parser.ParseError:
         return Classification(StatementKind.UNPARSABLE)
+    if len(text) > MAX_TREE_JSON_CHARS:
+        return _from_text(sql)
+    try:
+        tree = _decode_tree(text)
+    except _TooDeep:
+        return _from_text(sql)
     raw_statements = tree.get("stmts", [])
     statements = [raw["stmt"] for raw in raw_statements]
     if any(_is_create_extension(stmt) for stmt in statements):
@@ -100,6 +120,44 @@ def classify(sql: str) -> Classification:
         step_error=error,
         literal_positions=positions,
     )
+
+
+def _from_text(sql: str) -> Classification:
+    """A verdict without parsing, for trees too big to decode on the event loop.
+
+    It names the df functions the text seems to call (in literals and comments too: a
+    spurious `start` costs a wake-up and a notice tap, nothing more). It rewrites nothing:
+    no early step syntax check, no cron positions, and a CREATE EXTENSION pg_durable in
+    such a text reaches the server as written.
+    """
+    functions = frozenset(name if quote else name.lower() for quote, name in _DF_CALL.findall(sql))
+    if not functions:
+        return Classification(StatementKind.PASSTHROUGH)
+    uses_operators = any(op in sql for op in DSL_OPERATORS)
+    return Classification(StatementKind.WORKFLOW, functions, uses_operators)
+
+
+def _from_big_text(sql: str) -> Classification:
+    """Like `_from_text` for texts over MAX_EXACT_SQL_CHARS, where even a regular expression
+    costs up to a second on adversarial text: any `start` counts as a call of df.start."""
+    if "start" not in sql.lower():
+        return Classification(StatementKind.PASSTHROUGH)
+    return Classification(StatementKind.WORKFLOW, frozenset({"start"}))
+
+
+class _TooDeep(Exception):
+    """A tree too deep for json.loads and too big for the iterative decoder's budget."""
+
+
+def _decode_tree(text: str) -> dict[str, Any]:
+    """libpg_query's parse tree as dicts; trees deeper than `json.loads` goes decode too."""
+    try:
+        tree: dict[str, Any] = json.loads(text)
+    except RecursionError:  # json.loads is bounded by the recursion limit, deepjson is not
+        if len(text) > MAX_DEEP_TREE_JSON_CHARS:
+            raise _TooDeep from None
+        tree = deepjson.loads(text)
+    return tree
 
 
 def _first_step_error(
@@ -160,5 +218,5 @@ def _is_create_extension(stmt: dict[str, Any]) -> bool:
 def _operator_name(expr: dict[str, Any]) -> str | None:
     names = expr.get("name", [])
     if len(names) == 1 and "String" in names[0]:
-        return str(names[0]["String"]["sval"])
+        return str(names[0]["String"].get("sval", ""))
     return None

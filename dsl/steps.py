@@ -74,27 +74,53 @@ def start_steps(statement: dict[str, Any]) -> Iterator[StepConstant]:
             yield from _steps_of(fut)
 
 
-def _steps_of(expr: dict[str, Any]) -> Iterator[StepConstant]:
+def _steps_of(root: dict[str, Any]) -> Iterator[StepConstant]:
+    """The step constants of a Durofut expression, left to right, at any depth."""
+    stack = [root]
+    while stack:
+        expr = stack.pop()
+        if not isinstance(expr, dict):
+            continue
+        if "A_Const" in expr:
+            step = _step_constant(expr["A_Const"])
+            if step is not None:
+                yield step
+        else:
+            stack.extend(reversed(_step_operands(expr)))
+
+
+def _step_constant(const: dict[str, Any]) -> StepConstant | None:
+    sval = const.get("sval")
+    if not isinstance(sval, dict):
+        return None
+    value = str(sval.get("sval", ""))
+    if value.lstrip().startswith("{"):  # a Durofut JSON text, not SQL
+        return None
+    return StepConstant(value, int(const.get("location", -1)))
+
+
+def _step_operands(expr: dict[str, Any]) -> list[Any]:
+    """The sub-expressions of `expr` that are themselves steps (or hold steps)."""
     if "TypeCast" in expr:
-        yield from _steps_of(expr["TypeCast"]["arg"])
-    elif "A_Const" in expr and "sval" in expr["A_Const"]:
-        const = expr["A_Const"]
-        value = const["sval"].get("sval", "")
-        if not value.lstrip().startswith("{"):  # a Durofut JSON text, not SQL
-            yield StepConstant(value, const.get("location", -1))
-    elif "A_Expr" in expr and expr["A_Expr"].get("kind") == "AEXPR_OP":
+        return [expr["TypeCast"].get("arg")]
+    if "A_Expr" in expr and expr["A_Expr"].get("kind") == "AEXPR_OP":
         node = expr["A_Expr"]
-        op = node["name"][0]["String"]["sval"] if node.get("name") else ""
         operands = [node.get("lexpr"), node.get("rexpr")]
-        for index in STEP_OPERANDS.get(op, ()):
-            if operands[index] is not None:
-                yield from _steps_of(operands[index])
-    elif "FuncCall" in expr:
+        return [operands[i] for i in STEP_OPERANDS.get(_operator(node), ())]
+    if "FuncCall" in expr:
         name = df_function_name(expr["FuncCall"])
         args = expr["FuncCall"].get("args", [])
-        for index in STEP_ARGUMENTS.get(name or "", ()):
-            if index < len(args) and "NamedArgExpr" not in args[index]:
-                yield from _steps_of(args[index])
+        indexes = STEP_ARGUMENTS.get(name or "", ())
+        return [args[i] for i in indexes if i < len(args) and "NamedArgExpr" not in args[i]]
+    return []
+
+
+def _operator(node: dict[str, Any]) -> str:
+    """An operator's name (`~>`), or "" for a schema-qualified or missing one."""
+    names = node.get("name") or []
+    if len(names) != 1 or not isinstance(names[0], dict) or "String" not in names[0]:
+        return ""
+    return str(names[0]["String"].get("sval", ""))
 
 
 # Execution-time references: `{var}` is raw text (it may be a table name), `$name` a value.

@@ -23,7 +23,9 @@ def nodes_of(tree: Any, node_type: str) -> Iterator[dict[str, Any]]:
 
 def df_function_name(call: dict[str, Any]) -> str | None:
     """`start` for a FuncCall of `df.start(...)`; None for anything outside schema df."""
-    names = [part["String"]["sval"] for part in call.get("funcname", []) if "String" in part]
+    names = [
+        part["String"].get("sval", "") for part in call.get("funcname", []) if "String" in part
+    ]
     if len(names) == 2 and names[0] == "df":
         return str(names[1])
     return None

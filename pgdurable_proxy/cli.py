@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -22,6 +24,8 @@ from pgdurable_proxy.server import ProxyServer, server_tls_context
 
 log = logging.getLogger("pgdurable.cli")
 ENGINE_BOOT_WAIT = 15.0
+FD_LIMIT_IF_UNLIMITED = 1 << 20  # Linux's default fs.nr_open
+FD_RESERVE = 64  # listening sockets, the engine's own connections, logs, HTTP steps
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pgdurable: error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    settings = fit_client_limit(settings, raise_fd_limit())
     try:
         return uvloop.run(serve(settings))
     except KeyboardInterrupt:
@@ -39,6 +44,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one line, not a traceback, for start-up failures
         print(f"pgdurable: error: {exc}", file=sys.stderr)
         return 1
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (each client costs two descriptors);
+    return the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, FD_LIMIT_IF_UNLIMITED)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("event=fd_limit_not_raised soft=%s hard=%s reason=%s", soft, hard, exc)
+    log.info("event=fd_limit soft=%s hard=%s", soft, hard)
+    return FD_LIMIT_IF_UNLIMITED if soft == resource.RLIM_INFINITY else soft
+
+
+def fit_client_limit(settings: Settings, fd_limit: int) -> Settings:
+    """Lower --max-client-connections to what `fd_limit` descriptors can serve, with a warning.
+
+    An admitted client holds two descriptors, a refused one one (up to as many again before
+    refusals become immediate), and the engine needs connections of its own besides.
+    """
+    reserve = FD_RESERVE + settings.max_user_connections + settings.max_new_transaction_starts
+    fitting = max(1, (fd_limit - reserve) // 3)
+    if settings.max_client_connections <= fitting:
+        return settings
+    log.warning(
+        "event=max_client_connections_lowered configured=%d effective=%d fd_limit=%d",
+        settings.max_client_connections,
+        fitting,
+        fd_limit,
+    )
+    return dataclasses.replace(settings, max_client_connections=fitting)
 
 
 async def serve(settings: Settings) -> int:
@@ -99,6 +138,8 @@ async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
         tls,
         wake=engine.started_through_proxy,
         start_new=engine.start_new,
+        authentication_timeout=settings.authentication_timeout,
+        max_client_connections=settings.max_client_connections,
     )
     port = await server.start(settings.host, settings.port)
     admin = None

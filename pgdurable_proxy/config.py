@@ -43,6 +43,8 @@ class Settings:
     secret: bytes | None = field(default=None, repr=False)  # never printed
     http: HttpSettings = field(default_factory=HttpSettings)
     verify_held_state: bool = False
+    authentication_timeout: float = 60.0
+    max_client_connections: int = 1000
 
     @property
     def embedded(self) -> bool:
@@ -89,6 +91,18 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         30.0,
         type=float,
         help="seconds sessions may take to finish after SIGTERM",
+    )
+    option(
+        "--authentication-timeout",
+        60.0,
+        type=float,
+        help="seconds a client may take from connecting to the end of its login",
+    )
+    option(
+        "--max-client-connections",
+        1000,
+        type=int,
+        help="client connections at once; more get FATAL 53300 (too many clients)",
     )
     option(
         "--enable-superuser-instances",
@@ -206,6 +220,10 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
             raise ConfigError(f"no such file: {path}")
     if not 0 <= args.port < 65536:
         raise ConfigError(f"invalid port: {args.port}")
+    if args.authentication_timeout <= 0:
+        raise ConfigError("--authentication-timeout must be positive")
+    if args.max_client_connections < 1:
+        raise ConfigError("--max-client-connections must be at least 1")
     return Settings(
         upstream=upstream,
         host=args.host,
@@ -226,4 +244,6 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         secret=_secret(args.secret_file, env),
         http=_http_settings(args),
         verify_held_state=args.verify_held_state,
+        authentication_timeout=args.authentication_timeout,
+        max_client_connections=args.max_client_connections,
     )

@@ -12,12 +12,15 @@ from pgdurable_proxy.wire.messages import frame
 _Q = ord("Q")
 
 
-def message_sql(msg_type: int, message: bytes) -> bytes:
-    """The SQL text of a whole Query or Parse message, as raw bytes."""
+def message_sql(msg_type: int, message: bytes) -> bytes | None:
+    """The SQL text of a whole Query or Parse message, as raw bytes; None if malformed."""
     if msg_type == _Q:
         return message[5:-1]
-    name_end = message.index(b"\0", 5)
-    return message[name_end + 1 : message.index(b"\0", name_end + 1)]
+    name_end = message.find(b"\0", 5)
+    sql_end = message.find(b"\0", name_end + 1) if name_end >= 0 else -1
+    if sql_end < 0:
+        return None  # the server refuses it (08P01); nothing to classify
+    return message[name_end + 1 : sql_end]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,16 @@ def replace_sql(msg_type: int, message: bytes, sql: bytes) -> bytes:
     return frame(b"P", message[5 : name_end + 1] + sql + message[sql_end:])
 
 
+# Only texts up to this size are cached. The cache exists for statements an application
+# sends again and again (a df.start or df.status in a loop), and those are short: the
+# walkthrough's and pg_durable's examples are all under 1 KiB. A longer text is re-parsed
+# when it comes back (≈ 15 µs per 200 characters), which costs less than keeping it.
+MAX_CACHED_SQL_BYTES = 8 * 1024
+# What the whole cache may hold: texts, rewritten texts and a fixed charge per entry.
+CACHE_BUDGET_BYTES = 4 * 1024 * 1024
+ENTRY_OVERHEAD_BYTES = 256
+
+
 class Interceptor:
     """Classifies candidate statements (cached) and decides what the server receives."""
 
@@ -49,25 +62,37 @@ class Interceptor:
         self,
         metrics: Metrics,
         classifier: Callable[[str], Classification] = classify,
-        cache_size: int = 10_000,
+        cache_budget: int = CACHE_BUDGET_BYTES,
+        max_cached_sql: int = MAX_CACHED_SQL_BYTES,
     ) -> None:
         self.metrics = metrics
         self._classify = classifier
-        self._cache: dict[bytes, Classification] = {}
-        self._cache_size = cache_size
+        self._cache: dict[bytes, tuple[Classification, int]] = {}
+        self._budget = cache_budget
+        self._max_cached_sql = max_cached_sql
 
     def verdict(self, sql: bytes) -> Classification:
         """The cached classification of `sql` (classifying it on first sight)."""
         cached = self._cache.get(sql)
         if cached is not None:
             self.metrics.classify_cache_hits_total += 1
-            return cached
+            return cached[0]
         self.metrics.classified_total += 1
         verdict = self._classify(sql.decode("utf-8", "replace"))
-        if len(self._cache) >= self._cache_size:
-            del self._cache[next(iter(self._cache))]
-        self._cache[sql] = verdict
+        if len(sql) <= self._max_cached_sql:
+            self._remember(sql, verdict)
         return verdict
+
+    def _remember(self, sql: bytes, verdict: Classification) -> None:
+        """Cache a verdict, evicting the oldest entries to stay within the byte budget."""
+        size = ENTRY_OVERHEAD_BYTES + len(sql) + len(verdict.rewritten or "")
+        metrics = self.metrics
+        while self._cache and metrics.classify_cache_bytes + size > self._budget:
+            oldest = next(iter(self._cache))
+            metrics.classify_cache_bytes -= self._cache.pop(oldest)[1]
+        self._cache[sql] = (verdict, size)
+        metrics.classify_cache_bytes += size
+        metrics.classify_cache_entries = len(self._cache)
 
     def inspect(
         self, session_parameters: Mapping[str, str], msg_type: int, message: bytes
@@ -75,8 +100,11 @@ class Interceptor:
         """What to do with a candidate message: replacement bytes and engine hints."""
         if not _lexable(session_parameters):
             return PASS
+        sql = message_sql(msg_type, message)
+        if sql is None:
+            return PASS
         self.metrics.candidates_total += 1
-        verdict = self.verdict(message_sql(msg_type, message))
+        verdict = self.verdict(sql)
         if verdict.kind is StatementKind.WORKFLOW:
             self.metrics.workflow_statements_total += 1
         replacement = None

@@ -36,8 +36,9 @@ class SessionHost(Protocol):
     tls_context: ssl.SSLContext | None
     wake: Callable[[], None]
     start_new: Callable[[str, str], None]  # (login role, request detail)
+    authentication_timeout: float
 
-    def register(self, session: ClientSession) -> None: ...
+    def register(self, session: ClientSession) -> bool: ...
     def unregister(self, session: ClientSession) -> None: ...
     def inspect(self, session: ClientSession, msg_type: int, message: bytes) -> bytes | None: ...
 
@@ -50,10 +51,13 @@ class ClientSession(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamLink | None = None
         self.upstream_transport: asyncio.Transport | None = None
-        self.framer = ClientFramer(self._inspect)
+        self.framer = ClientFramer(self._inspect, inspecting=False)  # until logged in
         self.params: dict[str, str] = {}
         self._startup_buffer = bytearray()
         self._closing = False
+        self._admitted = True  # False: over --max-client-connections, refused at startup
+        self._login_timer: asyncio.TimerHandle | None = None
+        self._tls_pending = False
         # a df.start went upstream: tell the engine once the session is idle (committed)
         self.wake_on_idle = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -64,10 +68,16 @@ class ClientSession(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.host.register(self)
+        self._admitted = self.host.register(self)
+        if self._closing:
+            return
+        self._login_timer = asyncio.get_running_loop().call_later(
+            self.host.authentication_timeout, self._login_timed_out
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        self._stop_login_timer()
         self.host.unregister(self)
         link = self.upstream
         if link is None or link.transport is None or link.transport.is_closing():
@@ -85,6 +95,32 @@ class ClientSession(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.upstream_transport is not None:
             self.upstream_transport.resume_reading()
+
+    # -- login -----------------------------------------------------------------------
+    def logged_in(self) -> None:
+        """The server accepted the login (first ReadyForQuery): statements may be looked at."""
+        self._stop_login_timer()
+        self.framer.start_inspecting()
+
+    def _stop_login_timer(self) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+
+    def _login_timed_out(self) -> None:
+        """authentication_timeout: from the first byte to the end of the login."""
+        self._login_timer = None
+        if self._closing or self.transport is None:
+            return
+        log.info("event=authentication_timeout seconds=%s", self.host.authentication_timeout)
+        if self._tls_pending:  # mid-handshake: nothing can be said in plaintext
+            self._drop()
+            return
+        self.fail("57014", "canceling authentication due to timeout")
+
+    def refuse(self) -> None:
+        """Answer FATAL 53300 as PostgreSQL does when max_connections is reached."""
+        self.fail("53300", "sorry, too many clients already")
 
     # -- data ------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -124,6 +160,8 @@ class ClientSession(asyncio.Protocol):
         elif isinstance(packet, startup.CancelRequest):
             self._closing = True
             self._spawn(self._forward_cancel(packet.raw))
+        elif not self._admitted:
+            self.refuse()
         else:
             self.params = packet.params
             self.transport.pause_reading()
@@ -141,6 +179,7 @@ class ClientSession(asyncio.Protocol):
             return
         self.transport.write(b"S")
         self.transport.pause_reading()
+        self._tls_pending = True
         self._spawn(self._start_tls(ctx))
 
     async def _start_tls(self, ctx: ssl.SSLContext) -> None:
@@ -150,9 +189,21 @@ class ClientSession(asyncio.Protocol):
             tls = await loop.start_tls(self.transport, self, ctx, server_side=True)
         except (OSError, ssl.SSLError) as exc:
             log.info("event=tls_failed reason=%s", exc)
-            self.transport.abort()
+            self._drop()
             return
+        finally:
+            self._tls_pending = False
         self.transport = cast(asyncio.Transport, tls)
+
+    def _drop(self) -> None:
+        """Abort a connection whose TLS handshake did not finish: this protocol will not
+        hear connection_lost (the TLS layer never handed the connection over), so forget
+        the session here."""
+        self._closing = True
+        self._stop_login_timer()
+        if self.transport is not None:
+            self.transport.abort()
+        self.host.unregister(self)
 
     async def _forward_cancel(self, packet: bytes) -> None:
         assert self.transport is not None
@@ -184,7 +235,11 @@ class ClientSession(asyncio.Protocol):
 
     # -- interception and errors ---------------------------------------------------------
     def _inspect(self, msg_type: int, message: bytes) -> bytes | None:
-        return self.host.inspect(self, msg_type, message)
+        try:
+            return self.host.inspect(self, msg_type, message)
+        except Exception:  # a bug: log it, and let the server have the statement as sent
+            log.exception("event=inspect_failed")
+            return None
 
     def fail(self, sqlstate: str, message: str) -> None:
         """Tell the client FATAL <sqlstate> when the stream allows it, then close both sides."""
@@ -209,6 +264,10 @@ class ClientSession(asyncio.Protocol):
             self.fail("57P01", "terminating connection due to pgdurable shutdown")
 
 
+def _unchanged(message: bytes) -> bytes:
+    return message
+
+
 class UpstreamLink(asyncio.Protocol):
     """The PostgreSQL side of one session: raw pipe to the client, boundaries tracked."""
 
@@ -226,8 +285,9 @@ class UpstreamLink(asyncio.Protocol):
             self.client.transport is not None
             and self.client.transport.get_extra_info("sslcontext") is not None
         )
-        if transport.get_extra_info("sslcontext") is not None and not client_tls:
-            self._auth = UntilReady(strip_channel_binding)
+        # Frame the login until its ReadyForQuery: that is when the session may be inspected.
+        strip = transport.get_extra_info("sslcontext") is not None and not client_tls
+        self._auth = UntilReady(strip_channel_binding if strip else _unchanged)
 
     def position_errors(self, hints: tuple[tuple[str, int], ...] = ()) -> None:
         """Frame replies until the next ReadyForQuery to add positions to errors."""
@@ -246,6 +306,7 @@ class UpstreamLink(asyncio.Protocol):
             data = self._auth.feed(data)
             if self._auth.done:
                 self._auth = None
+                self.client.logged_in()
         if self._positioner is not None:
             data = self._positioner.feed(data)
             if self._positioner.done:

@@ -15,6 +15,12 @@ from pgdurable_proxy.relay import ClientSession
 
 log = logging.getLogger("pgdurable.server")
 
+DEFAULT_AUTHENTICATION_TIMEOUT = 60.0  # PostgreSQL's authentication_timeout
+# Each client holds two descriptors (its socket and its own PostgreSQL connection), and
+# each holds a PostgreSQL backend: ten times PostgreSQL's default max_connections never
+# refuses a client PostgreSQL would take, and keeps pgdurable within ~2,000 descriptors.
+DEFAULT_MAX_CLIENT_CONNECTIONS = 1000
+
 
 class ProxyServer:
     """Accepts PostgreSQL clients and relays each to its own upstream connection."""
@@ -27,8 +33,14 @@ class ProxyServer:
         tls_context: ssl.SSLContext | None = None,
         wake: Callable[[], None] = lambda: None,
         start_new: Callable[[str, str], None] = lambda role, detail: None,
+        *,
+        authentication_timeout: float = DEFAULT_AUTHENTICATION_TIMEOUT,
+        max_client_connections: int = DEFAULT_MAX_CLIENT_CONNECTIONS,
     ) -> None:
         self.upstream = upstream
+        self.authentication_timeout = authentication_timeout
+        self.max_client_connections = max_client_connections
+        self._admitted: set[ClientSession] = set()
         self.wake = wake
         self.start_new = start_new
         self.tls_context = tls_context
@@ -63,14 +75,29 @@ class ProxyServer:
             await self._server.wait_closed()
 
     # -- SessionHost ---------------------------------------------------------------------
-    def register(self, session: ClientSession) -> None:
+    def register(self, session: ClientSession) -> bool:
+        """Track a new connection; False when it is over --max-client-connections.
+
+        A refused client still gets its SSL/GSS answers and, after its StartupMessage,
+        PostgreSQL's FATAL 53300, as PostgreSQL does; past twice the limit it gets that
+        error at once, so refused connections too are bounded.
+        """
         self.sessions.add(session)
         self._idle.clear()
         self.metrics.sessions_total += 1
         self.metrics.sessions_active = len(self.sessions)
+        if len(self._admitted) < self.max_client_connections:
+            self._admitted.add(session)
+            return True
+        self.metrics.clients_refused_total += 1
+        log.info("event=too_many_clients max_client_connections=%d", self.max_client_connections)
+        if len(self.sessions) > 2 * self.max_client_connections:
+            session.refuse()
+        return False
 
     def unregister(self, session: ClientSession) -> None:
         self.sessions.discard(session)
+        self._admitted.discard(session)
         self.metrics.sessions_active = len(self.sessions)
         if not self.sessions:
             self._idle.set()

@@ -1,11 +1,11 @@
 """Header-only framing of both directions: the relay's hot path.
 
 Client→server: every message is checked (type, length) but only `Q` and `P` bodies are
-ever looked at, and only when a cheap byte pre-filter hits. Everything else, CopyData
-included, streams through as the original bytes. Server→client: bodies are skipped; only
-ReadyForQuery, BackendKeyData, ParameterStatus and ErrorResponse are read, so the relay
-knows where message boundaries are (to write its own messages safely) and the session's
-transaction status.
+ever looked at, only once the login succeeded, and only when a cheap byte pre-filter
+hits. Everything else, CopyData included, streams through as the original bytes.
+Server→client: bodies are skipped; only ReadyForQuery, BackendKeyData, ParameterStatus
+and ErrorResponse are read, so the relay knows where message boundaries are (to write its
+own messages safely) and the session's transaction status.
 
 Measured on the project machine (2 vCPU, CPython 3.11): `ClientFramer.feed` on one
 pgbench `-S` simple Query ≈ 1.1 µs, `ServerTracker.feed` on its 4-message reply ≈ 1.4 µs
@@ -54,10 +54,23 @@ def is_candidate(message: bytes) -> bool:
 class ClientFramer:
     """Frames client→server bytes; returns what to forward now."""
 
-    __slots__ = ("_held", "_need", "_skip", "inspect", "requests", "terminated")
+    __slots__ = (
+        "_held",
+        "_inspector",
+        "_need",
+        "_skip",
+        "inspect",
+        "inspect_limit",
+        "requests",
+        "terminated",
+    )
 
-    def __init__(self, inspect: Inspector) -> None:
-        self.inspect = inspect
+    def __init__(self, inspect: Inspector, *, inspecting: bool = True) -> None:
+        # Until start_inspecting() (the login succeeded), Q/P stream through like any
+        # message: an unauthenticated client can make pgdurable neither hold nor parse text.
+        self._inspector = inspect
+        self.inspect: Inspector = inspect if inspecting else _no_inspection
+        self.inspect_limit = INSPECT_LIMIT if inspecting else 0
         # Messages that each earn one ReadyForQuery: the StartupMessage, then Query, Sync and
         # FunctionCall. More requests than ReadyForQuery seen means the server is busy.
         self.requests = 1
@@ -65,6 +78,11 @@ class ClientFramer:
         self._skip = 0  # bytes of the current (streamed) message still to pass
         self._held = bytearray()  # an incomplete header or an incomplete Q/P message
         self._need = 0  # total length of the held message once known
+
+    def start_inspecting(self) -> None:
+        """From the next message on, hold whole Q/P messages and offer candidates."""
+        self.inspect = self._inspector
+        self.inspect_limit = INSPECT_LIMIT
 
     @property
     def at_boundary(self) -> bool:
@@ -108,6 +126,7 @@ class ClientFramer:
     def _walk(self, data: bytes, pos: int, n: int) -> bytes:
         pieces: list[bytes] | None = None
         start = 0
+        limit = self.inspect_limit
         while pos + 5 <= n:
             msg_type = data[pos]
             length = _unpack_int32(data, pos + 1)[0]
@@ -119,7 +138,7 @@ class ClientFramer:
             ):
                 _reject(msg_type, length)
             end = pos + 1 + length
-            if (msg_type == _Q or msg_type == _P) and length <= INSPECT_LIMIT:
+            if (msg_type == _Q or msg_type == _P) and length <= limit:
                 if end > n:
                     self._hold(data, pos, end - pos)
                     return _emit(pieces, data, start, pos)
@@ -148,6 +167,10 @@ class ClientFramer:
     def _hold(self, data: bytes, pos: int, need: int) -> None:
         self._held += data[pos:]
         self._need = need
+
+
+def _no_inspection(msg_type: int, message: bytes) -> bytes | None:
+    return None
 
 
 def _emit(pieces: list[bytes] | None, data: bytes, start: int, stop: int) -> bytes:

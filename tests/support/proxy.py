@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -22,6 +23,8 @@ class ProxyProcess:
     port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     log_path: Path | None = None
+    soft_fd_limit: int | None = None  # start with this soft RLIMIT_NOFILE
+    hard_fd_limit: int | None = None  # and this hard one (lowering it cannot be undone)
     process: subprocess.Popen[str] | None = None
 
     def __post_init__(self) -> None:
@@ -51,6 +54,7 @@ class ProxyProcess:
             stderr=log,
             text=True,
             env={**os.environ},
+            preexec_fn=self._limit_fds if self.soft_fd_limit or self.hard_fd_limit else None,
         )
         deadline = time.monotonic() + timeout
         assert self.process.stdout is not None
@@ -61,6 +65,11 @@ class ProxyProcess:
             if not line and self.process.poll() is not None:
                 raise RuntimeError(f"pgdurable exited with {self.process.returncode}")
         raise TimeoutError("pgdurable did not become ready")
+
+    def _limit_fds(self) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        hard = self.hard_fd_limit or hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.soft_fd_limit or min(soft, hard), hard))
 
     def dsn(self, user: str = "postgres", password: str = "", dbname: str = "postgres") -> str:
         """libpq URI pointing at the proxy."""

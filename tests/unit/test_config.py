@@ -99,3 +99,22 @@ def test_http_flags_and_defaults() -> None:
 def test_bad_http_flags(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_settings(argv, {})
+
+
+def test_connection_limits_flags_and_environment() -> None:
+    defaults = parse_settings([], {})
+    assert (defaults.authentication_timeout, defaults.max_client_connections) == (60.0, 1000)
+    env = {"PGDURABLE_AUTHENTICATION_TIMEOUT": "5", "PGDURABLE_MAX_CLIENT_CONNECTIONS": "20"}
+    settings = parse_settings([], env)
+    assert (settings.authentication_timeout, settings.max_client_connections) == (5.0, 20)
+    flags = parse_settings(["--authentication-timeout", "0.5", "--max-client-connections", "3"])
+    assert (flags.authentication_timeout, flags.max_client_connections) == (0.5, 3)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--authentication-timeout", "0"], ["--max-client-connections", "0"]],
+)
+def test_bad_connection_limits(argv: list[str]) -> None:
+    with pytest.raises(ConfigError, match=argv[0]):
+        parse_settings(argv, {})

@@ -145,3 +145,23 @@ def test_positioner_adds_positions_and_stops_at_ready() -> None:
     second = parse_error_fields(out[first_len + 5 : out.index(b"Z\0\0\0\5")])
     assert second["P"] == "33"
     assert out.endswith(frame(b"Z", b"E") + frame(b"T", b"later"))
+
+
+def test_nothing_is_inspected_or_held_before_login() -> None:
+    seen: list[bytes] = []
+
+    def inspect(msg_type: int, message: bytes) -> bytes | None:
+        seen.append(message)
+        return b""
+
+    framer = ClientFramer(inspect, inspecting=False)
+    big = _query("SELECT df.start($$" + "x" * 100_000 + "$$)")
+    small = _query("SELECT df.status('abc')")
+    assert framer.feed(big[:1000]) == big[:1000]  # streamed, not held until complete
+    assert framer.feed(big[1000:] + small) == big[1000:] + small
+    assert framer.feed(small) == small  # the one-message fast path too
+    assert seen == []
+    framer.start_inspecting()
+    assert framer.feed(big[:1000]) == b""  # held whole from now on, and offered
+    assert framer.feed(big[1000:]) == b""
+    assert seen == [big]
