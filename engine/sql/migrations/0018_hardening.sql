@@ -130,7 +130,9 @@ $$;
 -- this database, comes as kind 'new' with its owner and database (the engine may then run
 -- its first step in the same transaction as its first advance, on the owner's connection),
 -- and that the instances in p_busy (first steps this engine is taking now) are left out
--- while they are pending (once promoted or cancelled, their advances are due as any).
+-- while they are pending (once promoted or cancelled, their advances are due as any). The
+-- next due time leaves out the instances handed out in this pass: the engine is advancing
+-- them, and counting them made it poll again at once (twice per df.start).
 CREATE FUNCTION df._first_step_busy(p_instance text, p_busy text[])
 RETURNS boolean LANGUAGE sql STABLE AS $$
     SELECT p_instance = ANY (p_busy)
@@ -146,15 +148,19 @@ RETURNS TABLE (kind text, instance_id text, node_id text, node_type text, payloa
                due double precision)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
+DECLARE
+    taken text[];  -- instances handed out now: not due again for the next pass
 BEGIN
-    RETURN QUERY
-    SELECT CASE WHEN i.status = 'pending' AND i.database IS NULL THEN 'new' ELSE 'advance' END,
-           a.instance_id::text, NULL::text, NULL::text, NULL::text, NULL::uuid,
-           NULL::integer, r.rolname, i.database, NULL::double precision
+    SELECT coalesce(array_agg(d.instance_id), '{}') INTO taken
     FROM (SELECT a.instance_id FROM df._advance a
           WHERE a.requested_at <= clock_timestamp() AND NOT df._first_step_busy(a.instance_id, p_busy)
-          GROUP BY a.instance_id ORDER BY min(a.requested_at) LIMIT p_advances) a
-         LEFT JOIN df.instances i ON i.id = a.instance_id
+          GROUP BY a.instance_id ORDER BY min(a.requested_at) LIMIT p_advances) d;
+    RETURN QUERY
+    SELECT CASE WHEN i.status = 'pending' AND i.database IS NULL THEN 'new' ELSE 'advance' END,
+           t.id, NULL::text, NULL::text, NULL::text, NULL::uuid,
+           NULL::integer, r.rolname, i.database, NULL::double precision
+    FROM unnest(taken) AS t(id)
+         LEFT JOIN df.instances i ON i.id = t.id
          LEFT JOIN pg_roles r ON r.oid = i.submitted_by;
     IF p_claims > 0 THEN
         RETURN QUERY
@@ -184,7 +190,8 @@ BEGIN
            NULL::name, NULL::text,
            extract(epoch FROM least(
                (SELECT min(a.requested_at) FROM df._advance a
-                WHERE NOT df._first_step_busy(a.instance_id, p_busy)),
+                WHERE NOT df._first_step_busy(a.instance_id, p_busy)
+                  AND a.instance_id <> ALL (taken)),
                (SELECT min(t.due_at) FROM df._tasks t WHERE t.lease_owner IS NULL))
                - clock_timestamp())::double precision;
 END
