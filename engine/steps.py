@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from engine.outage import StepNotRun, connection_lost
 from engine.queries import q
 from engine.results import UnsupportedColumn, check_columns, rows_document
 from engine.runners import NoRunner, Runners
@@ -133,14 +134,15 @@ class StepConnections:
                 timeout=30,
                 server_settings=server_settings,
             )
-        except TimeoutError as exc:
-            raise StepFailed(
+        except TimeoutError as exc:  # the step never started: it waits and runs again
+            raise StepNotRun(
                 f"Connection to database '{database}' as '{role}' timed out after 30s"
             ) from exc
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise StepFailed(
-                f"Failed to connect to database '{database}' as '{role}'. Error: {exc}"
-            ) from exc
+            text = f"Failed to connect to database '{database}' as '{role}'. Error: {exc}"
+            if connection_lost(exc):  # refused, the server starting up or shutting down
+                raise StepNotRun(text) from exc
+            raise StepFailed(text) from exc
 
     async def release(self, role: str, database: str, conn: asyncpg.Connection) -> None:
         try:
@@ -284,20 +286,40 @@ async def run_sql_step(
     record_elsewhere: Recorder | None,
     advance: InStepAdvance | None = None,
 ) -> bool:
-    """Execute and record one SQL step; raises StepFailed with the node's error text.
+    """Execute and record one SQL step; raises StepFailed with the node's error text, or
+    StepNotRun when the connection died first (its transaction died with it).
 
     Returns True when the instance was also advanced inside the step's transaction.
 
     In the catalog's database the statement and its record commit together (exactly once).
     In another database (`df.start(..., database => ...)`) they cannot, so the result is
     recorded after the statement committed: at-least-once, as for non-transactional SQL.
+
+    A connection that dies during the COMMIT round trip raises StepNotRun too, although
+    the transaction may have committed: the engine runs the step again only if its task
+    row still carries the lease token that recording the result deletes (engine.py,
+    _still_leased).
     """
+    try:
+        return await _run_sql_step(conn, task, record_elsewhere, advance)
+    except (OSError, asyncpg.InterfaceError) as exc:
+        if isinstance(exc, StepNotRun) or not connection_lost(exc):
+            raise
+        raise StepNotRun(str(exc), started=True) from exc
+
+
+async def _run_sql_step(
+    conn: asyncpg.Connection,
+    task: Task,
+    record_elsewhere: Recorder | None,
+    advance: InStepAdvance | None,
+) -> bool:
     sql = task.payload or ""
     if record_elsewhere is not None:
         try:
             raw = await _execute(conn, sql)
         except asyncpg.PostgresError as exc:
-            raise StepFailed(_sql_error(exc)) from exc
+            raise _step_error(exc) from exc
         await record_elsewhere(task, raw, "at-least-once")
         return False
     for fresh in (False, True):
@@ -328,7 +350,7 @@ async def run_sql_step(
                 raise StepFailed(_sql_error(exc)) from exc
         except asyncpg.PostgresError as exc:
             if exc.sqlstate != ACTIVE_SQL_TRANSACTION:
-                raise StepFailed(_sql_error(exc)) from exc
+                raise _step_error(exc) from exc
             break
     log.info("event=step_autocommit instance=%s node=%s", task.instance_id, task.node_id)
     try:
@@ -337,7 +359,7 @@ async def run_sql_step(
             conn, "complete_step", task.instance_id, task.node_id, task.token, raw, "at-least-once"
         )
     except asyncpg.PostgresError as exc:
-        raise StepFailed(_sql_error(exc)) from exc
+        raise _step_error(exc) from exc
     return False
 
 
@@ -488,6 +510,14 @@ async def _execute(conn: asyncpg.Connection, sql: str, retry: bool = True) -> st
 def _refused_login(exc: StepFailed) -> bool:
     """A first login, or one after the secret changed (28P01 is a subclass of 28000)."""
     return isinstance(exc.__cause__, asyncpg.InvalidAuthorizationSpecificationError)
+
+
+def _step_error(exc: asyncpg.PostgresError) -> StepFailed | StepNotRun:
+    """The step failed (an error of its SQL), or it did not run: its connection went with
+    the server (57P01/57P02/57P03, class 08), which rolled its transaction back."""
+    if connection_lost(exc):
+        return StepNotRun(str(exc), started=True)
+    return StepFailed(_sql_error(exc))
 
 
 def _sql_error(exc: asyncpg.PostgresError) -> str:
