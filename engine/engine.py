@@ -107,6 +107,9 @@ class Engine:
         self._running: dict[tuple[str, str], RunningStep] = {}
         self._sql_steps: dict[str, int] = {}  # instance id -> SQL steps of it in _running
         self._locked_retries: dict[str, int] = {}  # instance id -> advances retried
+        # the last poll claimed all the tasks it asked for: more may be claimable (orphans
+        # after a crash), so a step slot that frees up wakes the scheduler
+        self._claims_left = False
         self.parts = EngineParts(
             self.planning,
             self.owner_id,
@@ -342,22 +345,22 @@ class Engine:
     async def _poll(self) -> float | None:
         """One scheduler pass: start the tasks claimed, advance the instances due; returns
         the seconds until the next timer (None: nothing scheduled)."""
-        free = self.steps.slots.free  # claim no more than we can run now
+        claims = max(0, min(self.steps.slots.free, CLAIM_BATCH))  # what we can run now
         rows = await self._require_pool().fetch(
-            q("poll"),
-            uuid.UUID(self.owner_id),
-            self.settings.lease_seconds,
-            256,
-            max(0, min(free, CLAIM_BATCH)),
+            q("poll"), uuid.UUID(self.owner_id), self.settings.lease_seconds, 256, claims
         )
         due = None
+        claimed = 0
         for r in rows:
             if r["kind"] == "advance":
                 self._request_advance(r["instance_id"])
             elif r["kind"] == "task":
+                claimed += 1
                 self._start_claimed(r)
             else:
                 due = r["due"]
+        if claims > 0:  # (with no free slot we learnt nothing about what is claimable)
+            self._claims_left = claimed == claims
         return due
 
     def _request_advance(self, instance_id: str) -> None:
@@ -760,6 +763,8 @@ class Engine:
             await self.steps.release(owner, database, conn)
         finally:
             self.steps.slots.give()
+            if self._claims_left:  # claim the next orphan now, not at the next poll
+                self.wake()
 
     async def _record_result(self, task: Task, raw: str, delivery: str) -> None:
         await self._require_pool().execute(
