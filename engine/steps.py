@@ -24,10 +24,11 @@ import asyncpg
 
 from engine.outage import StepNotRun, connection_lost
 from engine.queries import q
-from engine.results import UnsupportedColumn, check_columns, rows_document
+from engine.results import ResultTooLarge, UnsupportedColumn, check_columns
 from engine.runners import NoRunner, Runners
 from engine.settings import EngineSettings
 from engine.slots import StepSlots
+from engine.step_rows import fetch_document, limit_results
 
 log = logging.getLogger("pgdurable.steps")
 ACTIVE_SQL_TRANSACTION = "25001"
@@ -76,6 +77,7 @@ class StepConnections:
             if not conn.is_closed():
                 return conn
         conn = await self.connect(role, database, STEP_SESSION_SETTINGS)
+        limit_results(conn, self.settings.max_result_bytes)
         if database == self.settings.catalog_database:
             try:
                 await _prepare_bookkeeping(conn)
@@ -498,13 +500,14 @@ async def _execute(conn: asyncpg.Connection, sql: str, retry: bool = True) -> st
     except UnsupportedColumn as exc:
         raise StepFailed(str(exc)) from exc
     try:
-        rows = await stmt.fetch()
+        return await fetch_document(conn, stmt, columns)
+    except ResultTooLarge as exc:
+        raise StepFailed(str(exc)) from exc
     except STALE_STATEMENT:
         _forget_statements(conn)
         if not retry or conn.is_in_transaction():
             raise  # run_sql_step re-runs the whole transaction
         return await _execute(conn, sql, retry=False)  # nothing ran: prepare afresh
-    return rows_document(columns, [tuple(r) for r in rows])
 
 
 def _refused_login(exc: StepFailed) -> bool:
