@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from engine.ssrf import AllowEntry
 
 MIB = 1024 * 1024
-# An SQL step's result document is held whole by pgdurable (about three times over while
-# it is recorded) and stored as jsonb, whose hard limit is 256 MiB: 64 MiB leaves room for
-# a JOIN of three such branches, whose result holds theirs, and bounds a step's memory to
-# a few hundred MiB.
+# An SQL step's result document is stored as jsonb, whose hard limit is 256 MiB: 64 MiB
+# leaves room for a JOIN of three such branches, whose result holds theirs. pgdurable holds
+# a result several times over while recording it (about ten), so this also bounds a step's
+# memory to a few hundred MiB.
 DEFAULT_MAX_RESULT_BYTES = 64 * MIB
 
 
