@@ -4,6 +4,7 @@ near the cap whatever the step returns."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from engine.results import rows_document
 from pgdurable_proxy.cluster import Cluster
 from tests.support.clusters import FLAVORS, make_cluster, remove_cluster
 from tests.support.proxy import ProxyProcess
@@ -109,3 +111,65 @@ def test_a_large_allowed_result_is_read_in_chunks_whole_and_in_order(
             (instance,),
         ).fetchone()
     assert row == (15000, {"g": 15000, "h": "3f74a886c7f841699690962c497d4f30"}, 15000)
+
+
+def test_a_large_result_is_stored_once_and_read_back_in_column_order(
+    capped: tuple[Cluster, ProxyProcess],
+) -> None:
+    cluster, _ = capped
+    # jsonb orders keys n before hash; the step's text, and $big (its first column), do not
+    big = "SELECT md5(g::text) AS hash, g AS n FROM generate_series(1, 15000) g"
+    graph = f"$${big}$$ |=> 'big' ~> 'SELECT $big AS first'"
+    instance, status = start_and_await(cluster.dsn("big"), graph)
+    assert status == "completed"
+    expected = rows_document(
+        [("hash", "text"), ("n", "int4")],
+        [(hashlib.md5(str(g).encode()).hexdigest(), g) for g in range(1, 15001)],
+    )
+    with psycopg.connect(cluster.dsn()) as conn:
+        stored = conn.execute(
+            "SELECT n.node_type, n.result IS NOT NULL, s.raw_result IS NULL, s.result_columns "
+            "FROM df.nodes n JOIN df._node_state s ON s.instance_id = n.instance_id "
+            "AND s.node_id = n.id WHERE n.instance_id = %s AND n.query = %s",
+            (instance, big),
+        ).fetchone()
+        raws = conn.execute(
+            "SELECT node ->> 'raw' FROM jsonb_array_elements(df._instance_state(%s) -> 'nodes') "
+            "node WHERE node ->> 'query' = %s",
+            (instance, big),
+        ).fetchone()
+        last = conn.execute("SELECT df.result(%s)::jsonb", (instance,)).fetchone()
+    assert stored == ("SQL", True, True, ["hash", "n"])  # the jsonb and two column names
+    assert raws == (expected,)  # what the engine loads: the step's text, rebuilt exactly
+    assert last == ({"rows": [{"first": hashlib.md5(b"1").hexdigest()}], "row_count": 1},)
+
+
+def test_a_large_output_is_stored_once_and_read_back_whole(
+    capped: tuple[Cluster, ProxyProcess],
+) -> None:
+    cluster, _ = capped
+    big = "SELECT md5(g::text) AS hash, g AS n FROM generate_series(1, 15000) g"
+    instance, status = start_and_await(cluster.dsn("big"), f"$${big}$$")
+    assert status == "completed"
+    expected = rows_document(
+        [("hash", "text"), ("n", "int4")],
+        [(hashlib.md5(str(g).encode()).hexdigest(), g) for g in range(1, 15001)],
+    )
+    with psycopg.connect(cluster.dsn()) as conn:
+        stored = conn.execute(
+            "SELECT e.output IS NULL, e.output_columns, s.raw_result IS NULL "
+            "FROM df._executions e JOIN df.instances i ON i.id = e.instance_id "
+            "JOIN df._node_state s ON s.instance_id = i.id AND s.node_id = i.root_node "
+            "WHERE e.instance_id = %s",
+            (instance,),
+        ).fetchone()
+    assert stored == (True, ["hash", "n"], True)  # df.nodes.result is the one copy
+    with psycopg.connect(cluster.dsn("big")) as conn:  # the readers, as the owner
+        info = conn.execute("SELECT output FROM df.instance_info(%s)", (instance,)).fetchone()
+        runs = conn.execute("SELECT output FROM df.instance_executions(%s)", (instance,)).fetchall()
+        listed = conn.execute(
+            "SELECT output FROM df.list_instances(NULL, 100) WHERE instance_id = %s", (instance,)
+        ).fetchone()
+        explained = conn.execute("SELECT df.explain(%s)", (instance,)).fetchone()
+    assert info == (expected,) and runs == [(expected,)] and listed == (expected,)
+    assert explained is not None and f"Output:   {expected[:57]}..." in explained[0]
