@@ -173,3 +173,27 @@ def test_a_large_output_is_stored_once_and_read_back_whole(
         explained = conn.execute("SELECT df.explain(%s)", (instance,)).fetchone()
     assert info == (expected,) and runs == [(expected,)] and listed == (expected,)
     assert explained is not None and f"Output:   {expected[:57]}..." in explained[0]
+
+
+def test_a_large_result_jsonb_would_print_differently_keeps_its_text(
+    capped: tuple[Cluster, ProxyProcess],
+) -> None:
+    cluster, _ = capped
+    # nested objects: jsonb prints them with spaces, and '},{"' inside the first row
+    big = (
+        "SELECT g AS n, jsonb_build_array(jsonb_build_object('a', g), jsonb_build_object('b', g))"
+        " AS j FROM generate_series(1, 5000) g"
+    )
+    instance, status = start_and_await(cluster.dsn("big"), f"$${big}$$")
+    assert status == "completed"
+    expected = rows_document(
+        [("n", "int4"), ("j", "jsonb")],
+        [(g, f'[{{"a": {g}}}, {{"b": {g}}}]') for g in range(1, 5001)],
+    )
+    with psycopg.connect(cluster.dsn()) as conn:
+        stored = conn.execute(
+            "SELECT s.raw_result = %s, s.result_columns FROM df.nodes n JOIN df._node_state s "
+            "ON s.instance_id = n.instance_id AND s.node_id = n.id WHERE n.instance_id = %s",
+            (expected, instance),
+        ).fetchone()
+    assert stored == (True, None)

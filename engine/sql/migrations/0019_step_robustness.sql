@@ -24,18 +24,53 @@
 
 ALTER TABLE df._node_state ADD COLUMN result_columns text[];
 
--- An SQL result's compact text from its jsonb, each row's keys in the order `cols` gives.
+-- An SQL result's compact text from its jsonb, each row's keys in the order `cols` gives
+-- (one pass over the rows, with one expression per column built for these columns).
 CREATE FUNCTION df._rows_text(result jsonb, cols text[]) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT '{"rows":[' || coalesce(string_agg(
-               (SELECT '{' || string_agg(to_json(c.name)::text || ':' || (r.item -> c.name)::text,
-                                         ',' ORDER BY c.ord) || '}'
-                FROM unnest(cols) WITH ORDINALITY AS c(name, ord)),
-               ',' ORDER BY r.ord), '')
-           || '],"row_count":' || (result ->> 'row_count') || '}'
-    FROM jsonb_array_elements(result -> 'rows') WITH ORDINALITY AS r(item, ord)
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    fields text;
+    rebuilt text;
+BEGIN
+    SELECT string_agg(format('%L || (r.item -> %L)::text',
+                             CASE WHEN c.ord > 1 THEN ',' ELSE '' END
+                             || to_json(c.name)::text || ':', c.name), ' || ' ORDER BY c.ord)
+    INTO fields FROM unnest(cols) WITH ORDINALITY AS c(name, ord);
+    IF fields IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('SELECT ''{"rows":['' || coalesce(string_agg(''{'' || %s || ''}'', '',''
+                                                                ORDER BY r.ord), '''')
+                           || ''],"row_count":'' || ($1 ->> ''row_count'') || ''}''
+                    FROM jsonb_array_elements($1 -> ''rows'') WITH ORDINALITY AS r(item, ord)',
+                   fields)
+    INTO rebuilt USING result;
+    RETURN rebuilt;
+END
 $$;
 -- (pure: users' readers of an instance's output call it, on rows they can read)
+
+-- The keys of the first row of a result text '{"rows":[{...},...' in their order, without
+-- parsing the whole text: the first row is taken to end at the first '},{"' or
+-- '}],"row_count":', which a nested JSON value may fool (a string's quotes are escaped);
+-- the rebuild the caller compares with the whole text then differs, and the text is kept.
+CREATE FUNCTION df._first_row_keys(raw text) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+DECLARE
+    next_row integer := strpos(raw, '},{"');
+    last_row integer := strpos(raw, '}],"row_count":');
+    ends integer := CASE WHEN next_row > 0 AND (last_row = 0 OR next_row < last_row)
+                         THEN next_row ELSE last_row END;
+BEGIN
+    IF ends = 0 THEN
+        RETURN NULL;
+    END IF;
+    RETURN ARRAY(SELECT json_object_keys(substr(raw, 10, ends - 9)::json));
+EXCEPTION WHEN invalid_text_representation OR invalid_parameter_value THEN
+    RETURN NULL;  -- cut inside a string: not valid JSON
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._first_row_keys(text) FROM PUBLIC;
 
 -- Before a large result text is written to _node_state: keep its column names instead when
 -- the node's jsonb result (written just before, in the same transaction) gives it back.
@@ -57,7 +92,7 @@ BEGIN
     END IF;
     SELECT n.result INTO stored FROM df.nodes n
     WHERE n.instance_id = NEW.instance_id AND n.id = NEW.node_id;
-    cols := ARRAY(SELECT json_object_keys(NEW.raw_result::json -> 'rows' -> 0));
+    cols := df._first_row_keys(NEW.raw_result);
     IF df._rows_text(stored, cols) = NEW.raw_result THEN
         NEW.raw_result := NULL;
         NEW.result_columns := cols;
@@ -133,7 +168,7 @@ BEGIN
     SELECT n.result INTO stored FROM df.instances i
     JOIN df.nodes n ON n.instance_id = i.id AND n.id = i.root_node
     WHERE i.id = NEW.instance_id;
-    cols := ARRAY(SELECT json_object_keys(NEW.output::json -> 'rows' -> 0));
+    cols := df._first_row_keys(NEW.output);
     IF df._rows_text(stored, cols) = NEW.output THEN
         NEW.output := NULL;
         NEW.output_columns := cols;
