@@ -615,7 +615,27 @@ class Engine:
         if not leased:  # committed, or not ours any more: whatever comes next is recorded
             log.info("event=step_settled instance=%s node=%s", task.instance_id, task.node_id)
             self._request_advance(task.instance_id)
+            await self._claim_own_leases(task.instance_id)
         return bool(leased)
+
+    async def _claim_own_leases(self, instance_id: str) -> None:
+        """Start the instance's tasks leased to this engine that it does not run: the plan
+        a step's transaction applied before its connection died may have leased the next
+        steps to us (else they would wait for their leases to expire)."""
+        running = [uuid.UUID(r.task.token) for r in self._running.values()]
+        try:
+            rows = await self._require_pool().fetch(
+                q("claim_own_leases"),
+                instance_id,
+                uuid.UUID(self.owner_id),
+                running,
+                self.settings.lease_seconds,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self._warn(exc, "step", "event=claim_own_leases_failed error=%r")
+            return  # their leases expire and the poll takes them
+        for r in rows:
+            self._start_claimed(r)
 
     async def _run_task_once(self, task: Task, carried: asyncpg.Connection | None) -> None:
         """One attempt at a leaf task (see _run_task)."""

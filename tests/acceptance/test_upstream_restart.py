@@ -118,3 +118,50 @@ def test_a_step_that_ends_its_own_backend_fails_instead_of_running_forever(wf_ds
     assert row is not None
     assert "terminating connection due to administrator command" in row[0]
     assert "the step's connection was lost 5 times while it ran" in row[0]
+
+
+def test_a_step_whose_connection_dies_during_commit_is_not_run_again(
+    restartable: Cluster, tmp_path: Path
+) -> None:
+    """With a synchronous standby that never answers, a worker's COMMIT is written locally
+    and then waits; ending its backend there is a connection lost *during* COMMIT, with the
+    transaction committed. The task row's lease token decides: not run again."""
+    with psycopg.connect(restartable.dsn(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        conn.execute("ALTER SYSTEM SET synchronous_commit = 'local'")  # all but the worker
+        conn.execute("ALTER ROLE worker SET synchronous_commit = 'on'")
+        conn.execute("SELECT pg_reload_conf()")
+    log = tmp_path / "pgdurable.log"
+    proxy = ProxyProcess(restartable.dsn(), extra_args=["--lease-seconds", "2"], log_path=log)
+    proxy.start()
+    try:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            conn.execute("SELECT df.grant_usage('worker')")
+        with psycopg.connect(restartable.dsn("worker"), autocommit=True) as conn:
+            conn.execute("SET synchronous_commit = 'local'")
+            row = conn.execute(f"SELECT df.start({GRAPH})").fetchone()
+        assert row is not None
+        with psycopg.connect(restartable.dsn(), autocommit=True) as admin:
+            ended = 0
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline:
+                status = admin.execute("SELECT df.status(%s)", row).fetchone()
+                if status is not None and status[0] in ("completed", "failed"):
+                    break
+                ended += len(
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE usename = 'worker' AND wait_event = 'SyncRep'"
+                    ).fetchall()
+                )
+                time.sleep(0.1)
+            effects = admin.execute(
+                "SELECT step, count(*) FROM effects WHERE instance_id = %s GROUP BY 1 ORDER BY 1",
+                row,
+            ).fetchall()
+    finally:
+        proxy.kill()
+    assert status == ("completed",)
+    assert effects == [(1, 1), (2, 1), (3, 1)]  # each committed once, none run again
+    assert ended >= 3  # every step's COMMIT lost its connection
+    assert "event=step_settled" in log.read_text()  # decided by the task row, not re-run
