@@ -35,6 +35,13 @@ from engine.in_step import (
 )
 from engine.migrations import migrate
 from engine.new_transaction import NewStartRequest, NewTransactionStarts
+from engine.outage import (
+    MAX_LOSSES_WHILE_RUNNING,
+    Outage,
+    StepNotRun,
+    connection_lost,
+    retry_delay,
+)
 from engine.queries import q
 from engine.runners import Runners
 from engine.settings import EngineSettings
@@ -88,6 +95,7 @@ class Engine:
         )
         self.http = HttpClient(settings.http)
         self.counters = EngineCounters()
+        self.outage = Outage()  # PostgreSQL unreachable: logged once, then the count
         self.pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
@@ -99,6 +107,9 @@ class Engine:
         self._sql_steps: dict[str, int] = {}  # instance id -> SQL steps of it in _running
         self._locked_retries: dict[str, int] = {}  # instance id -> advances retried
         self._first_steps: set[str] = set()  # instances whose first step is being taken
+        # the last poll claimed all the tasks it asked for: more may be claimable (orphans
+        # after a crash), so a step slot that frees up wakes the scheduler
+        self._claims_left = False
         self.parts = EngineParts(
             self.planning,
             self.owner_id,
@@ -161,7 +172,7 @@ class Engine:
             await conn.close()
         self.pool = await asyncpg.create_pool(
             self.settings.admin_dsn,
-            min_size=1,
+            min_size=0,  # no floor to restore (with a traceback) while PostgreSQL is away
             max_size=self.settings.admin_pool_size,
             reset=_keep_session,
             server_settings=ENGINE_SESSION,
@@ -264,8 +275,10 @@ class Engine:
                     else max(0.0, min(self.settings.poll_interval, float(due)))
                 )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("event=scheduler_error error=%r", exc)
+                self._warn(exc, "scheduler", "event=scheduler_error error=%r")
                 await asyncio.sleep(min(1.0, self.settings.poll_interval))
+                continue
+            self.outage.answered()
 
     async def _ensure_listener(self) -> None:
         if self._listener is None or self._listener.is_closed():
@@ -289,12 +302,30 @@ class Engine:
                     await self._cancel_lost(lost)
                 await pool.execute(q("heartbeat"), uuid.UUID(self.owner_id))
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("event=lease_renewal_failed error=%r", exc)
+                self._warn(exc, "leases", "event=lease_renewal_failed error=%r")
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._spawned_done)
+
+    def _spawned_done(self, task: asyncio.Future[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        assert exc is not None
+        if connection_lost(exc):
+            self.outage.failed(exc, "background")
+        else:  # a bug: say where, once per occurrence
+            log.error("event=background_task_failed error=%r", exc, exc_info=exc)
+
+    def _warn(self, exc: BaseException, where: str, message: str) -> None:
+        """Log an error of the engine's loops: an outage once, anything else each time."""
+        if connection_lost(exc):
+            self.outage.failed(exc, where)
+        else:
+            log.warning(message, exc)
 
     def _require_pool(self) -> asyncpg.Pool:
         assert self.pool is not None, "engine not started"
@@ -304,16 +335,17 @@ class Engine:
     async def _poll(self) -> float | None:
         """One scheduler pass: start the tasks claimed, advance the instances due; returns
         the seconds until the next timer (None: nothing scheduled)."""
-        free = self.steps.slots.free  # claim no more than we can run now
+        claims = max(0, min(self.steps.slots.free, CLAIM_BATCH))  # what we can run now
         rows = await self._require_pool().fetch(
             q("poll"),
             uuid.UUID(self.owner_id),
             self.settings.lease_seconds,
             256,
-            max(0, min(free, CLAIM_BATCH)),
+            claims,
             list(self._first_steps),
         )
         due = None
+        claimed = 0
         first_steps = 0
         for r in rows:
             if r["kind"] == "new":
@@ -321,9 +353,12 @@ class Engine:
             elif r["kind"] == "advance":
                 self._request_advance(r["instance_id"])
             elif r["kind"] == "task":
+                claimed += 1
                 self._start_claimed(r)
             else:
                 due = r["due"]
+        if claims > 0:  # (with no free slot we learnt nothing about what is claimable)
+            self._claims_left = claimed == claims
         return due
 
     def _request_advance(self, instance_id: str) -> None:
@@ -342,7 +377,8 @@ class Engine:
                 try:
                     await self.advance_many(batch)
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("event=advance_error instances=%d error=%r", len(batch), exc)
+                    message = f"event=advance_error instances={len(batch)} error=%r"
+                    self._warn(exc, "advance", message)
                     self.wake()  # their _advance rows stay: the scheduler finds them again
                 except Exception:  # a planner bug must not stop every other advance
                     log.exception("event=advance_failed instances=%s", batch)
@@ -371,6 +407,8 @@ class Engine:
                         [p[1].plan.to_json() for p in planned],
                     )
         except asyncpg.PostgresError as exc:
+            if connection_lost(exc):
+                raise  # their _advance rows stay
             log.warning("event=advance_batch_failed instances=%d error=%r", len(instance_ids), exc)
             for instance_id in instance_ids:
                 await self.advance(instance_id)
@@ -510,27 +548,33 @@ class Engine:
                 self.planning.drop(task.instance_id)
 
     async def _run_task(self, task: Task, carried: asyncpg.Connection | None = None) -> None:
-        """Run a leaf task; an SQL one on `carried` when its transaction was begun there."""
+        """Run a leaf task; an SQL one on `carried` when its transaction was begun there.
+
+        A task that cannot reach PostgreSQL, or whose connection dies, waits and runs
+        again as long as it holds its task row (_still_leased); its SQL either did not run
+        or was rolled back with its connection. Only an error of the step itself fails it.
+        """
+        attempt = losses = 0
         try:
-            if task.node_type == "SQL":
-                folded, carried = await self._run_sql(task, carried)
-                if folded is not None:  # advanced inside the step's own transaction
-                    if folded.from_memory:
-                        self.counters.in_step_advances_held_total += 1
-                    else:
-                        self.counters.in_step_advances_loaded_total += 1
-                    await self._act_on_applied_in_step(task.instance_id, folded, carried)
+            while True:
+                try:
+                    await self._run_task_once(task, carried)
+                    self.outage.answered()
                     return
-            elif task.node_type in ("SLEEP", "WAIT_SCHEDULE"):
-                raw = (
-                    task.payload or ""
-                    if task.node_type == "WAIT_SCHEDULE"
-                    else SLEEP_RESULT.format(seconds=int(task.payload or 0))
-                )
-                await self._record_result(task, raw, "exactly-once")  # a timer has no effect
-            elif task.node_type in HTTP_TYPES and not await self._run_http(task):
-                return  # abandoned: whoever abandoned it advanced the instance
-            await self.advance(task.instance_id)
+                except Exception as exc:
+                    if not connection_lost(exc):
+                        raise
+                    self.outage.failed(exc, "step")
+                    losses += isinstance(exc, StepNotRun) and exc.started
+                    if losses >= MAX_LOSSES_WHILE_RUNNING:
+                        raise StepFailed(
+                            f"SQL execution failed: {exc} (the step's connection was lost "
+                            f"{losses} times while it ran)"
+                        ) from exc
+                carried = None  # went with the connection (released by _pass_on)
+                attempt += 1
+                if not await self._still_leased(task, attempt):
+                    return
         except StepFailed as exc:
             await self._fail(task, str(exc))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -539,6 +583,79 @@ class Engine:
             )  # the lease expires; retried
         finally:
             self._finished(task)
+
+    async def _still_leased(self, task: Task, attempt: int) -> bool:
+        """After a task met an outage: wait (backing off) until PostgreSQL answers, then
+        ask whether the task row still carries the task's lease token.
+
+        This decides what a connection that died during the step's COMMIT left behind,
+        which the engine cannot know from the connection: the step's transaction deletes
+        that row as it records the result, so the row is there exactly when the step did
+        not commit (run it again), and gone when it committed (its result is recorded:
+        running it again would duplicate it) or when the task was abandoned or taken over
+        by another engine after its lease expired. A backend that lost its client while
+        committing may still be committing when we look: the re-run's record then waits
+        for that row lock, finds the row gone, and its whole transaction, statement
+        included, rolls back (40001): never a second effect."""
+        while True:
+            await asyncio.sleep(retry_delay(attempt))
+            try:
+                leased = await self._require_pool().fetchval(
+                    q("task_still_leased"), task.instance_id, task.node_id, uuid.UUID(task.token)
+                )
+                break
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if not connection_lost(exc):
+                    raise
+                self.outage.failed(exc, "step")
+                attempt += 1
+        self.outage.answered()
+        if not leased:  # committed, or not ours any more: whatever comes next is recorded
+            log.info("event=step_settled instance=%s node=%s", task.instance_id, task.node_id)
+            self._request_advance(task.instance_id)
+            await self._claim_own_leases(task.instance_id)
+        return bool(leased)
+
+    async def _claim_own_leases(self, instance_id: str) -> None:
+        """Start the instance's tasks leased to this engine that it does not run: the plan
+        a step's transaction applied before its connection died may have leased the next
+        steps to us (else they would wait for their leases to expire)."""
+        running = [uuid.UUID(r.task.token) for r in self._running.values()]
+        try:
+            rows = await self._require_pool().fetch(
+                q("claim_own_leases"),
+                instance_id,
+                uuid.UUID(self.owner_id),
+                running,
+                self.settings.lease_seconds,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self._warn(exc, "step", "event=claim_own_leases_failed error=%r")
+            return  # their leases expire and the poll takes them
+        for r in rows:
+            self._start_claimed(r)
+
+    async def _run_task_once(self, task: Task, carried: asyncpg.Connection | None) -> None:
+        """One attempt at a leaf task (see _run_task)."""
+        if task.node_type == "SQL":
+            folded, carried = await self._run_sql(task, carried)
+            if folded is not None:  # advanced inside the step's own transaction
+                if folded.from_memory:
+                    self.counters.in_step_advances_held_total += 1
+                else:
+                    self.counters.in_step_advances_loaded_total += 1
+                await self._act_on_applied_in_step(task.instance_id, folded, carried)
+                return
+        elif task.node_type in ("SLEEP", "WAIT_SCHEDULE"):
+            raw = (
+                task.payload or ""
+                if task.node_type == "WAIT_SCHEDULE"
+                else SLEEP_RESULT.format(seconds=int(task.payload or 0))
+            )
+            await self._record_result(task, raw, "exactly-once")  # a timer has no effect
+        elif task.node_type in HTTP_TYPES and not await self._run_http(task):
+            return  # abandoned: whoever abandoned it advanced the instance
+        await self.advance(task.instance_id)
 
     async def _step_connection(self, owner: str, database: str) -> asyncpg.Connection:
         """A step slot and a connection as `owner` (one whose transaction a finishing step
@@ -670,6 +787,8 @@ class Engine:
             await self.steps.release(owner, database, conn)
         finally:
             self.steps.slots.give()
+            if self._claims_left:  # claim the next orphan now, not at the next poll
+                self.wake()
 
     async def _record_result(self, task: Task, raw: str, delivery: str) -> None:
         await self._require_pool().execute(
@@ -685,7 +804,8 @@ class Engine:
             if recorded:
                 await self.advance(task.instance_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("event=fail_record_error instance=%s error=%r", task.instance_id, exc)
+            # the lease expires and the step runs again, to fail again
+            self._warn(exc, "step", f"event=fail_record_error instance={task.instance_id} error=%r")
 
     async def _cancel_steps(self, instance_id: str, nodes: set[str]) -> None:
         """Cancel the SQL or HTTP still running for abandoned nodes (a RACE loser, a cancel)."""
@@ -729,7 +849,11 @@ class Engine:
         held = self.planning.snapshot(instance_id)
         if held is None:
             return
-        row = await self._require_pool().fetchrow(q("held_state_check"), instance_id)
+        try:
+            row = await self._require_pool().fetchrow(q("held_state_check"), instance_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self._warn(exc, "verify", "event=verify_held_failed error=%r")
+            return
         if row is None or row["state"] is None or row["pending"]:
             return
         document = json.loads(row["state"])

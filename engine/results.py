@@ -6,7 +6,7 @@ import datetime
 import decimal
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 SUPPORTED = (
@@ -85,17 +85,79 @@ def check_columns(columns: Sequence[tuple[str, str]]) -> None:
             )
 
 
-def rows_document(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]) -> str:
+class ResultTooLarge(Exception):
+    """A step's result document would be larger than --max-result-bytes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"SQL step result is larger than the limit of {limit} bytes (--max-result-bytes)"
+        )
+
+
+class RowsDocument:
+    """pg_durable's `{"rows":[{col:val,...}],"row_count":n}` (compact JSON, columns in SELECT
+    order), written as rows arrive and refused as soon as it would pass `limit` bytes.
+
+    Each row is converted and serialised on arrival, so the rows themselves are not kept; a
+    text or JSON value more than twice what is left of the limit is refused before it is
+    converted (its compact JSON cannot be shorter than half of it)."""
+
+    HEAD, TAIL = '{"rows":[', '],"row_count":'
+
+    def __init__(self, columns: Sequence[tuple[str, str]], limit: int) -> None:
+        self._names = [name for name, _ in columns]
+        self._converters = [CONVERTERS[type_name] for _, type_name in columns]
+        self._limit = limit
+        self._parts: list[str] = []
+        self.size = len(self.HEAD) + len(self.TAIL) + len("0}")  # the empty document
+        self.rows = 0
+
+    def add(self, rows: Iterable[Iterable[Any]]) -> None:
+        """Append rows; ResultTooLarge once the document would pass the limit."""
+        for row in rows:
+            self._check_values(row)
+            item: dict[str, Any] = {}
+            for name, convert, value in zip(self._names, self._converters, row, strict=True):
+                item[name] = None if value is None else convert(value)
+            piece = compact(item)
+            grown = (len(piece) if piece.isascii() else len(piece.encode())) + (self.rows > 0)
+            grown += len(str(self.rows + 1)) - len(str(self.rows))  # the count's digits
+            if self.size + grown > self._limit:
+                raise ResultTooLarge(self._limit)
+            self.size += grown
+            self._parts.append(piece)
+            self.rows += 1
+
+    def _check_values(self, row: Iterable[Any]) -> None:
+        left = self._limit - self.size
+        for value in row:
+            if isinstance(value, str) and len(value) > 2 * left:
+                raise ResultTooLarge(self._limit)
+
+    def rows_per_fetch(self, chunk_bytes: int) -> int:
+        """How many more rows make about `chunk_bytes`, judging by the rows so far."""
+        if self.rows == 0:
+            return FIRST_FETCH_ROWS
+        average = max(1, (self.size - len(self.HEAD)) // self.rows)
+        return max(1, min(MAX_FETCH_ROWS, chunk_bytes // average))
+
+    def text(self) -> str:
+        document = self.HEAD + ",".join(self._parts) + self.TAIL + str(self.rows) + "}"
+        self._parts = []
+        return document
+
+
+FIRST_FETCH_ROWS = 16  # rows asked for with the statement: most steps return one
+MAX_FETCH_ROWS = 10_000
+
+
+def rows_document(
+    columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]], limit: int = 2**62
+) -> str:
     """`{"rows":[{col:val,...}],"row_count":n}` as compact JSON, columns in SELECT order."""
-    converters = [CONVERTERS[type_name] for _, type_name in columns]
-    names = [name for name, _ in columns]
-    out = []
-    for row in rows:
-        item: dict[str, Any] = {}
-        for name, convert, value in zip(names, converters, row, strict=True):
-            item[name] = None if value is None else convert(value)
-        out.append(item)
-    return compact({"rows": out, "row_count": len(out)})
+    document = RowsDocument(columns, limit)
+    document.add(rows)
+    return document.text()
 
 
 def compact(value: Any) -> str:

@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from engine.ssrf import AllowEntry
 
 MIB = 1024 * 1024
+# An SQL step's result document is stored as jsonb, whose hard limit is 256 MiB: 64 MiB
+# leaves room for a JOIN of three such branches, whose result holds theirs. pgdurable holds
+# a result several times over while recording it (about ten), so this also bounds a step's
+# memory to a few hundred MiB.
+DEFAULT_MAX_RESULT_BYTES = 64 * MIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,7 @@ class EngineSettings:
     # with a secret, steps log in through per-owner runner roles (password-only clusters)
     runner_secret: bytes | None = None
     max_user_connections: int = 10
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES  # an SQL step's result document
     lease_seconds: float = 30.0
     poll_interval: float = 1.0
     enable_superuser_instances: bool = False

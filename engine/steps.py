@@ -22,11 +22,13 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from engine.outage import StepNotRun, connection_lost
 from engine.queries import q
-from engine.results import UnsupportedColumn, check_columns, rows_document
+from engine.results import ResultTooLarge, UnsupportedColumn, check_columns
 from engine.runners import NoRunner, Runners
 from engine.settings import EngineSettings
 from engine.slots import StepSlots
+from engine.step_rows import fetch_document, limit_results
 
 log = logging.getLogger("pgdurable.steps")
 ACTIVE_SQL_TRANSACTION = "25001"
@@ -75,6 +77,7 @@ class StepConnections:
             if not conn.is_closed():
                 return conn
         conn = await self.connect(role, database, STEP_SESSION_SETTINGS)
+        limit_results(conn, self.settings.max_result_bytes)
         if database == self.settings.catalog_database:
             try:
                 await _prepare_bookkeeping(conn)
@@ -133,14 +136,15 @@ class StepConnections:
                 timeout=30,
                 server_settings=server_settings,
             )
-        except TimeoutError as exc:
-            raise StepFailed(
+        except TimeoutError as exc:  # the step never started: it waits and runs again
+            raise StepNotRun(
                 f"Connection to database '{database}' as '{role}' timed out after 30s"
             ) from exc
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise StepFailed(
-                f"Failed to connect to database '{database}' as '{role}'. Error: {exc}"
-            ) from exc
+            text = f"Failed to connect to database '{database}' as '{role}'. Error: {exc}"
+            if connection_lost(exc):  # refused, the server starting up or shutting down
+                raise StepNotRun(text) from exc
+            raise StepFailed(text) from exc
 
     async def release(self, role: str, database: str, conn: asyncpg.Connection) -> None:
         try:
@@ -284,20 +288,40 @@ async def run_sql_step(
     record_elsewhere: Recorder | None,
     advance: InStepAdvance | None = None,
 ) -> bool:
-    """Execute and record one SQL step; raises StepFailed with the node's error text.
+    """Execute and record one SQL step; raises StepFailed with the node's error text, or
+    StepNotRun when the connection died first (its transaction died with it).
 
     Returns True when the instance was also advanced inside the step's transaction.
 
     In the catalog's database the statement and its record commit together (exactly once).
     In another database (`df.start(..., database => ...)`) they cannot, so the result is
     recorded after the statement committed: at-least-once, as for non-transactional SQL.
+
+    A connection that dies during the COMMIT round trip raises StepNotRun too, although
+    the transaction may have committed: the engine runs the step again only if its task
+    row still carries the lease token that recording the result deletes (engine.py,
+    _still_leased).
     """
+    try:
+        return await _run_sql_step(conn, task, record_elsewhere, advance)
+    except (OSError, asyncpg.InterfaceError) as exc:
+        if isinstance(exc, StepNotRun) or not connection_lost(exc):
+            raise
+        raise StepNotRun(str(exc), started=True) from exc
+
+
+async def _run_sql_step(
+    conn: asyncpg.Connection,
+    task: Task,
+    record_elsewhere: Recorder | None,
+    advance: InStepAdvance | None,
+) -> bool:
     sql = task.payload or ""
     if record_elsewhere is not None:
         try:
             raw = await _execute(conn, sql)
         except asyncpg.PostgresError as exc:
-            raise StepFailed(_sql_error(exc)) from exc
+            raise _step_error(exc) from exc
         await record_elsewhere(task, raw, "at-least-once")
         return False
     for fresh in (False, True):
@@ -328,7 +352,7 @@ async def run_sql_step(
                 raise StepFailed(_sql_error(exc)) from exc
         except asyncpg.PostgresError as exc:
             if exc.sqlstate != ACTIVE_SQL_TRANSACTION:
-                raise StepFailed(_sql_error(exc)) from exc
+                raise _step_error(exc) from exc
             break
     log.info("event=step_autocommit instance=%s node=%s", task.instance_id, task.node_id)
     try:
@@ -337,7 +361,7 @@ async def run_sql_step(
             conn, "complete_step", task.instance_id, task.node_id, task.token, raw, "at-least-once"
         )
     except asyncpg.PostgresError as exc:
-        raise StepFailed(_sql_error(exc)) from exc
+        raise _step_error(exc) from exc
     return False
 
 
@@ -476,18 +500,27 @@ async def _execute(conn: asyncpg.Connection, sql: str, retry: bool = True) -> st
     except UnsupportedColumn as exc:
         raise StepFailed(str(exc)) from exc
     try:
-        rows = await stmt.fetch()
+        return await fetch_document(conn, stmt, columns)
+    except ResultTooLarge as exc:
+        raise StepFailed(str(exc)) from exc
     except STALE_STATEMENT:
         _forget_statements(conn)
         if not retry or conn.is_in_transaction():
             raise  # run_sql_step re-runs the whole transaction
         return await _execute(conn, sql, retry=False)  # nothing ran: prepare afresh
-    return rows_document(columns, [tuple(r) for r in rows])
 
 
 def _refused_login(exc: StepFailed) -> bool:
     """A first login, or one after the secret changed (28P01 is a subclass of 28000)."""
     return isinstance(exc.__cause__, asyncpg.InvalidAuthorizationSpecificationError)
+
+
+def _step_error(exc: asyncpg.PostgresError) -> StepFailed | StepNotRun:
+    """The step failed (an error of its SQL), or it did not run: its connection went with
+    the server (57P01/57P02/57P03, class 08), which rolled its transaction back."""
+    if connection_lost(exc):
+        return StepNotRun(str(exc), started=True)
+    return StepFailed(_sql_error(exc))
 
 
 def _sql_error(exc: asyncpg.PostgresError) -> str:

@@ -109,6 +109,7 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
         admin_user=upstream.user,
         runner_secret=settings.secret,
         max_user_connections=settings.max_user_connections,
+        max_result_bytes=settings.max_result_bytes,
         lease_seconds=settings.lease_seconds,
         poll_interval=settings.poll_interval,
         enable_superuser_instances=settings.enable_superuser_instances,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from engine.settings import MIB, HttpSettings
+from engine.settings import DEFAULT_MAX_RESULT_BYTES, MIB, HttpSettings
 from engine.ssrf import AllowListError, parse_allow_list
 from pgdurable_proxy.dsn import DSNError, UpstreamDSN, parse_dsn
 
@@ -35,6 +35,7 @@ class Settings:
     shutdown_timeout: float = 30.0
     enable_superuser_instances: bool = False
     max_user_connections: int = 10
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     poll_interval: float = 1.0
     lease_seconds: float = 30.0
     min_loop_iteration_seconds: float = 1.0
@@ -112,6 +113,12 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     option(
         "--max-user-connections", 10, type=int, help="global cap on concurrently running SQL steps"
+    )
+    option(
+        "--max-result-bytes",
+        DEFAULT_MAX_RESULT_BYTES,
+        type=int,
+        help="cap on an SQL step's result (its JSON document); a step over it fails",
     )
     option("--poll-interval", 1.0, type=float, help="seconds between safety-net polls for due work")
     option(
@@ -224,6 +231,8 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         raise ConfigError("--authentication-timeout must be positive")
     if args.max_client_connections < 1:
         raise ConfigError("--max-client-connections must be at least 1")
+    if args.max_result_bytes <= 0:
+        raise ConfigError("--max-result-bytes must be positive")
     return Settings(
         upstream=upstream,
         host=args.host,
@@ -236,6 +245,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         shutdown_timeout=args.shutdown_timeout,
         enable_superuser_instances=args.enable_superuser_instances,
         max_user_connections=args.max_user_connections,
+        max_result_bytes=args.max_result_bytes,
         poll_interval=args.poll_interval,
         lease_seconds=args.lease_seconds,
         min_loop_iteration_seconds=args.min_loop_iteration_seconds,

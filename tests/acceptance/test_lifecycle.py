@@ -20,6 +20,7 @@ from pgdurable_proxy.cluster import Cluster, free_port, wheel_bindir
 from tests.support.certs import self_signed
 from tests.support.clusters import FLAVORS, make_cluster, remove_cluster
 from tests.support.proxy import ProxyProcess
+from tests.support.workflows import start_and_await
 
 
 def _ssl_capable(bindir: Path) -> bool:
@@ -118,6 +119,29 @@ def test_upstream_tls_follows_sslmode(
     proxy = ProxyProcess(f"{tls_cluster.dsn()}?sslmode={sslmode}").start()
     try:
         assert _upstream_ssl(proxy.dsn("scram_user", "scram-secret")) is expected
+    finally:
+        proxy.stop()
+
+
+def test_steps_over_upstream_tls_run_and_their_results_are_metered(
+    tls_cluster: Cluster, tmp_path: Path
+) -> None:
+    """The engine's step connections use TLS too, and the result meter sits behind it."""
+    if tls_cluster.settings.get("ssl") != "on":
+        pytest.skip("no PostgreSQL build with SSL support on this machine")
+    args = ["--max-result-bytes", "100000"]
+    proxy = ProxyProcess(f"{tls_cluster.dsn()}?sslmode=require", extra_args=args).start()
+    try:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            conn.execute("SELECT df.grant_usage('trust_user')")
+        dsn = proxy.dsn("trust_user")
+        graph = "'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'"
+        instance, status = start_and_await(dsn, graph)
+        with psycopg.connect(dsn) as conn:
+            result = conn.execute("SELECT df.result(%s)::jsonb", (instance,)).fetchone()
+        assert status == "completed" and result == ({"rows": [{"ssl": True}], "row_count": 1},)
+        _, status = start_and_await(dsn, "'SELECT repeat(''x'', 10000000) AS big'")
+        assert status == "failed"
     finally:
         proxy.stop()
 

@@ -118,3 +118,12 @@ def test_connection_limits_flags_and_environment() -> None:
 def test_bad_connection_limits(argv: list[str]) -> None:
     with pytest.raises(ConfigError, match=argv[0]):
         parse_settings(argv, {})
+
+
+def test_max_result_bytes_flag_environment_and_default() -> None:
+    assert parse_settings([], {}).max_result_bytes == 64 * 1024 * 1024
+    assert parse_settings([], {"PGDURABLE_MAX_RESULT_BYTES": "1000"}).max_result_bytes == 1000
+    env = {"PGDURABLE_MAX_RESULT_BYTES": "1000"}
+    assert parse_settings(["--max-result-bytes", "5"], env).max_result_bytes == 5
+    with pytest.raises(ConfigError, match="--max-result-bytes must be positive"):
+        parse_settings(["--max-result-bytes", "0"], {})
