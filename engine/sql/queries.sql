@@ -24,7 +24,7 @@ WITH mine AS (
 ), renewed AS (
     UPDATE df._tasks t
     SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2)
-    WHERE (t.instance_id, t.node_id) IN (
+    WHERE (t.instance_id, t.node_id) OPERATOR(pg_catalog.=) ANY (
         SELECT l.instance_id, l.node_id FROM df._tasks l
         WHERE l.lease_owner OPERATOR(pg_catalog.=) $1
           AND l.lease_token OPERATOR(pg_catalog.=) ANY ($3::pg_catalog.uuid[])

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from pglast import ast, parse_sql
-from pglast.enums import A_Expr_Kind
+from pglast.enums import A_Expr_Kind, SubLinkType
 from pglast.visitors import Visitor
 
 from engine.queries import queries
@@ -49,6 +49,11 @@ class _Unqualified(Visitor):  # type: ignore[misc]
         if node.kind in kinds and len(node.name) < 2:
             self.found.append("operator " + ".".join(n.sval for n in node.name))
 
+    def visit_SubLink(self, ancestors: Any, node: ast.SubLink) -> None:
+        kinds = (SubLinkType.ANY_SUBLINK, SubLinkType.ALL_SUBLINK)
+        if node.subLinkType in kinds and len(node.operName or ()) < 2:  # IN: a bare =
+            self.found.append("operator of " + ("IN" if not node.operName else "ANY/ALL"))
+
     def visit_RangeVar(self, ancestors: Any, node: ast.RangeVar) -> None:
         if node.schemaname is None and node.relname not in self.ctes:
             self.found.append("relation " + node.relname)
@@ -71,10 +76,11 @@ def test_every_name_in_an_engine_statement_is_schema_qualified(name: str, sql: s
 
 def test_the_checker_finds_what_the_attack_used() -> None:
     visitor = _Unqualified()
-    for statement in parse_sql("SELECT df.f($1::jsonb), now() + x FROM t WHERE a = ANY ($2)"):
+    sql = "SELECT df.f($1::jsonb), now() + x FROM t WHERE a = ANY ($2) AND b IN (SELECT 1)"
+    for statement in parse_sql(sql):
         visitor(statement)
     assert sorted(visitor.found) == sorted(
-        ["function now", "type jsonb", "operator +", "relation t", "operator ="]
+        ["function now", "type jsonb", "operator +", "relation t", "operator =", "operator of IN"]
     )
 
 
