@@ -657,10 +657,12 @@ class Engine:
             return  # abandoned: whoever abandoned it advanced the instance
         await self.advance(task.instance_id)
 
-    async def _step_connection(self, owner: str, database: str) -> asyncpg.Connection:
+    async def _step_connection(
+        self, owner: str, database: str, instance_id: str
+    ) -> asyncpg.Connection:
         """A step slot and a connection as `owner` (one whose transaction a finishing step
         began, when one was handed over with the slot); _release_step gives both back."""
-        handed = await self.steps.slots.take((owner, database))
+        handed = await self.steps.slots.take((owner, database), instance_id)
         if handed is not None:
             self.steps.carried.discard(handed)
             self.counters.handed_over_steps_total += 1
@@ -679,7 +681,7 @@ class Engine:
         when its COMMIT began the transaction of the step that plan leased to this engine
         (the caller then runs that step on it, or releases it)."""
         if carried is None:
-            conn = await self._step_connection(task.owner, task.database)
+            conn = await self._step_connection(task.owner, task.database, task.instance_id)
         else:
             conn = carried
             self.steps.carried.discard(conn)
@@ -726,7 +728,7 @@ class Engine:
     async def _take_first_step(self, instance_id: str, owner: str) -> None:
         database = self.settings.catalog_database
         try:
-            conn = await self._step_connection(owner, database)
+            conn = await self._step_connection(owner, database, instance_id)
         except (StepFailed, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.info("event=first_step_deferred instance=%s error=%r", instance_id, exc)
             self._request_advance(instance_id)

@@ -20,18 +20,21 @@ SlotKey = tuple[str, str]  # (owner, database)
 @dataclass(slots=True)
 class _Waiter:
     key: SlotKey
+    instance: str
     future: asyncio.Future[asyncpg.Connection | None]
 
 
 class StepSlots:
-    """A semaphore whose waiters may receive a connection with their slot, served in turn by
-    (owner, database): one waiter of each key that waits, then the next key, so that one
-    owner's thousand parallel steps do not keep another owner's step waiting for all of
-    them. Within a key, waiters are served in order."""
+    """A semaphore whose waiters may receive a connection with their slot, served in turns:
+    the (owner, database) keys that wait take turns, and within a key its instances take
+    turns, so that one owner's thousand parallel steps do not keep another owner's step
+    waiting for all of them, nor one wide instance another instance of the same owner.
+    An instance's own waiters are served in order."""
 
     def __init__(self, size: int) -> None:
         self._free = size
-        self._queues: dict[SlotKey, deque[_Waiter]] = {}  # in turn order: first key is next
+        # key -> instance -> waiters; both levels in turn order (the first is next)
+        self._queues: dict[SlotKey, dict[str, deque[_Waiter]]] = {}
 
     @property
     def free(self) -> int:
@@ -41,14 +44,14 @@ class StepSlots:
     def locked(self) -> bool:
         return self._free == 0
 
-    async def take(self, key: SlotKey) -> asyncpg.Connection | None:
+    async def take(self, key: SlotKey, instance: str = "") -> asyncpg.Connection | None:
         """Wait for a slot; with it, a connection whose transaction was begun for `key`, or
         None (take one from the pool)."""
         if self._free > 0 and self._next_key() is None:
             self._free -= 1
             return None
-        waiter = _Waiter(key, asyncio.get_running_loop().create_future())
-        self._queues.setdefault(key, deque()).append(waiter)
+        waiter = _Waiter(key, instance, asyncio.get_running_loop().create_future())
+        self._queues.setdefault(key, {}).setdefault(instance, deque()).append(waiter)
         try:
             return await waiter.future
         except asyncio.CancelledError:
@@ -58,17 +61,16 @@ class StepSlots:
 
     def wanted(self, key: SlotKey) -> bool:
         """Does a step wait for a slot to run as `key`?"""
-        return any(not w.future.done() for w in self._queues.get(key, ()))
+        instances = self._queues.get(key, {})
+        return any(not w.future.done() for queue in instances.values() for w in queue)
 
     def hand(self, key: SlotKey, conn: asyncpg.Connection) -> bool:
-        """Give the slot held with `conn`, and `conn`, to the first step waiting as `key`
+        """Give the slot held with `conn`, and `conn`, to the next step waiting as `key`
         when it is `key`'s turn; False (nothing done) when none waits or another key's
         turn comes first."""
         if self._next_key() != key:
             return False
-        waiter = self._serve(key)
-        assert waiter is not None
-        waiter.future.set_result(conn)
+        self._serve(key).future.set_result(conn)
         return True
 
     def give(self) -> None:
@@ -79,37 +81,45 @@ class StepSlots:
         if key is None:
             self._free += 1
             return
-        waiter = self._serve(key)
-        assert waiter is not None
-        waiter.future.set_result(None)
+        self._serve(key).future.set_result(None)
 
     def _next_key(self) -> SlotKey | None:
-        """The key whose turn is next (its queue's cancelled waiters dropped on the way)."""
+        """The key whose turn is next (cancelled waiters dropped on the way)."""
         for key in list(self._queues):
-            queue = self._queues[key]
-            while queue and queue[0].future.done():
-                queue.popleft()
-            if queue:
+            instances = self._queues[key]
+            for instance in list(instances):
+                queue = instances[instance]
+                while queue and queue[0].future.done():
+                    queue.popleft()
+                if not queue:
+                    del instances[instance]
+            if instances:
                 return key
             del self._queues[key]
         return None
 
-    def _serve(self, key: SlotKey) -> _Waiter | None:
-        """Take `key`'s first waiter and send `key` to the end of the turn order."""
-        queue = self._queues.pop(key, None)
-        if not queue:
-            return None
+    def _serve(self, key: SlotKey) -> _Waiter:
+        """Take the next waiter of `key` (call after _next_key found it): of its first
+        instance, which then goes to the end of the key's turns, as the key of all keys'."""
+        instances = self._queues.pop(key)
+        instance = next(iter(instances))
+        queue = instances.pop(instance)
         waiter = queue.popleft()
         if queue:
-            self._queues[key] = queue
+            instances[instance] = queue
+        if instances:
+            self._queues[key] = instances
         return waiter
 
     def _leave(self, waiter: _Waiter) -> bool:
         """Take a cancelled waiter out of its queue; False when it was no longer there."""
-        queue = self._queues.get(waiter.key)
+        instances = self._queues.get(waiter.key, {})
+        queue = instances.get(waiter.instance)
         if queue is None or waiter not in queue:
             return False
         queue.remove(waiter)
         if not queue:
-            del self._queues[waiter.key]
+            del instances[waiter.instance]
+            if not instances:
+                del self._queues[waiter.key]
         return True

@@ -93,6 +93,30 @@ def test_owners_take_turns_so_a_wide_graph_does_not_starve_another_owners_step()
     _run(test)
 
 
+def test_instances_of_one_owner_take_turns_too() -> None:
+    """A wide instance's queued steps do not keep another instance of the same owner
+    waiting behind all of them."""
+
+    async def test() -> None:
+        slots = StepSlots(1)
+        await slots.take(ALICE, "wide")
+        wide = [asyncio.ensure_future(slots.take(ALICE, "wide")) for _ in range(20)]
+        await asyncio.sleep(0)
+        other = asyncio.ensure_future(slots.take(ALICE, "other"))
+        await asyncio.sleep(0)
+        assert slots.hand(ALICE, CONN)  # alice's turn: her next instance's waiter
+        await asyncio.sleep(0)
+        assert wide[0].done() and not other.done()
+        slots.give()
+        await asyncio.sleep(0)
+        assert other.done() and not wide[1].done()
+        for future in wide:
+            future.cancel()
+        await asyncio.gather(*wide, return_exceptions=True)
+
+    _run(test)
+
+
 def test_a_free_slot_is_taken_at_once_even_if_cancelled_waiters_are_still_queued() -> None:
     async def test() -> None:
         slots = StepSlots(1)
