@@ -61,8 +61,8 @@ class StepSlots:
 
     def wanted(self, key: SlotKey) -> bool:
         """Does a step wait for a slot to run as `key`?"""
-        instances = self._queues.get(key, {})
-        return any(not w.future.done() for queue in instances.values() for w in queue)
+        instances = self._queues.get(key)
+        return instances is not None and self._live(instances)
 
     def hand(self, key: SlotKey, conn: asyncpg.Connection) -> bool:
         """Give the slot held with `conn`, and `conn`, to the next step waiting as `key`
@@ -85,18 +85,25 @@ class StepSlots:
 
     def _next_key(self) -> SlotKey | None:
         """The key whose turn is next (cancelled waiters dropped on the way)."""
-        for key in list(self._queues):
-            instances = self._queues[key]
-            for instance in list(instances):
-                queue = instances[instance]
-                while queue and queue[0].future.done():
-                    queue.popleft()
-                if not queue:
-                    del instances[instance]
-            if instances:
+        while self._queues:
+            key, instances = next(iter(self._queues.items()))
+            if self._live(instances):
                 return key
             del self._queues[key]
         return None
+
+    @staticmethod
+    def _live(instances: dict[str, deque[_Waiter]]) -> bool:
+        """Does one of these instances have a waiter left? Cancelled waiters at the head of
+        the first queues are dropped on the way, and queues left empty (amortised O(1))."""
+        while instances:
+            instance, queue = next(iter(instances.items()))
+            while queue and queue[0].future.done():
+                queue.popleft()
+            if queue:
+                return True
+            del instances[instance]
+        return False
 
     def _serve(self, key: SlotKey) -> _Waiter:
         """Take the next waiter of `key` (call after _next_key found it): of its first

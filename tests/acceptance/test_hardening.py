@@ -19,18 +19,23 @@ def _start(dsn: str, graph_sql: str) -> str:
     return str(row[0])
 
 
+def _count_nodes(dsn: str, instance: str, node_type: str, status: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM df.nodes WHERE instance_id = %s AND node_type = %s "
+            "AND status = %s",
+            (instance, node_type, status),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def _wait_node(dsn: str, instance: str, node_type: str, status: str, count: int) -> None:
     deadline = time.monotonic() + 10
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT count(*) FROM df.nodes WHERE instance_id = %s AND node_type = %s "
-                "AND status = %s",
-                (instance, node_type, status),
-            ).fetchone()
-            if row is not None and row[0] >= count:
-                return
-            time.sleep(0.02)
+    while time.monotonic() < deadline:
+        if _count_nodes(dsn, instance, node_type, status) >= count:
+            return
+        time.sleep(0.02)
     raise AssertionError(f"{instance}: fewer than {count} {node_type} nodes {status}")
 
 
@@ -104,11 +109,6 @@ def test_a_wide_graph_does_not_keep_another_owners_hello_world_waiting(
     _wait_node(wf_dsn, wide, "SQL", "running", 10)
     hello = _start(proxy.dsn(other), "'SELECT 1'")
     assert await_status(proxy.dsn(other), hello) == "completed"
-    with psycopg.connect(wf_dsn, autocommit=True) as conn:
-        done = conn.execute(
-            "SELECT count(*) FROM df.nodes WHERE instance_id = %s AND node_type = 'SQL' "
-            "AND status = 'completed'",
-            (wide,),
-        ).fetchone()
-    assert done is not None and done[0] < 40, f"the hello world waited for {done[0]} steps"
+    done = _count_nodes(wf_dsn, wide, "SQL", "completed")
+    assert done < 40, f"the hello world waited for {done} steps"
     assert await_status(wf_dsn, wide, 60) == "completed"

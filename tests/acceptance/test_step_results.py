@@ -113,19 +113,27 @@ def test_a_large_allowed_result_is_read_in_chunks_whole_and_in_order(
     assert row == (15000, {"g": 15000, "h": "3f74a886c7f841699690962c497d4f30"}, 15000)
 
 
+BIG_STEP = "SELECT md5(g::text) AS hash, g AS n FROM generate_series(1, 15000) g"
+
+
+def _big_rows_text() -> str:
+    """BIG_STEP's result as the step writes it (keys in column order)."""
+    return rows_document(
+        [("hash", "text"), ("n", "int4")],
+        [(hashlib.md5(str(g).encode()).hexdigest(), g) for g in range(1, 15001)],
+    )
+
+
 def test_a_large_result_is_stored_once_and_read_back_in_column_order(
     capped: tuple[Cluster, ProxyProcess],
 ) -> None:
     cluster, _ = capped
     # jsonb orders keys n before hash; the step's text, and $big (its first column), do not
-    big = "SELECT md5(g::text) AS hash, g AS n FROM generate_series(1, 15000) g"
+    big = BIG_STEP
     graph = f"$${big}$$ |=> 'big' ~> 'SELECT $big AS first'"
     instance, status = start_and_await(cluster.dsn("big"), graph)
     assert status == "completed"
-    expected = rows_document(
-        [("hash", "text"), ("n", "int4")],
-        [(hashlib.md5(str(g).encode()).hexdigest(), g) for g in range(1, 15001)],
-    )
+    expected = _big_rows_text()
     with psycopg.connect(cluster.dsn()) as conn:
         stored = conn.execute(
             "SELECT n.node_type, n.result IS NOT NULL, s.raw_result IS NULL, s.result_columns "
@@ -148,13 +156,10 @@ def test_a_large_output_is_stored_once_and_read_back_whole(
     capped: tuple[Cluster, ProxyProcess],
 ) -> None:
     cluster, _ = capped
-    big = "SELECT md5(g::text) AS hash, g AS n FROM generate_series(1, 15000) g"
+    big = BIG_STEP
     instance, status = start_and_await(cluster.dsn("big"), f"$${big}$$")
     assert status == "completed"
-    expected = rows_document(
-        [("hash", "text"), ("n", "int4")],
-        [(hashlib.md5(str(g).encode()).hexdigest(), g) for g in range(1, 15001)],
-    )
+    expected = _big_rows_text()
     with psycopg.connect(cluster.dsn()) as conn:
         stored = conn.execute(
             "SELECT e.output IS NULL, e.output_columns, s.raw_result IS NULL "
