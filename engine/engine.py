@@ -202,16 +202,17 @@ class Engine:
         NOTIFY df_wake): what to advance, and as whom, is read from the catalog."""
         self.wake()
 
-    def _new_instance(self, instance_id: str, owner: str | None, first_steps: int) -> bool:
+    def _new_instance(self, row: asyncpg.Record, first_steps: int) -> bool:
         """A new instance whose steps run in the catalog's database: when a step connection
         is free and no advance waits, its first advance and first step share one
-        transaction on its owner's connection (the owner read from df.instances). False
-        when it is advanced as usual."""
-        if owner is None or self._to_advance or self.steps.slots.free <= first_steps:
+        transaction on its owner's connection, planned from the state the poll read (the
+        owner read from df.instances). False when it is advanced as usual."""
+        instance_id, owner, state = row["instance_id"], row["owner"], row["payload"]
+        if None in (owner, state) or self._to_advance or self.steps.slots.free <= first_steps:
             self._request_advance(instance_id)
             return False
         self._first_steps.add(instance_id)
-        self._spawn(self._first_step(instance_id, owner))
+        self._spawn(self._first_step(instance_id, owner, state))
         return True
 
     async def stop(self) -> None:
@@ -343,13 +344,14 @@ class Engine:
             256,
             claims,
             list(self._first_steps),
+            self.steps.slots.free,
         )
         due = None
         claimed = 0
         first_steps = 0
         for r in rows:
             if r["kind"] == "new":
-                first_steps += self._new_instance(r["instance_id"], r["owner"], first_steps)
+                first_steps += self._new_instance(r, first_steps)
             elif r["kind"] == "advance":
                 self._request_advance(r["instance_id"])
             elif r["kind"] == "task":
@@ -717,15 +719,16 @@ class Engine:
         self._spawn(self._release_step(task.owner, task.database, conn))
         return None
 
-    async def _first_step(self, instance_id: str, owner: str) -> None:
+    async def _first_step(self, instance_id: str, owner: str, state: str) -> None:
         """A new instance's first advance and first SQL step in one transaction on its
-        owner's connection (steps.run_first_step); the ordinary advance if that fails."""
+        owner's connection (steps.run_first_step), planned from `state` (df._poll's
+        document); the ordinary advance if that fails."""
         try:
-            await self._take_first_step(instance_id, owner)
+            await self._take_first_step(instance_id, owner, state)
         finally:
             self._first_steps.discard(instance_id)
 
-    async def _take_first_step(self, instance_id: str, owner: str) -> None:
+    async def _take_first_step(self, instance_id: str, owner: str, state: str) -> None:
         database = self.settings.catalog_database
         try:
             conn = await self._step_connection(owner, database, instance_id)
@@ -737,7 +740,9 @@ class Engine:
         outcome = FirstOutcome.NOTHING
         try:
             first.backend_pid = conn.get_server_pid()
-            outcome = await run_first_step(conn, instance_id, uuid.UUID(self.owner_id), first)
+            outcome = await run_first_step(
+                conn, instance_id, uuid.UUID(self.owner_id), first, state
+            )
             await self._after_first_step(instance_id, first, outcome)
         except (StepFailed, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.info("event=first_step_deferred instance=%s error=%r", instance_id, exc)

@@ -376,7 +376,7 @@ class FirstStep(Protocol):
         """Finishes the step once it was promoted."""
 
     def plan_first(self, state: str) -> tuple[str, str, Task | None]:
-        """From df._first_state's document: the version of its _advance row, the first
+        """From df._first_document's document: the version of its _advance row, the first
         plan's JSON, and the SQL step to run in this transaction (left out of the plan's
         tasks), or None to apply the plan alone."""
 
@@ -403,16 +403,19 @@ class _NotApplied(Exception):
 
 
 async def run_first_step(
-    conn: asyncpg.Connection, instance_id: str, engine_key: uuid.UUID, first: FirstStep
+    conn: asyncpg.Connection,
+    instance_id: str,
+    engine_key: uuid.UUID,
+    first: FirstStep,
+    state: str,
 ) -> FirstOutcome:
     """A new instance's first advance and first SQL step in one transaction on its owner's
-    connection (0013_first_step.sql). Errors of the statement propagate, everything rolled
-    back: the engine then runs the step (if promoted) or advances the instance as usual."""
+    connection (0013_first_step.sql), planned from `state` (df._first_document, read by
+    the scheduler's poll: df._apply_first applies nothing if the instance changed since).
+    Errors of the statement propagate, everything rolled back: the engine then runs the
+    step (if promoted) or advances the instance as usual."""
     try:
         async with step_transaction(conn):
-            state = await _book(conn, "first_state", instance_id, engine_key)
-            if state is None:
-                return FirstOutcome.NOTHING
             xmin, plan, task = first.plan_first(state)
             plans = [plan]
             if task is not None:
@@ -466,7 +469,6 @@ BOOKKEEPING = (
     "complete_and_load",
     "apply_as_step",
     "complete_step",
-    "first_state",
     "apply_first",
 )
 _bookkeeping: weakref.WeakKeyDictionary[

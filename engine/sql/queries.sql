@@ -8,9 +8,10 @@
 
 -- name: poll
 -- One scheduler pass: $1 = this engine, $2 = lease seconds, $3 = most advances, $4 = most
--- tasks to claim, $5 = instances whose first step this engine is taking (left out). Rows of
--- kind 'new' (a new instance, with its owner), 'advance', 'task' (claimed) and one 'due'.
-SELECT * FROM df._poll($1, $2, $3, $4, $5::pg_catalog.text[]);
+-- tasks to claim, $5 = instances whose first step this engine is taking (left out), $6 =
+-- most new instances to hand over with their state. Rows of kind 'new' (a new instance,
+-- with its owner and, in payload, its state), 'advance', 'task' (claimed) and one 'due'.
+SELECT * FROM df._poll($1, $2, $3, $4, $5::pg_catalog.text[], $6);
 
 -- name: renew_leases
 -- Renew this engine's leases; the tokens still leased to it come back (a token missing was
@@ -128,9 +129,6 @@ SELECT df._complete_held($1, $2, $3, $4, $5, $6::pg_catalog.jsonb);
 -- The stored state of an instance and whether a change waits for an advance (one snapshot).
 SELECT df._instance_state($1)::pg_catalog.text AS state,
        EXISTS (SELECT 1 FROM df._advance a WHERE a.instance_id OPERATOR(pg_catalog.=) $1) AS pending;
-
--- name: first_state
-SELECT df._first_state($1, $2);
 
 -- name: apply_first
 SELECT df._apply_first($1, $2, $3, $4::pg_catalog.jsonb);

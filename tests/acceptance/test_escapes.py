@@ -247,7 +247,6 @@ RECORDERS = [
     '\'{"instance_status": "completed", "events": 9, "execution_id": 1}\')',
     "SELECT df._fail_step(%(id)s, %(node)s, %(token)s, 'forged', NULL)",
     # the engine's first-transaction functions, with a guessed engine key
-    "SELECT df._first_state(%(id)s, %(token)s)",
     "SELECT df._apply_first(%(id)s, %(token)s, '0', "
     '\'[{"instance_status": "completed", "events": 9, "execution_id": 1}]\')',
     "SELECT df._apply_as_step(%(id)s, %(node)s, %(token)s, '{}')",
@@ -330,7 +329,6 @@ REVIEWED_DEFINERS = [
     "df._complete_held(text,text,uuid,text,bigint,jsonb)",
     "df._complete_step(text,text,uuid,text,text)",
     "df._delete_vars(regrole,text)",
-    "df._first_state(text,uuid)",
     "df._new_start_outcome(uuid)",
     "df._request_advance(text)",
     "df._send_signal(text,text,jsonb)",
@@ -458,25 +456,13 @@ def test_a_session_that_is_only_a_member_of_the_owner_cannot_take_a_first_step(
     realm: Realm,
 ) -> None:
     """A forged df_wake named a superuser as the owner of alice's new instance: the engine
-    logged in as it, and df._first_state accepted the session (a superuser is a member of
-    every role), so her first step would have run as the superuser."""
+    logged in as it, and the first-step functions accepted the session (a superuser is a
+    member of every role), so her first step would have run as the superuser. They now
+    want a session logged in as the owner (or the owner's runner)."""
+    instance, status = start_and_await(realm.via(ALICE), "'SELECT 1'")
+    assert status == "completed"
     with psycopg.connect(realm.direct(realm.superuser)) as root:
         key = root.execute("SELECT epoch_id FROM df._worker_epoch LIMIT 1").fetchone()
         assert key is not None
-        # the engine's first transaction then waits to write the instance's first execution
-        root.execute("LOCK TABLE df._executions IN EXCLUSIVE MODE")
-        with psycopg.connect(realm.via(ALICE), autocommit=True) as alice:
-            row = alice.execute("SELECT df.start('SELECT current_user::text')").fetchone()
-            assert row is not None
-            mine = str(row[0])
-        try:
-            as_root = root.execute("SELECT df._first_state(%s, %s)", (mine, key[0])).fetchone()
-            with psycopg.connect(realm.direct(ALICE), autocommit=True) as alice:
-                as_owner = alice.execute(
-                    "SELECT df._first_state(%s, %s)", (mine, key[0])
-                ).fetchone()
-        finally:
-            root.rollback()
-    assert as_root == (None,)
-    assert as_owner is not None and as_owner[0] is not None
-    assert await_status(realm.via(ALICE), mine, 30) == "completed"
+        acting = root.execute("SELECT df._engine_acting_for(%s, %s)", (instance, key[0])).fetchone()
+    assert acting == (False,)  # (the owner's own sessions pass it: every first step)

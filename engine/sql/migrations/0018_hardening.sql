@@ -129,6 +129,7 @@ $$;
 -- As in version 10, except that an instance due for its first advance, whose steps run in
 -- this database, comes as kind 'new' with its owner and database (the engine may then run
 -- its first step in the same transaction as its first advance, on the owner's connection),
+-- the first p_documents of them with the state to plan that from (df._first_document),
 -- and that the instances in p_busy (first steps this engine is taking now) are left out
 -- while they are pending (once promoted or cancelled, their advances are due as any). The
 -- next due time leaves out the instances handed out in this pass: the engine is advancing
@@ -142,7 +143,8 @@ REVOKE EXECUTE ON FUNCTION df._first_step_busy(text, text[]) FROM PUBLIC;
 
 DROP FUNCTION df._poll(uuid, double precision, integer, integer);
 CREATE FUNCTION df._poll(p_owner uuid, p_lease_seconds double precision,
-                         p_advances integer, p_claims integer, p_busy text[])
+                         p_advances integer, p_claims integer, p_busy text[],
+                         p_documents integer)
 RETURNS TABLE (kind text, instance_id text, node_id text, node_type text, payload text,
                lease_token uuid, attempts integer, owner name, database text,
                due double precision)
@@ -156,12 +158,17 @@ BEGIN
           WHERE a.requested_at <= clock_timestamp() AND NOT df._first_step_busy(a.instance_id, p_busy)
           GROUP BY a.instance_id ORDER BY min(a.requested_at) LIMIT p_advances) d;
     RETURN QUERY
-    SELECT CASE WHEN i.status = 'pending' AND i.database IS NULL THEN 'new' ELSE 'advance' END,
-           t.id, NULL::text, NULL::text, NULL::text, NULL::uuid,
-           NULL::integer, r.rolname, i.database, NULL::double precision
-    FROM unnest(taken) AS t(id)
-         LEFT JOIN df.instances i ON i.id = t.id
-         LEFT JOIN pg_roles r ON r.oid = i.submitted_by;
+    SELECT x.kind, x.id, NULL::text, NULL::text,
+           CASE WHEN x.kind = 'new' AND x.n <= p_documents THEN df._first_document(x.id) END,
+           NULL::uuid, NULL::integer, x.rolname, x.database, NULL::double precision
+    FROM (SELECT CASE WHEN i.status = 'pending' AND i.database IS NULL
+                      THEN 'new' ELSE 'advance' END AS kind,
+                 t.id, r.rolname, i.database,
+                 row_number() OVER (PARTITION BY i.status = 'pending' AND i.database IS NULL
+                                    ORDER BY t.ord) AS n
+          FROM unnest(taken) WITH ORDINALITY AS t(id, ord)
+               LEFT JOIN df.instances i ON i.id = t.id
+               LEFT JOIN pg_roles r ON r.oid = i.submitted_by) x;
     IF p_claims > 0 THEN
         RETURN QUERY
         WITH claimed AS (
@@ -196,7 +203,8 @@ BEGIN
                - clock_timestamp())::double precision;
 END
 $$;
-REVOKE EXECUTE ON FUNCTION df._poll(uuid, double precision, integer, integer, text[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION df._poll(uuid, double precision, integer, integer, text[], integer)
+    FROM PUBLIC;
 
 -- As in version 16, with the signal and execution changes above.
 CREATE OR REPLACE FUNCTION df._apply_plan(p_instance text, plan jsonb)
@@ -603,16 +611,17 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION df._first_state(p_instance text, p_key uuid)
-RETURNS text LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
+-- The state of a new instance as df._first_state gave it to the engine's step transaction
+-- (df._instance_state plus the version of its '' _advance row as 'advance_xmin'); NULL
+-- without that row. df._poll now hands it to the engine with the instance (the engine key
+-- and the owner's session are checked where it is applied, in df._apply_first), which
+-- spares the step connection a round trip; df._first_state goes.
+DROP FUNCTION df._first_state(text, uuid);
+CREATE FUNCTION df._first_document(p_instance text)
+RETURNS text LANGUAGE plpgsql STABLE AS $$
 DECLARE
     advance_xmin text;
 BEGIN
-    IF NOT df._engine_acting_for(p_instance, p_key)
-       OR (SELECT i.status FROM df.instances i WHERE i.id = p_instance) <> 'pending' THEN
-        RETURN NULL;
-    END IF;
     SELECT a.xmin::text INTO advance_xmin FROM df._advance a
     WHERE a.instance_id = p_instance AND a.node_id = '';
     IF NOT FOUND THEN
@@ -622,6 +631,7 @@ BEGIN
             || jsonb_build_object('advance_xmin', advance_xmin))::text;
 END
 $$;
+REVOKE EXECUTE ON FUNCTION df._first_document(text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION df._first_unchanged(p_instance text, p_advance_xmin text)
 RETURNS boolean LANGUAGE plpgsql AS $$
