@@ -1,0 +1,215 @@
+"""The planner driven on in-memory state, without a database: each node type's transitions.
+
+A small store stands in for the catalog: it applies a plan as df._apply_plan would (node
+statuses, results, the instance's status, consumed signals) and records a task's result as
+df._record_step would, so a workflow can be driven advance by advance.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from engine.graph import Plan, TaskLease
+from engine.held import Planning
+
+LEASE = TaskLease("engine-1", 30.0)
+
+
+def _node(node_id: str, kind: str, **fields: Any) -> dict[str, Any]:
+    node = {"id": node_id, "type": kind, "query": None, "name": None, "left": None}
+    node.update(right=None, status="pending", raw=None, error=None, iteration=0)
+    node.update(iteration_started=None, **fields)
+    return node
+
+
+def _sql(node_id: str, query: str = "SELECT 1", **fields: Any) -> dict[str, Any]:
+    return _node(node_id, "SQL", query=query, **fields)
+
+
+def _rows(value: object) -> str:
+    return json.dumps({"rows": [{"v": value}], "row_count": 1}, separators=(",", ":"))
+
+
+class Store:
+    """One instance's stored state, changed as the catalog's functions change it."""
+
+    def __init__(self, root: str, nodes: list[dict[str, Any]]) -> None:
+        self.doc: dict[str, Any] = {
+            "now": 1000.0,
+            "id": "0000abcd",
+            "label": None,
+            "root": root,
+            "status": "pending",
+            "owner": "alice",
+            "owner_oid": 1,
+            "superuser": False,
+            "can_login": True,
+            "database": None,
+            "vars": {},
+            "execution_id": None,
+            "version": 0,
+            "signals": [],
+            "events": 0,
+            "nodes": nodes,
+        }
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.output: str | None = None
+
+    def node(self, node_id: str) -> dict[str, Any]:
+        return next(n for n in self.doc["nodes"] if n["id"] == node_id)
+
+    def advance(self) -> Plan:
+        planning = Planning(LEASE, allow_superuser=False, min_iteration=0.0)
+        plan = planning.from_document(json.dumps(self.doc)).plan
+        for change in plan.nodes.values():
+            node = self.node(change["id"])
+            node.update(status=change["status"], raw=change["raw"], error=change["error"])
+            node["iteration"] = change.get("iteration") or node["iteration"]
+        for task_id in plan.cancel_nodes:
+            self.tasks.pop(task_id, None)
+        if plan.drop_all_tasks:
+            self.tasks.clear()
+        self.tasks.update({t["node_id"]: t for t in plan.tasks})
+        taken = {c["id"] for c in plan.consumed_signals}
+        self.doc["signals"] = [s for s in self.doc["signals"] if s["id"] not in taken]
+        self.doc.update(status=plan.instance_status or self.doc["status"], events=plan.events)
+        self.doc.update(execution_id=plan.execution_id, version=plan.version)
+        self.output = plan.output if plan.output is not None else self.output
+        return plan
+
+    def finish(self, node_id: str, raw: str) -> Plan:
+        """A task's result recorded, then the advance it asks for."""
+        del self.tasks[node_id]
+        self.node(node_id).update(status="completed", raw=raw)
+        return self.advance()
+
+    def fail(self, node_id: str, error: str) -> Plan:
+        del self.tasks[node_id]
+        self.node(node_id).update(status="failed", error=error)
+        return self.advance()
+
+    def signal(self, name: str, data: object = None) -> Plan:
+        ids = [s["id"] for s in self.doc["signals"]]
+        self.doc["signals"].append({"id": max(ids, default=0) + 1, "name": name, "data": data})
+        return self.advance()
+
+
+def test_then_runs_its_children_in_turn_and_ends_with_the_second_result() -> None:
+    store = Store("t", [_node("t", "THEN", left="a", right="b"), _sql("a"), _sql("b")])
+    store.advance()
+    assert list(store.tasks) == ["a"] and store.doc["status"] == "running"
+    store.finish("a", _rows(1))
+    assert list(store.tasks) == ["b"]
+    store.finish("b", _rows(2))
+    assert store.doc["status"] == "completed" and store.output == _rows(2)
+
+
+def test_if_takes_one_branch_by_its_condition_and_never_starts_the_other() -> None:
+    for truth, taken, skipped in (("true", "yes", "no"), ("false", "no", "yes")):
+        store = Store(
+            "i",
+            [
+                _node("i", "IF", query='{"condition_node": "c"}', left="yes", right="no"),
+                _sql("c"),
+                _sql("yes"),
+                _sql("no"),
+            ],
+        )
+        store.advance()
+        store.finish("c", _rows(truth == "true"))
+        assert list(store.tasks) == [taken]
+        store.finish(taken, _rows(taken))
+        assert store.doc["status"] == "completed" and store.node(skipped)["status"] == "pending"
+
+
+def test_join_starts_every_branch_at_once_and_gathers_their_results_in_order() -> None:
+    store = Store(
+        "j",
+        [_node("j", "JOIN", left="a", right="b", query='{"extra_nodes": ["c"]}')]
+        + [_sql(n) for n in "abc"],
+    )
+    store.advance()
+    assert sorted(store.tasks) == ["a", "b", "c"]
+    store.finish("c", _rows("c"))
+    store.finish("a", _rows("a"))
+    assert store.doc["status"] == "running"
+    store.finish("b", _rows("b"))
+    assert store.output == "[" + ",".join(_rows(n) for n in "abc") + "]"
+
+
+def test_a_failed_join_branch_fails_the_join_naming_the_branch() -> None:
+    store = Store("j", [_node("j", "JOIN", left="a", right="b"), _sql("a"), _sql("b")])
+    store.advance()
+    store.finish("a", _rows(1))
+    store.fail("b", "boom")
+    assert store.doc["status"] == "failed" and store.output == "JOIN branch 2 failed: boom"
+
+
+def test_race_ends_with_the_first_branch_to_finish_and_abandons_the_other() -> None:
+    store = Store("r", [_node("r", "RACE", left="slow", right="fast"), _sql("slow"), _sql("fast")])
+    store.advance()
+    plan = store.finish("fast", _rows("fast"))
+    assert "slow" in plan.cancel_nodes and "slow" not in store.tasks
+    assert store.doc["status"] == "completed" and store.output == _rows("fast")
+
+
+def test_a_loop_runs_its_body_again_until_a_break() -> None:
+    store = Store(
+        "l",
+        [
+            _node("l", "LOOP", left="body"),
+            _node("body", "IF", query='{"condition_node": "c"}', left="stop", right="work"),
+            _sql("c"),
+            _node("stop", "BREAK", query='{"break_value": "\\"done\\""}'),
+            _sql("work"),
+        ],
+    )
+    store.advance()
+    for _ in range(3):
+        store.finish("c", _rows(False))
+        store.finish("work", _rows("worked"))
+        assert store.doc["status"] == "running" and list(store.tasks) == ["c"]
+    store.finish("c", _rows(True))
+    assert store.doc["status"] == "completed" and store.output == '"done"'
+
+
+def test_a_sleep_is_a_timer_task_due_after_its_seconds() -> None:
+    store = Store("s", [_node("s", "SLEEP", query="5")])
+    store.advance()
+    task = store.tasks["s"]
+    assert task["delay"] == 5.0 and task["lease_owner"] is None
+
+
+def test_one_signal_satisfies_one_wait() -> None:
+    wait = _node("w1", "SIGNAL", query='{"signal_name": "go"}')
+    store = Store(
+        "t",
+        [_node("t", "THEN", left="w1", right="w2"), wait, {**wait, "id": "w2"}],
+    )
+    store.advance()
+    plan = store.signal("go", 1)
+    assert plan.consumed_signals == [{"id": 1, "node_id": "w1"}]
+    assert store.node("w1")["status"] == "completed" and store.node("w2")["status"] == "running"
+    assert json.loads(plan.to_json())["consumed_signals"] == plan.consumed_signals
+    store.signal("go", 2)
+    assert store.doc["status"] == "completed"
+
+
+def test_a_cancelled_instance_drops_its_tasks_and_fails_its_execution() -> None:
+    store = Store("t", [_node("t", "THEN", left="a", right="b"), _sql("a"), _sql("b")])
+    store.advance()
+    store.doc["status"] = "cancelled"
+    plan = store.advance()
+    assert plan.drop_all_tasks and not store.tasks
+    assert plan.execution_status == "Failed" and plan.output == "Cancelled by user"
+
+
+def test_a_node_the_planner_cannot_read_fails_the_instance_once() -> None:
+    store = Store("t", [_node("t", "THEN", left="a", right="s"), _sql("a")])
+    store.doc["nodes"].append(_node("s", "SLEEP", query="soon"))
+    store.advance()
+    plan = store.finish("a", _rows(1))
+    assert plan.instance_status == "failed" and plan.drop_all_tasks and not plan.tasks
+    assert "could not plan this instance" in (plan.output or "")
+    assert store.advance().tasks == []  # a failed instance is not planned again
