@@ -41,9 +41,6 @@ class StepSlots:
         """Slots nobody holds or waits for."""
         return self._free
 
-    def locked(self) -> bool:
-        return self._free == 0
-
     async def take(self, key: SlotKey, instance: str = "") -> asyncpg.Connection | None:
         """Wait for a slot; with it, a connection whose transaction was begun for `key`, or
         None (take one from the pool)."""

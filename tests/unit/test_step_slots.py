@@ -21,7 +21,7 @@ def _run(test: Any) -> None:
 def test_free_slots_are_taken_at_once_then_waiters_are_served_in_order() -> None:
     async def test() -> None:
         slots = StepSlots(1)
-        assert await slots.take(ALICE) is None and slots.locked()
+        assert await slots.take(ALICE) is None and slots.free == 0
         first = asyncio.ensure_future(slots.take(BOB))
         second = asyncio.ensure_future(slots.take(ALICE))
         await asyncio.sleep(0)
