@@ -336,7 +336,10 @@ class Engine:
     async def _poll(self) -> float | None:
         """One scheduler pass: start the tasks claimed, advance the instances due; returns
         the seconds until the next timer (None: nothing scheduled)."""
-        claims = max(0, min(self.steps.slots.free, CLAIM_BATCH))  # what we can run now
+        free = self.steps.slots.free
+        claims = max(0, min(free, CLAIM_BATCH))  # what we can run now
+        # a new instance's state only where its first step can be taken (_new_instance)
+        documents = 0 if self._to_advance else free
         rows = await self._require_pool().fetch(
             q("poll"),
             uuid.UUID(self.owner_id),
@@ -344,7 +347,7 @@ class Engine:
             256,
             claims,
             list(self._first_steps),
-            self.steps.slots.free,
+            documents,
         )
         due = None
         claimed = 0
