@@ -8,23 +8,10 @@ from typing import Any
 
 from engine.graph import Plan, TaskLease
 from engine.held import Planning, differences
+from tests.support.planner_state import document as _document
+from tests.support.planner_state import node as _node
 
 LEASE = TaskLease("engine-1", 30.0)
-
-
-def _node(node_id: str, kind: str, **fields: Any) -> dict[str, Any]:
-    node = {"id": node_id, "type": kind, "query": None, "name": None, "left": None}
-    node.update(right=None, status="pending", raw=None, error=None, iteration=0)
-    node.update(iteration_started=None, **fields)
-    return node
-
-
-def _document(root: str, nodes: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
-    doc = {"now": 1000.0, "id": "0000abcd", "label": None, "root": root, "status": "pending"}
-    doc.update(owner="alice", owner_oid=1, superuser=False, can_login=True, database=None)
-    doc.update(vars={}, execution_id=None, version=0, signals=[], events=0, nodes=nodes)
-    doc.update(fields)
-    return doc
 
 
 def _stored(doc: dict[str, Any], plan: Plan) -> dict[str, Any]:

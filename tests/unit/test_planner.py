@@ -12,15 +12,10 @@ from typing import Any
 
 from engine.graph import Plan, TaskLease
 from engine.held import Planning
+from tests.support.planner_state import document
+from tests.support.planner_state import node as _node
 
 LEASE = TaskLease("engine-1", 30.0)
-
-
-def _node(node_id: str, kind: str, **fields: Any) -> dict[str, Any]:
-    node = {"id": node_id, "type": kind, "query": None, "name": None, "left": None}
-    node.update(right=None, status="pending", raw=None, error=None, iteration=0)
-    node.update(iteration_started=None, **fields)
-    return node
 
 
 def _sql(node_id: str, query: str = "SELECT 1", **fields: Any) -> dict[str, Any]:
@@ -35,24 +30,7 @@ class Store:
     """One instance's stored state, changed as the catalog's functions change it."""
 
     def __init__(self, root: str, nodes: list[dict[str, Any]]) -> None:
-        self.doc: dict[str, Any] = {
-            "now": 1000.0,
-            "id": "0000abcd",
-            "label": None,
-            "root": root,
-            "status": "pending",
-            "owner": "alice",
-            "owner_oid": 1,
-            "superuser": False,
-            "can_login": True,
-            "database": None,
-            "vars": {},
-            "execution_id": None,
-            "version": 0,
-            "signals": [],
-            "events": 0,
-            "nodes": nodes,
-        }
+        self.doc = document(root, nodes)
         self.tasks: dict[str, dict[str, Any]] = {}
         self.output: str | None = None
 
