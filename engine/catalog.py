@@ -29,6 +29,7 @@ MIGRATION_LOCK = 0x7067646D
 STRUCTURE_FILES = ("tables",)
 CODE_FILES = (
     "durofut",
+    "cron",
     "builders",
     "graph",
     "start",
@@ -37,6 +38,7 @@ CODE_FILES = (
     "inspect",
     "explain",
     "engine",
+    "first_step",
     "step_results",
 )
 LATE_STRUCTURE_FILES = ("operators",)

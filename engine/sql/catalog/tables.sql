@@ -145,6 +145,10 @@ CREATE TABLE df._settings (
 
 -- Leaf work to do: SQL/HTTP steps, timers, signal waits. A row is claimed by setting a lease;
 -- an expired lease may be taken over by any pgdurable process.
+-- Like df._node_state, it has no foreign key to df.instances: its rows are only written by
+-- df._apply_plan, which holds the instance's row lock, and by df._record_step, whose
+-- transaction also inserts an _advance row (that foreign key stays); triggers
+-- (engine.sql) remove them with their instance.
 CREATE TABLE df._tasks (
     instance_id varchar(8) NOT NULL,
     node_id     varchar(8) NOT NULL,
