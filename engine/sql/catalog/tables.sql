@@ -5,6 +5,10 @@
 CREATE SCHEMA df;
 CREATE SCHEMA _duroxide;
 
+-- pg_durable's nodes_structure_chk; NULL (accepted) for a type the rule does not name
+-- (nodes_node_type_chk refuses unknown types). Operators are qualified: a CHECK's own
+-- expression is bound when it is created, a function body when it runs. Like everything in
+-- this file it is not run again on an upgrade: a change to it needs an upgrade file.
 CREATE FUNCTION df._node_structure_ok(node_type text, left_node text, right_node text,
                                       query text)
 RETURNS boolean LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
