@@ -21,6 +21,20 @@ _INPUTS = (
 )
 
 
+# Statements creating a relation or type: its kind, and the field naming it.
+_RELATIONS = {
+    ast.CreateStmt: ("table", "relation"),
+    ast.ViewStmt: ("view", "view"),
+    ast.CompositeTypeStmt: ("type", "typevar"),
+}
+# Statements creating an object of a table: its kind, the fields naming it and the table.
+_ON_TABLES = {
+    ast.CreatePolicyStmt: ("policy", "policy_name", "table"),
+    ast.CreateTrigStmt: ("trigger", "trigname", "relation"),
+    ast.IndexStmt: ("index", "idxname", "relation"),
+}
+
+
 def _name(parts: tuple[ast.String, ...]) -> str:
     return ".".join(p.sval for p in parts)
 
@@ -38,18 +52,14 @@ def _created(statement: ast.Node) -> str | None:
             if d.defname.lower() in ("leftarg", "rightarg")
         )
         return f"operator {_name(statement.defnames)}({args})"
-    if isinstance(statement, ast.CreateStmt):
-        return f"table {statement.relation.schemaname}.{statement.relation.relname}"
-    if isinstance(statement, ast.ViewStmt):
-        return f"view {statement.view.schemaname}.{statement.view.relname}"
-    if isinstance(statement, ast.CompositeTypeStmt):
-        return f"type {statement.typevar.schemaname}.{statement.typevar.relname}"
-    if isinstance(statement, ast.CreatePolicyStmt):
-        return f"policy {statement.policy_name} on {statement.table.relname}"
-    if isinstance(statement, ast.CreateTrigStmt):
-        return f"trigger {statement.trigname} on {statement.relation.relname}"
-    if isinstance(statement, ast.IndexStmt):
-        return f"index {statement.idxname}"
+    for statement_type, (kind, relation_field) in _RELATIONS.items():
+        if isinstance(statement, statement_type):
+            relation = getattr(statement, relation_field)
+            return f"{kind} {relation.schemaname}.{relation.relname}"
+    for statement_type, (kind, name_field, table_field) in _ON_TABLES.items():
+        if isinstance(statement, statement_type):
+            table = getattr(statement, table_field).relname
+            return f"{kind} {getattr(statement, name_field)} on {table}"
     return None
 
 
