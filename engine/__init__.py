@@ -1,1 +1,1 @@
-"""The durable workflow engine: catalog migrations, store, scheduler and executors."""
+"""The durable workflow engine: the SQL catalog installer, store, scheduler and executors."""

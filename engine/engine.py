@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import asyncpg
 
+from engine.catalog import migrate
 from engine.graph import TaskLease
 from engine.held import Planned, Planning, differences
 from engine.http import HttpClient, run_http_step
@@ -33,7 +34,6 @@ from engine.in_step import (
     StepAdvance,
     next_sql_step,
 )
-from engine.migrations import migrate
 from engine.new_transaction import NewStartRequest, NewTransactionStarts
 from engine.outage import (
     MAX_LOSSES_WHILE_RUNNING,

@@ -1,6 +1,6 @@
 """df.start(..., transaction_mode => 'new'): the instance starts on a session of its own.
 
-The caller's backend asks with a NOTICE (migration 0008) that the relay hands over here, and
+The caller's backend asks with a NOTICE (catalog start.sql) that the relay hands over here, and
 polls df._new_starts for the answer. The new session logs in as the requested role, exactly
 like a step's, after checking that the requesting session's login role may act as that role
 (a forged NOTICE gains nothing that SET ROLE would not give).

@@ -1,9 +1,10 @@
 """Runner roles: how the engine logs in for a workflow's owner on password-only clusters.
 
 With a secret configured, the engine logs in as the owner's runner role (created by
-df.grant_usage, migration 0009) with a password derived from the secret, and asks for
-`role = <owner>` at startup. The password itself is never stored: PostgreSQL keeps only
-the SCRAM verifier, which the engine computes and sets when a login fails with it.
+df.grant_usage, engine/sql/catalog/grants.sql) with a password derived from the secret,
+and asks for `role = <owner>` at startup. The password itself is never stored:
+PostgreSQL keeps only the SCRAM verifier, which the engine computes and sets when a login
+fails with it.
 """
 
 from __future__ import annotations

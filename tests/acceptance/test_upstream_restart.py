@@ -100,7 +100,7 @@ def test_postgres_restart_fails_no_workflow(
     outage = [
         line
         for line in text.splitlines()
-        if re.search(r"level=(WARNING|ERROR)", line) and "logger=pgdurable.migrations" not in line
+        if re.search(r"level=(WARNING|ERROR)", line) and "logger=pgdurable.catalog" not in line
     ]
     assert len(outage) <= OUTAGE_LINES, "\n".join(outage[:40])
     assert "event=upstream_unavailable" in text and "event=upstream_back" in text

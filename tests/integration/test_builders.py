@@ -413,10 +413,10 @@ def test_json_look_alikes_inside_strings_survive(conn: Conn) -> None:
 
 def test_internal_helpers(conn: Conn) -> None:
     assert value(conn, "SELECT df._as_node('SELECT 1') = %s::jsonb", (dumps(sql_node("SELECT 1")),))
-    assert value(
-        conn, """SELECT df._durofut_text('{"query": "q", "junk": 1, "node_type": "SQL"}')"""
-    ) == dumps(sql_node("q"))
-    assert failure(conn, """SELECT df._durofut_text('{"query": "q"}')""") == (
+    canonical = "SELECT df._clean_durofut_text(df._durofut_node(%s))"  # parsed, then written
+    junk = '{"query": "q", "junk": 1, "node_type": "SQL"}'
+    assert value(conn, canonical, (junk,)) == dumps(sql_node("q"))
+    assert failure(conn, canonical % '\'{"query": "q"}\'') == (
         "22P02",
         "Invalid Durofut JSON: failed to deserialize workflow step: missing field `node_type`",
     )

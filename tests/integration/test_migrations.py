@@ -1,4 +1,4 @@
-"""The catalog installs from the numbered migrations, idempotently, under a lock."""
+"""The catalog installs in one transaction, idempotently, under a lock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import psycopg
 
-from engine.migrations import load_migrations, migrate
+from engine.catalog import catalog_version, migrate
 from pgdurable_proxy.cluster import Cluster
 from tests.support.catalog import create_database, install_catalog
 
@@ -23,11 +23,11 @@ def test_migrating_twice_and_concurrently_gives_one_version(cluster: Cluster) ->
             for conn in conns:
                 await conn.close()
 
-    expected = load_migrations()[-1].version
+    expected = catalog_version()
     assert asyncio.run(run()) == [expected] * 3
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT version FROM df._migrations ORDER BY 1").fetchall()
-        assert [r[0] for r in rows] == list(range(1, expected + 1))
+        rows = conn.execute("SELECT version, name FROM df._migrations ORDER BY 1").fetchall()
+        assert rows == [(20, "catalog")]
         tables = conn.execute(
             "SELECT array_agg(tablename::text ORDER BY tablename) FROM pg_tables "
             "WHERE schemaname = 'df' AND tablename IN ('instances', 'nodes', 'vars')"
@@ -41,8 +41,9 @@ def test_migrating_twice_and_concurrently_gives_one_version(cluster: Cluster) ->
 
 
 def test_an_administrator_deleting_instances_removes_their_engine_rows(cluster: Cluster) -> None:
-    """The per-step engine rows have no foreign key to df.instances (0015): triggers remove
-    them with their instance, on DELETE and on TRUNCATE ... CASCADE."""
+    """The per-step engine rows have no foreign key to df.instances (catalog/tables.sql):
+    triggers (catalog/engine.sql) remove them with their instance, on DELETE and on
+    TRUNCATE ... CASCADE."""
     dsn = create_database(cluster, "df_forget_rows")
 
     async def install() -> None:
@@ -147,7 +148,7 @@ class _RolledBack(Exception):
 
 
 def test_the_catalog_checks_refuse_what_pg_durable_refuses(cluster: Cluster) -> None:
-    """Every CHECK rule of the spec (§2.1, §2.2), from its rewritten, cheaper form (0016)."""
+    """Every CHECK rule of the spec (§2.1, §2.2), from its rewritten, cheaper form (tables.sql)."""
     dsn = create_database(cluster, "df_checks")
     install_catalog(dsn)
     insert_node = (

@@ -1,4 +1,4 @@
-"""A database with the df catalog installed by the real migrations (no engine running)."""
+"""A database with the df catalog installed by engine.catalog (no engine running)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def create_database(cluster: Cluster, name: str) -> str:
 
 
 def install_catalog(dsn: str) -> int:
-    """Run engine.migrations.migrate against `dsn`; return the version."""
-    from engine.migrations import migrate
+    """Run engine.catalog.migrate against `dsn`; return the version."""
+    from engine.catalog import migrate
 
     async def run() -> int:
         conn = await asyncpg.connect(dsn)

@@ -1,26 +1,16 @@
--- pgdurable catalog, version 17: df.start walks and flattens a graph with fewer PL/pgSQL
--- statements per node, and reads a Durofut argument once.
---
--- Same checks in the same order (depth, then size, then the first node in pre-order with a
--- problem), same errors, same rows. The walk keeps, per node, its parent and which child of
--- it the node is; a node's path, which only an error message needs, is spelt from those.
--- Each node is checked as it is visited; the ids and child links are filled in one pass
--- from the last node back, so that a node's children are done before the node itself.
---
--- Fixed: df._node_problem took a missing child for an unknown one (NULL, not false), so a
--- THEN, JOIN or RACE without a right_node, a LOOP without its body or an IF with neither
--- condition_node nor query was not reported as such: the node's INSERT then failed with a
--- bare check violation (23514) instead of 22023 naming the node by its path.
+-- pgdurable catalog: the graph walk df.start and df.explain share, and the checks of each
+-- node (pg_durable's graph validation, §3.3).
 
-CREATE OR REPLACE FUNCTION df._graph_rows(root jsonb, OUT ids text[], OUT types text[],
-                                          OUT queries text[], OUT names text[],
-                                          OUT lefts text[], OUT rights text[])
-LANGUAGE plpgsql AS $$
+-- The one walk of a Durofut graph, for df.start and df.explain: its nodes in pre-order (the
+-- root first), each with the pre-order position of its parent (0: none) and which child of
+-- it the node is (1 left, 2 right, 3 condition, 4 + i extra_nodes[i]). Checked as pg_durable
+-- checks a graph, in this order: depth, then size, then the first node in pre-order with a
+-- problem; the error names that node by its path, spelt from the parents. Each node is
+-- checked as it is visited.
+CREATE OR REPLACE FUNCTION df._graph_walk(root jsonb, OUT nodes jsonb[], OUT parents integer[],
+                               OUT slots integer[])
+LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
-    nodes jsonb[] := '{}';
-    parents integer[] := '{}';  -- pre-order position of the parent (0: none)
-    slots integer[] := '{}';    -- which child of its parent: 1 left, 2 right, 3 condition,
-                                -- 4 + i extra_nodes[i]
     -- the stack of nodes still to visit (sp: its top; element assignment keeps it O(1))
     stack_nodes jsonb[] := ARRAY[root];
     stack_depths integer[] := ARRAY[1];
@@ -35,11 +25,10 @@ DECLARE
     problem text;
     problem_at integer := 0;
     path text := '';
-    kind text;
-    parent integer;
-    extra_ids text[];
-    condition_ids text[];
 BEGIN
+    nodes := '{}';
+    parents := '{}';
+    slots := '{}';
     WHILE sp > 0 LOOP
         node := stack_nodes[sp];
         depth := stack_depths[sp];
@@ -104,7 +93,28 @@ BEGIN
         RAISE EXCEPTION 'Invalid durable function graph: root%: %', path, problem
             USING ERRCODE = '22023';
     END IF;
+END
+$$;
 
+-- The flattened graph as parallel arrays in pre-order (the root first), with fresh random
+-- ids (§5.1), unique within the graph. The ids and child links are filled in one pass from
+-- the last node back, so that a node's children are done before the node itself.
+CREATE OR REPLACE FUNCTION df._graph_rows(root jsonb, OUT ids text[], OUT types text[],
+                               OUT queries text[], OUT names text[],
+                               OUT lefts text[], OUT rights text[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    walk record := df._graph_walk(root);
+    nodes jsonb[] := walk.nodes;
+    parents integer[] := walk.parents;
+    slots integer[] := walk.slots;
+    n integer := cardinality(walk.nodes);
+    node jsonb;
+    kind text;
+    parent integer;
+    extra_ids text[];
+    condition_ids text[];
+BEGIN
     FOR attempt IN 1 .. 10 LOOP  -- re-roll on an in-graph collision
         SELECT array_agg(right(gen_random_uuid()::text, 8)) INTO ids FROM generate_series(1, n);
         EXIT WHEN n = 1 OR (SELECT count(DISTINCT v) FROM unnest(ids) AS v) = n;
@@ -144,49 +154,8 @@ BEGIN
 END
 $$;
 
--- df.start's strict reading of its argument (§3.3 step 1), as in version 3, except that a
--- Durofut node is not parsed a second time (df._as_node would read the text again to reach
--- the same two cases: a clean tree as it is, any other through df._durofut_node).
-CREATE OR REPLACE FUNCTION df._parse_strict(fut text)
-RETURNS jsonb LANGUAGE plpgsql AS $$
-DECLARE
-    parsed jsonb;
-    node_type text;
-BEGIN
-    BEGIN
-        parsed := fut::jsonb;
-    EXCEPTION WHEN others THEN
-        parsed := NULL;
-    END;
-    IF jsonb_typeof(parsed) = 'object' AND parsed ? 'node_type' THEN
-        node_type := parsed ->> 'node_type';
-        IF jsonb_typeof(parsed -> 'node_type') IS DISTINCT FROM 'string'
-           OR NOT (node_type = ANY (df._node_types())) THEN
-            RAISE EXCEPTION 'Invalid durable function: Unknown node_type ''%''. Valid types: %',
-                coalesce(node_type, 'null'), array_to_string(df._node_types(), ', ')
-                USING ERRCODE = '22023';
-        END IF;
-        IF df._durofut_is_clean(parsed) THEN
-            RETURN parsed;  -- the usual case: a builder's own output
-        END IF;
-        BEGIN
-            RETURN df._durofut_node(parsed);
-        EXCEPTION WHEN others THEN
-            RAISE EXCEPTION 'Invalid durable function: Malformed Durofut JSON with node_type ''%'': %',
-                node_type, regexp_replace(SQLERRM, '^Invalid Durofut JSON: ', '')
-                USING ERRCODE = '22023';
-        END;
-    END IF;
-    BEGIN
-        RETURN df._as_node(fut);
-    EXCEPTION WHEN others THEN
-        RAISE EXCEPTION 'Invalid durable function: %', SQLERRM USING ERRCODE = '22023';
-    END;
-END
-$$;
-
--- What is wrong with one node (not its children), or NULL; as in version 3, with a missing
--- child counted as absent.
+-- What is wrong with one node (not its children), or NULL; a leaf's configuration is
+-- checked too (df._leaf_config_problem).
 CREATE OR REPLACE FUNCTION df._node_problem(node jsonb)
 RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
@@ -197,6 +166,7 @@ DECLARE
     extras integer := CASE WHEN jsonb_typeof(node -> 'extra_nodes') = 'array'
                            THEN jsonb_array_length(node -> 'extra_nodes') ELSE 0 END;
     config jsonb;
+    problem text;
 BEGIN
     IF jsonb_typeof(node -> 'node_type') IS DISTINCT FROM 'string'
        OR NOT (t = ANY (df._node_types())) THEN
@@ -233,7 +203,7 @@ BEGIN
             RETURN 'query in IF must be a JSON config object';
         END IF;
     END IF;
-    RETURN CASE
+    problem := CASE
         WHEN t IN ('THEN', 'JOIN', 'RACE') AND NOT (has_left AND has_right)
             THEN format('%s node requires left_node and right_node', t)
         WHEN t = 'IF' AND NOT (has_left AND has_right)
@@ -248,5 +218,46 @@ BEGIN
              AND jsonb_typeof(node -> 'query') IS DISTINCT FROM 'string'
             THEN format('%s node requires a query', t)
     END;
+    RETURN coalesce(problem, df._leaf_config_problem(t, node ->> 'query'));
+END
+$$;
+
+-- What is wrong with a leaf node's configuration, or NULL: what the planner reads from it
+-- must be there, of the right kind and in range (a due time PostgreSQL can store).
+CREATE OR REPLACE FUNCTION df._leaf_config_problem(t text, query text)
+RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    config jsonb;
+BEGIN
+    IF t = 'SLEEP' THEN
+        IF query !~ '^\s*[0-9]{1,10}(\.[0-9]+)?\s*$' THEN
+            RETURN format('SLEEP node requires a number of seconds (0 to 9999999999) in query, got ''%s''',
+                          left(query, 100));
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF t NOT IN ('WAIT_SCHEDULE', 'SIGNAL') THEN
+        RETURN NULL;
+    END IF;
+    BEGIN
+        config := query::jsonb;
+    EXCEPTION WHEN others THEN
+        RETURN format('query in %s must be valid JSON config: %s', t, SQLERRM);
+    END;
+    IF jsonb_typeof(config) IS DISTINCT FROM 'object' THEN
+        RETURN format('query in %s must be a JSON config object', t);
+    END IF;
+    IF t = 'WAIT_SCHEDULE' AND jsonb_typeof(config -> 'cron_expr') IS DISTINCT FROM 'string' THEN
+        RETURN 'WAIT_SCHEDULE node requires a cron_expr string in its config';
+    END IF;
+    IF t = 'SIGNAL' AND jsonb_typeof(config -> 'signal_name') IS DISTINCT FROM 'string' THEN
+        RETURN 'SIGNAL node requires a signal_name string in its config';
+    END IF;
+    IF t = 'SIGNAL' AND coalesce(jsonb_typeof(config -> 'timeout_seconds'), 'null') <> 'null'
+       AND (jsonb_typeof(config -> 'timeout_seconds') <> 'number'
+            OR abs((config ->> 'timeout_seconds')::numeric) >= 1e10) THEN
+        RETURN 'timeout_seconds of a SIGNAL node must be a number of seconds below 10000000000';
+    END IF;
+    RETURN NULL;
 END
 $$;

@@ -1,21 +1,27 @@
--- pgdurable catalog, version 4: control functions (§3.4), variables (§3.5) and the
--- administration helpers (§3.7), with pg_durable's names, signatures and messages.
-
+-- pgdurable catalog: control functions (§3.4) and variables (§3.5), with pg_durable's
+-- names, signatures and messages.
+--
 -- status/result are VOLATILE so that each call sees the engine's latest commits, as
 -- pg_durable's do (a STABLE function would reuse the calling statement's snapshot).
-CREATE FUNCTION df.status(instance_id text)
-RETURNS text LANGUAGE sql VOLATILE STRICT AS $$
-    SELECT i.status FROM df.instances i WHERE i.id = status.instance_id
+
+-- ---------------------------------------------------------------------------------------
+-- Control (§3.4)
+-- ---------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION df.status(instance_id text)
+RETURNS text LANGUAGE plpgsql VOLATILE STRICT AS $$
+BEGIN
+    RETURN (SELECT i.status FROM df.instances i WHERE i.id = status.instance_id);
+END
 $$;
 
-CREATE FUNCTION df.result(instance_id text)
+CREATE OR REPLACE FUNCTION df.result(instance_id text)
 RETURNS text LANGUAGE sql VOLATILE STRICT AS $$
     SELECT n.result::text
     FROM df.instances i JOIN df.nodes n ON n.instance_id = i.id AND n.id = i.root_node
     WHERE i.id = result.instance_id AND n.status = 'completed'
 $$;
 
-CREATE FUNCTION df.cancel(instance_id text, reason text DEFAULT 'Cancelled by user')
+CREATE OR REPLACE FUNCTION df.cancel(instance_id text, reason text DEFAULT 'Cancelled by user')
 RETURNS text LANGUAGE plpgsql STRICT AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM df.instances i WHERE i.id = cancel.instance_id) THEN
@@ -30,19 +36,19 @@ END
 $$;
 
 -- Ask the engine to look at an instance again (cancel, signal). Only for visible instances.
-CREATE FUNCTION df._request_advance(target text)
+CREATE OR REPLACE FUNCTION df._request_advance(target text)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF df._acting_owner(target) IS NULL THEN
         RETURN;
     END IF;
     INSERT INTO df._advance AS a (instance_id) VALUES (target)
-    ON CONFLICT (instance_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
-    PERFORM pg_notify('df_wake', target);
+    ON CONFLICT (instance_id, node_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
+    PERFORM pg_notify('df_wake', '');
 END
 $$;
 
-CREATE FUNCTION df.signal(instance_id text, signal_name text, signal_data text DEFAULT '{}')
+CREATE OR REPLACE FUNCTION df.signal(instance_id text, signal_name text, signal_data text DEFAULT '{}')
 RETURNS text LANGUAGE plpgsql STRICT AS $$
 DECLARE
     payload jsonb;
@@ -68,7 +74,7 @@ END
 $$;
 
 -- Store a signal for a visible instance and wake the engine (users cannot write the table).
-CREATE FUNCTION df._send_signal(target text, name text, payload jsonb)
+CREATE OR REPLACE FUNCTION df._send_signal(target text, name text, payload jsonb)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF df._acting_owner(target) IS NULL THEN
@@ -79,7 +85,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION df.await_instance(instance_id text, timeout_seconds integer DEFAULT 30)
+CREATE OR REPLACE FUNCTION df.await_instance(instance_id text, timeout_seconds integer DEFAULT 30)
 RETURNS text LANGUAGE plpgsql STRICT AS $$
 DECLARE
     deadline timestamptz;
@@ -114,7 +120,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION df.wait_for_completion(instance_id text, timeout_seconds integer DEFAULT 30)
+CREATE OR REPLACE FUNCTION df.wait_for_completion(instance_id text, timeout_seconds integer DEFAULT 30)
 RETURNS text LANGUAGE plpgsql STRICT AS $$
 BEGIN
     RAISE WARNING 'df.wait_for_completion() is deprecated; use df.await_instance() instead';
@@ -122,31 +128,19 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION df.run(instance_id text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION df.run(instance_id text DEFAULT NULL)
 RETURNS text LANGUAGE sql AS $$
     SELECT CASE WHEN instance_id IS NULL THEN 'Triggered run for all pending instances'
                 ELSE 'Triggered run for instance: ' || instance_id END
 $$;
 
-CREATE FUNCTION df.duroxide_schema()
+CREATE OR REPLACE FUNCTION df.duroxide_schema()
 RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT '_duroxide'::text $$;
-
-DO $do$
-BEGIN
-    -- pg_durable.database: the database this catalog was installed in
-    EXECUTE format('CREATE FUNCTION df.target_database() RETURNS text LANGUAGE sql IMMUTABLE '
-                   'PARALLEL SAFE AS %L', format('SELECT %L::text', current_database()));
-    EXECUTE format('CREATE FUNCTION df.version() RETURNS text LANGUAGE sql IMMUTABLE STRICT AS %L',
-                   format('SELECT %L::text', '0.2.6 (built '
-                          || to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
-                          || ')'));
-END
-$do$;
 
 -- ---------------------------------------------------------------------------------------
 -- Variables (§3.5)
 -- ---------------------------------------------------------------------------------------
-CREATE FUNCTION df.setvar(name text, value text)
+CREATE OR REPLACE FUNCTION df.setvar(name text, value text)
 RETURNS text LANGUAGE plpgsql STRICT AS $$
 BEGIN
     IF df._in_workflow() THEN
@@ -161,87 +155,61 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION df.getvar(name text)
+CREATE OR REPLACE FUNCTION df.getvar(name text)
 RETURNS text LANGUAGE sql STABLE STRICT AS $$
     SELECT v.value FROM df.vars v
     WHERE v.name = getvar.name AND v.owner = quote_ident(current_user)::regrole
 $$;
 
-CREATE FUNCTION df.unsetvar(name text)
+CREATE OR REPLACE FUNCTION df.unsetvar(name text)
 RETURNS text LANGUAGE plpgsql STRICT AS $$
 BEGIN
     IF df._in_workflow() THEN
         RAISE EXCEPTION 'df.unsetvar() cannot be called inside a workflow - manage variables before starting the workflow'
             USING ERRCODE = '0A000';
     END IF;
-    DELETE FROM df.vars v
-    WHERE v.name = unsetvar.name AND v.owner = quote_ident(current_user)::regrole;
+    PERFORM df._delete_vars(quote_ident(current_user)::regrole, unsetvar.name);
     PERFORM df._mark_helper_result('df.unsetvar', 'OK');
     RETURN 'OK';
 END
 $$;
 
-CREATE FUNCTION df.clearvars()
+CREATE OR REPLACE FUNCTION df.clearvars()
 RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
     IF df._in_workflow() THEN
         RAISE EXCEPTION 'df.clearvars() cannot be called inside a workflow - manage variables before starting the workflow'
             USING ERRCODE = '0A000';
     END IF;
-    DELETE FROM df.vars v WHERE v.owner = quote_ident(current_user)::regrole;
+    PERFORM df._delete_vars(quote_ident(current_user)::regrole, NULL);
     PERFORM df._mark_helper_result('df.clearvars', 'OK');
     RETURN 'OK';
 END
 $$;
 
--- ---------------------------------------------------------------------------------------
--- Administration (§3.7)
--- ---------------------------------------------------------------------------------------
-CREATE FUNCTION df.grant_usage(p_role text, include_http boolean DEFAULT false,
-                               with_grant boolean DEFAULT false)
-RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    opt text := CASE WHEN with_grant THEN ' WITH GRANT OPTION' ELSE '' END;
+-- Variables: users delete theirs through these functions; the table privileges they keep
+-- (SELECT, column INSERT, UPDATE (value)) cannot take a lock that blocks another user.
+CREATE OR REPLACE FUNCTION df._delete_vars(p_owner regrole, p_name text)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    EXECUTE format('GRANT USAGE ON SCHEMA df TO %I', p_role) || opt;
-    IF include_http THEN
-        EXECUTE format('GRANT EXECUTE ON FUNCTION df.http(text, text, text, jsonb, integer) TO %I', p_role) || opt;
-        EXECUTE format('GRANT EXECUTE ON FUNCTION df.http_multipart(text, text, jsonb, jsonb, integer) TO %I', p_role) || opt;
+    IF NOT pg_has_role(session_user, p_owner, 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied for table vars' USING ERRCODE = '42501';
     END IF;
-    IF with_grant THEN
-        EXECUTE format('GRANT EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean) TO %I', p_role) || opt;
-        EXECUTE format('GRANT EXECUTE ON FUNCTION df.revoke_usage(text) TO %I', p_role) || opt;
-        EXECUTE format('GRANT EXECUTE ON FUNCTION df.metrics() TO %I', p_role) || opt;
-    END IF;
-    EXECUTE format('GRANT SELECT ON df.instances TO %I', p_role) || opt;
-    EXECUTE format('GRANT UPDATE (status, updated_at) ON df.instances TO %I', p_role) || opt;
-    EXECUTE format('GRANT SELECT ON df.nodes TO %I', p_role) || opt;
-    EXECUTE format('GRANT INSERT (id, label, root_node, submitted_by, database) ON df.instances TO %I', p_role) || opt;
-    EXECUTE format('GRANT INSERT (id, instance_id, node_type, query, result_name, left_node, right_node, submitted_by, database) ON df.nodes TO %I', p_role) || opt;
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON df.vars TO %I', p_role) || opt;
-    EXECUTE format('GRANT SELECT ON df._executions, df._instance_overview TO %I', p_role) || opt;
-    RAISE NOTICE 'pg_durable: granted df usage privileges to "%"', p_role;
+    DELETE FROM df.vars v WHERE v.owner = p_owner AND (p_name IS NULL OR v.name = p_name);
 END
 $$;
 
-CREATE FUNCTION df.revoke_usage(p_role text)
-RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- pg_durable.database (the database this catalog was installed in) and the version string
+-- with the time of installation: constants, written out when the catalog is installed.
+DO $do$
 BEGIN
-    BEGIN
-        EXECUTE format('REVOKE EXECUTE ON FUNCTION df.http(text, text, text, jsonb, integer) FROM %I CASCADE', p_role);
-        EXECUTE format('REVOKE EXECUTE ON FUNCTION df.http_multipart(text, text, jsonb, jsonb, integer) FROM %I CASCADE', p_role);
-        EXECUTE format('REVOKE EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean) FROM %I CASCADE', p_role);
-        EXECUTE format('REVOKE EXECUTE ON FUNCTION df.revoke_usage(text) FROM %I CASCADE', p_role);
-        EXECUTE format('REVOKE EXECUTE ON FUNCTION df.metrics() FROM %I CASCADE', p_role);
-    EXCEPTION WHEN insufficient_privilege THEN
-        NULL;
-    END;
-    EXECUTE format('REVOKE ALL ON df.instances, df.nodes, df.vars, df._executions, '
-                   'df._instance_overview FROM %I CASCADE', p_role);
-    EXECUTE format('REVOKE USAGE ON SCHEMA df FROM %I CASCADE', p_role);
-    RAISE NOTICE 'pg_durable: revoked df usage privileges granted by "%" from "%"', current_user, p_role;
+    EXECUTE format('CREATE OR REPLACE FUNCTION df.target_database() RETURNS text '
+                   'LANGUAGE sql IMMUTABLE PARALLEL SAFE AS %L',
+                   format('SELECT %L::text', current_database()));
+    EXECUTE format('CREATE OR REPLACE FUNCTION df.version() RETURNS text '
+                   'LANGUAGE sql IMMUTABLE STRICT AS %L',
+                   format('SELECT %L::text', '0.2.6 (built '
+                          || to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+                          || ')'));
 END
-$$;
-
-REVOKE EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION df.revoke_usage(text) FROM PUBLIC;
+$do$;

@@ -1,8 +1,34 @@
--- pgdurable catalog, version 1: schema df with pg_durable's tables, row-level security and
--- the engine's private tables. Applied by engine/migrations.py under an advisory lock.
+-- pgdurable catalog: schemas, tables, row-level security and the engine's private tables.
+-- Installed first (see engine/sql/README.md); the one function here is the CHECK rule that
+-- df.nodes needs before it can be created.
 
 CREATE SCHEMA df;
 CREATE SCHEMA _duroxide;
+
+-- pg_durable's nodes_structure_chk; NULL (accepted) for a type the rule does not name
+-- (nodes_node_type_chk refuses unknown types). Operators are qualified: a CHECK's own
+-- expression is bound when it is created, a function body when it runs. Like everything in
+-- this file it is not run again on an upgrade: a change to it needs an upgrade file.
+CREATE FUNCTION df._node_structure_ok(node_type text, left_node text, right_node text,
+                                      query text)
+RETURNS boolean LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN CASE
+        WHEN node_type OPERATOR(pg_catalog.=) ANY ('{SQL,SLEEP,WAIT_SCHEDULE,BREAK,HTTP,HTTP_MULTIPART,SIGNAL}'::text[])
+            THEN left_node IS NULL AND right_node IS NULL AND query IS NOT NULL
+        WHEN node_type OPERATOR(pg_catalog.=) 'THEN'
+            THEN left_node IS NOT NULL AND right_node IS NOT NULL AND query IS NULL
+        WHEN node_type OPERATOR(pg_catalog.=) 'IF'
+            THEN left_node IS NOT NULL AND right_node IS NOT NULL AND query IS NOT NULL
+        WHEN node_type OPERATOR(pg_catalog.=) 'LOOP'
+            THEN left_node IS NOT NULL AND right_node IS NULL
+        WHEN node_type OPERATOR(pg_catalog.=) 'JOIN'
+            THEN left_node IS NOT NULL AND right_node IS NOT NULL
+        WHEN node_type OPERATOR(pg_catalog.=) 'RACE'
+            THEN left_node IS NOT NULL AND right_node IS NOT NULL AND query IS NULL
+    END;
+END
+$$;
 
 CREATE TABLE df._migrations (
     version    integer PRIMARY KEY,
@@ -26,7 +52,7 @@ CREATE TABLE df.instances (
     CONSTRAINT instances_id_format_chk CHECK (id ~ '^[0-9a-f]{8}$'),
     CONSTRAINT instances_root_node_format_chk CHECK (root_node ~ '^[0-9a-f]{8}$'),
     CONSTRAINT instances_status_chk
-        CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
+        CHECK (status = ANY ('{pending,running,completed,failed,cancelled}'::text[])),
     CONSTRAINT instances_identity_key UNIQUE (id, submitted_by)
 );
 CREATE INDEX idx_instances_status ON df.instances (status, created_at DESC, id);
@@ -52,25 +78,17 @@ CREATE TABLE df.nodes (
     status_details jsonb,
     CONSTRAINT nodes_pkey PRIMARY KEY (instance_id, id),
     CONSTRAINT nodes_id_format_chk CHECK (id ~ '^[0-9a-f]{8}$'),
-    CONSTRAINT nodes_node_type_chk CHECK (node_type IN ('SQL', 'THEN', 'IF', 'JOIN', 'LOOP',
-        'BREAK', 'RACE', 'SLEEP', 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL')),
+    -- Each list is one array constant and the structure rule one function call: PostgreSQL
+    -- reads a table's CHECK expressions back from their node trees in every statement that
+    -- writes the table, and written out they came to 12.6 kB per UPDATE of df.nodes.
+    CONSTRAINT nodes_node_type_chk CHECK (node_type = ANY (
+        '{SQL,THEN,IF,JOIN,LOOP,BREAK,RACE,SLEEP,WAIT_SCHEDULE,HTTP,HTTP_MULTIPART,SIGNAL}'::text[])),
     CONSTRAINT nodes_result_name_chk CHECK (result_name ~ '^[A-Za-z_][A-Za-z0-9_]*$'),
-    CONSTRAINT nodes_status_chk CHECK (status IN ('pending', 'running', 'completed', 'failed')),
+    CONSTRAINT nodes_status_chk CHECK (status = ANY ('{pending,running,completed,failed}'::text[])),
     CONSTRAINT nodes_result_status_chk
-        CHECK (result IS NULL OR status IN ('completed', 'failed')),
-    CONSTRAINT nodes_structure_chk CHECK (CASE
-        WHEN node_type IN ('SQL', 'SLEEP', 'WAIT_SCHEDULE', 'BREAK', 'HTTP', 'HTTP_MULTIPART',
-                           'SIGNAL')
-            THEN left_node IS NULL AND right_node IS NULL AND query IS NOT NULL
-        WHEN node_type = 'THEN'
-            THEN left_node IS NOT NULL AND right_node IS NOT NULL AND query IS NULL
-        WHEN node_type = 'IF'
-            THEN left_node IS NOT NULL AND right_node IS NOT NULL AND query IS NOT NULL
-        WHEN node_type = 'LOOP' THEN left_node IS NOT NULL AND right_node IS NULL
-        WHEN node_type = 'JOIN' THEN left_node IS NOT NULL AND right_node IS NOT NULL
-        WHEN node_type = 'RACE'
-            THEN left_node IS NOT NULL AND right_node IS NOT NULL AND query IS NULL
-    END),
+        CHECK (result IS NULL OR status = ANY ('{completed,failed}'::text[])),
+    CONSTRAINT nodes_structure_chk
+        CHECK (df._node_structure_ok(node_type, left_node, right_node, query)),
     CONSTRAINT nodes_instance_identity_fkey FOREIGN KEY (instance_id, submitted_by)
         REFERENCES df.instances (id, submitted_by) DEFERRABLE INITIALLY DEFERRED,
     CONSTRAINT nodes_left_node_same_instance_fkey FOREIGN KEY (instance_id, left_node)
@@ -131,6 +149,10 @@ CREATE TABLE df._settings (
 
 -- Leaf work to do: SQL/HTTP steps, timers, signal waits. A row is claimed by setting a lease;
 -- an expired lease may be taken over by any pgdurable process.
+-- Like df._node_state, it has no foreign key to df.instances: its rows are only written by
+-- df._apply_plan, which holds the instance's row lock, and by df._record_step, whose
+-- transaction also inserts an _advance row (that foreign key stays); triggers
+-- (engine.sql) remove them with their instance.
 CREATE TABLE df._tasks (
     instance_id varchar(8) NOT NULL,
     node_id     varchar(8) NOT NULL,
@@ -142,17 +164,20 @@ CREATE TABLE df._tasks (
     lease_until timestamptz,
     attempts    integer NOT NULL DEFAULT 0,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (instance_id, node_id),
-    FOREIGN KEY (instance_id) REFERENCES df.instances (id) ON DELETE CASCADE
+    PRIMARY KEY (instance_id, node_id)
 );
 CREATE INDEX idx_tasks_due ON df._tasks (due_at) WHERE lease_owner IS NULL;
 CREATE INDEX idx_tasks_lease ON df._tasks (lease_until) WHERE lease_owner IS NOT NULL;
 
 -- Instances whose graph must be advanced (a child finished, a start, a cancel), from
--- requested_at on (a loop pacing its iterations asks for a later time).
+-- requested_at on (a loop pacing its iterations asks for a later time). An instance's rows
+-- are keyed by the node that asked ('' for df.start, df.cancel, df.signal and timers), so
+-- sibling steps do not wait for each other.
 CREATE TABLE df._advance (
-    instance_id varchar(8) PRIMARY KEY REFERENCES df.instances (id) ON DELETE CASCADE,
-    requested_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    instance_id varchar(8) NOT NULL REFERENCES df.instances (id) ON DELETE CASCADE,
+    requested_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    node_id text NOT NULL DEFAULT '',
+    CONSTRAINT _advance_pkey PRIMARY KEY (instance_id, node_id)
 );
 CREATE INDEX idx_advance_due ON df._advance (requested_at);
 
@@ -165,8 +190,8 @@ CREATE TABLE df._node_state (
     delivery    text,
     iteration   integer NOT NULL DEFAULT 0,
     iteration_started_at timestamptz,
-    PRIMARY KEY (instance_id, node_id),
-    FOREIGN KEY (instance_id) REFERENCES df.instances (id) ON DELETE CASCADE
+    result_columns text[],  -- a large SQL result's column names, instead of raw_result
+    PRIMARY KEY (instance_id, node_id)
 );
 
 -- One row per execution (generation) of an instance: pg_durable's engine history summary.
@@ -179,6 +204,8 @@ CREATE TABLE df._executions (
     completed_at timestamptz,
     event_count  bigint NOT NULL DEFAULT 1,
     output       text,
+    version      bigint NOT NULL DEFAULT 0,  -- bumped by every plan applied (df._complete_held)
+    output_columns text[],  -- a large output's column names, instead of output
     PRIMARY KEY (instance_id, execution_id)
 );
 
@@ -200,10 +227,54 @@ CREATE TABLE df._instance_vars (
     vars        jsonb NOT NULL DEFAULT '{}'
 );
 
+-- The fast path: a SQL step's transaction records its result and advances the instance
+-- itself, saving a transaction per step. The owner's connection calls two SECURITY DEFINER
+-- functions; a grant row only this transaction can see (written by the first, consumed by
+-- the second, both behind the lease token) keeps anyone else from applying a plan. A grant
+-- is bound to the instance and node whose lease token earned it.
+CREATE TABLE df._apply_grants (
+    txid        bigint PRIMARY KEY,
+    secret      uuid NOT NULL,
+    instance_id text NOT NULL,
+    node_id     text NOT NULL
+);
+
+-- df.start(..., transaction_mode => 'new') (§3.3): pgdurable starts the instance on a session
+-- of its own, logged in as the same role, and that session commits before df.start returns,
+-- so a ROLLBACK of the caller's transaction does not undo it.
+--
+-- How the caller's backend asks: a NOTICE carrying the request (the one channel out of an
+-- open transaction that needs no extension); pgdurable's relay takes it out of the stream,
+-- checks that the session's login role may act as the requested role, and answers through
+-- df._new_starts, which the caller polls (READ COMMITTED sees each new commit).
+CREATE TABLE df._new_starts (
+    request     uuid PRIMARY KEY,
+    instance_id varchar(8),                 -- set when the instance committed
+    error       text,                       -- or the error to raise in the caller
+    sqlstate    text,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- Runner roles (decision 4): on password-only clusters the engine cannot log in as a
+-- workflow's owner, so df.grant_usage gives the owner a login role of its own,
+-- df_run_<owner>: LOGIN, NOINHERIT, a member of that owner only, password derived by
+-- pgdurable from its secret (never stored here; the engine sets the SCRAM verifier).
+-- A step's session logs in as the runner with role = <owner> as a startup option, so
+-- RESET ROLE comes back to the owner and SET ROLE NONE to a role with no privileges.
+-- Created only when pgdurable runs with a secret (setting runner_roles = on).
+CREATE TABLE df._runners (
+    owner  name PRIMARY KEY,
+    runner name NOT NULL UNIQUE
+);
+
 -- Users may read their own execution history (df.grant_usage grants SELECT).
 ALTER TABLE df._executions ENABLE ROW LEVEL SECURITY;
 CREATE POLICY executions_user_isolation ON df._executions FOR SELECT
     USING (submitted_by = quote_ident(current_user)::regrole);
+
+-- A node waiting on df._explain_tree's stack: its plan key, its line's prefix and connector
+-- (NULL: a section header line), and the prefix of its children's lines.
+CREATE TYPE df._explain_item AS (key text, prefix text, connector text, child_prefix text);
 
 REVOKE ALL ON ALL TABLES IN SCHEMA df FROM PUBLIC;
 GRANT USAGE ON SCHEMA _duroxide TO PUBLIC;

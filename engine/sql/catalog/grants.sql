@@ -1,24 +1,62 @@
--- Runner roles (decision 4): on password-only clusters the engine cannot log in as a
--- workflow's owner, so df.grant_usage gives the owner a login role of its own,
--- df_run_<owner>: LOGIN, NOINHERIT, a member of that owner only, password derived by
--- pgdurable from its secret (never stored here; the engine sets the SCRAM verifier).
--- A step's session logs in as the runner with role = <owner> as a startup option, so
--- RESET ROLE comes back to the owner and SET ROLE NONE to a role with no privileges.
--- Created only when pgdurable runs with a secret (setting runner_roles = on).
+-- pgdurable catalog: the administration helpers (§3.7): df.grant_usage, df.revoke_usage
+-- and the runner roles they manage (the table df._runners is in tables.sql).
 
-CREATE TABLE df._runners (
-    owner  name PRIMARY KEY,
-    runner name NOT NULL UNIQUE
-);
-REVOKE ALL ON df._runners FROM PUBLIC;
+-- ---------------------------------------------------------------------------------------
+-- Administration (§3.7)
+-- ---------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION df._grant_usage_privileges(p_role text, include_http boolean DEFAULT false,
+                                                      with_grant boolean DEFAULT false)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    opt text := CASE WHEN with_grant THEN ' WITH GRANT OPTION' ELSE '' END;
+BEGIN
+    EXECUTE format('GRANT USAGE ON SCHEMA df TO %I', p_role) || opt;
+    IF include_http THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION df.http(text, text, text, jsonb, integer) TO %I', p_role) || opt;
+        EXECUTE format('GRANT EXECUTE ON FUNCTION df.http_multipart(text, text, jsonb, jsonb, integer) TO %I', p_role) || opt;
+    END IF;
+    IF with_grant THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean) TO %I', p_role) || opt;
+        EXECUTE format('GRANT EXECUTE ON FUNCTION df.revoke_usage(text) TO %I', p_role) || opt;
+        EXECUTE format('GRANT EXECUTE ON FUNCTION df.metrics() TO %I', p_role) || opt;
+    END IF;
+    EXECUTE format('GRANT SELECT ON df.instances TO %I', p_role) || opt;
+    EXECUTE format('GRANT UPDATE (status, updated_at) ON df.instances TO %I', p_role) || opt;
+    EXECUTE format('GRANT SELECT ON df.nodes TO %I', p_role) || opt;
+    EXECUTE format('GRANT INSERT (id, label, root_node, submitted_by, database) ON df.instances TO %I', p_role) || opt;
+    EXECUTE format('GRANT INSERT (id, instance_id, node_type, query, result_name, left_node, right_node, submitted_by, database) ON df.nodes TO %I', p_role) || opt;
+    EXECUTE format('GRANT SELECT, INSERT (name, value, owner), UPDATE (value) ON df.vars TO %I', p_role) || opt;
+    EXECUTE format('GRANT SELECT ON df._executions, df._instance_overview TO %I', p_role) || opt;
+    RAISE NOTICE 'pg_durable: granted df usage privileges to "%"', p_role;
+END
+$$;
 
-CREATE FUNCTION df._runner_name(owner name)
+CREATE OR REPLACE FUNCTION df._revoke_usage_privileges(p_role text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    BEGIN
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION df.http(text, text, text, jsonb, integer) FROM %I CASCADE', p_role);
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION df.http_multipart(text, text, jsonb, jsonb, integer) FROM %I CASCADE', p_role);
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean) FROM %I CASCADE', p_role);
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION df.revoke_usage(text) FROM %I CASCADE', p_role);
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION df.metrics() FROM %I CASCADE', p_role);
+    EXCEPTION WHEN insufficient_privilege THEN
+        NULL;
+    END;
+    EXECUTE format('REVOKE ALL ON df.instances, df.nodes, df.vars, df._executions, '
+                   'df._instance_overview FROM %I CASCADE', p_role);
+    EXECUTE format('REVOKE USAGE ON SCHEMA df FROM %I CASCADE', p_role);
+    RAISE NOTICE 'pg_durable: revoked df usage privileges granted by "%" from "%"', current_user, p_role;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df._runner_name(owner name)
 RETURNS name LANGUAGE sql IMMUTABLE
 RETURN CASE WHEN octet_length(owner::text) <= 56 THEN 'df_run_' || owner
             ELSE 'df_run_' || left(encode(sha256(convert_to(owner::text, 'UTF8')), 'hex'), 32)
        END;
 
-CREATE FUNCTION df._ensure_runner(p_owner text)
+CREATE OR REPLACE FUNCTION df._ensure_runner(p_owner text)
 RETURNS name LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     target pg_roles;
@@ -55,8 +93,9 @@ BEGIN
     RETURN runner;
 END
 $$;
+REVOKE EXECUTE ON FUNCTION df._ensure_runner(text) FROM PUBLIC;
 
-CREATE FUNCTION df._drop_runner(p_owner text)
+CREATE OR REPLACE FUNCTION df._drop_runner(p_owner text)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     gone name;
@@ -74,10 +113,11 @@ BEGIN
     END;
 END
 $$;
+REVOKE EXECUTE ON FUNCTION df._drop_runner(text) FROM PUBLIC;
 
 -- The engine (the catalog owner) sets a runner's SCRAM verifier when a login with the
 -- derived password fails (first use, or after the secret changed). Registered runners only.
-CREATE FUNCTION df._set_runner_password(p_runner text, verifier text)
+CREATE OR REPLACE FUNCTION df._set_runner_password(p_runner text, verifier text)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT EXISTS (SELECT FROM df._runners r WHERE r.runner = p_runner) THEN
@@ -89,19 +129,9 @@ BEGIN
     EXECUTE format('ALTER ROLE %I PASSWORD %L', p_runner, verifier);
 END
 $$;
+REVOKE EXECUTE ON FUNCTION df._set_runner_password(text, text) FROM PUBLIC;
 
-REVOKE EXECUTE ON FUNCTION df._ensure_runner(text), df._drop_runner(text),
-    df._set_runner_password(text, text) FROM PUBLIC;
-
--- df.grant_usage / df.revoke_usage keep their privilege work (now _grant_usage_privileges /
--- _revoke_usage_privileges: SECURITY INVOKER, so anyone may run them with what they hold)
--- and add the runner role when pgdurable runs with a secret.
-ALTER FUNCTION df.grant_usage(text, boolean, boolean) RENAME TO _grant_usage_privileges;
-ALTER FUNCTION df.revoke_usage(text) RENAME TO _revoke_usage_privileges;
-GRANT EXECUTE ON FUNCTION df._grant_usage_privileges(text, boolean, boolean),
-    df._revoke_usage_privileges(text) TO PUBLIC;
-
-CREATE FUNCTION df.grant_usage(p_role text, include_http boolean DEFAULT false,
+CREATE OR REPLACE FUNCTION df.grant_usage(p_role text, include_http boolean DEFAULT false,
                                with_grant boolean DEFAULT false)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -120,14 +150,13 @@ BEGIN
     END IF;
 END
 $$;
+REVOKE EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean) FROM PUBLIC;
 
-CREATE FUNCTION df.revoke_usage(p_role text)
+CREATE OR REPLACE FUNCTION df.revoke_usage(p_role text)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM df._drop_runner(p_role);
     PERFORM df._revoke_usage_privileges(p_role);
 END
 $$;
-
-REVOKE EXECUTE ON FUNCTION df.grant_usage(text, boolean, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION df.revoke_usage(text) FROM PUBLIC;

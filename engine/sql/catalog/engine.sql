@@ -1,0 +1,326 @@
+-- pgdurable catalog: the engine's own functions, called on its admin connection: load and
+-- apply a plan, the scheduler's poll, and the triggers that forget a deleted instance's
+-- engine rows. Times are clock_timestamp(): these run at the end of a step's transaction,
+-- whose start may be long before the step finished.
+
+-- The state to plan from, with the keys of the _advance rows it takes (locked until the
+-- plan is applied); NULL when another transaction holds the instance or nothing is due.
+CREATE OR REPLACE FUNCTION df._load_for_advance(p_instance text)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    keys text[];
+BEGIN
+    PERFORM 1 FROM df.instances i WHERE i.id = p_instance FOR NO KEY UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT array_agg(a.node_id) INTO keys
+    FROM (SELECT a.node_id FROM df._advance a WHERE a.instance_id = p_instance
+          FOR UPDATE SKIP LOCKED) a;
+    IF keys IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN df._instance_state(p_instance) || jsonb_build_object('advance_keys', to_jsonb(keys));
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._load_for_advance(text) FROM PUBLIC;
+
+-- Write what the planner decided, in the same transaction as the load. A consumed signal is
+-- deleted (one signal satisfies one wait), and an instance's signals go when it ends; a
+-- loop keeps its latest 100 executions.
+--
+-- The plan updates a few nodes of one instance from a JSON list. The planner, which guesses
+-- 100 list entries and one node per instance, would hash all the instance's nodes (every
+-- node of a 10,000-node graph, at every step) where a lookup per entry is what is wanted:
+-- hence the SET clauses.
+CREATE OR REPLACE FUNCTION df._apply_plan(p_instance text, plan jsonb)
+RETURNS void LANGUAGE plpgsql SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+DECLARE
+    nodes jsonb := coalesce(plan -> 'nodes', '[]');
+    final_status text := plan ->> 'execution_status';
+BEGIN
+    IF jsonb_array_length(nodes) > 0 THEN
+        UPDATE df.nodes n
+        SET status = u.status,
+            result = CASE WHEN u.status = 'completed' THEN (u.raw)::jsonb
+                          WHEN u.status = 'failed' THEN to_jsonb(u.error) END,
+            status_details = coalesce(u.details, n.status_details),
+            updated_at = clock_timestamp()
+        FROM jsonb_to_recordset(nodes)
+             AS u(id text, status text, raw text, error text, details jsonb)
+        WHERE n.instance_id = p_instance AND n.id = u.id;
+
+        INSERT INTO df._node_state AS s (instance_id, node_id, raw_result, delivery, iteration,
+                                         iteration_started_at)
+        SELECT p_instance, u.id, u.raw, u.delivery, coalesce(u.iteration, 0),
+               to_timestamp(u.iteration_started)
+        FROM jsonb_to_recordset(nodes)
+             AS u(id text, raw text, delivery text, reset boolean, iteration integer,
+                  iteration_started double precision)
+        WHERE u.raw IS NOT NULL OR u.reset OR u.iteration IS NOT NULL
+              OR u.iteration_started IS NOT NULL OR u.delivery IS NOT NULL
+        ON CONFLICT (instance_id, node_id) DO UPDATE
+        SET raw_result = CASE WHEN excluded.raw_result IS NOT NULL OR EXISTS (
+                                  SELECT 1 FROM jsonb_to_recordset(nodes)
+                                                AS r(id text, reset boolean)
+                                  WHERE r.id = excluded.node_id AND r.reset)
+                              THEN excluded.raw_result ELSE s.raw_result END,
+            delivery = coalesce(excluded.delivery, s.delivery),
+            iteration = CASE WHEN excluded.iteration > 0 THEN excluded.iteration ELSE s.iteration END,
+            iteration_started_at = coalesce(excluded.iteration_started_at, s.iteration_started_at);
+    END IF;
+
+    -- Abandoned tasks go, except those a finishing step holds right now (it records its
+    -- result and asks for another advance, which finds the decision already made).
+    IF coalesce((plan ->> 'drop_all_tasks')::boolean, false)
+       OR jsonb_array_length(coalesce(plan -> 'cancel_nodes', '[]')) > 0 THEN
+        DELETE FROM df._tasks
+        WHERE ctid IN (
+            SELECT t.ctid FROM df._tasks t
+            WHERE t.instance_id = p_instance
+              AND ((plan ->> 'drop_all_tasks')::boolean
+                   OR t.node_id IN (SELECT jsonb_array_elements_text(
+                                        coalesce(plan -> 'cancel_nodes', '[]'))))
+            FOR UPDATE SKIP LOCKED);
+    END IF;
+
+    -- one signal satisfies one wait: a consumed signal goes
+    IF jsonb_array_length(coalesce(plan -> 'consumed_signals', '[]')) > 0 THEN
+        DELETE FROM df._signals g
+        USING jsonb_to_recordset(plan -> 'consumed_signals') AS c(id bigint, node_id text)
+        WHERE g.id = c.id AND g.instance_id = p_instance;
+    END IF;
+
+    IF plan ->> 'continued_from' IS NOT NULL THEN
+        UPDATE df._executions
+        SET status = 'ContinuedAsNew', completed_at = clock_timestamp(),
+            output = json_build_object('instance_id', p_instance,
+                                       'loop_iteration', (plan ->> 'execution_id')::int - 1)::text
+        WHERE instance_id = p_instance AND execution_id = (plan ->> 'continued_from')::bigint;
+        -- a loop keeps its latest executions, not one row per iteration forever
+        DELETE FROM df._executions
+        WHERE instance_id = p_instance
+          AND execution_id <= (plan ->> 'execution_id')::bigint - 100;
+    END IF;
+
+    IF jsonb_array_length(coalesce(plan -> 'tasks', '[]')) > 0 THEN
+        -- a task leased to the planning engine is on its first attempt already, so a
+        -- claim after that lease expired counts (and is logged) as a recovery
+        INSERT INTO df._tasks (instance_id, node_id, node_type, payload, due_at, lease_owner,
+                               lease_token, lease_until, attempts)
+        SELECT p_instance, t.node_id, t.node_type, t.payload,
+               clock_timestamp() + make_interval(secs => coalesce(t.delay, 0)),
+               t.lease_owner, t.lease_token,
+               CASE WHEN t.lease_owner IS NOT NULL
+                    THEN clock_timestamp() + make_interval(secs => t.lease_seconds) END,
+               CASE WHEN t.lease_owner IS NOT NULL THEN 1 ELSE 0 END
+        FROM jsonb_to_recordset(plan -> 'tasks')
+             AS t(node_id text, node_type text, payload text, delay double precision,
+                  lease_owner uuid, lease_token uuid, lease_seconds double precision)
+        ON CONFLICT (instance_id, node_id) DO NOTHING;
+    END IF;
+
+    IF plan ? 'instance_status' THEN
+        UPDATE df.instances
+        SET status = plan ->> 'instance_status', updated_at = clock_timestamp(),
+            completed_at = CASE WHEN plan ->> 'instance_status' = 'completed' THEN clock_timestamp() END
+        WHERE id = p_instance AND status NOT IN ('completed', 'failed', 'cancelled');
+    END IF;
+
+    UPDATE df._executions e
+    SET status = coalesce(final_status, 'Running'), event_count = (plan ->> 'events')::bigint,
+        output = coalesce(plan ->> 'output', e.output),
+        completed_at = coalesce(CASE WHEN final_status IN ('Completed', 'Failed')
+                                     THEN clock_timestamp() END, e.completed_at),
+        version = coalesce((plan ->> 'version')::bigint, e.version + 1)
+    WHERE e.instance_id = p_instance AND e.execution_id = (plan ->> 'execution_id')::bigint;
+    IF NOT FOUND THEN
+        INSERT INTO df._executions (instance_id, execution_id, submitted_by, status,
+                                    event_count, output, completed_at, version)
+        SELECT p_instance, (plan ->> 'execution_id')::bigint, i.submitted_by,
+               coalesce(final_status, 'Running'), (plan ->> 'events')::bigint,
+               plan ->> 'output',
+               CASE WHEN final_status IN ('Completed', 'Failed') THEN clock_timestamp() END,
+               coalesce((plan ->> 'version')::bigint, 1)
+        FROM df.instances i WHERE i.id = p_instance;
+    END IF;
+
+    IF final_status IN ('Completed', 'Failed') THEN  -- signals nobody can wait for any more
+        DELETE FROM df._signals g WHERE g.instance_id = p_instance;
+    END IF;
+
+    IF coalesce((plan ->> 'held')::boolean, false) THEN
+        NULL;  -- planned from held state: it took no _advance row
+    ELSIF plan ? 'advance_keys' THEN  -- the rows its state was loaded with, no others
+        DELETE FROM df._advance a
+        WHERE a.instance_id = p_instance
+          AND a.node_id IN (SELECT jsonb_array_elements_text(plan -> 'advance_keys'));
+    ELSE
+        DELETE FROM df._advance WHERE instance_id = p_instance;
+    END IF;
+    IF plan ->> 'wake_at' IS NOT NULL THEN
+        INSERT INTO df._advance AS a (instance_id, requested_at)
+        VALUES (p_instance, to_timestamp((plan ->> 'wake_at')::double precision))
+        ON CONFLICT (instance_id, node_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
+    END IF;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._apply_plan(text, jsonb) FROM PUBLIC;
+
+-- The document df._load_for_advance returns, without taking any lock; plus 'version'.
+CREATE OR REPLACE FUNCTION df._instance_state(p_instance text)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    inst record;
+    ex record;
+BEGIN
+    SELECT i.*, r.rolname, r.rolsuper, r.rolcanlogin INTO inst
+    FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by
+    WHERE i.id = p_instance;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT e.execution_id, e.event_count, e.version INTO ex
+    FROM df._executions e WHERE e.instance_id = p_instance
+    ORDER BY e.execution_id DESC LIMIT 1;
+    RETURN jsonb_build_object(
+        'now', extract(epoch FROM clock_timestamp()),
+        'id', inst.id, 'label', inst.label, 'root', inst.root_node, 'status', inst.status,
+        'owner', inst.rolname, 'owner_oid', inst.submitted_by::oid, 'superuser', inst.rolsuper,
+        'can_login', inst.rolcanlogin, 'database', inst.database,
+        'vars', coalesce((SELECT v.vars FROM df._instance_vars v WHERE v.instance_id = p_instance), '{}'),
+        'execution_id', ex.execution_id,
+        'version', coalesce(ex.version, 0),
+        'signals', coalesce((SELECT jsonb_agg(jsonb_build_object(
+                                'id', g.id, 'name', g.signal_name, 'data', g.data) ORDER BY g.id)
+                             FROM df._signals g
+                             WHERE g.instance_id = p_instance AND g.consumed_by IS NULL), '[]'),
+        'events', coalesce(ex.event_count, 0),
+        'nodes', (SELECT jsonb_agg(jsonb_build_object(
+                      'id', n.id, 'type', n.node_type, 'query', n.query, 'name', n.result_name,
+                      'left', n.left_node, 'right', n.right_node, 'status', n.status,
+                      'raw', CASE WHEN s.raw_result IS NULL AND s.result_columns IS NOT NULL
+                                       AND n.status = 'completed'
+                                  THEN df._rows_text(n.result, s.result_columns)
+                                  ELSE s.raw_result END,
+                      'error', CASE WHEN n.status = 'failed' THEN n.result #>> '{}' END,
+                      'iteration', coalesce(s.iteration, 0),
+                      'iteration_started', extract(epoch FROM s.iteration_started_at)))
+                  FROM df.nodes n LEFT JOIN df._node_state s
+                       ON s.instance_id = n.instance_id AND s.node_id = n.id
+                  WHERE n.instance_id = p_instance));
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._instance_state(text) FROM PUBLIC;
+
+-- df._tasks and df._node_state have no foreign key to df.instances (each insert would look
+-- the instance up again under a share lock): these triggers (at the end of this file)
+-- remove an instance's rows with it, on an administrator's DELETE or TRUNCATE ... CASCADE
+-- (users cannot delete instances).
+CREATE OR REPLACE FUNCTION df._forget_deleted_instances()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM df._tasks t USING gone g WHERE t.instance_id = g.id;
+    DELETE FROM df._node_state s USING gone g WHERE s.instance_id = g.id;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._forget_deleted_instances() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION df._forget_truncated_instances()
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    TRUNCATE df._tasks, df._node_state;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._forget_truncated_instances() FROM PUBLIC;
+
+-- Whether an instance's first step is being taken by this engine now (p_busy) while the
+-- instance is still pending: df._poll leaves its advances out until then.
+CREATE OR REPLACE FUNCTION df._first_step_busy(p_instance text, p_busy text[])
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT p_instance = ANY (p_busy)
+           AND EXISTS (SELECT 1 FROM df.instances i WHERE i.id = p_instance AND i.status = 'pending')
+$$;
+REVOKE EXECUTE ON FUNCTION df._first_step_busy(text, text[]) FROM PUBLIC;
+
+-- One round trip per scheduler pass: the instances due for an advance, the due tasks
+-- claimed for this engine (at most p_claims), and the seconds until the next timer or paced
+-- loop (NULL: nothing scheduled). An instance due for its first advance, whose steps run in
+-- this database, comes as kind 'new' with its owner and database (the engine may then run
+-- its first step in the same transaction as its first advance, on the owner's connection),
+-- the first p_documents of them with the state to plan that from (df._first_document);
+-- the instances in p_busy (first steps this engine is taking now) are left out while they
+-- are pending (once promoted or cancelled, their advances are due as any). The next due
+-- time leaves out the instances handed out in this pass: the engine is advancing them, and
+-- counting them made it poll again at once (twice per df.start).
+CREATE OR REPLACE FUNCTION df._poll(p_owner uuid, p_lease_seconds double precision,
+                         p_advances integer, p_claims integer, p_busy text[],
+                         p_documents integer)
+RETURNS TABLE (kind text, instance_id text, node_id text, node_type text, payload text,
+               lease_token uuid, attempts integer, owner name, database text,
+               due double precision)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    taken text[];  -- instances handed out now: not due again for the next pass
+BEGIN
+    SELECT coalesce(array_agg(d.instance_id), '{}') INTO taken
+    FROM (SELECT a.instance_id FROM df._advance a
+          WHERE a.requested_at <= clock_timestamp() AND NOT df._first_step_busy(a.instance_id, p_busy)
+          GROUP BY a.instance_id ORDER BY min(a.requested_at) LIMIT p_advances) d;
+    RETURN QUERY
+    SELECT x.kind, x.id, NULL::text, NULL::text,
+           CASE WHEN x.kind = 'new' AND x.n <= p_documents THEN df._first_document(x.id) END,
+           NULL::uuid, NULL::integer, x.rolname, x.database, NULL::double precision
+    FROM (SELECT CASE WHEN i.status = 'pending' AND i.database IS NULL
+                      THEN 'new' ELSE 'advance' END AS kind,
+                 t.id, r.rolname, i.database,
+                 row_number() OVER (PARTITION BY i.status = 'pending' AND i.database IS NULL
+                                    ORDER BY t.ord) AS n
+          FROM unnest(taken) WITH ORDINALITY AS t(id, ord)
+               LEFT JOIN df.instances i ON i.id = t.id
+               LEFT JOIN pg_roles r ON r.oid = i.submitted_by) x;
+    IF p_claims > 0 THEN
+        RETURN QUERY
+        WITH claimed AS (
+            UPDATE df._tasks t
+            SET lease_owner = p_owner, lease_token = gen_random_uuid(),
+                lease_until = now() + make_interval(secs => p_lease_seconds),
+                attempts = t.attempts + 1
+            FROM df.instances i
+            WHERE i.id = t.instance_id
+              AND (t.instance_id, t.node_id) IN (
+                  SELECT c.instance_id, c.node_id FROM df._tasks c
+                  WHERE c.due_at <= now() AND (c.lease_owner IS NULL OR c.lease_until < now())
+                  ORDER BY c.due_at
+                  LIMIT p_claims
+                  FOR UPDATE SKIP LOCKED)
+            RETURNING t.instance_id, t.node_id, t.node_type, t.payload, t.lease_token,
+                      t.attempts, i.submitted_by, i.database)
+        SELECT 'task', c.instance_id::text, c.node_id::text, c.node_type, c.payload,
+               c.lease_token, c.attempts,
+               (SELECT r.rolname FROM pg_roles r WHERE r.oid = c.submitted_by), c.database,
+               NULL::double precision
+        FROM claimed c;
+    END IF;
+    RETURN QUERY
+    SELECT 'due', NULL::text, NULL::text, NULL::text, NULL::text, NULL::uuid, NULL::integer,
+           NULL::name, NULL::text,
+           extract(epoch FROM least(
+               (SELECT min(a.requested_at) FROM df._advance a
+                WHERE NOT df._first_step_busy(a.instance_id, p_busy)
+                  AND a.instance_id <> ALL (taken)),
+               (SELECT min(t.due_at) FROM df._tasks t WHERE t.lease_owner IS NULL))
+               - clock_timestamp())::double precision;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._poll(uuid, double precision, integer, integer, text[], integer) FROM PUBLIC;
+
+
+CREATE OR REPLACE TRIGGER instances_forget_step_rows AFTER DELETE ON df.instances
+    REFERENCING OLD TABLE AS gone FOR EACH STATEMENT
+    EXECUTE FUNCTION df._forget_deleted_instances();
+CREATE OR REPLACE TRIGGER instances_truncate_step_rows AFTER TRUNCATE ON df.instances
+    FOR EACH STATEMENT EXECUTE FUNCTION df._forget_truncated_instances();

@@ -1,0 +1,105 @@
+-- pgdurable catalog: a new instance's first advance and its first SQL step in one
+-- transaction, on the owner's connection.
+--
+-- df._poll names the owner of an instance whose steps run in the catalog's database, with
+-- the instance's state (df._first_document); the engine opens that owner's step
+-- transaction, plans, runs the first step's statement and applies both plans with
+-- df._apply_first, which checks, under the row locks it takes only then, that nobody
+-- advanced, cancelled or signalled the instance in the meantime (the instance is still
+-- pending and its _advance row is the one read). Otherwise nothing is applied, the
+-- transaction is rolled back and the ordinary advance takes over. These functions are for
+-- the engine only: they need its key (the epoch id it registered in df._worker_epoch,
+-- which users cannot read) and a session that may act as the instance's owner. A first
+-- step still running after a few milliseconds is promoted (df._promote_first): the first
+-- plan is committed apart, so the instance shows as running, and the step finishes as any
+-- step does.
+
+-- The state of a new instance for its first step (df._instance_state plus the version of
+-- its '' _advance row as 'advance_xmin'); NULL without that row. df._poll hands it to the
+-- engine with the instance (the engine key and the owner's session are checked where it is
+-- applied, in df._apply_first), which spares the step connection a round trip.
+CREATE OR REPLACE FUNCTION df._first_document(p_instance text)
+RETURNS text LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    advance_xmin text;
+BEGIN
+    SELECT a.xmin::text INTO advance_xmin FROM df._advance a
+    WHERE a.instance_id = p_instance AND a.node_id = '';
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN (df._instance_state(p_instance)
+            || jsonb_build_object('advance_xmin', advance_xmin))::text;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._first_document(text) FROM PUBLIC;
+
+-- For the engine's own calls on an owner's step connection: the key must be an engine's
+-- epoch id (else 42501); true when the session logged in as the instance's owner, or as
+-- the owner's runner. Membership is not enough: a superuser is a member of every role.
+CREATE OR REPLACE FUNCTION df._engine_acting_for(p_instance text, p_key uuid)
+RETURNS boolean LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM df._worker_epoch w WHERE w.epoch_id = p_key) THEN
+        RAISE EXCEPTION 'pgdurable: not an engine key' USING ERRCODE = '42501';
+    END IF;
+    RETURN EXISTS (
+        SELECT 1 FROM df.instances i JOIN pg_roles o ON o.oid = i.submitted_by
+        WHERE i.id = p_instance
+          AND (o.rolname = session_user
+               OR EXISTS (SELECT 1 FROM df._runners r
+                          WHERE r.owner = o.rolname AND r.runner = session_user)));
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._engine_acting_for(text, uuid) FROM PUBLIC;
+
+-- Is the new instance still as df._first_document read it (pending, never advanced, the same
+-- _advance row)? Takes the locks an advance takes (the instance row, then the _advance row).
+CREATE OR REPLACE FUNCTION df._first_unchanged(p_instance text, p_advance_xmin text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM df.instances i
+    WHERE i.id = p_instance AND i.status = 'pending' FOR NO KEY UPDATE SKIP LOCKED;
+    IF NOT FOUND OR EXISTS (SELECT 1 FROM df._executions e WHERE e.instance_id = p_instance) THEN
+        RETURN false;
+    END IF;
+    PERFORM 1 FROM df._advance a
+    WHERE a.instance_id = p_instance AND a.node_id = '' AND a.xmin::text = p_advance_xmin
+    FOR UPDATE SKIP LOCKED;
+    RETURN FOUND;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._first_unchanged(text, text) FROM PUBLIC;
+
+-- Apply the plans made from df._first_document's document, in order, if the instance is still
+-- as read; false (nothing applied) otherwise.
+CREATE OR REPLACE FUNCTION df._apply_first(p_instance text, p_key uuid, p_advance_xmin text, plans jsonb)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
+DECLARE
+    plan jsonb;
+BEGIN
+    IF NOT df._engine_acting_for(p_instance, p_key)
+       OR NOT df._first_unchanged(p_instance, p_advance_xmin) THEN
+        RETURN false;
+    END IF;
+    FOR plan IN SELECT value FROM jsonb_array_elements(plans) LOOP
+        PERFORM df._apply_plan(p_instance, plan);
+    END LOOP;
+    RETURN true;
+END
+$$;
+
+-- A first step that runs long is promoted: the engine commits the first plan (its task row
+-- leased to the engine) on its own connection, so that the instance shows as running, and
+-- the step's transaction then finishes as any step's does.
+CREATE OR REPLACE FUNCTION df._promote_first(p_instance text, p_advance_xmin text, plan jsonb)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT df._first_unchanged(p_instance, p_advance_xmin) THEN
+        RETURN false;
+    END IF;
+    PERFORM df._apply_plan(p_instance, plan);
+    RETURN true;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._promote_first(text, text, jsonb) FROM PUBLIC;

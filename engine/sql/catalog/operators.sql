@@ -1,0 +1,21 @@
+-- pgdurable catalog: the operators of pg_durable (spec §3.2), over the builders' functions.
+-- Installed once, after the functions (an upgrade that changes an operator says so).
+
+-- pg_durable installs its operators into pg_catalog (a superuser-only extension), so they
+-- resolve under any search_path. pgdurable must install without superuser (managed
+-- services' admin roles are not superusers), so the operators live in schema public, which
+-- every database has and the default search_path ("$user", public) contains; their
+-- functions stay in df. pg_dump also keeps them (it skips pg_catalog). A session whose
+-- search_path omits public can write OPERATOR(public.~>) or call the df.* functions.
+--
+-- None of these shadows a built-in: there is no built-in text ~> text, |=>, ?>, !>, and
+-- the built-in &, | (integers, bit, inet, macaddr) and binary @> (arrays, jsonb, ranges,
+-- geometry) keep their exact-type matches; only untyped literals now resolve to text,
+-- where they were ambiguous (an error) before.
+CREATE OPERATOR public.~> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.seq);
+CREATE OPERATOR public.|=> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.as_op);
+CREATE OPERATOR public.& (LEFTARG = text, RIGHTARG = text, FUNCTION = df.join);
+CREATE OPERATOR public.| (LEFTARG = text, RIGHTARG = text, FUNCTION = df.race);
+CREATE OPERATOR public.?> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.if_then_op);
+CREATE OPERATOR public.!> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.if_else_op);
+CREATE OPERATOR public.@> (RIGHTARG = text, FUNCTION = df.loop_prefix_op);

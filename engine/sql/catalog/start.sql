@@ -1,0 +1,239 @@
+-- pgdurable catalog: df.start (spec §3.3) and its helpers, including df.start(...,
+-- transaction_mode => 'new').
+
+-- df.start's strict reading of its argument (§3.3 step 1). A Durofut node is parsed once
+-- (df._as_node would read the text again to reach the same two cases: a clean tree as it
+-- is, any other through df._durofut_node).
+CREATE OR REPLACE FUNCTION df._parse_strict(fut text)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    parsed jsonb;
+    node_type text;
+BEGIN
+    BEGIN
+        parsed := fut::jsonb;
+    EXCEPTION WHEN others THEN
+        parsed := NULL;
+    END;
+    IF jsonb_typeof(parsed) = 'object' AND parsed ? 'node_type' THEN
+        node_type := parsed ->> 'node_type';
+        IF jsonb_typeof(parsed -> 'node_type') IS DISTINCT FROM 'string'
+           OR NOT (node_type = ANY (df._node_types())) THEN
+            RAISE EXCEPTION 'Invalid durable function: Unknown node_type ''%''. Valid types: %',
+                coalesce(node_type, 'null'), array_to_string(df._node_types(), ', ')
+                USING ERRCODE = '22023';
+        END IF;
+        IF df._durofut_is_clean(parsed) THEN
+            RETURN parsed;  -- the usual case: a builder's own output
+        END IF;
+        BEGIN
+            RETURN df._durofut_node(parsed);
+        EXCEPTION WHEN others THEN
+            RAISE EXCEPTION 'Invalid durable function: Malformed Durofut JSON with node_type ''%'': %',
+                node_type, regexp_replace(SQLERRM, '^Invalid Durofut JSON: ', '')
+                USING ERRCODE = '22023';
+        END;
+    END IF;
+    BEGIN
+        RETURN df._as_node(fut);
+    EXCEPTION WHEN others THEN
+        RAISE EXCEPTION 'Invalid durable function: %', SQLERRM USING ERRCODE = '22023';
+    END;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- Settings published by the engine, read by SQL
+-- ---------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION df._setting(setting_name text, fallback text)
+RETURNS text LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT value FROM df._settings WHERE name = setting_name), fallback)
+$$;
+
+CREATE OR REPLACE FUNCTION df._in_workflow()
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT coalesce(current_setting('df.in_workflow', true), '') = 'true'
+$$;
+
+-- df.start (§3.3). A leaf root (the usual one-step workflow) needs no walk: its only path
+-- is 'root', its only problem is its own, and its flattened row is itself. Anything with
+-- children goes through df._graph_rows (graph.sql: walk, check, flatten).
+CREATE OR REPLACE FUNCTION df.start(fut text, label text DEFAULT NULL, database text DEFAULT NULL,
+                                    transaction_mode text DEFAULT 'caller')
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    mode text := lower(coalesce(transaction_mode, 'caller'));
+    root jsonb;
+    instance_id text;
+    me regrole := quote_ident(current_user)::regrole;
+    ids text[];
+    types text[];
+    queries text[];
+    names text[];
+    lefts text[];
+    rights text[];
+BEGIN
+    IF mode NOT IN ('caller', 'new') THEN
+        RAISE EXCEPTION 'invalid transaction_mode "%" for df.start(): expected ''caller'' or ''new''',
+            transaction_mode USING ERRCODE = '22023';
+    END IF;
+    IF mode = 'new' THEN
+        RETURN df._start_new(fut, label, database);
+    END IF;
+    IF fut IS NULL THEN
+        RAISE EXCEPTION 'Invalid durable function: fut cannot be NULL' USING ERRCODE = '22004';
+    END IF;
+    root := df._parse_strict(fut);
+    IF database IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = start.database) THEN
+        RAISE EXCEPTION 'database "%" does not exist', database USING ERRCODE = '3D000';
+    END IF;
+    PERFORM df._check_submitter(current_user);
+    SELECT g.ids, g.types, g.queries, g.names, g.lefts, g.rights
+    INTO ids, types, queries, names, lefts, rights
+    FROM df._graph_rows(root) g;
+    FOR attempt IN 1..10 LOOP
+        instance_id := right(gen_random_uuid()::text, 8);
+        INSERT INTO df.instances (id, label, root_node, submitted_by, database)
+        VALUES (instance_id, label, ids[1], me, start.database)
+        ON CONFLICT (id) DO NOTHING;
+        IF FOUND THEN
+            INSERT INTO df.nodes (id, instance_id, node_type, query, result_name, left_node,
+                                  right_node, submitted_by, database)
+            SELECT u.id, instance_id, u.node_type, u.query, u.result_name, u.left_node,
+                   u.right_node, me, start.database
+            FROM unnest(ids, types, queries, names, lefts, rights)
+                 AS u(id, node_type, query, result_name, left_node, right_node);
+            PERFORM df._submit(instance_id);
+            RETURN instance_id;
+        END IF;
+    END LOOP;
+    RAISE EXCEPTION 'Failed to create instance: exhausted 10 attempts to generate a collision-free ID'
+        USING ERRCODE = '23505';
+END
+$$;
+
+-- Who may own an instance: a role with LOGIN (the engine logs in as it) that is not a
+-- superuser unless pgdurable runs with --enable-superuser-instances.
+CREATE OR REPLACE FUNCTION df._check_submitter(role_name name)
+RETURNS void LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    r record;
+BEGIN
+    SELECT rolcanlogin, rolsuper INTO r FROM pg_roles WHERE rolname = role_name;
+    IF NOT r.rolcanlogin THEN
+        RAISE EXCEPTION 'current_user "%" does not have LOGIN privilege. The background worker must connect as this role to execute SQL. Grant LOGIN to this role or call df.start() as a role with LOGIN.',
+            role_name USING ERRCODE = '42501';
+    END IF;
+    IF r.rolsuper AND df._setting('enable_superuser_instances', 'off') <> 'on' THEN
+        RAISE EXCEPTION 'pg_durable: superuser instances are disabled. current_user "%" is a superuser, but pg_durable.enable_superuser_instances is off. Set pg_durable.enable_superuser_instances = on to allow this.',
+            role_name USING ERRCODE = '42501';
+    END IF;
+END
+$$;
+
+-- Hand a freshly inserted instance to the engine: snapshot the owner's variables, queue
+-- the first advance and wake the engines (NOTIFY is delivered at commit, so a ROLLBACK
+-- means the instance never runs).
+-- The instance's owner when the session's login role may act for it (is, or is a member
+-- of, the owner), else NULL. SECURITY DEFINER functions cannot see the caller's
+-- current_user, so they check the login role instead.
+CREATE OR REPLACE FUNCTION df._acting_owner(target text)
+RETURNS regrole LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT i.submitted_by FROM df.instances i
+            WHERE i.id = target AND pg_has_role(session_user, i.submitted_by, 'MEMBER'));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df._submit(new_instance text)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
+DECLARE
+    owner_role regrole;
+BEGIN
+    SELECT i.submitted_by INTO owner_role
+    FROM df.instances i
+    WHERE i.id = new_instance AND pg_has_role(session_user, i.submitted_by, 'MEMBER');
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'Instance not found or access denied: %', new_instance
+            USING ERRCODE = '42501';
+    END IF;
+    INSERT INTO df._instance_vars (instance_id, vars)  -- none: readers see '{}'
+    SELECT new_instance, jsonb_object_agg(v.name, v.value)
+    FROM df.vars v WHERE v.owner = owner_role AND v.value IS NOT NULL
+    HAVING count(*) > 0
+    ON CONFLICT (instance_id) DO NOTHING;
+    INSERT INTO df._advance AS a (instance_id) VALUES (new_instance)
+    ON CONFLICT (instance_id, node_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
+    PERFORM pg_notify('df_wake', '');  -- any role may listen: say nothing
+END
+$$;
+
+-- transaction_mode => 'new': not available yet (it needs a loopback session as the caller).
+CREATE OR REPLACE FUNCTION df._start_new(fut text, label text, database text)
+RETURNS text LANGUAGE plpgsql SET client_min_messages = notice AS $$
+DECLARE
+    request uuid := gen_random_uuid();
+    outcome df._new_starts;
+    slot_wait double precision := df._setting('new_transaction_start_timeout', '5')::double precision;
+    ack_deadline timestamptz := clock_timestamp() + interval '2 seconds';
+    -- after the acknowledgement: a launch slot, the login, then a statement bounded at 30 s
+    deadline timestamptz := ack_deadline + make_interval(secs => slot_wait + 70);
+BEGIN
+    IF df._in_workflow() THEN
+        RAISE EXCEPTION 'df.start() with transaction_mode => ''new'' cannot be called inside a workflow - a df.sql() node already runs as a single autocommitted statement, so a plain df.start() there is already independent of any caller transaction'
+            USING ERRCODE = '0A000';
+    END IF;
+    IF fut IS NULL THEN
+        RAISE EXCEPTION 'Invalid durable function: fut cannot be NULL' USING ERRCODE = '22004';
+    END IF;
+    PERFORM df._check_submitter(current_user);
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'df.start() with transaction_mode => ''new'' needs a READ COMMITTED caller transaction (current: %)',
+            current_setting('transaction_isolation') USING ERRCODE = '0A000',
+            HINT = 'The caller waits for the new transaction to commit, which only READ COMMITTED can see.';
+    END IF;
+    RAISE NOTICE USING MESSAGE = 'pgdurable:new-transaction-start',
+        DETAIL = jsonb_build_object('request', request, 'role', current_user, 'fut', fut,
+                                    'label', label, 'database', database)::text;
+    LOOP
+        outcome := df._new_start_outcome(request);
+        IF outcome.error IS NOT NULL THEN
+            RAISE EXCEPTION USING MESSAGE = outcome.error, ERRCODE = outcome.sqlstate;
+        ELSIF outcome.instance_id IS NOT NULL THEN
+            RETURN outcome.instance_id;
+        ELSIF outcome.request IS NULL AND clock_timestamp() > ack_deadline THEN
+            RAISE EXCEPTION 'df.start() with transaction_mode => ''new'' was not taken up by pgdurable: call it in a statement sent through pgdurable''s port'
+                USING ERRCODE = '0A000',
+                HINT = 'pgdurable opens the new transaction; sessions connected to PostgreSQL directly cannot.';
+        ELSIF clock_timestamp() > deadline THEN
+            RAISE EXCEPTION 'df.start() on new transaction failed: pgdurable did not report an outcome in time'
+                USING ERRCODE = '57014';
+        END IF;
+        PERFORM pg_sleep(0.002);
+    END LOOP;
+END
+$$;
+
+-- What pgdurable runs instead of a df.start whose SQL step does not parse: it fails like
+-- the server's own syntax error would (aborting the transaction), and carries the position
+-- in the user's statement in the column-name field, which pgdurable moves to the
+-- ErrorResponse's position field. The parameters keep the statement's $n referenced.
+CREATE OR REPLACE FUNCTION df._step_syntax_error(message text, step_position integer, step text,
+                                      VARIADIC parameters text[] DEFAULT '{}')
+RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = '42601', MESSAGE = message,
+        DETAIL = format('in a SQL step of df.start: %s', left(step, 200)),
+        COLUMN = 'pgdurable:position=' || step_position;
+END
+$$;
+
+-- A row exists from the moment pgdurable took the request up (an acknowledgement).
+-- Request ids are random UUIDs known only to the caller, hence no owner check.
+CREATE OR REPLACE FUNCTION df._new_start_outcome(p_request uuid)
+RETURNS df._new_starts LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT * FROM df._new_starts WHERE request = p_request
+$$;

@@ -1,0 +1,287 @@
+-- pgdurable catalog: a step's result, recorded in the step's own transaction on the owner's
+-- connection (SECURITY DEFINER entry points guarded by the lease token), and the instance
+-- advanced there too when possible.
+--
+-- Every plan applied to an instance bumps a version (on its latest execution row); every
+-- other change the planner must see (a step's or timer's result, a failure, a signal, a
+-- cancel, a start) leaves an _advance row. An engine that applied version v, holds the
+-- leases of the instance's running steps and finds, with the instance row locked, the
+-- instance still running (owners may set its status by hand), version v and no _advance
+-- row, therefore holds exactly the stored state: it plans from memory and applies the plan
+-- in the step's transaction with one call, df._complete_held. In any other case that call
+-- does what df._complete_and_load does.
+--
+-- A large result is stored once: df.nodes.result (jsonb, what users read) always has it;
+-- above 64 kB df._node_state keeps only the column names of an SQL result instead of its
+-- column-ordered text, which is rebuilt from df.nodes.result when the engine loads the
+-- instance, and only when the rebuild gives it back exactly. The same goes for the output
+-- of a completed execution (df._executions.output).
+
+-- Record a step's result in the step's own transaction: the statement and its record
+-- commit together, so a crash before COMMIT loses both and the step runs again.
+CREATE OR REPLACE FUNCTION df._complete_step(p_instance text, p_node text, p_token uuid,
+                                             p_raw text, p_delivery text DEFAULT 'exactly-once')
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
+BEGIN
+    PERFORM df._record_step(p_instance, p_node, p_token, p_raw, p_delivery);
+END
+$$;
+
+-- A step failed (its transaction was rolled back): record the error, if still leased.
+CREATE OR REPLACE FUNCTION df._fail_step(p_instance text, p_node text, p_token uuid, p_error text,
+                                         p_delivery text DEFAULT NULL)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM df._tasks
+    WHERE instance_id = p_instance AND node_id = p_node AND lease_token = p_token;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    UPDATE df.nodes SET status = 'failed', result = to_jsonb(p_error), updated_at = clock_timestamp()
+    WHERE instance_id = p_instance AND id = p_node;
+    IF p_delivery IS NOT NULL THEN
+        INSERT INTO df._node_state (instance_id, node_id, delivery)
+        VALUES (p_instance, p_node, p_delivery)
+        ON CONFLICT (instance_id, node_id) DO UPDATE SET delivery = excluded.delivery;
+    END IF;
+    INSERT INTO df._advance AS a (instance_id, node_id) VALUES (p_instance, p_node)
+    ON CONFLICT (instance_id, node_id)
+    DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
+    RETURN true;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._fail_step(text, text, uuid, text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION df._complete_and_load(p_instance text, p_node text, p_token uuid,
+                                                 p_raw text, p_delivery text)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
+DECLARE
+    state jsonb;
+    secret uuid := gen_random_uuid();
+BEGIN
+    PERFORM df._record_step(p_instance, p_node, p_token, p_raw, p_delivery);
+    state := df._load_for_advance(p_instance);
+    IF state IS NULL THEN
+        RETURN NULL;  -- someone else holds the instance: the _advance row is left for them
+    END IF;
+    INSERT INTO df._apply_grants (txid, secret, instance_id, node_id)
+    VALUES (txid_current(), secret, p_instance, p_node)
+    ON CONFLICT (txid) DO UPDATE
+    SET secret = excluded.secret, instance_id = excluded.instance_id, node_id = excluded.node_id;
+    RETURN (state || jsonb_build_object('apply_secret', secret))::text;
+END
+$$;
+
+-- A step's task row is gone with its result: the step must still hold the lease (an
+-- engine that took an expired lease over has the task now).
+CREATE OR REPLACE FUNCTION df._end_lease(p_instance text, p_node text, p_token uuid)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM df._tasks
+    WHERE instance_id = p_instance AND node_id = p_node AND lease_token = p_token;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgdurable: step %/% is not leased with this token', p_instance, p_node
+            USING ERRCODE = '40001';
+    END IF;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._end_lease(text, text, uuid) FROM PUBLIC;
+
+-- Sibling steps do not wait for each other: a step leaves an _advance row of its own, keyed
+-- by its node ('' for df.start, df.cancel, df.signal and timers), rather than upserting one
+-- row per instance on which the parallel steps of an instance would queue (behind whichever
+-- transaction was loading and planning the instance, for a graph of 10,000 nodes a long
+-- time). An advance deletes only the rows it loaded (their keys come with the state, as
+-- 'advance_keys'), so a row a sibling committed meanwhile stays and brings the next advance.
+CREATE OR REPLACE FUNCTION df._record_step(p_instance text, p_node text, p_token uuid,
+                                           p_raw text, p_delivery text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM df._end_lease(p_instance, p_node, p_token);
+    -- a step that could not run inside a transaction block says so where users look
+    UPDATE df.nodes
+    SET status = 'completed', result = p_raw::jsonb, updated_at = clock_timestamp(),
+        status_details = CASE WHEN p_delivery = 'exactly-once' THEN status_details
+                              ELSE coalesce(status_details, '{}')
+                                   || jsonb_build_object('delivery', p_delivery) END
+    WHERE instance_id = p_instance AND id = p_node;
+    INSERT INTO df._node_state AS s (instance_id, node_id, raw_result, delivery)
+    VALUES (p_instance, p_node, p_raw, p_delivery)
+    ON CONFLICT (instance_id, node_id)
+    DO UPDATE SET raw_result = excluded.raw_result, delivery = excluded.delivery;
+    INSERT INTO df._advance AS a (instance_id, node_id) VALUES (p_instance, p_node)
+    ON CONFLICT (instance_id, node_id)
+    DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._record_step(text, text, uuid, text, text) FROM PUBLIC;
+
+-- A SQL step's record and its instance's advance, planned from the state the engine holds
+-- (version p_version). 'applied' when the plan (which marks this step completed) was
+-- applied; otherwise exactly what df._complete_and_load returns: the state to plan from
+-- (NULL: someone else holds the instance, and its _advance row is left for them).
+CREATE OR REPLACE FUNCTION df._complete_held(p_instance text, p_node text, p_token uuid, p_raw text,
+                                  p_version bigint, plan jsonb)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
+BEGIN
+    -- a running instance (users may set df.instances.status themselves), locked as an
+    -- advance locks it
+    PERFORM 1 FROM df.instances i
+    WHERE i.id = p_instance AND i.status = 'running' FOR NO KEY UPDATE SKIP LOCKED;
+    IF NOT FOUND
+       OR EXISTS (SELECT 1 FROM df._advance a WHERE a.instance_id = p_instance)
+       OR (SELECT e.version FROM df._executions e WHERE e.instance_id = p_instance
+           ORDER BY e.execution_id DESC LIMIT 1) IS DISTINCT FROM p_version THEN
+        RETURN df._complete_and_load(p_instance, p_node, p_token, p_raw, 'exactly-once');
+    END IF;
+    PERFORM df._end_lease(p_instance, p_node, p_token);
+    PERFORM df._apply_plan(p_instance, plan || '{"held": true}');
+    RETURN 'applied';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION df._apply_as_step(p_instance text, p_node text, p_secret uuid, plan jsonb)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
+BEGIN
+    DELETE FROM df._apply_grants g
+    WHERE g.txid = txid_current() AND g.secret = p_secret
+      AND g.instance_id = p_instance AND g.node_id = p_node;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgdurable: no advance of this instance was granted to this transaction'
+            USING ERRCODE = '42501';
+    END IF;
+    BEGIN  -- a failing plan must not undo the step: the _advance row stays for a retry
+        PERFORM df._apply_plan(p_instance, plan);
+    EXCEPTION WHEN others THEN
+        RAISE WARNING 'pgdurable: in-step advance of % failed: %', p_instance, SQLERRM;
+        INSERT INTO df._advance AS a (instance_id) VALUES (p_instance)
+        ON CONFLICT (instance_id, node_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
+        RETURN false;
+    END;
+    RETURN true;
+END
+$$;
+
+-- An SQL result's compact text from its jsonb, each row's keys in the order `cols` gives
+-- (one pass over the rows, with one expression per column built for these columns).
+CREATE OR REPLACE FUNCTION df._rows_text(result jsonb, cols text[]) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    fields text;
+    rebuilt text;
+BEGIN
+    SELECT string_agg(format('%L || (r.item -> %L)::text',
+                             CASE WHEN c.ord > 1 THEN ',' ELSE '' END
+                             || to_json(c.name)::text || ':', c.name), ' || ' ORDER BY c.ord)
+    INTO fields FROM unnest(cols) WITH ORDINALITY AS c(name, ord);
+    IF fields IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('SELECT ''{"rows":['' || coalesce(string_agg(''{'' || %s || ''}'', '',''
+                                                                ORDER BY r.ord), '''')
+                           || ''],"row_count":'' || ($1 ->> ''row_count'') || ''}''
+                    FROM jsonb_array_elements($1 -> ''rows'') WITH ORDINALITY AS r(item, ord)',
+                   fields)
+    INTO rebuilt USING result;
+    RETURN rebuilt;
+END
+$$;
+
+-- (pure: users' readers of an instance's output call it, on rows they can read)
+
+-- The keys of the first row of a result text '{"rows":[{...},...' in their order, without
+-- parsing the whole text: the first row is taken to end at the first '},{"' or
+-- '}],"row_count":', which a nested JSON value may fool (a string's quotes are escaped);
+-- the rebuild the caller compares with the whole text then differs, and the text is kept.
+CREATE OR REPLACE FUNCTION df._first_row_keys(raw text) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+DECLARE
+    next_row integer := strpos(raw, '},{"');
+    last_row integer := strpos(raw, '}],"row_count":');
+    ends integer := CASE WHEN next_row > 0 AND (last_row = 0 OR next_row < last_row)
+                         THEN next_row ELSE last_row END;
+BEGIN
+    IF ends = 0 THEN
+        RETURN NULL;
+    END IF;
+    RETURN ARRAY(SELECT json_object_keys(substr(raw, 10, ends - 9)::json));
+EXCEPTION WHEN invalid_text_representation OR invalid_parameter_value THEN
+    RETURN NULL;  -- cut inside a string: not valid JSON
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._first_row_keys(text) FROM PUBLIC;
+
+-- A row about to be written (`new_row`, NEW of the triggers below) with its SQL result
+-- text `raw` (in the field `text_field`) replaced by its column names (in `columns_field`)
+-- when `stored`, the result's jsonb, gives the text back exactly; otherwise unchanged.
+CREATE OR REPLACE FUNCTION df._without_rebuildable_text(new_row anyelement, raw text,
+                                                        stored jsonb, text_field text,
+                                                        columns_field text)
+RETURNS anyelement LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    cols text[] := df._first_row_keys(raw);
+BEGIN
+    IF df._rows_text(stored, cols) IS DISTINCT FROM raw THEN
+        RETURN new_row;
+    END IF;
+    RETURN jsonb_populate_record(new_row,
+                                 jsonb_build_object(text_field, NULL, columns_field, cols));
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._without_rebuildable_text(anyelement, text, jsonb, text, text)
+    FROM PUBLIC;
+
+-- Before a large result text is written to _node_state: keep its column names instead when
+-- the node's jsonb result (written just before, in the same transaction) gives it back.
+CREATE OR REPLACE FUNCTION df._store_result_once() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    stored jsonb;
+BEGIN
+    IF left(NEW.raw_result, 10) <> '{"rows":[{' THEN
+        RETURN NEW;  -- not an SQL result with rows: HTTP, JOIN, SIGNAL ... keep their text
+    END IF;
+    IF TG_OP = 'INSERT' AND EXISTS (SELECT 1 FROM df._node_state s
+                                    WHERE s.instance_id = NEW.instance_id
+                                      AND s.node_id = NEW.node_id) THEN
+        -- an upsert that will update the row: its DO UPDATE writes this text (it keeps
+        -- the old one when the new one is NULL), and this trigger runs again before that
+        RETURN NEW;
+    END IF;
+    SELECT n.result INTO stored FROM df.nodes n
+    WHERE n.instance_id = NEW.instance_id AND n.id = NEW.node_id;
+    RETURN df._without_rebuildable_text(NEW, NEW.raw_result, stored, 'raw_result',
+                                        'result_columns');
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._store_result_once() FROM PUBLIC;
+
+-- Before a completed execution's large output is written: keep its column names instead
+-- when the root node's jsonb result (written earlier in the same df._apply_plan) gives it
+-- back.
+CREATE OR REPLACE FUNCTION df._store_output_once() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    stored jsonb;
+BEGIN
+    IF left(NEW.output, 10) <> '{"rows":[{' THEN
+        RETURN NEW;
+    END IF;
+    SELECT n.result INTO stored FROM df.instances i
+    JOIN df.nodes n ON n.instance_id = i.id AND n.id = i.root_node
+    WHERE i.id = NEW.instance_id;
+    RETURN df._without_rebuildable_text(NEW, NEW.output, stored, 'output', 'output_columns');
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._store_output_once() FROM PUBLIC;
+
+CREATE OR REPLACE TRIGGER node_state_store_result_once
+    BEFORE INSERT OR UPDATE OF raw_result ON df._node_state
+    FOR EACH ROW WHEN (length(NEW.raw_result) > 65536)
+    EXECUTE FUNCTION df._store_result_once();
+CREATE OR REPLACE TRIGGER executions_store_output_once
+    BEFORE INSERT OR UPDATE OF output ON df._executions
+    FOR EACH ROW WHEN (NEW.status = 'Completed' AND length(NEW.output) > 65536)
+    EXECUTE FUNCTION df._store_output_once();
