@@ -21,10 +21,26 @@ from typing import Any, cast
 
 import asyncpg
 
-from engine.graph import TaskLease
-from engine.held import Planned, Planning, differences
-from engine.http import HttpClient, run_http_step
-from engine.http_request import HTTP_TYPES
+from engine.connections.outage import (
+    MAX_LOSSES_WHILE_RUNNING,
+    Outage,
+    StepNotRun,
+    connection_lost,
+    retry_delay,
+)
+from engine.connections.runners import Runners
+from engine.executors.http import HttpClient, run_http_step
+from engine.executors.http_request import HTTP_TYPES
+from engine.executors.new_transaction import NewStartRequest, NewTransactionStarts
+from engine.executors.sql import (
+    FirstOutcome,
+    StepConnections,
+    StepFailed,
+    Task,
+    began_next_step,
+    run_first_step,
+    run_sql_step,
+)
 from engine.in_step import (
     EngineCounters,
     EngineParts,
@@ -34,26 +50,10 @@ from engine.in_step import (
     next_sql_step,
 )
 from engine.migrations import migrate
-from engine.new_transaction import NewStartRequest, NewTransactionStarts
-from engine.outage import (
-    MAX_LOSSES_WHILE_RUNNING,
-    Outage,
-    StepNotRun,
-    connection_lost,
-    retry_delay,
-)
+from engine.planner.graph import TaskLease
+from engine.planner.held import Planned, Planning, differences
 from engine.queries import q
-from engine.runners import Runners
 from engine.settings import EngineSettings
-from engine.steps import (
-    FirstOutcome,
-    StepConnections,
-    StepFailed,
-    Task,
-    began_next_step,
-    run_first_step,
-    run_sql_step,
-)
 
 log = logging.getLogger("pgdurable.engine")
 CLAIM_BATCH = 64

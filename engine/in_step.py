@@ -11,9 +11,9 @@ from typing import Any
 
 import asyncpg
 
-from engine.held import Planned, Planning
+from engine.executors.sql import StepFailed, Task
+from engine.planner.held import Planned, Planning
 from engine.queries import q
-from engine.steps import StepFailed, Task
 
 log = logging.getLogger("pgdurable.engine")
 

@@ -6,8 +6,8 @@ import copy
 import json
 from typing import Any
 
-from engine.graph import Plan, TaskLease
-from engine.held import Planning, differences
+from engine.planner.graph import Plan, TaskLease
+from engine.planner.held import Planning, differences
 from tests.support.planner_state import document as _document
 from tests.support.planner_state import node as _node
 

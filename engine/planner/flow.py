@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from engine.outcomes import WAITING, Broke, Done, Failed, Node, NodeStatus, Outcome
-from engine.truth import result_is_true
+from engine.planner.outcomes import WAITING, Broke, Done, Failed, Node, NodeStatus, Outcome
+from engine.planner.truth import result_is_true
 
 if TYPE_CHECKING:
-    from engine.graph import Planner
+    from engine.planner.graph import Planner
 
 MAX_ITERATIONS = 100_000
 

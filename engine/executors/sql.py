@@ -22,13 +22,13 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from engine.outage import StepNotRun, connection_lost
+from engine.connections.outage import StepNotRun, connection_lost
+from engine.connections.runners import NoRunner, Runners
+from engine.connections.slots import StepSlots
+from engine.executors.results import ResultTooLarge, UnsupportedColumn, check_columns
+from engine.executors.step_rows import fetch_document, limit_results
 from engine.queries import q
-from engine.results import ResultTooLarge, UnsupportedColumn, check_columns
-from engine.runners import NoRunner, Runners
 from engine.settings import EngineSettings
-from engine.slots import StepSlots
-from engine.step_rows import fetch_document, limit_results
 
 log = logging.getLogger("pgdurable.steps")
 ACTIVE_SQL_TRANSACTION = "25001"

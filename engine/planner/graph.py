@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import flow
-from engine.http_request import HttpConfigError, substituted_config
-from engine.outcomes import WAITING, Broke, Done, Failed, Node, NodeStatus, Outcome
-from engine.schedule import next_tick
-from engine.substitute import SubstitutionError, substitute_results, substitute_vars
+from engine.planner import flow
+from engine.planner.http_config import HttpConfigError, substituted_config
+from engine.planner.outcomes import WAITING, Broke, Done, Failed, Node, NodeStatus, Outcome
+from engine.planner.schedule import next_tick
+from engine.planner.substitute import SubstitutionError, substitute_results, substitute_vars
 
 log = logging.getLogger("pgdurable.engine")
 BREAK_OUTSIDE_LOOP = (

@@ -19,19 +19,19 @@ from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDict
 from yarl import URL
 
-from engine.http_request import (
+from engine.executors.http_request import (
     PRIVILEGE_FUNCTIONS,
     Header,
-    HttpConfigError,
     HttpRequest,
     envelope,
     parse_request,
     server_error_text,
 )
+from engine.executors.sql import StepFailed, Task
+from engine.executors.ssrf import Blocked, Guard, GuardedResolver
+from engine.planner.http_config import HttpConfigError
 from engine.queries import q
 from engine.settings import HttpSettings
-from engine.ssrf import Blocked, Guard, GuardedResolver
-from engine.steps import StepFailed, Task
 
 log = logging.getLogger("pgdurable.http")
 REDIRECTS = frozenset((301, 302, 303, 307, 308))

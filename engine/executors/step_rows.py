@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 from asyncpg.cursor import Cursor
 
-from engine.results import ResultTooLarge, RowsDocument
+from engine.executors.results import ResultTooLarge, RowsDocument
 from engine.settings import DEFAULT_MAX_RESULT_BYTES, MIB
 
 CHUNK_BYTES = MIB  # rows asked for per round trip, judging by those read so far

@@ -17,8 +17,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from engine.graph import Plan, Planner, TaskLease
-from engine.outcomes import Node, NodeStatus
+from engine.planner.graph import Plan, Planner, TaskLease
+from engine.planner.outcomes import Node, NodeStatus
 
 TERMINAL = ("completed", "failed", "cancelled")
 
