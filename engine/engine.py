@@ -21,21 +21,15 @@ from typing import Any, cast
 
 import asyncpg
 
-from engine.connections.outage import (
-    MAX_LOSSES_WHILE_RUNNING,
-    Outage,
-    StepNotRun,
-    connection_lost,
-    retry_delay,
-)
+from engine.connections.outage import MAX_LOSSES_WHILE_RUNNING, Outage, connection_lost, retry_delay
 from engine.connections.runners import Runners
+from engine.errors import StepFailed, StepNotRun
 from engine.executors.http import HttpClient, run_http_step
 from engine.executors.http_request import HTTP_TYPES
 from engine.executors.new_transaction import NewStartRequest, NewTransactionStarts
 from engine.executors.sql import (
     FirstOutcome,
     StepConnections,
-    StepFailed,
     Task,
     began_next_step,
     run_first_step,

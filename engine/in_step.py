@@ -11,7 +11,8 @@ from typing import Any
 
 import asyncpg
 
-from engine.executors.sql import StepFailed, Task
+from engine.errors import StepFailed
+from engine.executors.sql import Task
 from engine.planner.held import Planned, Planning
 from engine.queries import q
 

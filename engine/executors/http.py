@@ -19,6 +19,7 @@ from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDict
 from yarl import URL
 
+from engine.errors import StepFailed
 from engine.executors.http_request import (
     PRIVILEGE_FUNCTIONS,
     Header,
@@ -27,7 +28,7 @@ from engine.executors.http_request import (
     parse_request,
     server_error_text,
 )
-from engine.executors.sql import StepFailed, Task
+from engine.executors.sql import Task
 from engine.executors.ssrf import Blocked, Guard, GuardedResolver
 from engine.planner.http_config import HttpConfigError
 from engine.queries import q

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from engine.errors import NewStartFailed
 from engine.queries import q
 
 log = logging.getLogger("pgdurable.new_transaction")
@@ -54,14 +55,6 @@ class NewStartRequest:
             fields.get("label"),
             fields.get("database"),
         )
-
-
-class NewStartFailed(Exception):
-    """The text and SQLSTATE the caller's df.start raises."""
-
-    def __init__(self, message: str, sqlstate: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
 
 
 class NewTransactionStarts:

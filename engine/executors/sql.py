@@ -22,10 +22,18 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from engine.connections.outage import StepNotRun, connection_lost
-from engine.connections.runners import NoRunner, Runners
+from engine.connections.outage import connection_lost
+from engine.connections.runners import Runners
 from engine.connections.slots import StepSlots
-from engine.executors.results import ResultTooLarge, UnsupportedColumn, check_columns
+from engine.errors import (
+    EngineError,
+    NoRunner,
+    ResultTooLarge,
+    StepFailed,
+    StepNotRun,
+    UnsupportedColumn,
+)
+from engine.executors.results import check_columns
 from engine.executors.step_rows import fetch_document, limit_results
 from engine.queries import q
 from engine.settings import EngineSettings
@@ -53,10 +61,6 @@ class Task:
     token: str
     owner: str
     database: str
-
-
-class StepFailed(Exception):
-    """The step failed; the message is what pg_durable users see on the node."""
 
 
 class StepConnections:
@@ -398,7 +402,7 @@ class FirstOutcome(enum.Enum):
     PROMOTED_ADVANCED = "promoted, then recorded and advanced"
 
 
-class _NotApplied(Exception):
+class _NotApplied(EngineError):
     """df._apply_first found the instance changed: roll back the step's statement."""
 
 
@@ -522,7 +526,7 @@ def _step_error(exc: asyncpg.PostgresError) -> StepFailed | StepNotRun:
     the server (57P01/57P02/57P03, class 08), which rolled its transaction back."""
     if connection_lost(exc):
         return StepNotRun(str(exc), started=True)
-    return StepFailed(_sql_error(exc))
+    return StepFailed(_sql_error(exc), exc.sqlstate)
 
 
 def _sql_error(exc: asyncpg.PostgresError) -> str:

@@ -29,7 +29,8 @@ from typing import Any
 import asyncpg
 from asyncpg.cursor import Cursor
 
-from engine.executors.results import ResultTooLarge, RowsDocument
+from engine.errors import ResultTooLarge
+from engine.executors.results import RowsDocument
 from engine.settings import DEFAULT_MAX_RESULT_BYTES, MIB
 
 CHUNK_BYTES = MIB  # rows asked for per round trip, judging by those read so far

@@ -18,6 +18,8 @@ Substitute = Callable[[str], str]
 class HttpConfigError(EngineError):
     """The node's configuration cannot become a request; the message is the node's error."""
 
+    sqlstate = "22023"  # invalid_parameter_value
+
 
 def load_config(node_type: str, text: str | None) -> dict[str, Any]:
     try:

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from engine.errors import StepFailed
 from engine.executors.http import HttpClient
 from engine.executors.http_request import HttpRequest, user_agent
-from engine.executors.sql import StepFailed
 from engine.executors.ssrf import parse_allow_list
 from engine.settings import HttpSettings
 from pgdurable_proxy.cluster import free_port
