@@ -28,10 +28,10 @@ from engine.executors.http_request import (
     parse_request,
     server_error_text,
 )
-from engine.executors.sql import Task
 from engine.executors.ssrf import Blocked, Guard, GuardedResolver
 from engine.planner.http_config import HttpConfigError
 from engine.queries import q
+from engine.records import Task
 from engine.settings import HttpSettings
 
 log = logging.getLogger("pgdurable.http")

@@ -16,19 +16,19 @@ from importlib import metadata
 from typing import Any
 
 from engine.planner.http_config import HttpConfigError, load_config
+from engine.planner.kinds import NodeType
 
-HTTP_TYPES = ("HTTP", "HTTP_MULTIPART")
-PRIVILEGE_FUNCTIONS = {
-    "HTTP": "df.http(text,text,text,jsonb,integer)",
-    "HTTP_MULTIPART": "df.http_multipart(text,text,jsonb,jsonb,integer)",
+PRIVILEGE_FUNCTIONS: dict[str, str] = {
+    NodeType.HTTP: "df.http(text,text,text,jsonb,integer)",
+    NodeType.HTTP_MULTIPART: "df.http_multipart(text,text,jsonb,jsonb,integer)",
 }
-_METHOD_ERRORS = {
-    "HTTP": ("Invalid HTTP method: {}. Must be GET, POST, PUT, DELETE, or PATCH"),
-    "HTTP_MULTIPART": "Invalid HTTP method for multipart: {}. Must be POST, PUT, or PATCH",
+_METHOD_ERRORS: dict[str, str] = {
+    NodeType.HTTP: ("Invalid HTTP method: {}. Must be GET, POST, PUT, DELETE, or PATCH"),
+    NodeType.HTTP_MULTIPART: "Invalid HTTP method for multipart: {}. Must be POST, PUT, or PATCH",
 }
-METHODS = {
-    "HTTP": ("GET", "POST", "PUT", "DELETE", "PATCH"),
-    "HTTP_MULTIPART": ("POST", "PUT", "PATCH"),
+METHODS: dict[str, tuple[str, ...]] = {
+    NodeType.HTTP: ("GET", "POST", "PUT", "DELETE", "PATCH"),
+    NodeType.HTTP_MULTIPART: ("POST", "PUT", "PATCH"),
 }
 # The client frames the message itself; caller values for these would corrupt it.
 FRAMING_HEADERS = frozenset(
@@ -89,7 +89,7 @@ def parse_request(
         raise HttpConfigError("Timeout must be positive")
     headers = request_headers(config.get("headers"))
     body: bytes | None
-    if node_type == "HTTP_MULTIPART":
+    if node_type == NodeType.HTTP_MULTIPART:
         body, content_type = encode_multipart(node_id, config.get("parts"))
         headers = [h for h in headers if h[0].lower() != "content-type"]
         headers.append(("Content-Type", content_type))

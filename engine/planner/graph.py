@@ -17,11 +17,15 @@ from typing import Any
 
 from engine.planner import flow
 from engine.planner.http_config import HttpConfigError, substituted_config
-from engine.planner.outcomes import WAITING, Broke, Done, Failed, Node, NodeStatus, Outcome
+from engine.planner.kinds import NodeType, Status
+from engine.planner.outcomes import WAITING, Broke, Done, Failed, Node, Outcome
 from engine.planner.schedule import next_tick
 from engine.planner.substitute import SubstitutionError, substitute_results, substitute_vars
 
 log = logging.getLogger("pgdurable.engine")
+UNNAMED = (NodeType.SLEEP, NodeType.WAIT_SCHEDULE, NodeType.BREAK)  # results not named
+CONFIGURED = (NodeType.IF, NodeType.LOOP, NodeType.JOIN)  # a JSON config in the query
+PARALLEL = (NodeType.JOIN, NodeType.RACE)
 BREAK_OUTSIDE_LOOP = (
     "df.break() was called outside of a loop. df.break() may only be used inside df.loop()."
 )
@@ -123,14 +127,14 @@ class Planner:
     # -- entry point ----------------------------------------------------------------------
     def run(self) -> Plan:
         status = self.instance["status"]
-        if status in ("completed", "failed"):
+        if status in (Status.COMPLETED, Status.FAILED):
             return self.plan
-        if status == "cancelled":
+        if status == Status.CANCELLED:
             return self._cancel()
-        if status == "pending":
+        if status == Status.PENDING:
             if (problem := self._owner_problem()) is not None:
                 return self._finish(Failed(problem))
-            self.plan.instance_status = "running"
+            self.plan.instance_status = Status.RUNNING
             self.plan.events += 5  # started, load-graph, instance->running
         try:
             outcome = self.drive(self.instance["root"])
@@ -157,11 +161,11 @@ class Planner:
     def _finish(self, outcome: Done | Failed) -> Plan:
         self.plan.events += 3  # instance->terminal activity + terminal event
         if isinstance(outcome, Done):
-            self.plan.instance_status = "completed"
+            self.plan.instance_status = Status.COMPLETED
             self.plan.execution_status = "Completed"
             self.plan.output = outcome.raw
         else:
-            self.plan.instance_status = "failed"
+            self.plan.instance_status = Status.FAILED
             self.plan.execution_status = "Failed"
             self.plan.output = outcome.error
         return self.plan
@@ -189,14 +193,18 @@ class Planner:
         if node_id is None or node_id not in self.nodes:
             return Failed(f"graph references missing node {node_id}")
         node = self.nodes[node_id]
-        if node.status == NodeStatus.COMPLETED:
-            return Broke(node.raw or "null") if node.type == "BREAK" else Done(node.raw or "null")
-        if node.status == NodeStatus.FAILED:
+        if node.status == Status.COMPLETED:
+            return (
+                Broke(node.raw or "null")
+                if node.type == NodeType.BREAK
+                else Done(node.raw or "null")
+            )
+        if node.status == Status.FAILED:
             return Failed(node.error or "failed")
         return HANDLERS.get(node.type, Planner._unsupported)(self, node)
 
     def set_status(
-        self, node: Node, status: NodeStatus, raw: str | None = None, error: str | None = None
+        self, node: Node, status: Status, raw: str | None = None, error: str | None = None
     ) -> None:
         """Record a node transition (two engine events, as pg_durable counts them)."""
         node.status, node.raw, node.error = status, raw, error
@@ -207,14 +215,14 @@ class Planner:
     def complete(self, node: Node, outcome: Done | Failed | Broke) -> Outcome:
         """Store a compound node's final outcome (a break passes through as completed)."""
         if isinstance(outcome, Failed):
-            self.set_status(node, NodeStatus.FAILED, error=outcome.error)
+            self.set_status(node, Status.FAILED, error=outcome.error)
         else:
-            self.set_status(node, NodeStatus.COMPLETED, raw=outcome.raw)
+            self.set_status(node, Status.COMPLETED, raw=outcome.raw)
         return outcome
 
     def start(self, node: Node) -> None:
-        if node.status == NodeStatus.PENDING:
-            self.set_status(node, NodeStatus.RUNNING)
+        if node.status == Status.PENDING:
+            self.set_status(node, Status.RUNNING)
 
     def subtree(self, node_id: str | None) -> Iterator[Node]:
         """A node and all its descendants (children, conditions, extra branches)."""
@@ -230,20 +238,20 @@ class Planner:
     def abandon(self, node_id: str, loop_message: str) -> None:
         """A RACE loser: stop its tasks and running SQL; its stored statuses stay."""
         for node in self.subtree(node_id):
-            if node.status in (NodeStatus.PENDING, NodeStatus.RUNNING):
+            if node.status in (Status.PENDING, Status.RUNNING):
                 self.plan.cancel_nodes.append(node.id)
-                if node.type == "LOOP" and node.status == NodeStatus.RUNNING:
-                    self.set_status(node, NodeStatus.FAILED, error=loop_message)
+                if node.type == NodeType.LOOP and node.status == Status.RUNNING:
+                    self.set_status(node, Status.FAILED, error=loop_message)
 
     def begin_iteration(self, loop: Node, first: bool) -> None:
         """Reset the loop's body (rows are reused: storage does not grow) and count it."""
         if not first:
             for node in self.subtree(loop.id):
-                if node.id != loop.id and node.status != NodeStatus.PENDING:
-                    node.status, node.raw, node.error = NodeStatus.PENDING, None, None
+                if node.id != loop.id and node.status != Status.PENDING:
+                    node.status, node.raw, node.error = Status.PENDING, None, None
                     self.plan.nodes[node.id] = {
                         "id": node.id,
-                        "status": "pending",
+                        "status": Status.PENDING,
                         "raw": None,
                         "error": None,
                         "reset": True,
@@ -267,9 +275,9 @@ class Planner:
 
     # -- leaves -------------------------------------------------------------------------------
     def _leaf_task(self, node: Node, payload: str | None, due_in: float | None = None) -> Outcome:
-        if node.status == NodeStatus.RUNNING:
+        if node.status == Status.RUNNING:
             return WAITING
-        self.set_status(node, NodeStatus.RUNNING)
+        self.set_status(node, Status.RUNNING)
         self.plan.events += 2  # the terminal transition, recorded when the task finishes
         task: dict[str, Any] = {
             "node_id": node.id,
@@ -302,12 +310,12 @@ class Planner:
 
     def _step(self, node: Node, payload: Callable[[], str]) -> Outcome:
         """A leaf that runs as an activity (SQL, HTTP), its payload substituted now."""
-        if node.status == NodeStatus.RUNNING:
+        if node.status == Status.RUNNING:
             return WAITING
         try:
             text = payload()
         except (SubstitutionError, HttpConfigError) as exc:
-            self.set_status(node, NodeStatus.RUNNING)
+            self.set_status(node, Status.RUNNING)
             return self.complete(node, Failed(str(exc)))
         self.plan.events += 2  # the execute-sql / execute-http activity
         return self._leaf_task(node, text)
@@ -327,8 +335,8 @@ class Planner:
     def _signal(self, node: Node) -> Outcome:
         config = json.loads(node.query or "{}")
         name, timeout = config.get("signal_name"), config.get("timeout_seconds")
-        if node.status == NodeStatus.PENDING:
-            self.set_status(node, NodeStatus.RUNNING)
+        if node.status == Status.PENDING:
+            self.set_status(node, Status.RUNNING)
             node.iteration_started = self.now
             self.plan.nodes[node.id]["iteration_started"] = self.now
         for signal in self.instance.get("signals", []):
@@ -363,9 +371,9 @@ class Planner:
         mine = set(scopes.get(reader.id, ()))
         visible: dict[str, str] = {}
         for node in self._order:
-            if not node.name or node.status != NodeStatus.COMPLETED or node.raw is None:
+            if not node.name or node.status != Status.COMPLETED or node.raw is None:
                 continue
-            if node.type in ("SLEEP", "WAIT_SCHEDULE", "BREAK"):
+            if node.type in UNNAMED:
                 continue
             if all(scope in mine or self._merged(*scope) for scope in scopes.get(node.id, ())):
                 visible[node.name] = node.raw
@@ -374,21 +382,21 @@ class Planner:
     def _merged(self, parallel_id: str, branch: str) -> bool:
         """Has this JOIN/RACE branch's map been merged into its parent's?"""
         parallel = self.nodes[parallel_id]
-        if parallel.status != NodeStatus.COMPLETED:
+        if parallel.status != Status.COMPLETED:
             return False
-        if parallel.type == "JOIN":
+        if parallel.type == NodeType.JOIN:
             return True
         winner = self.nodes.get(branch)
         return winner is not None and winner.raw == parallel.raw
 
     def _children_in_order(self, node: Node) -> list[str]:
-        config = flow._config(node) if node.type in ("IF", "LOOP", "JOIN") else {}
+        config = flow._config(node) if node.type in CONFIGURED else {}
         condition = config.get("condition_node")
-        if node.type == "IF":
+        if node.type == NodeType.IF:
             ids = [condition, node.left, node.right]
-        elif node.type == "LOOP":
+        elif node.type == NodeType.LOOP:
             ids = [node.left, condition]
-        elif node.type in ("JOIN", "RACE"):
+        elif node.type in PARALLEL:
             ids = list(flow.branches(node))
         else:
             ids = [node.left, node.right]
@@ -414,7 +422,7 @@ class Planner:
         for node in self._order:
             inherited = scopes.get(node.id, ())
             for child in self._children_in_order(node):
-                own = ((node.id, child),) if node.type in ("JOIN", "RACE") else ()
+                own = ((node.id, child),) if node.type in PARALLEL else ()
                 scopes[child] = inherited + own
         return scopes
 
@@ -425,16 +433,16 @@ def _signal_result(name: str, timed_out: bool, data: Any) -> str:
 
 
 HANDLERS: dict[str, Callable[[Planner, Node], Outcome]] = {
-    "THEN": flow.then,
-    "IF": flow.if_,
-    "JOIN": flow.join,
-    "RACE": flow.race,
-    "LOOP": flow.loop,
-    "BREAK": flow.break_,
-    "SQL": Planner._sql,
-    "HTTP": Planner._http,
-    "HTTP_MULTIPART": Planner._http,
-    "SLEEP": Planner._sleep,
-    "WAIT_SCHEDULE": Planner._wait_schedule,
-    "SIGNAL": Planner._signal,
+    NodeType.THEN: flow.then,
+    NodeType.IF: flow.if_,
+    NodeType.JOIN: flow.join,
+    NodeType.RACE: flow.race,
+    NodeType.LOOP: flow.loop,
+    NodeType.BREAK: flow.break_,
+    NodeType.SQL: Planner._sql,
+    NodeType.HTTP: Planner._http,
+    NodeType.HTTP_MULTIPART: Planner._http,
+    NodeType.SLEEP: Planner._sleep,
+    NodeType.WAIT_SCHEDULE: Planner._wait_schedule,
+    NodeType.SIGNAL: Planner._signal,
 }

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.planner.graph import Plan, Planner, TaskLease
-from engine.planner.outcomes import Node, NodeStatus
-
-TERMINAL = ("completed", "failed", "cancelled")
+from engine.planner.kinds import TERMINAL, NodeType, Status
+from engine.planner.outcomes import Node
 
 
 @dataclass(slots=True)
@@ -103,13 +102,13 @@ class Planning:
         With `continuing` (state's own plan, not applied yet, see Plan.can_continue), the
         plan made adds to it: one plan with the effect of both."""
         node = state.nodes.get(node_id)
-        if node is None or node.type != "SQL" or node.status != NodeStatus.RUNNING:
+        if node is None or node.type != NodeType.SQL or node.status != Status.RUNNING:
             return None
-        node.status, node.raw, node.error = NodeStatus.COMPLETED, raw, None
+        node.status, node.raw, node.error = Status.COMPLETED, raw, None
         instance = dict(state.instance)
         instance["now"] = time.time() + state.clock_offset
         planner = Planner(instance, self.lease, _new_token, nodes=state.nodes, plan=continuing)
-        completion = {"id": node_id, "status": "completed", "raw": raw, "error": None}
+        completion = {"id": node_id, "status": Status.COMPLETED, "raw": raw, "error": None}
         planner.plan.nodes.setdefault(node_id, {}).update(completion)
         plan = planner.run()
         plan.nodes[node_id]["delivery"] = "exactly-once"
@@ -141,6 +140,6 @@ def differences(held: Planned, document: dict[str, Any]) -> list[str]:
         for attr in ("status", "raw", "error", "iteration"):
             mine, theirs = getattr(node, attr), getattr(other, attr)
             if mine != theirs:
-                mine = str(mine) if isinstance(mine, str) else mine  # a NodeStatus: its text
+                mine = str(mine) if isinstance(mine, str) else mine  # a Status: its text
                 found.append(f"node {node_id} {attr}: held {mine!r}, stored {theirs!r}")
     return found

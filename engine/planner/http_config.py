@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.errors import EngineError
+from engine.planner.kinds import NodeType
 
 _WHOLE_REFERENCE = re.compile(
     r"\$[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?\??|\{[A-Za-z_][A-Za-z0-9_]*\}"
@@ -41,7 +42,7 @@ def substituted_config(node_type: str, node_id: str, query: str | None, sub: Sub
     headers = config.get("headers")
     if isinstance(headers, dict):
         config["headers"] = {k: sub(v) if isinstance(v, str) else v for k, v in headers.items()}
-    if node_type == "HTTP_MULTIPART" and isinstance(config.get("parts"), list):
+    if node_type == NodeType.HTTP_MULTIPART and isinstance(config.get("parts"), list):
         config["parts"] = [_substitute_part(node_id, p, sub) for p in config["parts"]]
     return compact(config)
 

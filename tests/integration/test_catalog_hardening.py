@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from engine.executors.sql import BOOKKEEPING
+from engine.connections.step_connection import BOOKKEEPING
 from engine.queries import queries
 from pgdurable_proxy.cluster import Cluster
 

@@ -15,7 +15,7 @@ from pglast import ast, parse_sql
 from pglast.enums import A_Expr_Kind, SubLinkType
 from pglast.visitors import Visitor
 
-from engine.executors.sql import BOOKKEEPING
+from engine.connections.step_connection import BOOKKEEPING
 from engine.queries import queries
 
 

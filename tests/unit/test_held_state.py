@@ -1,4 +1,4 @@
-"""Planning from held state gives the plan a fresh load would give (engine/held.py)."""
+"""Planning from held state gives the plan a fresh load would give (engine/planner/held.py)."""
 
 from __future__ import annotations
 
