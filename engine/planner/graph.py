@@ -15,12 +15,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.planner import flow
-from engine.planner.http_config import HttpConfigError, substituted_config
+from engine.planner import flow, leaves
 from engine.planner.kinds import NodeType, Status
-from engine.planner.outcomes import WAITING, Broke, Done, Failed, Node, Outcome
-from engine.planner.schedule import next_tick
-from engine.planner.substitute import SubstitutionError, substitute_results, substitute_vars
+from engine.planner.outcomes import Broke, Done, Failed, Node, Outcome
+from engine.planner.substitute import substitute_results, substitute_vars
 
 log = logging.getLogger("pgdurable.engine")
 UNNAMED = (NodeType.SLEEP, NodeType.WAIT_SCHEDULE, NodeType.BREAK)  # results not named
@@ -273,84 +271,6 @@ class Planner:
     def wake_at(self, when: float) -> None:
         self.plan.wake_at = when if self.plan.wake_at is None else min(self.plan.wake_at, when)
 
-    # -- leaves -------------------------------------------------------------------------------
-    def _leaf_task(self, node: Node, payload: str | None, due_in: float | None = None) -> Outcome:
-        if node.status == Status.RUNNING:
-            return WAITING
-        self.set_status(node, Status.RUNNING)
-        self.plan.events += 2  # the terminal transition, recorded when the task finishes
-        task: dict[str, Any] = {
-            "node_id": node.id,
-            "node_type": node.type,
-            "payload": payload,
-            "lease_owner": self.lease.owner,
-            "lease_token": self.new_token(),
-            "lease_seconds": self.lease.seconds,
-        }
-        if due_in is not None:
-            task.update(lease_owner=None, lease_token=None, delay=due_in)
-        self.plan.tasks.append(task)
-        return WAITING
-
-    def _sql(self, node: Node) -> Outcome:
-        return self._step(node, lambda: self.substitute(node.query or "", node))
-
-    def _http(self, node: Node) -> Outcome:
-        return self._step(node, lambda: self._http_payload(node))
-
-    def _http_payload(self, node: Node) -> str:
-        """HTTP/HTTP_MULTIPART: the node's config with raw-text substitution (§6.3)."""
-        inst, results = self.instance, self.named_results(node)
-
-        def sub(text: str) -> str:
-            text = substitute_vars(text, inst["vars"], inst["id"], inst["label"])
-            return substitute_results(text, results, raw=True)
-
-        return substituted_config(node.type, node.id, node.query, sub)
-
-    def _step(self, node: Node, payload: Callable[[], str]) -> Outcome:
-        """A leaf that runs as an activity (SQL, HTTP), its payload substituted now."""
-        if node.status == Status.RUNNING:
-            return WAITING
-        try:
-            text = payload()
-        except (SubstitutionError, HttpConfigError) as exc:
-            self.set_status(node, Status.RUNNING)
-            return self.complete(node, Failed(str(exc)))
-        self.plan.events += 2  # the execute-sql / execute-http activity
-        return self._leaf_task(node, text)
-
-    def _sleep(self, node: Node) -> Outcome:
-        return self._leaf_task(node, node.query, due_in=float(node.query or 0))
-
-    def _wait_schedule(self, node: Node) -> Outcome:
-        cron = json.loads(node.query or "{}").get("cron_expr", "")
-        try:
-            due = next_tick(cron, self.now)
-        except (ValueError, KeyError) as exc:
-            self.start(node)
-            return self.complete(node, Failed(f"Invalid cron expression '{cron}': {exc}"))
-        return self._leaf_task(node, '{"scheduled": true}', due_in=due - self.now)
-
-    def _signal(self, node: Node) -> Outcome:
-        config = json.loads(node.query or "{}")
-        name, timeout = config.get("signal_name"), config.get("timeout_seconds")
-        if node.status == Status.PENDING:
-            self.set_status(node, Status.RUNNING)
-            node.iteration_started = self.now
-            self.plan.nodes[node.id]["iteration_started"] = self.now
-        for signal in self.instance.get("signals", []):
-            if signal["name"] == name and not signal.get("taken"):
-                signal["taken"] = True
-                self.plan.consumed_signals.append({"id": signal["id"], "node_id": node.id})
-                return self.complete(node, Done(_signal_result(name, False, signal["data"])))
-        if timeout is not None:
-            due = (node.iteration_started or self.now) + float(timeout)
-            if self.now >= due:
-                return self.complete(node, Done(_signal_result(name, True, None)))
-            self.wake_at(due)
-        return WAITING
-
     def _unsupported(self, node: Node) -> Outcome:
         self.start(node)
         return self.complete(
@@ -427,11 +347,6 @@ class Planner:
         return scopes
 
 
-def _signal_result(name: str, timed_out: bool, data: Any) -> str:
-    value = {"signal_name": name, "timed_out": timed_out, "data": data}
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 HANDLERS: dict[str, Callable[[Planner, Node], Outcome]] = {
     NodeType.THEN: flow.then,
     NodeType.IF: flow.if_,
@@ -439,10 +354,10 @@ HANDLERS: dict[str, Callable[[Planner, Node], Outcome]] = {
     NodeType.RACE: flow.race,
     NodeType.LOOP: flow.loop,
     NodeType.BREAK: flow.break_,
-    NodeType.SQL: Planner._sql,
-    NodeType.HTTP: Planner._http,
-    NodeType.HTTP_MULTIPART: Planner._http,
-    NodeType.SLEEP: Planner._sleep,
-    NodeType.WAIT_SCHEDULE: Planner._wait_schedule,
-    NodeType.SIGNAL: Planner._signal,
+    NodeType.SQL: leaves.sql,
+    NodeType.HTTP: leaves.http,
+    NodeType.HTTP_MULTIPART: leaves.http,
+    NodeType.SLEEP: leaves.sleep,
+    NodeType.WAIT_SCHEDULE: leaves.wait_schedule,
+    NodeType.SIGNAL: leaves.signal,
 }
