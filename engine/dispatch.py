@@ -244,7 +244,7 @@ class TaskRunner:
     async def _run_http(self, task: Task) -> bool:
         """Run an HTTP step and record its result (at-least-once: a request cannot commit
         with its record). False when it was abandoned (a RACE loser, a lost lease)."""
-        request = asyncio.ensure_future(run_http_step(self.http, self.store.pool(), task))
+        request = asyncio.ensure_future(run_http_step(self.http, self.store, task))
         running = self.running.get(task.instance_id, task.node_id)
         if running is not None:
             running.request = request

@@ -58,13 +58,6 @@ class Engine:
         if settings.runner_secret is not None:
             runners = Runners(settings.runner_secret, self._require_pool)
         self.steps = StepConnections(settings, runners)
-        self.new_starts = NewTransactionStarts(
-            self._require_pool,
-            self.steps.connect,
-            settings.catalog_database,
-            settings.max_new_transaction_starts,
-            settings.new_transaction_start_timeout,
-        )
         self.http = HttpClient(settings.http)
         self.counters = EngineCounters()
         self.background = Background()
@@ -72,6 +65,13 @@ class Engine:
         self.pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._assemble()
+        self.new_starts = NewTransactionStarts(
+            self.store,
+            self.steps.connect,
+            settings.catalog_database,
+            settings.max_new_transaction_starts,
+            settings.new_transaction_start_timeout,
+        )
         self._loops: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
         self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()

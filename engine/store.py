@@ -118,6 +118,24 @@ class Store:
         """Commit a first plan with its step's task row (a first step that runs long)."""
         return bool(await self.pool().fetchval(q("promote_first"), instance_id, advance_xmin, plan))
 
+    async def http_privilege(self, owner: str, signature: str) -> bool | None:
+        """May `owner` run HTTP steps now (EXECUTE on builder `signature`)? None: the role
+        is gone."""
+        allowed = await self.pool().fetchval(q("http_privilege"), owner, signature)
+        return None if allowed is None else bool(allowed)
+
+    # -- new-transaction starts ---------------------------------------------------------------
+    async def new_start_ack(self, request: uuid.UUID) -> None:
+        await self.pool().execute(q("new_start_ack"), request)
+
+    async def new_start_answer(
+        self, request: uuid.UUID, instance_id: str | None, error: str | None, sqlstate: str | None
+    ) -> None:
+        await self.pool().execute(q("new_start_answer"), request, instance_id, error, sqlstate)
+
+    async def may_act_as(self, login_role: str, role: str) -> bool:
+        return bool(await self.pool().fetchval(q("may_act_as"), login_role, role))
+
     # -- tasks --------------------------------------------------------------------------------
     async def complete_step(self, task: Task, raw: str, delivery: str) -> None:
         await self.pool().execute(

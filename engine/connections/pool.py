@@ -29,7 +29,7 @@ class StepConnections:
         self.runners = runners
         self.slots = StepSlots(settings.max_user_connections)
         self._idle: dict[tuple[str, str], list[StepConnection]] = defaultdict(list)
-        # connections (with their slots) passed from a step to the next (began_next_step)
+        # connections (with their slots) passed from a step to the next (StepOutcome.began_next)
         self.carried: set[StepConnection] = set()
 
     async def acquire(self, role: str, database: str) -> StepConnection:

@@ -160,7 +160,7 @@ async def run_sql_step(
     A connection that dies during the COMMIT round trip raises StepNotRun too, although
     the transaction may have committed: the engine runs the step again only if its task
     row still carries the lease token that recording the result deletes (dispatch.py,
-    still_leased).
+    TaskRunner._still_leased).
     """
     try:
         return await _run_sql_step(step, task, record_elsewhere, advance)
