@@ -78,9 +78,34 @@ class TaskRunner:
         self.background.spawn(self._run(task, carried))
 
     async def _run(self, task: Task, carried: StepConnection | None = None) -> None:
-        """Run a leaf task; record its failure. (The task is forgotten when it ends.)"""
+        """Run a leaf task (an SQL one on `carried` when its transaction was begun there).
+
+        A task that cannot reach PostgreSQL, or whose connection dies, waits and runs
+        again as long as it holds its task row (_still_leased); its SQL either did not run
+        or was rolled back with its connection. Only an error of the step itself fails it.
+        """
+        outage = self.background.outage
+        attempt = losses = 0
         try:
-            await self._run_attempts(task, carried)
+            while True:
+                try:
+                    await self._run_once(task, carried)
+                    outage.answered()
+                    return
+                except Exception as exc:
+                    if not connection_lost(exc):
+                        raise
+                    outage.failed(exc, "step")
+                    losses += isinstance(exc, StepNotRun) and exc.started
+                    if losses >= MAX_LOSSES_WHILE_RUNNING:
+                        raise StepFailed(
+                            f"SQL execution failed: {exc} (the step's connection was lost "
+                            f"{losses} times while it ran)"
+                        ) from exc
+                carried = None  # went with the connection (released by _pass_on)
+                attempt += 1
+                if not await self._still_leased(task, attempt):
+                    return
         except StepFailed as exc:
             await self._fail(task, str(exc))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -89,33 +114,6 @@ class TaskRunner:
             )  # the lease expires; retried
         finally:
             self.running.finished(task)
-
-    async def _run_attempts(self, task: Task, carried: StepConnection | None) -> None:
-        """A task that cannot reach PostgreSQL, or whose connection dies, waits and runs
-        again as long as it holds its task row (_still_leased); its SQL either did not run
-        or was rolled back with its connection. Only an error of the step itself fails it.
-        """
-        outage = self.background.outage
-        attempt = losses = 0
-        while True:
-            try:
-                await self._run_once(task, carried)
-                outage.answered()
-                return
-            except Exception as exc:
-                if not connection_lost(exc):
-                    raise
-                outage.failed(exc, "step")
-                losses += isinstance(exc, StepNotRun) and exc.started
-                if losses >= MAX_LOSSES_WHILE_RUNNING:
-                    raise StepFailed(
-                        f"SQL execution failed: {exc} (the step's connection was lost "
-                        f"{losses} times while it ran)"
-                    ) from exc
-            carried = None  # went with the connection (released by _pass_on)
-            attempt += 1
-            if not await self._still_leased(task, attempt):
-                return
 
     async def _still_leased(self, task: Task, attempt: int) -> bool:
         """After a task met an outage: wait (backing off) until PostgreSQL answers, then

@@ -185,8 +185,18 @@ async def _run_sql_step(
         await record_elsewhere(task, raw, "at-least-once")
         return NOT_ADVANCED
     for fresh in (False, True):
-        try:
-            return await _in_transaction(step, task, sql, advance)
+        try:  # the step, its record and (with `advance`) its advance in one transaction
+            async with step_transaction(step) as ending:
+                raw = await _execute(step, sql)
+                if advance is None:
+                    ids = (task.instance_id, task.node_id)
+                    await step.book("complete_step", *ids, task.token, raw, "exactly-once")
+                    return NOT_ADVANCED
+                planned = await _record_and_advance(step, task, raw, advance)
+                if planned is None:
+                    return NOT_ADVANCED
+                ending.begin_next = advance.chains(planned)
+            return StepOutcome(planned, ending.begin_next)
         except STALE_STATEMENT as exc:
             # a statement prepared earlier no longer fits the schema; the transaction was
             # rolled back, so running the step once more, freshly prepared, is safe
@@ -200,23 +210,6 @@ async def _run_sql_step(
                 raise _step_error(exc) from exc
             break
     return await _autocommit(step, task, sql)
-
-
-async def _in_transaction(
-    step: StepConnection, task: Task, sql: str, advance: InStepPlanning | None
-) -> StepOutcome:
-    """The step, its record and (with `advance`) its instance's advance in one transaction."""
-    async with step_transaction(step) as ending:
-        raw = await _execute(step, sql)
-        if advance is None:
-            ids = (task.instance_id, task.node_id)
-            await step.book("complete_step", *ids, task.token, raw, "exactly-once")
-            return NOT_ADVANCED
-        planned = await _record_and_advance(step, task, raw, advance)
-        if planned is None:
-            return NOT_ADVANCED
-        ending.begin_next = advance.chains(planned)
-    return StepOutcome(planned, ending.begin_next)
 
 
 async def _autocommit(step: StepConnection, task: Task, sql: str) -> StepOutcome:
