@@ -16,7 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.planner import flow, leaves
-from engine.planner.kinds import NodeType, Status
+from engine.planner.kinds import (
+    BREAK,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    IF,
+    JOIN,
+    LOOP,
+    PENDING,
+    RUNNING,
+    NodeType,
+    Status,
+)
 from engine.planner.outcomes import Broke, Done, Failed, Node, Outcome
 from engine.planner.substitute import substitute_results, substitute_vars
 
@@ -125,14 +137,14 @@ class Planner:
     # -- entry point ----------------------------------------------------------------------
     def run(self) -> Plan:
         status = self.instance["status"]
-        if status in (Status.COMPLETED, Status.FAILED):
+        if status in (COMPLETED, FAILED):
             return self.plan
-        if status == Status.CANCELLED:
+        if status == CANCELLED:
             return self._cancel()
-        if status == Status.PENDING:
+        if status == PENDING:
             if (problem := self._owner_problem()) is not None:
                 return self._finish(Failed(problem))
-            self.plan.instance_status = Status.RUNNING
+            self.plan.instance_status = RUNNING
             self.plan.events += 5  # started, load-graph, instance->running
         try:
             outcome = self.drive(self.instance["root"])
@@ -159,11 +171,11 @@ class Planner:
     def _finish(self, outcome: Done | Failed) -> Plan:
         self.plan.events += 3  # instance->terminal activity + terminal event
         if isinstance(outcome, Done):
-            self.plan.instance_status = Status.COMPLETED
+            self.plan.instance_status = COMPLETED
             self.plan.execution_status = "Completed"
             self.plan.output = outcome.raw
         else:
-            self.plan.instance_status = Status.FAILED
+            self.plan.instance_status = FAILED
             self.plan.execution_status = "Failed"
             self.plan.output = outcome.error
         return self.plan
@@ -191,13 +203,9 @@ class Planner:
         if node_id is None or node_id not in self.nodes:
             return Failed(f"graph references missing node {node_id}")
         node = self.nodes[node_id]
-        if node.status == Status.COMPLETED:
-            return (
-                Broke(node.raw or "null")
-                if node.type == NodeType.BREAK
-                else Done(node.raw or "null")
-            )
-        if node.status == Status.FAILED:
+        if node.status == COMPLETED:
+            return Broke(node.raw or "null") if node.type == BREAK else Done(node.raw or "null")
+        if node.status == FAILED:
             return Failed(node.error or "failed")
         return HANDLERS.get(node.type, Planner._unsupported)(self, node)
 
@@ -213,14 +221,14 @@ class Planner:
     def complete(self, node: Node, outcome: Done | Failed | Broke) -> Outcome:
         """Store a compound node's final outcome (a break passes through as completed)."""
         if isinstance(outcome, Failed):
-            self.set_status(node, Status.FAILED, error=outcome.error)
+            self.set_status(node, FAILED, error=outcome.error)
         else:
-            self.set_status(node, Status.COMPLETED, raw=outcome.raw)
+            self.set_status(node, COMPLETED, raw=outcome.raw)
         return outcome
 
     def start(self, node: Node) -> None:
-        if node.status == Status.PENDING:
-            self.set_status(node, Status.RUNNING)
+        if node.status == PENDING:
+            self.set_status(node, RUNNING)
 
     def subtree(self, node_id: str | None) -> Iterator[Node]:
         """A node and all its descendants (children, conditions, extra branches)."""
@@ -236,20 +244,20 @@ class Planner:
     def abandon(self, node_id: str, loop_message: str) -> None:
         """A RACE loser: stop its tasks and running SQL; its stored statuses stay."""
         for node in self.subtree(node_id):
-            if node.status in (Status.PENDING, Status.RUNNING):
+            if node.status in (PENDING, RUNNING):
                 self.plan.cancel_nodes.append(node.id)
-                if node.type == NodeType.LOOP and node.status == Status.RUNNING:
-                    self.set_status(node, Status.FAILED, error=loop_message)
+                if node.type == LOOP and node.status == RUNNING:
+                    self.set_status(node, FAILED, error=loop_message)
 
     def begin_iteration(self, loop: Node, first: bool) -> None:
         """Reset the loop's body (rows are reused: storage does not grow) and count it."""
         if not first:
             for node in self.subtree(loop.id):
-                if node.id != loop.id and node.status != Status.PENDING:
-                    node.status, node.raw, node.error = Status.PENDING, None, None
+                if node.id != loop.id and node.status != PENDING:
+                    node.status, node.raw, node.error = PENDING, None, None
                     self.plan.nodes[node.id] = {
                         "id": node.id,
-                        "status": Status.PENDING,
+                        "status": PENDING,
                         "raw": None,
                         "error": None,
                         "reset": True,
@@ -291,7 +299,7 @@ class Planner:
         mine = set(scopes.get(reader.id, ()))
         visible: dict[str, str] = {}
         for node in self._order:
-            if not node.name or node.status != Status.COMPLETED or node.raw is None:
+            if not node.name or node.status != COMPLETED or node.raw is None:
                 continue
             if node.type in UNNAMED:
                 continue
@@ -302,9 +310,9 @@ class Planner:
     def _merged(self, parallel_id: str, branch: str) -> bool:
         """Has this JOIN/RACE branch's map been merged into its parent's?"""
         parallel = self.nodes[parallel_id]
-        if parallel.status != Status.COMPLETED:
+        if parallel.status != COMPLETED:
             return False
-        if parallel.type == NodeType.JOIN:
+        if parallel.type == JOIN:
             return True
         winner = self.nodes.get(branch)
         return winner is not None and winner.raw == parallel.raw
@@ -312,9 +320,9 @@ class Planner:
     def _children_in_order(self, node: Node) -> list[str]:
         config = flow._config(node) if node.type in CONFIGURED else {}
         condition = config.get("condition_node")
-        if node.type == NodeType.IF:
+        if node.type == IF:
             ids = [condition, node.left, node.right]
-        elif node.type == NodeType.LOOP:
+        elif node.type == LOOP:
             ids = [node.left, condition]
         elif node.type in PARALLEL:
             ids = list(flow.branches(node))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.planner.graph import Plan, Planner, TaskLease
-from engine.planner.kinds import TERMINAL, NodeType, Status
+from engine.planner.kinds import COMPLETED, RUNNING, SQL, TERMINAL
 from engine.planner.outcomes import Node
 
 
@@ -102,13 +102,13 @@ class Planning:
         With `continuing` (state's own plan, not applied yet, see Plan.can_continue), the
         plan made adds to it: one plan with the effect of both."""
         node = state.nodes.get(node_id)
-        if node is None or node.type != NodeType.SQL or node.status != Status.RUNNING:
+        if node is None or node.type != SQL or node.status != RUNNING:
             return None
-        node.status, node.raw, node.error = Status.COMPLETED, raw, None
+        node.status, node.raw, node.error = COMPLETED, raw, None
         instance = dict(state.instance)
         instance["now"] = time.time() + state.clock_offset
         planner = Planner(instance, self.lease, _new_token, nodes=state.nodes, plan=continuing)
-        completion = {"id": node_id, "status": Status.COMPLETED, "raw": raw, "error": None}
+        completion = {"id": node_id, "status": COMPLETED, "raw": raw, "error": None}
         planner.plan.nodes.setdefault(node_id, {}).update(completion)
         plan = planner.run()
         plan.nodes[node_id]["delivery"] = "exactly-once"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.planner.http_config import HttpConfigError, substituted_config
-from engine.planner.kinds import Status
+from engine.planner.kinds import PENDING, RUNNING
 from engine.planner.outcomes import WAITING, Done, Failed, Node, Outcome
 from engine.planner.schedule import next_tick
 from engine.planner.substitute import SubstitutionError, substitute_results, substitute_vars
@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 
 def leaf_task(p: Planner, node: Node, payload: str | None, due_in: float | None = None) -> Outcome:
-    if node.status == Status.RUNNING:
+    if node.status == RUNNING:
         return WAITING
-    p.set_status(node, Status.RUNNING)
+    p.set_status(node, RUNNING)
     p.plan.events += 2  # the terminal transition, recorded when the task finishes
     task: dict[str, Any] = {
         "node_id": node.id,
@@ -60,12 +60,12 @@ def _http_payload(p: Planner, node: Node) -> str:
 
 def _step(p: Planner, node: Node, payload: Callable[[], str]) -> Outcome:
     """A leaf that runs as an activity (SQL, HTTP), its payload substituted now."""
-    if node.status == Status.RUNNING:
+    if node.status == RUNNING:
         return WAITING
     try:
         text = payload()
     except (SubstitutionError, HttpConfigError) as exc:
-        p.set_status(node, Status.RUNNING)
+        p.set_status(node, RUNNING)
         return p.complete(node, Failed(str(exc)))
     p.plan.events += 2  # the execute-sql / execute-http activity
     return leaf_task(p, node, text)
@@ -88,8 +88,8 @@ def wait_schedule(p: Planner, node: Node) -> Outcome:
 def signal(p: Planner, node: Node) -> Outcome:
     config = json.loads(node.query or "{}")
     name, timeout = config.get("signal_name"), config.get("timeout_seconds")
-    if node.status == Status.PENDING:
-        p.set_status(node, Status.RUNNING)
+    if node.status == PENDING:
+        p.set_status(node, RUNNING)
         node.iteration_started = p.now
         p.plan.nodes[node.id]["iteration_started"] = p.now
     for sig in p.instance.get("signals", []):
