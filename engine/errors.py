@@ -1,4 +1,12 @@
-"""Typed engine errors; each carries the SQLSTATE a client would see."""
+"""Typed engine errors: one base, EngineError, each class with the SQLSTATE it carries.
+
+The errors of a step (StepFailed and the ones it wraps) become the node's error text; the
+SQLSTATE says what kind of failure it was. The errors of one module only (the planner's
+SubstitutionError and HttpConfigError, the HTTP guard's Blocked and AllowListError) are
+defined there, on this base.
+"""
+
+from __future__ import annotations
 
 
 class EngineError(Exception):
@@ -10,4 +18,57 @@ class EngineError(Exception):
 class MigrationError(EngineError):
     """The catalog could not be installed or upgraded."""
 
-    sqlstate = "55000"
+    sqlstate = "55000"  # object_not_in_prerequisite_state
+
+
+class StepFailed(EngineError):
+    """The step failed; the message is what pg_durable users see on the node. `sqlstate`
+    is the step's SQL error's when there was one."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        if sqlstate is not None:
+            self.sqlstate = sqlstate
+
+
+class StepNotRun(EngineError, ConnectionError):
+    """A step could not reach PostgreSQL (`started` false), or lost its connection before
+    its transaction committed (`started` true): it did not run (or was rolled back) and
+    must run again. (An OSError too, as the connection errors it stands for.)"""
+
+    sqlstate = "08006"  # connection_failure
+
+    def __init__(self, message: str, started: bool = False) -> None:
+        super().__init__(message)
+        self.started = started
+
+
+class NoRunner(EngineError):
+    """The owner has no runner role yet: df.grant_usage was not called with a secret set."""
+
+    sqlstate = "42704"  # undefined_object
+
+
+class ResultTooLarge(EngineError):
+    """A step's result document would be larger than --max-result-bytes."""
+
+    sqlstate = "54000"  # program_limit_exceeded
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"SQL step result is larger than the limit of {limit} bytes (--max-result-bytes)"
+        )
+
+
+class UnsupportedColumn(EngineError):
+    """A result column has a type pg_durable cannot represent."""
+
+    sqlstate = "0A000"  # feature_not_supported
+
+
+class NewStartFailed(EngineError):
+    """The text and SQLSTATE the caller's df.start raises."""
+
+    def __init__(self, message: str, sqlstate: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine.ssrf import AllowEntry
+from engine.executors.ssrf import AllowEntry
 
 MIB = 1024 * 1024
 # An SQL step's result document is stored as jsonb, whose hard limit is 256 MiB: 64 MiB

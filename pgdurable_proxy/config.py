@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from engine.executors.ssrf import AllowListError, parse_allow_list
 from engine.settings import DEFAULT_MAX_RESULT_BYTES, MIB, HttpSettings
-from engine.ssrf import AllowListError, parse_allow_list
 from pgdurable_proxy.dsn import DSNError, UpstreamDSN, parse_dsn
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -7,7 +7,7 @@ import logging
 import ssl
 from collections.abc import Callable
 
-from engine.new_transaction import NOTICE_MARKER as NEW_TRANSACTION_NOTICE
+from engine.executors.new_transaction import NOTICE_MARKER as NEW_TRANSACTION_NOTICE
 from pgdurable_proxy.dsn import UpstreamDSN
 from pgdurable_proxy.intercept import Interceptor
 from pgdurable_proxy.metrics import Metrics

@@ -198,7 +198,7 @@ def test_signal_to_an_invisible_instance_is_refused(wf_dsn: str) -> None:
 
 
 def test_wait_for_schedule_fires_on_the_minute(wf_dsn: str) -> None:
-    from engine.schedule import next_tick
+    from engine.planner.schedule import next_tick
 
     start = 1_718_452_805.0  # 2024-06-15 12:00:05 UTC, a Saturday
     assert next_tick("* * * * *", start) == 1_718_452_860.0

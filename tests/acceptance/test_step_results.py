@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from engine.results import rows_document
+from engine.executors.results import rows_document
 from pgdurable_proxy.cluster import Cluster
 from tests.support.clusters import FLAVORS, make_cluster, remove_cluster
 from tests.support.proxy import ProxyProcess

@@ -1,4 +1,4 @@
-"""Graph builders and operators (migration 0002): byte-exact Durofut JSON, errors, precedence."""
+"""Graph builders and operators (catalog builders.sql, operators.sql): JSON, errors, precedence."""
 
 from __future__ import annotations
 

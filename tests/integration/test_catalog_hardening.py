@@ -17,8 +17,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from engine.connections.step_connection import BOOKKEEPING
 from engine.queries import queries
-from engine.steps import BOOKKEEPING
 from pgdurable_proxy.cluster import Cluster
 
 ROLES = ("hard_alice", "hard_bob")

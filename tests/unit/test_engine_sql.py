@@ -15,8 +15,8 @@ from pglast import ast, parse_sql
 from pglast.enums import A_Expr_Kind, SubLinkType
 from pglast.visitors import Visitor
 
+from engine.connections.step_connection import BOOKKEEPING
 from engine.queries import queries
-from engine.steps import BOOKKEEPING
 
 
 class _Ctes(Visitor):  # type: ignore[misc]

@@ -1,4 +1,4 @@
-"""Planning from held state gives the plan a fresh load would give (engine/held.py)."""
+"""Planning from held state gives the plan a fresh load would give (engine/planner/held.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import copy
 import json
 from typing import Any
 
-from engine.graph import Plan, TaskLease
-from engine.held import Planning, differences
+from engine.planner.graph import Plan, TaskLease
+from engine.planner.held import Planning, differences
 from tests.support.planner_state import document as _document
 from tests.support.planner_state import node as _node
 

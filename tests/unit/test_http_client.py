@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from engine.http import HttpClient
-from engine.http_request import HttpRequest, user_agent
+from engine.errors import StepFailed
+from engine.executors.http import HttpClient
+from engine.executors.http_request import HttpRequest, user_agent
+from engine.executors.ssrf import parse_allow_list
 from engine.settings import HttpSettings
-from engine.ssrf import parse_allow_list
-from engine.steps import StepFailed
 from pgdurable_proxy.cluster import free_port
 from tests.support.http_server import PNG, ServerThread
 

@@ -8,7 +8,7 @@ import socket
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from engine.ssrf import (
+from engine.executors.ssrf import (
     AllowListError,
     Blocked,
     Guard,

@@ -8,17 +8,16 @@ from typing import Any
 
 import pytest
 
-from engine.http_request import (
-    HttpConfigError,
+from engine.executors.http_request import (
     body_field,
     encode_multipart,
     envelope,
     parse_request,
     server_error_text,
-    substituted_config,
     user_agent,
 )
-from engine.substitute import SubstitutionError, substitute_results
+from engine.planner.http_config import HttpConfigError, substituted_config
+from engine.planner.substitute import SubstitutionError, substitute_results
 
 ROWS = json.dumps({"rows": [{"id": 7, "name": "O'Neil", "meta": {"a": 1}}], "row_count": 1})
 EMPTY = json.dumps({"rows": [], "row_count": 0})

@@ -7,7 +7,8 @@ import logging
 import asyncpg
 import pytest
 
-from engine.outage import Outage, StepNotRun, connection_lost
+from engine.connections.outage import Outage, connection_lost
+from engine.errors import StepNotRun
 
 
 def _error(cls: type[asyncpg.PostgresError]) -> asyncpg.PostgresError:

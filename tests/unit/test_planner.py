@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine.graph import Plan, TaskLease
-from engine.held import Planning
+from engine.planner.graph import Plan, TaskLease
+from engine.planner.held import Planning
 from tests.support.planner_state import document
 from tests.support.planner_state import node as _node
 

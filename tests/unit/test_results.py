@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from engine.results import ResultTooLarge, RowsDocument, rows_document
+from engine.errors import ResultTooLarge
+from engine.executors.results import RowsDocument, rows_document
 
 COLUMNS = [("a", "int4"), ("b", "text"), ("é", "jsonb")]
 ROWS = [(1, "x", '{"k": [1, 2]}'), (None, 'ü\n"', None)] * 600

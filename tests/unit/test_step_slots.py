@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from engine.slots import StepSlots
+from engine.connections.slots import StepSlots
 
 ALICE = ("alice", "db")
 BOB = ("bob", "db")

@@ -7,7 +7,7 @@ import json
 import pytest
 from pglast import ast, parse_sql
 
-from engine.substitute import substitute_results
+from engine.planner.substitute import substitute_results
 
 
 def _result(**row: object) -> dict[str, str]:

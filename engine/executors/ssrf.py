@@ -14,17 +14,23 @@ from dataclasses import dataclass
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from engine.errors import EngineError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _HOSTNAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
 
 
-class AllowListError(ValueError):
+class AllowListError(EngineError, ValueError):
     """An --http-allow entry that cannot be understood."""
 
+    sqlstate = "22023"  # invalid_parameter_value
 
-class Blocked(Exception):
+
+class Blocked(EngineError):
     """A destination the guard refuses; the message is the node's error text."""
+
+    sqlstate = "42501"  # insufficient_privilege
 
 
 @dataclass(frozen=True, slots=True)

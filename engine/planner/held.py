@@ -1,4 +1,4 @@
-"""Instance state kept in memory between the steps this engine runs (0011_held_state.sql).
+"""Instance state kept in memory between the steps this engine runs (df._complete_held).
 
 After this engine applies a plan, it knows the instance's stored state exactly: the state it
 planned from, changed by the plan. While the instance has steps running here, the next
@@ -17,10 +17,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from engine.graph import Plan, Planner, TaskLease
-from engine.outcomes import Node, NodeStatus
-
-TERMINAL = ("completed", "failed", "cancelled")
+from engine.planner.graph import Plan, Planner, TaskLease
+from engine.planner.kinds import COMPLETED, RUNNING, SQL, TERMINAL
+from engine.planner.outcomes import Node
 
 
 @dataclass(slots=True)
@@ -103,13 +102,13 @@ class Planning:
         With `continuing` (state's own plan, not applied yet, see Plan.can_continue), the
         plan made adds to it: one plan with the effect of both."""
         node = state.nodes.get(node_id)
-        if node is None or node.type != "SQL" or node.status != NodeStatus.RUNNING:
+        if node is None or node.type != SQL or node.status != RUNNING:
             return None
-        node.status, node.raw, node.error = NodeStatus.COMPLETED, raw, None
+        node.status, node.raw, node.error = COMPLETED, raw, None
         instance = dict(state.instance)
         instance["now"] = time.time() + state.clock_offset
         planner = Planner(instance, self.lease, _new_token, nodes=state.nodes, plan=continuing)
-        completion = {"id": node_id, "status": "completed", "raw": raw, "error": None}
+        completion = {"id": node_id, "status": COMPLETED, "raw": raw, "error": None}
         planner.plan.nodes.setdefault(node_id, {}).update(completion)
         plan = planner.run()
         plan.nodes[node_id]["delivery"] = "exactly-once"
@@ -141,6 +140,6 @@ def differences(held: Planned, document: dict[str, Any]) -> list[str]:
         for attr in ("status", "raw", "error", "iteration"):
             mine, theirs = getattr(node, attr), getattr(other, attr)
             if mine != theirs:
-                mine = str(mine) if isinstance(mine, str) else mine  # a NodeStatus: its text
+                mine = str(mine) if isinstance(mine, str) else mine  # a Status: its text
                 found.append(f"node {node_id} {attr}: held {mine!r}, stored {theirs!r}")
     return found

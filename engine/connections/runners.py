@@ -19,14 +19,11 @@ from collections.abc import Callable
 
 import asyncpg
 
+from engine.errors import NoRunner
 from engine.queries import q
 
 log = logging.getLogger("pgdurable.runners")
 SCRAM_ITERATIONS = 4096
-
-
-class NoRunner(Exception):
-    """The owner has no runner role yet: df.grant_usage was not called with a secret set."""
 
 
 def derive_password(secret: bytes, runner: str) -> str:

@@ -12,7 +12,7 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass
 
-import asyncpg
+from engine.connections.step_connection import StepConnection
 
 SlotKey = tuple[str, str]  # (owner, database)
 
@@ -21,7 +21,7 @@ SlotKey = tuple[str, str]  # (owner, database)
 class _Waiter:
     key: SlotKey
     instance: str
-    future: asyncio.Future[asyncpg.Connection | None]
+    future: asyncio.Future[StepConnection | None]
 
 
 class StepSlots:
@@ -41,7 +41,7 @@ class StepSlots:
         """Slots nobody holds or waits for."""
         return self._free
 
-    async def take(self, key: SlotKey, instance: str = "") -> asyncpg.Connection | None:
+    async def take(self, key: SlotKey, instance: str = "") -> StepConnection | None:
         """Wait for a slot; with it, a connection whose transaction was begun for `key`, or
         None (take one from the pool)."""
         if self._free > 0 and self._next_key() is None:
@@ -61,7 +61,7 @@ class StepSlots:
         instances = self._queues.get(key)
         return instances is not None and self._live(instances)
 
-    def hand(self, key: SlotKey, conn: asyncpg.Connection) -> bool:
+    def hand(self, key: SlotKey, conn: StepConnection) -> bool:
         """Give the slot held with `conn`, and `conn`, to the next step waiting as `key`
         when it is `key`'s turn; False (nothing done) when none waits or another key's
         turn comes first."""

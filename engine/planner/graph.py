@@ -15,13 +15,27 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import flow
-from engine.http_request import HttpConfigError, substituted_config
-from engine.outcomes import WAITING, Broke, Done, Failed, Node, NodeStatus, Outcome
-from engine.schedule import next_tick
-from engine.substitute import SubstitutionError, substitute_results, substitute_vars
+from engine.planner import flow, leaves
+from engine.planner.kinds import (
+    BREAK,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    IF,
+    JOIN,
+    LOOP,
+    PENDING,
+    RUNNING,
+    NodeType,
+    Status,
+)
+from engine.planner.outcomes import Broke, Done, Failed, Node, Outcome
+from engine.planner.substitute import substitute_results, substitute_vars
 
 log = logging.getLogger("pgdurable.engine")
+UNNAMED = (NodeType.SLEEP, NodeType.WAIT_SCHEDULE, NodeType.BREAK)  # results not named
+CONFIGURED = (NodeType.IF, NodeType.LOOP, NodeType.JOIN)  # a JSON config in the query
+PARALLEL = (NodeType.JOIN, NodeType.RACE)
 BREAK_OUTSIDE_LOOP = (
     "df.break() was called outside of a loop. df.break() may only be used inside df.loop()."
 )
@@ -123,14 +137,14 @@ class Planner:
     # -- entry point ----------------------------------------------------------------------
     def run(self) -> Plan:
         status = self.instance["status"]
-        if status in ("completed", "failed"):
+        if status in (COMPLETED, FAILED):
             return self.plan
-        if status == "cancelled":
+        if status == CANCELLED:
             return self._cancel()
-        if status == "pending":
+        if status == PENDING:
             if (problem := self._owner_problem()) is not None:
                 return self._finish(Failed(problem))
-            self.plan.instance_status = "running"
+            self.plan.instance_status = RUNNING
             self.plan.events += 5  # started, load-graph, instance->running
         try:
             outcome = self.drive(self.instance["root"])
@@ -157,11 +171,11 @@ class Planner:
     def _finish(self, outcome: Done | Failed) -> Plan:
         self.plan.events += 3  # instance->terminal activity + terminal event
         if isinstance(outcome, Done):
-            self.plan.instance_status = "completed"
+            self.plan.instance_status = COMPLETED
             self.plan.execution_status = "Completed"
             self.plan.output = outcome.raw
         else:
-            self.plan.instance_status = "failed"
+            self.plan.instance_status = FAILED
             self.plan.execution_status = "Failed"
             self.plan.output = outcome.error
         return self.plan
@@ -189,14 +203,14 @@ class Planner:
         if node_id is None or node_id not in self.nodes:
             return Failed(f"graph references missing node {node_id}")
         node = self.nodes[node_id]
-        if node.status == NodeStatus.COMPLETED:
-            return Broke(node.raw or "null") if node.type == "BREAK" else Done(node.raw or "null")
-        if node.status == NodeStatus.FAILED:
+        if node.status == COMPLETED:
+            return Broke(node.raw or "null") if node.type == BREAK else Done(node.raw or "null")
+        if node.status == FAILED:
             return Failed(node.error or "failed")
         return HANDLERS.get(node.type, Planner._unsupported)(self, node)
 
     def set_status(
-        self, node: Node, status: NodeStatus, raw: str | None = None, error: str | None = None
+        self, node: Node, status: Status, raw: str | None = None, error: str | None = None
     ) -> None:
         """Record a node transition (two engine events, as pg_durable counts them)."""
         node.status, node.raw, node.error = status, raw, error
@@ -207,14 +221,14 @@ class Planner:
     def complete(self, node: Node, outcome: Done | Failed | Broke) -> Outcome:
         """Store a compound node's final outcome (a break passes through as completed)."""
         if isinstance(outcome, Failed):
-            self.set_status(node, NodeStatus.FAILED, error=outcome.error)
+            self.set_status(node, FAILED, error=outcome.error)
         else:
-            self.set_status(node, NodeStatus.COMPLETED, raw=outcome.raw)
+            self.set_status(node, COMPLETED, raw=outcome.raw)
         return outcome
 
     def start(self, node: Node) -> None:
-        if node.status == NodeStatus.PENDING:
-            self.set_status(node, NodeStatus.RUNNING)
+        if node.status == PENDING:
+            self.set_status(node, RUNNING)
 
     def subtree(self, node_id: str | None) -> Iterator[Node]:
         """A node and all its descendants (children, conditions, extra branches)."""
@@ -230,20 +244,20 @@ class Planner:
     def abandon(self, node_id: str, loop_message: str) -> None:
         """A RACE loser: stop its tasks and running SQL; its stored statuses stay."""
         for node in self.subtree(node_id):
-            if node.status in (NodeStatus.PENDING, NodeStatus.RUNNING):
+            if node.status in (PENDING, RUNNING):
                 self.plan.cancel_nodes.append(node.id)
-                if node.type == "LOOP" and node.status == NodeStatus.RUNNING:
-                    self.set_status(node, NodeStatus.FAILED, error=loop_message)
+                if node.type == LOOP and node.status == RUNNING:
+                    self.set_status(node, FAILED, error=loop_message)
 
     def begin_iteration(self, loop: Node, first: bool) -> None:
         """Reset the loop's body (rows are reused: storage does not grow) and count it."""
         if not first:
             for node in self.subtree(loop.id):
-                if node.id != loop.id and node.status != NodeStatus.PENDING:
-                    node.status, node.raw, node.error = NodeStatus.PENDING, None, None
+                if node.id != loop.id and node.status != PENDING:
+                    node.status, node.raw, node.error = PENDING, None, None
                     self.plan.nodes[node.id] = {
                         "id": node.id,
-                        "status": "pending",
+                        "status": PENDING,
                         "raw": None,
                         "error": None,
                         "reset": True,
@@ -265,84 +279,6 @@ class Planner:
     def wake_at(self, when: float) -> None:
         self.plan.wake_at = when if self.plan.wake_at is None else min(self.plan.wake_at, when)
 
-    # -- leaves -------------------------------------------------------------------------------
-    def _leaf_task(self, node: Node, payload: str | None, due_in: float | None = None) -> Outcome:
-        if node.status == NodeStatus.RUNNING:
-            return WAITING
-        self.set_status(node, NodeStatus.RUNNING)
-        self.plan.events += 2  # the terminal transition, recorded when the task finishes
-        task: dict[str, Any] = {
-            "node_id": node.id,
-            "node_type": node.type,
-            "payload": payload,
-            "lease_owner": self.lease.owner,
-            "lease_token": self.new_token(),
-            "lease_seconds": self.lease.seconds,
-        }
-        if due_in is not None:
-            task.update(lease_owner=None, lease_token=None, delay=due_in)
-        self.plan.tasks.append(task)
-        return WAITING
-
-    def _sql(self, node: Node) -> Outcome:
-        return self._step(node, lambda: self.substitute(node.query or "", node))
-
-    def _http(self, node: Node) -> Outcome:
-        return self._step(node, lambda: self._http_payload(node))
-
-    def _http_payload(self, node: Node) -> str:
-        """HTTP/HTTP_MULTIPART: the node's config with raw-text substitution (§6.3)."""
-        inst, results = self.instance, self.named_results(node)
-
-        def sub(text: str) -> str:
-            text = substitute_vars(text, inst["vars"], inst["id"], inst["label"])
-            return substitute_results(text, results, raw=True)
-
-        return substituted_config(node.type, node.id, node.query, sub)
-
-    def _step(self, node: Node, payload: Callable[[], str]) -> Outcome:
-        """A leaf that runs as an activity (SQL, HTTP), its payload substituted now."""
-        if node.status == NodeStatus.RUNNING:
-            return WAITING
-        try:
-            text = payload()
-        except (SubstitutionError, HttpConfigError) as exc:
-            self.set_status(node, NodeStatus.RUNNING)
-            return self.complete(node, Failed(str(exc)))
-        self.plan.events += 2  # the execute-sql / execute-http activity
-        return self._leaf_task(node, text)
-
-    def _sleep(self, node: Node) -> Outcome:
-        return self._leaf_task(node, node.query, due_in=float(node.query or 0))
-
-    def _wait_schedule(self, node: Node) -> Outcome:
-        cron = json.loads(node.query or "{}").get("cron_expr", "")
-        try:
-            due = next_tick(cron, self.now)
-        except (ValueError, KeyError) as exc:
-            self.start(node)
-            return self.complete(node, Failed(f"Invalid cron expression '{cron}': {exc}"))
-        return self._leaf_task(node, '{"scheduled": true}', due_in=due - self.now)
-
-    def _signal(self, node: Node) -> Outcome:
-        config = json.loads(node.query or "{}")
-        name, timeout = config.get("signal_name"), config.get("timeout_seconds")
-        if node.status == NodeStatus.PENDING:
-            self.set_status(node, NodeStatus.RUNNING)
-            node.iteration_started = self.now
-            self.plan.nodes[node.id]["iteration_started"] = self.now
-        for signal in self.instance.get("signals", []):
-            if signal["name"] == name and not signal.get("taken"):
-                signal["taken"] = True
-                self.plan.consumed_signals.append({"id": signal["id"], "node_id": node.id})
-                return self.complete(node, Done(_signal_result(name, False, signal["data"])))
-        if timeout is not None:
-            due = (node.iteration_started or self.now) + float(timeout)
-            if self.now >= due:
-                return self.complete(node, Done(_signal_result(name, True, None)))
-            self.wake_at(due)
-        return WAITING
-
     def _unsupported(self, node: Node) -> Outcome:
         self.start(node)
         return self.complete(
@@ -363,9 +299,9 @@ class Planner:
         mine = set(scopes.get(reader.id, ()))
         visible: dict[str, str] = {}
         for node in self._order:
-            if not node.name or node.status != NodeStatus.COMPLETED or node.raw is None:
+            if not node.name or node.status != COMPLETED or node.raw is None:
                 continue
-            if node.type in ("SLEEP", "WAIT_SCHEDULE", "BREAK"):
+            if node.type in UNNAMED:
                 continue
             if all(scope in mine or self._merged(*scope) for scope in scopes.get(node.id, ())):
                 visible[node.name] = node.raw
@@ -374,21 +310,21 @@ class Planner:
     def _merged(self, parallel_id: str, branch: str) -> bool:
         """Has this JOIN/RACE branch's map been merged into its parent's?"""
         parallel = self.nodes[parallel_id]
-        if parallel.status != NodeStatus.COMPLETED:
+        if parallel.status != COMPLETED:
             return False
-        if parallel.type == "JOIN":
+        if parallel.type == JOIN:
             return True
         winner = self.nodes.get(branch)
         return winner is not None and winner.raw == parallel.raw
 
     def _children_in_order(self, node: Node) -> list[str]:
-        config = flow._config(node) if node.type in ("IF", "LOOP", "JOIN") else {}
+        config = flow._config(node) if node.type in CONFIGURED else {}
         condition = config.get("condition_node")
-        if node.type == "IF":
+        if node.type == IF:
             ids = [condition, node.left, node.right]
-        elif node.type == "LOOP":
+        elif node.type == LOOP:
             ids = [node.left, condition]
-        elif node.type in ("JOIN", "RACE"):
+        elif node.type in PARALLEL:
             ids = list(flow.branches(node))
         else:
             ids = [node.left, node.right]
@@ -414,27 +350,22 @@ class Planner:
         for node in self._order:
             inherited = scopes.get(node.id, ())
             for child in self._children_in_order(node):
-                own = ((node.id, child),) if node.type in ("JOIN", "RACE") else ()
+                own = ((node.id, child),) if node.type in PARALLEL else ()
                 scopes[child] = inherited + own
         return scopes
 
 
-def _signal_result(name: str, timed_out: bool, data: Any) -> str:
-    value = {"signal_name": name, "timed_out": timed_out, "data": data}
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 HANDLERS: dict[str, Callable[[Planner, Node], Outcome]] = {
-    "THEN": flow.then,
-    "IF": flow.if_,
-    "JOIN": flow.join,
-    "RACE": flow.race,
-    "LOOP": flow.loop,
-    "BREAK": flow.break_,
-    "SQL": Planner._sql,
-    "HTTP": Planner._http,
-    "HTTP_MULTIPART": Planner._http,
-    "SLEEP": Planner._sleep,
-    "WAIT_SCHEDULE": Planner._wait_schedule,
-    "SIGNAL": Planner._signal,
+    NodeType.THEN: flow.then,
+    NodeType.IF: flow.if_,
+    NodeType.JOIN: flow.join,
+    NodeType.RACE: flow.race,
+    NodeType.LOOP: flow.loop,
+    NodeType.BREAK: flow.break_,
+    NodeType.SQL: leaves.sql,
+    NodeType.HTTP: leaves.http,
+    NodeType.HTTP_MULTIPART: leaves.http,
+    NodeType.SLEEP: leaves.sleep,
+    NodeType.WAIT_SCHEDULE: leaves.wait_schedule,
+    NodeType.SIGNAL: leaves.signal,
 }

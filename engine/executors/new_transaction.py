@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from engine.errors import NewStartFailed
 from engine.queries import q
+from engine.store import Store
 
 log = logging.getLogger("pgdurable.new_transaction")
 NOTICE_MARKER = "pgdurable:new-transaction-start"
@@ -56,26 +58,18 @@ class NewStartRequest:
         )
 
 
-class NewStartFailed(Exception):
-    """The text and SQLSTATE the caller's df.start raises."""
-
-    def __init__(self, message: str, sqlstate: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-
-
 class NewTransactionStarts:
     """Runs the requested starts, at most `slots` at once (pg_durable's launch limit)."""
 
     def __init__(
         self,
-        pool: Callable[[], asyncpg.Pool],
+        store: Store,
         connect: Connector,
         database: str,
         slots: int,
         slot_timeout: float,
     ) -> None:
-        self._pool = pool
+        self._store = store
         self._connect = connect
         self._database = database
         self._slots = asyncio.Semaphore(slots)
@@ -84,19 +78,19 @@ class NewTransactionStarts:
 
     async def handle(self, login_role: str, request: NewStartRequest) -> bool:
         """Acknowledge, start, answer. True when an instance was started."""
-        pool = self._pool()
-        await pool.execute(q("new_start_ack"), request.request)
+        store = self._store
+        await store.new_start_ack(request.request)
         try:
             instance_id = await self._start(login_role, request)
         except NewStartFailed as exc:
             log.info("event=new_start_failed request=%s error=%s", request.request, exc)
-            await pool.execute(q("new_start_answer"), request.request, None, str(exc), exc.sqlstate)
+            await store.new_start_answer(request.request, None, str(exc), exc.sqlstate)
             return False
-        await pool.execute(q("new_start_answer"), request.request, instance_id, None, None)
+        await store.new_start_answer(request.request, instance_id, None, None)
         return True
 
     async def _start(self, login_role: str, request: NewStartRequest) -> str:
-        if not await self._pool().fetchval(q("may_act_as"), login_role, request.role):
+        if not await self._store.may_act_as(login_role, request.role):
             raise NewStartFailed(
                 f'df.start() on new transaction failed: session role "{login_role}" may not '
                 f'start instances as "{request.role}"',

@@ -7,13 +7,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from engine.errors import EngineError
+
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BRACED = re.compile(r"\{([^{}]*)\}")
 ROWSET_LIMIT = 10_000
 
 
-class SubstitutionError(Exception):
+class SubstitutionError(EngineError):
     """A strict reference could not be resolved; the node fails with this message."""
+
+    sqlstate = "22023"  # invalid_parameter_value
 
 
 def substitute_vars(

@@ -22,6 +22,8 @@ import time
 
 import asyncpg
 
+from engine.errors import StepNotRun
+
 log = logging.getLogger("pgdurable.engine")
 
 # admin_shutdown, crash_shutdown, cannot_connect_now: the backend went (or is not there yet)
@@ -35,16 +37,6 @@ RETRY_MAX_DELAY = 2.0  # doubled each time up to this
 # that ends its own backend (pg_terminate_backend(pg_backend_pid())) or crashes the server
 # would otherwise be run again forever.
 MAX_LOSSES_WHILE_RUNNING = 5
-
-
-class StepNotRun(ConnectionError):
-    """A step could not reach PostgreSQL (`started` false), or lost its connection before
-    its transaction committed (`started` true): it did not run (or was rolled back) and
-    must run again."""
-
-    def __init__(self, message: str, started: bool = False) -> None:
-        super().__init__(message)
-        self.started = started
 
 
 def connection_lost(exc: BaseException) -> bool:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from engine.outcomes import WAITING, Broke, Done, Failed, Node, NodeStatus, Outcome
-from engine.truth import result_is_true
+from engine.planner.kinds import COMPLETED, PENDING
+from engine.planner.outcomes import WAITING, Broke, Done, Failed, Node, Outcome
+from engine.planner.truth import result_is_true
 
 if TYPE_CHECKING:
-    from engine.graph import Planner
+    from engine.planner.graph import Planner
 
 MAX_ITERATIONS = 100_000
 
@@ -104,7 +105,7 @@ def break_(p: Planner, node: Node) -> Outcome:
     value = _config(node).get("break_value")
     raw = "null" if value is None else _break_raw(str(value))
     p.start(node)
-    p.set_status(node, NodeStatus.COMPLETED, raw=raw)
+    p.set_status(node, COMPLETED, raw=raw)
     return Broke(raw)
 
 
@@ -116,7 +117,7 @@ def _break_raw(value: str) -> str:
 
 
 def loop(p: Planner, node: Node) -> Outcome:
-    if node.status == NodeStatus.PENDING:
+    if node.status == PENDING:
         p.start(node)
         p.begin_iteration(node, first=True)
     body = p.drive(node.left)

@@ -14,24 +14,24 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
-import asyncpg
 from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDict
 from yarl import URL
 
-from engine.http_request import (
+from engine.errors import StepFailed
+from engine.executors.http_request import (
     PRIVILEGE_FUNCTIONS,
     Header,
-    HttpConfigError,
     HttpRequest,
     envelope,
     parse_request,
     server_error_text,
 )
-from engine.queries import q
+from engine.executors.ssrf import Blocked, Guard, GuardedResolver
+from engine.planner.http_config import HttpConfigError
+from engine.records import Task
 from engine.settings import HttpSettings
-from engine.ssrf import Blocked, Guard, GuardedResolver
-from engine.steps import StepFailed, Task
+from engine.store import Store
 
 log = logging.getLogger("pgdurable.http")
 REDIRECTS = frozenset((301, 302, 303, 307, 308))
@@ -44,9 +44,9 @@ CHUNK_BYTES = 64 * 1024
 PREVIEW_BYTES = 512
 
 
-async def run_http_step(client: HttpClient, pool: asyncpg.Pool, task: Task) -> str:
+async def run_http_step(client: HttpClient, store: Store, task: Task) -> str:
     """The step's result envelope; raises StepFailed with the node's error text."""
-    await check_privilege(pool, task)
+    await check_privilege(store, task)
     try:
         request = parse_request(
             task.node_type, task.node_id, task.payload, client.settings.max_request_bytes
@@ -56,10 +56,10 @@ async def run_http_step(client: HttpClient, pool: asyncpg.Pool, task: Task) -> s
     return await client.fetch(request)
 
 
-async def check_privilege(pool: asyncpg.Pool, task: Task) -> None:
+async def check_privilege(store: Store, task: Task) -> None:
     """The owner must hold EXECUTE on the node's builder now, not only when it started."""
     signature = PRIVILEGE_FUNCTIONS[task.node_type]
-    allowed = await pool.fetchval(q("http_privilege"), task.owner, signature)
+    allowed = await store.http_privilege(task.owner, signature)
     if allowed is None:
         raise StepFailed(
             f"Instance {task.instance_id}: submitted_by role no longer exists in pg_roles"

@@ -13,85 +13,37 @@ closes it.
 
 A row arrives whole, and a single value may be anything up to PostgreSQL's 1 GB, so the
 bytes themselves are counted too: a step connection's transport passes what it reads
-through a _Meter, which closes the connection once a step's reply passes WIRE_FACTOR times
-the limit (no document within the limit is that large on the wire: binary int8, the
-densest case, takes 12 bytes for the 6 of `"c":1,`). The step then fails as too large, its
-transaction gone with the connection.
+through a Meter (engine/connections/step_connection.py), which closes the connection once
+a step's reply passes WIRE_FACTOR times the limit (no document within the limit is that
+large on the wire: binary int8, the densest case, takes 12 bytes for the 6 of `"c":1,`).
+The step then fails as too large, its transaction gone with the connection.
 """
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 from asyncpg.cursor import Cursor
 
-from engine.results import ResultTooLarge, RowsDocument
-from engine.settings import DEFAULT_MAX_RESULT_BYTES, MIB
+from engine.connections.step_connection import StepConnection
+from engine.errors import ResultTooLarge
+from engine.executors.results import RowsDocument
+from engine.settings import MIB
 
 CHUNK_BYTES = MIB  # rows asked for per round trip, judging by those read so far
 WIRE_FACTOR = 3  # a reply this many times the limit (plus a chunk) cannot fit in it
 
 
-class _Meter(asyncio.Protocol):
-    """Between a step connection's transport and asyncpg's protocol: counts the bytes read
-    while armed (`budget` set) and closes the connection instead of passing on more."""
-
-    def __init__(self, inner: Any, transport: Any) -> None:
-        self.inner = inner
-        self.transport = transport
-        self.budget: int | None = None
-        self.exceeded = False
-
-    def arm(self, budget: int) -> None:
-        self.budget, self.exceeded = budget, False
-
-    def data_received(self, data: bytes) -> None:
-        if self.budget is not None:
-            self.budget -= len(data)
-            if self.budget < 0:
-                self.budget, self.exceeded = None, True
-                self.transport.abort()  # asyncpg's pending call fails: the connection died
-                return
-        self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return bool(self.inner.eof_received()) if hasattr(self.inner, "eof_received") else None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
-
-
-_limits: weakref.WeakKeyDictionary[asyncpg.Connection, tuple[int, _Meter]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def limit_results(conn: asyncpg.Connection, limit: int) -> None:
-    """Steps run on `conn` fail when their result document passes `limit` bytes."""
-    transport = conn._transport  # type: ignore[attr-defined]
-    meter = _Meter(conn._protocol, transport)  # type: ignore[attr-defined]
-    transport.set_protocol(meter)
-    _limits[conn] = (limit, meter)
-
-
 async def fetch_document(
-    conn: asyncpg.Connection,
+    step: StepConnection,
     stmt: asyncpg.prepared_stmt.PreparedStatement,
     columns: Sequence[tuple[str, str]],
 ) -> str:
     """Run `stmt` and return its rows as pg_durable's result document (ResultTooLarge when
     it would pass the connection's limit)."""
-    limit, meter = _limits.get(conn, (DEFAULT_MAX_RESULT_BYTES, None))
+    conn, limit, meter = step.conn, step.limit, step.meter
     document = RowsDocument(columns, limit)
     if meter is None:
         return await _read(conn, stmt, document, limit)

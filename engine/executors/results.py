@@ -9,14 +9,12 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from engine.errors import ResultTooLarge, UnsupportedColumn
+
 SUPPORTED = (
     "bool, int2, int4, int8, float4, float8, text, varchar, numeric, uuid, timestamptz, "
     "timestamp, date, jsonb, json, void"
 )
-
-
-class UnsupportedColumn(Exception):
-    """A result column has a type pg_durable cannot represent."""
 
 
 def _fraction(value: datetime.datetime) -> str:
@@ -83,15 +81,6 @@ def check_columns(columns: Sequence[tuple[str, str]]) -> None:
                 f"Unsupported column type '{type_label(type_name)}' for column '{name}'. "
                 f"Supported types: {SUPPORTED}."
             )
-
-
-class ResultTooLarge(Exception):
-    """A step's result document would be larger than --max-result-bytes."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            f"SQL step result is larger than the limit of {limit} bytes (--max-result-bytes)"
-        )
 
 
 class RowsDocument:

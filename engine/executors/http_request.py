@@ -1,5 +1,6 @@
-"""HTTP steps without I/O (§6.3, §6.8): the node's configuration after substitution, the
-request it describes (headers, body, multipart encoding) and the result envelope."""
+"""HTTP steps without I/O (§6.8): the request a node's substituted configuration describes
+(headers, body, multipart encoding) and the result envelope. The substitution itself is the
+planner's (engine/planner/http_config.py)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,25 @@ import codecs
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-HTTP_TYPES = ("HTTP", "HTTP_MULTIPART")
-PRIVILEGE_FUNCTIONS = {
-    "HTTP": "df.http(text,text,text,jsonb,integer)",
-    "HTTP_MULTIPART": "df.http_multipart(text,text,jsonb,jsonb,integer)",
+from engine.planner.http_config import HttpConfigError, load_config
+from engine.planner.kinds import NodeType
+
+PRIVILEGE_FUNCTIONS: dict[str, str] = {
+    NodeType.HTTP: "df.http(text,text,text,jsonb,integer)",
+    NodeType.HTTP_MULTIPART: "df.http_multipart(text,text,jsonb,jsonb,integer)",
 }
-_METHOD_ERRORS = {
-    "HTTP": ("Invalid HTTP method: {}. Must be GET, POST, PUT, DELETE, or PATCH"),
-    "HTTP_MULTIPART": "Invalid HTTP method for multipart: {}. Must be POST, PUT, or PATCH",
+_METHOD_ERRORS: dict[str, str] = {
+    NodeType.HTTP: ("Invalid HTTP method: {}. Must be GET, POST, PUT, DELETE, or PATCH"),
+    NodeType.HTTP_MULTIPART: "Invalid HTTP method for multipart: {}. Must be POST, PUT, or PATCH",
 }
-METHODS = {
-    "HTTP": ("GET", "POST", "PUT", "DELETE", "PATCH"),
-    "HTTP_MULTIPART": ("POST", "PUT", "PATCH"),
+METHODS: dict[str, tuple[str, ...]] = {
+    NodeType.HTTP: ("GET", "POST", "PUT", "DELETE", "PATCH"),
+    NodeType.HTTP_MULTIPART: ("POST", "PUT", "PATCH"),
 }
 # The client frames the message itself; caller values for these would corrupt it.
 FRAMING_HEADERS = frozenset(
@@ -35,9 +38,6 @@ FRAMING_HEADERS = frozenset(
     )
 )
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_WHOLE_REFERENCE = re.compile(
-    r"\$[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?\??|\{[A-Za-z_][A-Za-z0-9_]*\}"
-)
 _TEXT_TYPES = frozenset(
     f"application/{kind}"
     for kind in (
@@ -52,12 +52,7 @@ _TEXT_TYPES = frozenset(
     )
 )
 
-Substitute = Callable[[str], str]
 Header = tuple[str, str]
-
-
-class HttpConfigError(Exception):
-    """The node's configuration cannot become a request; the message is the node's error."""
 
 
 def user_agent() -> str:
@@ -65,53 +60,6 @@ def user_agent() -> str:
         return f"pgdurable/{metadata.version('pgdurable')}"
     except metadata.PackageNotFoundError:
         return "pgdurable"
-
-
-# -- planning: the node's configuration with §6.3 substitution applied ---------------------
-def load_config(node_type: str, text: str | None) -> dict[str, Any]:
-    try:
-        config = json.loads(text or "")
-    except ValueError as exc:
-        raise HttpConfigError(f"{node_type} node has an invalid configuration: {exc}") from None
-    if not isinstance(config, dict):
-        raise HttpConfigError(f"{node_type} node has an invalid configuration: not an object")
-    return config
-
-
-def substituted_config(node_type: str, node_id: str, query: str | None, sub: Substitute) -> str:
-    """The task payload: url, body, string header values and multipart name, filename,
-    content_type and (whole-value references only) data_b64 substituted."""
-    config = load_config(node_type, query)
-    for key in ("url", "body"):
-        if isinstance(config.get(key), str):
-            config[key] = sub(config[key])
-    headers = config.get("headers")
-    if isinstance(headers, dict):
-        config["headers"] = {k: sub(v) if isinstance(v, str) else v for k, v in headers.items()}
-    if node_type == "HTTP_MULTIPART" and isinstance(config.get("parts"), list):
-        config["parts"] = [_substitute_part(node_id, p, sub) for p in config["parts"]]
-    return compact(config)
-
-
-def _substitute_part(node_id: str, part: Any, sub: Substitute) -> Any:
-    if not isinstance(part, dict):
-        return part
-    part = dict(part)
-    for key in ("name", "filename", "content_type"):
-        if isinstance(part.get(key), str):
-            part[key] = sub(part[key])
-    data = part.get("data_b64")
-    if isinstance(data, str):
-        if _WHOLE_REFERENCE.fullmatch(data.strip()):
-            part["data_b64"] = sub(data.strip())
-        elif "$" in data or "{" in data:
-            raise HttpConfigError(
-                f"HTTP_MULTIPART node {node_id}: data_b64 for part '{part.get('name')}' mixes "
-                "a variable reference with other text. Only a whole-value reference is "
-                "supported (e.g. data_b64 => '$result' or '{myvar}'), because splicing into "
-                "base64 would corrupt the payload."
-            )
-    return part
 
 
 # -- execution: the request a payload describes ----------------------------------------------
@@ -141,7 +89,7 @@ def parse_request(
         raise HttpConfigError("Timeout must be positive")
     headers = request_headers(config.get("headers"))
     body: bytes | None
-    if node_type == "HTTP_MULTIPART":
+    if node_type == NodeType.HTTP_MULTIPART:
         body, content_type = encode_multipart(node_id, config.get("parts"))
         headers = [h for h in headers if h[0].lower() != "content-type"]
         headers.append(("Content-Type", content_type))

@@ -1,0 +1,378 @@
+"""How an instance advances: load (or hold) its state, plan (engine/planner/), apply the plan
+and act on it. One interface, the Advancer, with three paths:
+
+* the ordinary advance (`advance_many`, `advance`): instances asked for are loaded, planned
+  and applied, many per transaction, on the engine's own connections;
+* inside a step's transaction (`in_step` gives the executor an InStep): the SQL step's
+  record and its instance's advance commit together, planned from the state held in memory
+  when the database confirms it exact (df._complete_held), else from a fresh load;
+* the first step (`first_step`): a new instance's first advance and its first SQL step in
+  one transaction on its owner's connection (FirstTransaction).
+
+Whichever path applied a plan, `act_on` then cancels the steps it abandoned, starts the
+tasks it leased to this engine and holds the instance's state while its SQL steps run here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from engine.cancel import Canceller
+from engine.connections.outage import connection_lost
+from engine.connections.slots import StepSlots
+from engine.connections.step_connection import StepConnection
+from engine.dispatch import TaskRunner
+from engine.errors import StepFailed
+from engine.executors.sql import FirstOutcome, FirstResult, run_first_step
+from engine.planner.held import Planned, Planning, differences
+from engine.planner.kinds import NodeType
+from engine.records import Task
+from engine.running import Background, EngineCounters, Running, RunningStep
+from engine.scheduler import AdvanceQueue
+from engine.store import Store
+
+log = logging.getLogger("pgdurable.engine")
+
+
+class Advancer:
+    """Advances instances (the three paths above) and acts on the plans applied."""
+
+    def __init__(
+        self,
+        store: Store,
+        planning: Planning,
+        parts: AdvanceParts,
+        verify_held: Callable[[str, list[str]], None] | None = None,
+    ) -> None:
+        """`verify_held`, when given, checks the held state against the stored one after
+        each advance in a step's transaction: it is called with the differences found."""
+        self.store = store
+        self.planning = planning
+        self.owner_id = planning.lease.owner
+        self.parts = parts
+        self.verify_held = verify_held
+        self.first_steps: set[str] = set()  # instances whose first step is being taken
+
+    # -- the ordinary advance -----------------------------------------------------------------
+    async def advance_many(self, instance_ids: list[str]) -> None:
+        """advance() for several instances in one transaction; one by one if that fails."""
+        if len(instance_ids) == 1:
+            await self.advance(instance_ids[0])
+            return
+        planned: list[tuple[str, Planned]] = []
+        skipped: list[str] = []  # not loaded: already advanced, or locked by another
+        try:
+            async with self.store.transaction() as tx:
+                for instance_id, state in await tx.load_many(instance_ids):
+                    if state is None:
+                        skipped.append(instance_id)
+                        continue
+                    try:
+                        planned.append((instance_id, self.planning.from_document(state)))
+                    except Exception:  # a planner bug: this one stays due, the others go on
+                        log.exception("event=plan_failed instance=%s", instance_id)
+                if planned:
+                    await tx.apply_many(
+                        [p[0] for p in planned], [p[1].plan.to_json() for p in planned]
+                    )
+        except asyncpg.PostgresError as exc:
+            if connection_lost(exc):
+                raise  # their _advance rows stay
+            log.warning("event=advance_batch_failed instances=%d error=%r", len(instance_ids), exc)
+            for instance_id in instance_ids:
+                await self.advance(instance_id)
+            return
+        if skipped:
+            await self.parts.queue.retry_locked(skipped)
+        self.parts.counters.advances_total += len(planned)
+        for instance_id, one in planned:
+            await self.act_on(instance_id, one)
+
+    async def advance(self, instance_id: str) -> None:
+        """Load, plan and apply one instance's next steps in one transaction."""
+        async with self.store.transaction() as tx:
+            text = await tx.load(instance_id)
+            if text is not None:
+                planned = self.planning.from_document(text)
+                await tx.apply(instance_id, planned.plan.to_json())
+        if text is None:
+            await self.parts.queue.retry_locked([instance_id])
+            return
+        self.parts.counters.advances_total += 1
+        await self.act_on(instance_id, planned)
+
+    # -- after a plan committed ---------------------------------------------------------------
+    async def act_on(
+        self, instance_id: str, planned: Planned, carried: StepConnection | None = None
+    ) -> None:
+        """After a plan committed: cancel abandoned steps, start the tasks leased to us (the
+        plan's one SQL step on `carried`, whose transaction began with the last step's
+        COMMIT), and hold the state while SQL steps of the instance run here."""
+        parts = self.parts
+        parts.queue.settled(instance_id)
+        plan = planned.plan
+        database = planned.instance["database"] or self.store.catalog_database
+        try:
+            if plan.cancel_nodes:
+                await parts.canceller.cancel_steps(instance_id, set(plan.cancel_nodes))
+            if plan.wake_at is not None:
+                parts.queue.wake()
+            for task in plan.tasks:
+                if task["lease_owner"] != self.owner_id:
+                    parts.queue.wake()
+                    continue
+                step = Task(
+                    instance_id,
+                    task["node_id"],
+                    task["node_type"],
+                    task["payload"],
+                    task["lease_token"],
+                    planned.owner,
+                    database,
+                )
+                if carried is not None and step.node_type == NodeType.SQL:
+                    parts.tasks.start(step, carried)
+                    carried = None
+                else:
+                    parts.tasks.start(step)
+        finally:
+            if carried is not None:  # its step was not started here: roll back, pool it
+                parts.tasks.release(planned.owner, database, carried, carried=True)
+        if database == self.store.catalog_database and parts.running.runs_sql(instance_id):
+            self.planning.hold(instance_id, planned)
+        else:
+            self.planning.drop(instance_id)
+
+    async def applied_in_step(
+        self, instance_id: str, planned: Planned, carried: StepConnection | None = None
+    ) -> None:
+        """act_on for a plan a step's transaction applied (held state may now be checked)."""
+        await self.act_on(instance_id, planned, carried)
+        if self.verify_held is not None:
+            self.parts.background.spawn(self._verify_held(instance_id))
+
+    async def _verify_held(self, instance_id: str) -> None:
+        """--verify-held-state: the held state must equal the stored one whenever the
+        database would let it be used (same version, no change waiting)."""
+        held = self.planning.snapshot(instance_id)
+        if held is None:
+            return
+        try:
+            row = await self.store.held_state(instance_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self.parts.background.warn(exc, "verify", "event=verify_held_failed error=%r")
+            return
+        if row is None or row.state is None or row.pending:
+            return
+        document = json.loads(row.state)
+        if document.get("version") != held.instance.get("version"):
+            return
+        found = differences(held, document)
+        if found and self.verify_held is not None:
+            self.verify_held(instance_id, found)
+
+    # -- inside a step's transaction ----------------------------------------------------------
+    def in_step(self, owner: str, database: str) -> InStep:
+        """The planning of one SQL step's transaction (executors.sql.InStepPlanning)."""
+        return InStep(self.planning, self.parts.slots, (owner, database))
+
+    def chains_own(self, planned: Planned) -> bool:
+        """Is the plan's next step one this engine runs on the same connection?"""
+        return next_sql_step(planned, self.owner_id) is not None
+
+    # -- the first step -----------------------------------------------------------------------
+    def first_step(self, instance_id: str, owner: str, state: str) -> None:
+        """A new instance's first advance and first SQL step in one transaction on its
+        owner's connection (executors.sql.run_first_step), planned from `state` (df._poll's
+        document); the ordinary advance if that fails."""
+        self.first_steps.add(instance_id)
+        self.parts.background.spawn(self._first_step(instance_id, owner, state))
+
+    async def _first_step(self, instance_id: str, owner: str, state: str) -> None:
+        try:
+            await self._take_first_step(instance_id, owner, state)
+        finally:
+            self.first_steps.discard(instance_id)
+
+    async def _take_first_step(self, instance_id: str, owner: str, state: str) -> None:
+        parts, database = self.parts, self.store.catalog_database
+        try:
+            step = await parts.tasks.step_connection(owner, database, instance_id)
+        except (StepFailed, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.info("event=first_step_deferred instance=%s error=%r", instance_id, exc)
+            parts.queue.request(instance_id)
+            return
+        first = FirstTransaction(self, instance_id)
+        result = FirstResult(FirstOutcome.NOTHING)
+        try:
+            first.backend_pid = step.conn.get_server_pid()
+            key = uuid.UUID(self.owner_id)
+            result = await run_first_step(step, instance_id, key, first, state)
+            await self._after_first_step(instance_id, first, result)
+        except (StepFailed, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.info("event=first_step_deferred instance=%s error=%r", instance_id, exc)
+        finally:
+            if first.task is not None:
+                parts.running.finished(first.task)
+            parts.tasks.release(owner, database, step)
+        nothing = result.outcome is FirstOutcome.NOTHING
+        if first.promoted and nothing and first.task is not None:
+            parts.tasks.start(first.task)  # its task row is ours: run it as any step
+        elif nothing:
+            parts.queue.request(instance_id)
+
+    async def _after_first_step(
+        self, instance_id: str, first: FirstTransaction, result: FirstResult
+    ) -> None:
+        if result.outcome is FirstOutcome.PROMOTED:  # recorded; the instance needs an advance
+            await self.advance(instance_id)
+            return
+        if result.outcome is FirstOutcome.APPLIED:
+            self.parts.counters.first_steps_total += first.task is not None
+        if result.planned is not None:
+            await self.applied_in_step(instance_id, result.planned)
+
+
+class AdvanceParts:
+    """The parts of the engine an advance acts through (engine.py puts them together)."""
+
+    def __init__(
+        self,
+        tasks: TaskRunner,
+        canceller: Canceller,
+        running: Running,
+        counters: EngineCounters,
+        queue: AdvanceQueue,
+        background: Background,
+    ) -> None:
+        self.tasks = tasks
+        self.canceller = canceller
+        self.running = running
+        self.counters = counters
+        self.queue = queue
+        self.background = background
+        self.slots: StepSlots = tasks.steps.slots
+
+
+def next_sql_step(planned: Planned, owner_id: str) -> dict[str, Any] | None:
+    """The plan's one task, when it is the instance's only next step and an SQL step that
+    the engine `owner_id` leased to itself; else None."""
+    plan = planned.plan
+    if len(plan.tasks) != 1 or plan.cancel_nodes or plan.drop_all_tasks:
+        return None
+    only = plan.tasks[0]
+    return only if only["node_type"] == NodeType.SQL and only["lease_owner"] == owner_id else None
+
+
+class InStep:
+    """The engine's planning for one SQL step's transaction (executors.sql.InStepPlanning)."""
+
+    __slots__ = ("key", "planning", "slots")
+
+    def __init__(self, planning: Planning, slots: StepSlots | None, key: tuple[str, str]) -> None:
+        self.planning = planning
+        self.slots = slots  # None: never hand the connection over (a promoted first step)
+        self.key = key
+
+    def from_memory(self, task: Task, raw: str) -> Planned | None:
+        try:
+            return self.planning.completed_step(task.instance_id, task.node_id, raw)
+        except Exception:  # a planner bug: load the state instead
+            log.exception("event=held_plan_failed instance=%s", task.instance_id)
+            return None
+
+    def from_state(self, state: str) -> Planned | None:
+        try:
+            return self.planning.from_document(state)
+        except Exception:
+            log.exception("event=in_step_plan_failed state=%.200s", state)
+            return None
+
+    def chains(self, planned: Planned) -> bool:
+        """Does the plan leave exactly one next step, an SQL step of the instance that this
+        engine runs, or does another step of the owner wait for a step slot?"""
+        if next_sql_step(planned, self.planning.lease.owner) is not None:
+            return True
+        return self.slots is not None and self.slots.wanted(self.key)
+
+
+class FirstTransaction:
+    """The engine's planning for a new instance's first transaction (executors.sql.FirstStep)."""
+
+    def __init__(self, advancer: Advancer, instance_id: str) -> None:
+        self.advancer = advancer
+        self.instance_id = instance_id
+        self.backend_pid: int | None = None
+        self.planned: Planned | None = None  # the last plan made: what is applied
+        self.task: Task | None = None  # the step run in the transaction
+        self.advance = InStep(advancer.planning, None, ("", ""))  # once promoted
+        self.promoted = False
+        self._promotion: str | None = None  # the first plan with the step's task row
+        self._first: str = ""  # the first plan as applied here, without that task row
+
+    def plan_first(self, state: str) -> tuple[str, str, Task | None]:
+        advancer = self.advancer
+        planned = advancer.planning.from_document(state)
+        self.planned = planned
+        plan = planned.plan
+        advance_xmin = str(planned.instance["advance_xmin"])
+        only = next_sql_step(planned, advancer.owner_id)
+        if only is None:
+            return advance_xmin, plan.to_json(), None
+        self._promotion = plan.to_json()
+        plan.tasks = []  # run right here: it never becomes a task row (unless promoted)
+        database = advancer.store.catalog_database
+        self.task = Task(
+            self.instance_id,
+            only["node_id"],
+            NodeType.SQL,
+            only["payload"],
+            only["lease_token"],
+            planned.owner,
+            database,
+        )
+        advancer.parts.running.track(RunningStep(self.task, self.backend_pid, leased=False))
+        self._first = plan.to_json()
+        return advance_xmin, self._first, self.task
+
+    def plan_done(self, task: Task, raw: str) -> list[str]:
+        first = self.planned
+        assert first is not None
+        continuing = first.plan if first.plan.can_continue() else None
+        done = self.advancer.planning.completed(first.after(), task.node_id, raw, continuing)
+        if done is None:  # cannot be: plan_first marked the step running
+            raise StepFailed(f"first step {task.node_id} of {task.instance_id} not running")
+        self.planned = done
+        if continuing is not None and done.plan.continued_from is None:
+            return [done.plan.to_json()]  # the first plan and this one, as one
+        # in turn: the first plan cannot be continued, or a root loop began a new execution
+        # (whose predecessor must be stored first)
+        return [self._first, done.plan.to_json()]
+
+    async def promote(self, advance_xmin: str) -> bool:
+        advancer, planned = self.advancer, self.planned
+        if self._promotion is None or planned is None or self.task is None:
+            return False
+        try:
+            store = advancer.store
+            self.promoted = await store.promote_first(
+                self.instance_id, advance_xmin, self._promotion
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning(
+                "event=first_step_promotion_failed instance=%s error=%r", self.instance_id, exc
+            )
+            return False
+        if self.promoted:  # now an ordinary leased step, finished from the held plan
+            advancer.parts.counters.first_steps_promoted_total += 1
+            advancer.planning.hold(self.instance_id, planned)
+            running = advancer.parts.running.get(self.instance_id, self.task.node_id)
+            if running is not None:
+                running.leased = True
+        return self.promoted

@@ -1,0 +1,1 @@
+"""Step connections: the pool, the slots that cap it, runner roles, outages."""

@@ -1,0 +1,283 @@
+"""Running leaf tasks: which executor runs a task, its retries through an outage, and the
+step connection a finished SQL step keeps for the next (chaining), hands over to another
+step of its owner, or releases.
+
+How an SQL step itself runs is engine/executors/sql.py; how its instance advances is
+engine/advance.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from engine.connections.outage import MAX_LOSSES_WHILE_RUNNING, connection_lost, retry_delay
+from engine.connections.pool import StepConnections
+from engine.connections.step_connection import StepConnection
+from engine.errors import StepFailed, StepNotRun
+from engine.executors.http import HttpClient, run_http_step
+from engine.executors.sql import StepOutcome, run_sql_step
+from engine.planner.kinds import HTTP_TYPES, TIMER_TYPES, NodeType
+from engine.records import Claimed, Task
+from engine.running import Background, EngineCounters, Running, RunningStep
+from engine.scheduler import AdvanceQueue
+from engine.settings import EngineSettings
+from engine.store import Store
+
+if TYPE_CHECKING:
+    from engine.advance import Advancer
+
+log = logging.getLogger("pgdurable.engine")
+SLEEP_RESULT = '{{"slept": true, "seconds": {seconds}}}'
+
+
+class TaskRunner:
+    """Starts and runs the leaf tasks leased to this engine."""
+
+    advancer: Advancer  # set by the engine once both exist
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        store: Store,
+        steps: StepConnections,
+        http: HttpClient,
+        running: Running,
+        counters: EngineCounters,
+        queue: AdvanceQueue,
+        background: Background,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.steps = steps
+        self.http = http
+        self.running = running
+        self.counters = counters
+        self.queue = queue
+        self.background = background
+
+    def start_claimed(self, claimed: Claimed) -> None:
+        task = claimed.task
+        if claimed.attempts > 1:
+            log.info(
+                "event=task_recovered instance=%s node=%s attempt=%d",
+                task.instance_id,
+                task.node_id,
+                claimed.attempts,
+            )
+        self.start(task)
+
+    def start(self, task: Task, carried: StepConnection | None = None) -> None:
+        """Run a task in the background; an SQL one on `carried` when its transaction was
+        begun there."""
+        self.running.track(RunningStep(task))
+        self.background.spawn(self._run(task, carried))
+
+    async def _run(self, task: Task, carried: StepConnection | None = None) -> None:
+        """Run a leaf task (an SQL one on `carried` when its transaction was begun there).
+
+        A task that cannot reach PostgreSQL, or whose connection dies, waits and runs
+        again as long as it holds its task row (_still_leased); its SQL either did not run
+        or was rolled back with its connection. Only an error of the step itself fails it.
+        """
+        outage = self.background.outage
+        attempt = losses = 0
+        try:
+            while True:
+                try:
+                    await self._run_once(task, carried)
+                    outage.answered()
+                    return
+                except Exception as exc:
+                    if not connection_lost(exc):
+                        raise
+                    outage.failed(exc, "step")
+                    losses += isinstance(exc, StepNotRun) and exc.started
+                    if losses >= MAX_LOSSES_WHILE_RUNNING:
+                        raise StepFailed(
+                            f"SQL execution failed: {exc} (the step's connection was lost "
+                            f"{losses} times while it ran)"
+                        ) from exc
+                carried = None  # went with the connection (released by _pass_on)
+                attempt += 1
+                if not await self._still_leased(task, attempt):
+                    return
+        except StepFailed as exc:
+            await self._fail(task, str(exc))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning(
+                "event=task_error instance=%s node=%s error=%r", task.instance_id, task.node_id, exc
+            )  # the lease expires; retried
+        finally:
+            self.running.finished(task)
+
+    async def _still_leased(self, task: Task, attempt: int) -> bool:
+        """After a task met an outage: wait (backing off) until PostgreSQL answers, then
+        ask whether the task row still carries the task's lease token.
+
+        This decides what a connection that died during the step's COMMIT left behind,
+        which the engine cannot know from the connection: the step's transaction deletes
+        that row as it records the result, so the row is there exactly when the step did
+        not commit (run it again), and gone when it committed (its result is recorded:
+        running it again would duplicate it) or when the task was abandoned or taken over
+        by another engine after its lease expired. A backend that lost its client while
+        committing may still be committing when we look: the re-run's record then waits
+        for that row lock, finds the row gone, and its whole transaction, statement
+        included, rolls back (40001): never a second effect."""
+        outage = self.background.outage
+        while True:
+            await asyncio.sleep(retry_delay(attempt))
+            try:
+                leased = await self.store.task_still_leased(task)
+                break
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if not connection_lost(exc):
+                    raise
+                outage.failed(exc, "step")
+                attempt += 1
+        outage.answered()
+        if not leased:  # committed, or not ours any more: whatever comes next is recorded
+            log.info("event=step_settled instance=%s node=%s", task.instance_id, task.node_id)
+            self.queue.request(task.instance_id)
+            await self._claim_own_leases(task.instance_id)
+        return leased
+
+    async def _claim_own_leases(self, instance_id: str) -> None:
+        """Start the instance's tasks leased to this engine that it does not run: the plan
+        a step's transaction applied before its connection died may have leased the next
+        steps to us (else they would wait for their leases to expire)."""
+        running = [uuid.UUID(r.task.token) for r in self.running.all()]
+        try:
+            claimed = await self.store.claim_own_leases(instance_id, running)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self.background.warn(exc, "step", "event=claim_own_leases_failed error=%r")
+            return  # their leases expire and the poll takes them
+        for one in claimed:
+            self.start_claimed(one)
+
+    async def _run_once(self, task: Task, carried: StepConnection | None) -> None:
+        """One attempt at a leaf task, then the instance's advance."""
+        if task.node_type == NodeType.SQL:
+            outcome, carried = await self._run_sql(task, carried)
+            planned = outcome.planned
+            if planned is not None:  # advanced inside the step's own transaction
+                if planned.from_memory:
+                    self.counters.in_step_advances_held_total += 1
+                else:
+                    self.counters.in_step_advances_loaded_total += 1
+                await self.advancer.applied_in_step(task.instance_id, planned, carried)
+                return
+        elif task.node_type in TIMER_TYPES:
+            raw = (
+                task.payload or ""
+                if task.node_type == NodeType.WAIT_SCHEDULE
+                else SLEEP_RESULT.format(seconds=int(task.payload or 0))
+            )
+            await self.store.complete_step(task, raw, "exactly-once")  # a timer has no effect
+        elif task.node_type in HTTP_TYPES and not await self._run_http(task):
+            return  # abandoned: whoever abandoned it advanced the instance
+        await self.advancer.advance(task.instance_id)
+
+    async def step_connection(self, owner: str, database: str, instance_id: str) -> StepConnection:
+        """A step slot and a connection as `owner` (one whose transaction a finishing step
+        began, when one was handed over with the slot); release() gives both back."""
+        handed = await self.steps.slots.take((owner, database), instance_id)
+        if handed is not None:
+            self.steps.carried.discard(handed)
+            self.counters.handed_over_steps_total += 1
+            return handed
+        try:
+            return await self.steps.acquire(owner, database)
+        except BaseException:
+            self.steps.slots.give()
+            raise
+
+    async def _run_sql(
+        self, task: Task, carried: StepConnection | None
+    ) -> tuple[StepOutcome, StepConnection | None]:
+        """Run an SQL step on `carried` (its slot and begun transaction), else on a pooled
+        connection. Returns what it did, and the connection when its COMMIT began the
+        transaction of the step the plan applied leased to this engine (the caller then
+        runs that step on it, or releases it)."""
+        if carried is None:
+            step = await self.step_connection(task.owner, task.database, task.instance_id)
+        else:
+            step = carried
+            self.steps.carried.discard(step)
+            self.counters.chained_steps_total += 1
+        running = self.running.get(task.instance_id, task.node_id)
+        if running is not None:
+            running.backend_pid = step.conn.get_server_pid()
+        outcome = None
+        try:
+            if task.database == self.settings.catalog_database:
+                in_step = self.advancer.in_step(task.owner, task.database)
+                outcome = await run_sql_step(step, task, None, in_step)
+            else:
+                outcome = await run_sql_step(step, task, self.store.complete_step)
+        finally:
+            if running is not None:  # never cancel a pooled backend doing other work
+                running.backend_pid = None
+            kept = self._pass_on(task, step, outcome)
+        return outcome, kept
+
+    def _pass_on(
+        self, task: Task, step: StepConnection, outcome: StepOutcome | None
+    ) -> StepConnection | None:
+        """After a step: keep its connection and slot for the instance's next step (returned:
+        the caller runs that step on it), hand them to a step of the owner waiting for a
+        slot, or release them (resetting the connection off the critical path)."""
+        if outcome is not None and outcome.planned is not None and outcome.began_next:
+            own_next = self.advancer.chains_own(outcome.planned)
+            if own_next or self.steps.slots.hand((task.owner, task.database), step):
+                self.steps.carried.add(step)  # until the step that runs on it takes it
+                return step if own_next else None
+        self.release(task.owner, task.database, step)
+        return None
+
+    async def _run_http(self, task: Task) -> bool:
+        """Run an HTTP step and record its result (at-least-once: a request cannot commit
+        with its record). False when it was abandoned (a RACE loser, a lost lease)."""
+        request = asyncio.ensure_future(run_http_step(self.http, self.store, task))
+        running = self.running.get(task.instance_id, task.node_id)
+        if running is not None:
+            running.request = request
+        try:
+            await asyncio.wait({request})
+        except asyncio.CancelledError:
+            request.cancel()
+            raise
+        if request.cancelled():
+            log.info("event=http_abandoned instance=%s node=%s", task.instance_id, task.node_id)
+            return False
+        await self.store.complete_step(task, request.result(), "at-least-once")
+        return True
+
+    def release(
+        self, owner: str, database: str, step: StepConnection, carried: bool = False
+    ) -> None:
+        """Give a step connection and its slot back, in the background (`carried`: one kept
+        for a next step that was not started; its begun transaction is rolled back)."""
+        if carried:
+            self.steps.carried.discard(step)
+        self.background.spawn(self._release(owner, database, step))
+
+    async def _release(self, owner: str, database: str, step: StepConnection) -> None:
+        try:
+            await self.steps.release(owner, database, step)
+        finally:
+            self.steps.slots.give()
+            self.queue.slot_freed()
+
+    async def _fail(self, task: Task, error: str) -> None:
+        try:
+            if await self.store.fail_step(task, error):
+                await self.advancer.advance(task.instance_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # the lease expires and the step runs again, to fail again
+            message = f"event=fail_record_error instance={task.instance_id} error=%r"
+            self.background.warn(exc, "step", message)

@@ -1,0 +1,339 @@
+"""How an SQL step runs: as its owner, exactly once where PostgreSQL allows it (§6.2).
+
+The step's statement and its record commit in one transaction on a connection that logged
+in as the instance's owner; in the catalog's database the instance is advanced in that
+transaction too (planned by the engine's advance.InStep, see run_sql_step), and the COMMIT
+may also begin the next step's transaction on the same connection (chaining, or handing
+the connection over to another step of the owner). A new instance's first advance and first
+step share one transaction (run_first_step). Statements that cannot run in a transaction
+block are re-run in autocommit mode and recorded afterwards: at-least-once, and
+df.instance_nodes says so through the node's delivery.
+
+The functions here return what happened (StepOutcome, FirstResult); what to do next (start
+the next step on the kept connection, hand it over, release it) is the engine's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import asyncpg
+
+from engine.connections.outage import connection_lost
+from engine.connections.step_connection import StepConnection
+from engine.errors import EngineError, ResultTooLarge, StepFailed, StepNotRun, UnsupportedColumn
+from engine.executors.results import check_columns
+from engine.executors.step_rows import fetch_document
+from engine.planner.held import Planned
+from engine.queries import q
+from engine.records import Task
+
+log = logging.getLogger("pgdurable.steps")
+ACTIVE_SQL_TRANSACTION = "25001"
+HELD_PLAN_APPLIED = "applied"  # df._complete_held applied the plan made from held state
+# A prepared statement that no longer fits the schema, or that the session lost: prepare again.
+STALE_STATEMENT = (asyncpg.InvalidCachedStatementError, asyncpg.InvalidSQLStatementNameError)
+FIRST_STEP_PROMOTION = 0.005  # seconds a first step runs before its plan is committed apart
+
+Recorder = Callable[[Task, str, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """What running an SQL step did besides recording it: `planned` is the plan applied in
+    the step's own transaction (None: the instance still needs an ordinary advance);
+    `began_next` says that the step's COMMIT also began the next step's transaction on
+    the connection (which the engine then runs a step on, hands over, or rolls back)."""
+
+    planned: Planned | None = None
+    began_next: bool = False
+
+
+NOT_ADVANCED = StepOutcome()
+
+
+class InStepPlanning(Protocol):
+    """Plans the instance inside a step's own transaction (advance.InStep)."""
+
+    def from_memory(self, task: Task, raw: str) -> Planned | None:
+        """The plan from the state the engine holds, with this step completed with `raw`;
+        None when it holds none."""
+
+    def from_state(self, state: str) -> Planned | None:
+        """The plan from a loaded state (JSON text); None if planning failed."""
+
+    def chains(self, planned: Planned) -> bool:
+        """May the next step's transaction begin with this one's COMMIT, once `planned` is
+        applied?"""
+
+
+@dataclass(slots=True)
+class StepEnding:
+    """How a step's transaction ends: `begin_next` asks for the next step's BEGIN to go
+    with this one's COMMIT (the engine runs that step on this connection right away)."""
+
+    begin_next: bool = False
+
+
+@contextlib.asynccontextmanager
+async def step_transaction(step: StepConnection) -> AsyncIterator[StepEnding]:
+    """A step's transaction, whose last round trip resets the session and commits: one
+    round trip for both (StepConnections.release then has nothing left to send).
+
+    The reset comes before the COMMIT, so that the two succeed or fail together: if the
+    reset fails, the step's work is rolled back like any failed statement's, never left
+    committed under an error; release then resets the session on its own. A connection
+    whose previous step began this transaction sends no BEGIN of its own."""
+    conn = step.conn
+    if step.begun:
+        step.begun = False
+    else:
+        await conn.execute("BEGIN")
+    ending = StepEnding()
+    try:
+        yield ending
+        end = " COMMIT; BEGIN;" if ending.begin_next else " COMMIT;"
+        await conn.execute(q("reset_step_session") + end)
+    except BaseException:
+        if conn.is_in_transaction():
+            try:
+                await conn.execute("ROLLBACK")
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                conn.terminate()  # e.g. a statement still running: never pooled
+        raise
+    step.reset_on_commit = True
+    if ending.begin_next:
+        step.begun = True
+
+
+async def _record_and_advance(
+    step: StepConnection, task: Task, raw: str, advance: InStepPlanning
+) -> Planned | None:
+    """Record the step and advance its instance in the step's transaction: from held state
+    when the database confirms it is exact, else from the state loaded here. Returns the
+    plan applied (None: not advanced here).
+
+    Whatever goes wrong in planning must not undo the step: its _advance row stays, and
+    the engine's ordinary advance takes over after COMMIT.
+    """
+    ids = (task.instance_id, task.node_id)
+    held = advance.from_memory(task, raw)
+    if held is None:
+        state = await step.book("complete_and_load", *ids, task.token, raw, "exactly-once")
+    else:
+        version, plan = int(held.instance["version"]), held.plan.to_json()
+        state = await step.book("complete_held", *ids, task.token, raw, version, plan)
+        if state == HELD_PLAN_APPLIED:
+            return held
+    if state is None:
+        return None
+    secret = json.loads(state)["apply_secret"]
+    planned = advance.from_state(state)
+    if planned is None:
+        return None
+    applied = await step.book("apply_as_step", *ids, secret, planned.plan.to_json())
+    return planned if applied else None
+
+
+async def run_sql_step(
+    step: StepConnection,
+    task: Task,
+    record_elsewhere: Recorder | None,
+    advance: InStepPlanning | None = None,
+) -> StepOutcome:
+    """Execute and record one SQL step; raises StepFailed with the node's error text, or
+    StepNotRun when the connection died first (its transaction died with it).
+
+    In the catalog's database the statement and its record commit together (exactly once),
+    with the instance's advance when `advance` is given. In another database
+    (`df.start(..., database => ...)`) they cannot, so the result is recorded after the
+    statement committed: at-least-once, as for non-transactional SQL.
+
+    A connection that dies during the COMMIT round trip raises StepNotRun too, although
+    the transaction may have committed: the engine runs the step again only if its task
+    row still carries the lease token that recording the result deletes (dispatch.py,
+    TaskRunner._still_leased).
+    """
+    try:
+        return await _run_sql_step(step, task, record_elsewhere, advance)
+    except (OSError, asyncpg.InterfaceError) as exc:
+        if isinstance(exc, StepNotRun) or not connection_lost(exc):
+            raise
+        raise StepNotRun(str(exc), started=True) from exc
+
+
+async def _run_sql_step(
+    step: StepConnection,
+    task: Task,
+    record_elsewhere: Recorder | None,
+    advance: InStepPlanning | None,
+) -> StepOutcome:
+    sql = task.payload or ""
+    if record_elsewhere is not None:
+        try:
+            raw = await _execute(step, sql)
+        except asyncpg.PostgresError as exc:
+            raise _step_error(exc) from exc
+        await record_elsewhere(task, raw, "at-least-once")
+        return NOT_ADVANCED
+    for fresh in (False, True):
+        try:  # the step, its record and (with `advance`) its advance in one transaction
+            async with step_transaction(step) as ending:
+                raw = await _execute(step, sql)
+                if advance is None:
+                    ids = (task.instance_id, task.node_id)
+                    await step.book("complete_step", *ids, task.token, raw, "exactly-once")
+                    return NOT_ADVANCED
+                planned = await _record_and_advance(step, task, raw, advance)
+                if planned is None:
+                    return NOT_ADVANCED
+                ending.begin_next = advance.chains(planned)
+            return StepOutcome(planned, ending.begin_next)
+        except STALE_STATEMENT as exc:
+            # a statement prepared earlier no longer fits the schema; the transaction was
+            # rolled back, so running the step once more, freshly prepared, is safe
+            step.forget_statements()
+            if step.bookkeeping is not None:  # the rollback undid any role change
+                await step.prepare_bookkeeping()
+            if fresh:
+                raise StepFailed(_sql_error(exc), exc.sqlstate) from exc
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate != ACTIVE_SQL_TRANSACTION:
+                raise _step_error(exc) from exc
+            break
+    return await _autocommit(step, task, sql)
+
+
+async def _autocommit(step: StepConnection, task: Task, sql: str) -> StepOutcome:
+    """A statement that cannot run in a transaction block: run, then recorded apart."""
+    log.info("event=step_autocommit instance=%s node=%s", task.instance_id, task.node_id)
+    try:
+        raw = await _execute(step, sql)
+        ids = (task.instance_id, task.node_id)
+        await step.book("complete_step", *ids, task.token, raw, "at-least-once")
+    except asyncpg.PostgresError as exc:
+        raise _step_error(exc) from exc
+    return NOT_ADVANCED
+
+
+class FirstStep(Protocol):
+    """Plans a new instance's first advance and first SQL step (advance.FirstTransaction)."""
+
+    @property
+    def advance(self) -> InStepPlanning:
+        """Finishes the step once it was promoted."""
+
+    @property
+    def planned(self) -> Planned | None:
+        """The last plan made (plan_first, plan_done): what the transaction applies."""
+
+    def plan_first(self, state: str) -> tuple[str, str, Task | None]:
+        """From df._first_document's document: the version of its _advance row, the first
+        plan's JSON, and the SQL step to run in this transaction (left out of the plan's
+        tasks), or None to apply the plan alone."""
+
+    def plan_done(self, task: Task, raw: str) -> list[str]:
+        """The plans (JSON) to apply, in order, once `task` completed with `raw`: the
+        first plan and the next, as one plan where they can be."""
+
+    async def promote(self, advance_xmin: str) -> bool:
+        """Commit the first plan, with the step's task row, elsewhere (the step runs long):
+        then the step finishes as any step does. False if the instance changed."""
+
+
+class FirstOutcome(enum.Enum):
+    """How run_first_step ended."""
+
+    NOTHING = "nothing applied"  # nothing to do, or the instance changed: rolled back
+    APPLIED = "first plans applied"
+    PROMOTED = "promoted, then recorded"  # the instance still needs an advance
+    PROMOTED_ADVANCED = "promoted, then recorded and advanced"
+
+
+@dataclass(frozen=True, slots=True)
+class FirstResult:
+    """What run_first_step did, and the plan it applied last (APPLIED, PROMOTED_ADVANCED)."""
+
+    outcome: FirstOutcome
+    planned: Planned | None = None
+
+
+class _NotApplied(EngineError):
+    """df._apply_first found the instance changed: roll back the step's statement."""
+
+    sqlstate = "40001"  # serialization_failure: the instance changed since it was read
+
+
+async def run_first_step(
+    step: StepConnection, instance_id: str, engine_key: uuid.UUID, first: FirstStep, state: str
+) -> FirstResult:
+    """A new instance's first advance and first SQL step in one transaction on its owner's
+    connection (the catalog's first_step.sql), planned from `state` (df._first_document, read by
+    the scheduler's poll: df._apply_first applies nothing if the instance changed since).
+    Errors of the statement propagate, everything rolled back: the engine then runs the
+    step (if promoted) or advances the instance as usual."""
+    try:
+        async with step_transaction(step):
+            xmin, plan, task = first.plan_first(state)
+            plans = [plan]
+            if task is not None:
+                execution = asyncio.ensure_future(_execute(step, task.payload or ""))
+                done, _ = await asyncio.wait({execution}, timeout=FIRST_STEP_PROMOTION)
+                if not done and await first.promote(xmin):
+                    raw = await execution
+                    planned = await _record_and_advance(step, task, raw, first.advance)
+                    if planned is not None:
+                        return FirstResult(FirstOutcome.PROMOTED_ADVANCED, planned)
+                    return FirstResult(FirstOutcome.PROMOTED)
+                plans = first.plan_done(task, await execution)
+            together = "[" + ",".join(plans) + "]"
+            if not await step.book("apply_first", instance_id, engine_key, xmin, together):
+                raise _NotApplied
+    except _NotApplied:
+        return FirstResult(FirstOutcome.NOTHING)
+    return FirstResult(FirstOutcome.APPLIED, first.planned)
+
+
+async def _execute(step: StepConnection, sql: str, retry: bool = True) -> str:
+    stmt = await step.prepare(sql)
+    parameters = stmt.get_parameters()
+    if parameters:
+        raise StepFailed(
+            "SQL execution failed: error returned from database: bind message supplies 0 "
+            f'parameters, but prepared statement "" requires {len(parameters)}',
+            "08P01",
+        )
+    columns = [(attr.name, attr.type.name) for attr in stmt.get_attributes()]
+    try:
+        check_columns(columns)
+    except UnsupportedColumn as exc:
+        raise StepFailed(str(exc), exc.sqlstate) from exc
+    try:
+        return await fetch_document(step, stmt, columns)
+    except ResultTooLarge as exc:
+        raise StepFailed(str(exc), exc.sqlstate) from exc
+    except STALE_STATEMENT:
+        step.forget_statements()
+        if not retry or step.conn.is_in_transaction():
+            raise  # run_sql_step re-runs the whole transaction
+        return await _execute(step, sql, retry=False)  # nothing ran: prepare afresh
+
+
+def _step_error(exc: asyncpg.PostgresError) -> StepFailed | StepNotRun:
+    """The step failed (an error of its SQL), or it did not run: its connection went with
+    the server (57P01/57P02/57P03, class 08), which rolled its transaction back."""
+    if connection_lost(exc):
+        return StepNotRun(str(exc), started=True)
+    return StepFailed(_sql_error(exc), exc.sqlstate)
+
+
+def _sql_error(exc: asyncpg.PostgresError) -> str:
+    return f"SQL execution failed: error returned from database: {exc}"

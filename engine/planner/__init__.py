@@ -1,0 +1,1 @@
+"""The planner: pure functions from an instance's stored state to its next changes (no I/O)."""

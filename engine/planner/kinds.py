@@ -1,0 +1,52 @@
+"""Node types and statuses, as the catalog stores them (text columns; df.nodes.type,
+df.instances.status, df.instance_nodes.status)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class NodeType(StrEnum):
+    """A node's type: what the planner does with it."""
+
+    SQL = "SQL"
+    HTTP = "HTTP"
+    HTTP_MULTIPART = "HTTP_MULTIPART"
+    SLEEP = "SLEEP"
+    WAIT_SCHEDULE = "WAIT_SCHEDULE"
+    SIGNAL = "SIGNAL"
+    THEN = "THEN"
+    IF = "IF"
+    JOIN = "JOIN"
+    RACE = "RACE"
+    LOOP = "LOOP"
+    BREAK = "BREAK"
+
+
+class Status(StrEnum):
+    """An instance's or a node's status (a node is never cancelled: its instance is)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)  # an instance's last status
+HTTP_TYPES = (NodeType.HTTP, NodeType.HTTP_MULTIPART)
+TIMER_TYPES = (NodeType.SLEEP, NodeType.WAIT_SCHEDULE)
+
+# The members under plain names, for the planner's comparisons: a member looked up on its
+# enum class costs about four times a module global, and the planner compares statuses and
+# types for every node of every advance.
+PENDING = Status.PENDING
+RUNNING = Status.RUNNING
+COMPLETED = Status.COMPLETED
+FAILED = Status.FAILED
+CANCELLED = Status.CANCELLED
+SQL = NodeType.SQL
+IF = NodeType.IF
+JOIN = NodeType.JOIN
+LOOP = NodeType.LOOP
+BREAK = NodeType.BREAK

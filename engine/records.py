@@ -1,0 +1,62 @@
+"""The engine's typed records: what the catalog hands it (engine/store.py) and what it hands
+its executors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A leaf task this engine holds the lease of (node_type: a planner.kinds.NodeType)."""
+
+    instance_id: str
+    node_id: str
+    node_type: str
+    payload: str | None
+    token: str
+    owner: str
+    database: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A task the poll (or claim_own_leases) leased to this engine; `attempts` counts the
+    leases it had (more than one: recovered after its lease expired)."""
+
+    task: Task
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewInstance:
+    """A new instance the poll found, with its owner and first document when asked for."""
+
+    instance_id: str
+    owner: str | None
+    state: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AdvanceDue:
+    """An instance with an advance due."""
+
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class NextTimer:
+    """Seconds until the next timer (None: nothing scheduled)."""
+
+    due: float | None
+
+
+PollRow = NewInstance | AdvanceDue | Claimed | NextTimer
+
+
+@dataclass(frozen=True, slots=True)
+class HeldCheck:
+    """df's stored state of an instance, to check the held state against."""
+
+    state: str | None
+    pending: bool
