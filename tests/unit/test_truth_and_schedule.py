@@ -6,8 +6,8 @@ import datetime
 
 import pytest
 
-from engine.schedule import next_tick
-from engine.truth import result_is_true
+from engine.planner.schedule import next_tick
+from engine.planner.truth import result_is_true
 
 # A condition node's result text → whether IF takes its then-branch (pg_durable §6.5).
 TRUTH = [
