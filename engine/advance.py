@@ -19,7 +19,6 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import asyncpg
 
@@ -32,6 +31,7 @@ from engine.errors import StepFailed
 from engine.executors.sql import FirstOutcome, FirstResult, run_first_step
 from engine.planner.held import Planned, Planning, differences
 from engine.planner.kinds import NodeType
+from engine.planner.plan import PlannedTask
 from engine.records import Task
 from engine.running import Background, EngineCounters, Running, RunningStep
 from engine.scheduler import AdvanceQueue
@@ -124,15 +124,16 @@ class Advancer:
             if plan.wake_at is not None:
                 parts.queue.wake()
             for task in plan.tasks:
-                if task["lease_owner"] != self.owner_id:
+                if task.lease_owner != self.owner_id:
                     parts.queue.wake()
                     continue
+                assert task.lease_token is not None  # leased: a timer has no owner
                 step = Task(
                     instance_id,
-                    task["node_id"],
-                    task["node_type"],
-                    task["payload"],
-                    task["lease_token"],
+                    task.node_id,
+                    task.node_type,
+                    task.payload,
+                    task.lease_token,
                     planned.owner,
                     database,
                 )
@@ -260,14 +261,14 @@ class AdvanceParts:
         self.slots: StepSlots = tasks.steps.slots
 
 
-def next_sql_step(planned: Planned, owner_id: str) -> dict[str, Any] | None:
+def next_sql_step(planned: Planned, owner_id: str) -> PlannedTask | None:
     """The plan's one task, when it is the instance's only next step and an SQL step that
     the engine `owner_id` leased to itself; else None."""
     plan = planned.plan
     if len(plan.tasks) != 1 or plan.cancel_nodes or plan.drop_all_tasks:
         return None
     only = plan.tasks[0]
-    return only if only["node_type"] == NodeType.SQL and only["lease_owner"] == owner_id else None
+    return only if only.node_type == NodeType.SQL and only.lease_owner == owner_id else None
 
 
 class InStep:
@@ -328,12 +329,13 @@ class FirstTransaction:
         self._promotion = plan.to_json()
         plan.tasks = []  # run right here: it never becomes a task row (unless promoted)
         database = advancer.store.catalog_database
+        assert only.lease_token is not None  # leased to this engine
         self.task = Task(
             self.instance_id,
-            only["node_id"],
+            only.node_id,
             NodeType.SQL,
-            only["payload"],
-            only["lease_token"],
+            only.payload,
+            only.lease_token,
             planned.owner,
             database,
         )

@@ -26,8 +26,8 @@ from engine.connections.runners import Runners
 from engine.dispatch import TaskRunner
 from engine.executors.http import HttpClient
 from engine.executors.new_transaction import NewStartRequest, NewTransactionStarts
-from engine.planner.graph import TaskLease
 from engine.planner.held import Planning
+from engine.planner.plan import TaskLease
 from engine.running import Background, EngineCounters, Running
 from engine.scheduler import AdvanceQueue, Scheduler, SchedulerParts
 from engine.settings import EngineSettings

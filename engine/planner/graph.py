@@ -9,10 +9,8 @@ loaded the state, so every decision is durable before anything acts on it.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from engine.planner import flow, leaves
@@ -30,6 +28,7 @@ from engine.planner.kinds import (
     Status,
 )
 from engine.planner.outcomes import Broke, Done, Failed, Node, Outcome
+from engine.planner.plan import Plan, TaskLease
 from engine.planner.substitute import substitute_results, substitute_vars
 
 log = logging.getLogger("pgdurable.engine")
@@ -39,68 +38,6 @@ PARALLEL = (NodeType.JOIN, NodeType.RACE)
 BREAK_OUTSIDE_LOOP = (
     "df.break() was called outside of a loop. df.break() may only be used inside df.loop()."
 )
-
-
-@dataclass(slots=True)
-class Plan:
-    """What one advance decided; serialised as df._apply_plan's argument."""
-
-    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tasks: list[dict[str, Any]] = field(default_factory=list)
-    cancel_nodes: list[str] = field(default_factory=list)
-    consumed_signals: list[dict[str, Any]] = field(default_factory=list)
-    instance_status: str | None = None
-    execution_status: str = "Running"
-    output: str | None = None
-    events: int = 0
-    execution_id: int = 1
-    continued_from: int | None = None  # a root loop began a new execution
-    drop_all_tasks: bool = False
-    wake_at: float | None = None  # epoch seconds: advance again then
-    version: int | None = None  # the instance's version once this plan is applied
-    advance_keys: list[str] | None = None  # the _advance rows the state was loaded with
-
-    def can_continue(self) -> bool:
-        """Whether a later pass may add to this plan, so that both are applied as one with
-        the same effect as applying this plan and then the later one: nothing here that
-        applying twice would order differently (tasks, cancellations, signals, timers)."""
-        return not (
-            self.tasks
-            or self.cancel_nodes
-            or self.consumed_signals
-            or self.drop_all_tasks
-            or self.continued_from is not None
-            or self.wake_at is not None
-        )
-
-    def to_json(self) -> str:
-        body = {
-            "nodes": list(self.nodes.values()),
-            "tasks": self.tasks,
-            "cancel_nodes": self.cancel_nodes,
-            "consumed_signals": self.consumed_signals,
-            "execution_status": self.execution_status,
-            "output": self.output,
-            "events": self.events,
-            "execution_id": self.execution_id,
-            "continued_from": self.continued_from,
-            "drop_all_tasks": self.drop_all_tasks,
-            "wake_at": self.wake_at,
-            "version": self.version,
-        }
-        if self.instance_status is not None:
-            body["instance_status"] = self.instance_status
-        if self.advance_keys is not None:
-            body["advance_keys"] = self.advance_keys
-        return json.dumps(body, separators=(",", ":"))
-
-
-@dataclass(frozen=True, slots=True)
-class TaskLease:
-    """Who will run the leaf tasks this plan creates (the planning engine itself)."""
-
-    owner: str
-    seconds: float
 
 
 class Planner:

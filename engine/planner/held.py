@@ -17,9 +17,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from engine.planner.graph import Plan, Planner, TaskLease
+from engine.planner.graph import Planner
 from engine.planner.kinds import COMPLETED, RUNNING, SQL, TERMINAL
 from engine.planner.outcomes import Node
+from engine.planner.plan import Plan, TaskLease
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from engine.planner.http_config import HttpConfigError, substituted_config
 from engine.planner.kinds import PENDING, RUNNING
 from engine.planner.outcomes import WAITING, Done, Failed, Node, Outcome
+from engine.planner.plan import ConsumedSignal, PlannedTask
 from engine.planner.schedule import next_tick
 from engine.planner.substitute import SubstitutionError, substitute_results, substitute_vars
 
@@ -25,16 +26,11 @@ def leaf_task(p: Planner, node: Node, payload: str | None, due_in: float | None 
         return WAITING
     p.set_status(node, RUNNING)
     p.plan.events += 2  # the terminal transition, recorded when the task finishes
-    task: dict[str, Any] = {
-        "node_id": node.id,
-        "node_type": node.type,
-        "payload": payload,
-        "lease_owner": p.lease.owner,
-        "lease_token": p.new_token(),
-        "lease_seconds": p.lease.seconds,
-    }
-    if due_in is not None:
-        task.update(lease_owner=None, lease_token=None, delay=due_in)
+    lease = p.lease
+    if due_in is None:
+        task = PlannedTask(node.id, node.type, payload, lease.owner, p.new_token(), lease.seconds)
+    else:  # a timer: no lease until the scheduler claims it once due
+        task = PlannedTask(node.id, node.type, payload, None, None, lease.seconds, due_in)
     p.plan.tasks.append(task)
     return WAITING
 
@@ -95,7 +91,7 @@ def signal(p: Planner, node: Node) -> Outcome:
     for sig in p.instance.get("signals", []):
         if sig["name"] == name and not sig.get("taken"):
             sig["taken"] = True
-            p.plan.consumed_signals.append({"id": sig["id"], "node_id": node.id})
+            p.plan.consumed_signals.append(ConsumedSignal(sig["id"], node.id))
             return p.complete(node, Done(_signal_result(name, False, sig["data"])))
     if timeout is not None:
         due = (node.iteration_started or p.now) + float(timeout)

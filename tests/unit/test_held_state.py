@@ -6,8 +6,8 @@ import copy
 import json
 from typing import Any
 
-from engine.planner.graph import Plan, TaskLease
 from engine.planner.held import Planning, differences
+from engine.planner.plan import ConsumedSignal, Plan, PlannedTask, TaskLease
 from tests.support.planner_state import document as _document
 from tests.support.planner_state import node as _node
 
@@ -53,7 +53,7 @@ def _comparable(plan: Plan, recorded: str | None = None) -> dict[str, Any]:
 
 
 def _running_sql(plan: Plan) -> list[str]:
-    return [t["node_id"] for t in plan.tasks if t["node_type"] == "SQL"]
+    return [t.node_id for t in plan.tasks if t.node_type == "SQL"]
 
 
 def _check_equivalent(doc: dict[str, Any], finish: list[str]) -> Planning:
@@ -166,7 +166,7 @@ def test_a_first_plan_continued_by_its_step_leaves_what_both_plans_leave() -> No
     _, merged = _first_and_done(doc, "a", continuing=True)
     assert _stored(doc, merged) == _stored(_stored(doc, first), done)
     assert _comparable(merged)["tasks"] == _comparable(done)["tasks"]
-    assert [t["node_id"] for t in merged.tasks] == ["b"]
+    assert [t.node_id for t in merged.tasks] == ["b"]
     assert merged.instance_status == "running" and merged.nodes["a"]["status"] == "completed"
 
 
@@ -183,9 +183,9 @@ def test_plans_with_tasks_or_timers_are_not_continued() -> None:
     plan = Plan()
     assert plan.can_continue()
     for change in (
-        {"tasks": [{"node_id": "a"}]},
+        {"tasks": [PlannedTask("a", "SQL", "SELECT 1", "engine-1", "token", 30.0)]},
         {"cancel_nodes": ["a"]},
-        {"consumed_signals": [{"id": 1, "node_id": "a"}]},
+        {"consumed_signals": [ConsumedSignal(1, "a")]},
         {"drop_all_tasks": True},
         {"continued_from": 1},
         {"wake_at": 5.0},

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine.planner.graph import Plan, TaskLease
 from engine.planner.held import Planning
+from engine.planner.plan import ConsumedSignal, Plan, PlannedTask, TaskLease
 from tests.support.planner_state import document
 from tests.support.planner_state import node as _node
 
@@ -31,7 +31,7 @@ class Store:
 
     def __init__(self, root: str, nodes: list[dict[str, Any]]) -> None:
         self.doc = document(root, nodes)
-        self.tasks: dict[str, dict[str, Any]] = {}
+        self.tasks: dict[str, PlannedTask] = {}
         self.output: str | None = None
 
     def node(self, node_id: str) -> dict[str, Any]:
@@ -48,8 +48,8 @@ class Store:
             self.tasks.pop(task_id, None)
         if plan.drop_all_tasks:
             self.tasks.clear()
-        self.tasks.update({t["node_id"]: t for t in plan.tasks})
-        taken = {c["id"] for c in plan.consumed_signals}
+        self.tasks.update({t.node_id: t for t in plan.tasks})
+        taken = {c.id for c in plan.consumed_signals}
         self.doc["signals"] = [s for s in self.doc["signals"] if s["id"] not in taken]
         self.doc.update(status=plan.instance_status or self.doc["status"], events=plan.events)
         self.doc.update(execution_id=plan.execution_id, version=plan.version)
@@ -156,7 +156,7 @@ def test_a_sleep_is_a_timer_task_due_after_its_seconds() -> None:
     store = Store("s", [_node("s", "SLEEP", query="5")])
     store.advance()
     task = store.tasks["s"]
-    assert task["delay"] == 5.0 and task["lease_owner"] is None
+    assert task.delay == 5.0 and task.lease_owner is None
 
 
 def test_one_signal_satisfies_one_wait() -> None:
@@ -167,9 +167,9 @@ def test_one_signal_satisfies_one_wait() -> None:
     )
     store.advance()
     plan = store.signal("go", 1)
-    assert plan.consumed_signals == [{"id": 1, "node_id": "w1"}]
+    assert plan.consumed_signals == [ConsumedSignal(id=1, node_id="w1")]
     assert store.node("w1")["status"] == "completed" and store.node("w2")["status"] == "running"
-    assert json.loads(plan.to_json())["consumed_signals"] == plan.consumed_signals
+    assert json.loads(plan.to_json())["consumed_signals"] == [{"id": 1, "node_id": "w1"}]
     store.signal("go", 2)
     assert store.doc["status"] == "completed"
 
