@@ -19,7 +19,7 @@ class TaskLease:
     seconds: float
 
 
-@dataclass(frozen=True, slots=True, init=False)
+@dataclass(frozen=True, slots=True)
 class PlannedTask:
     """A leaf the plan starts: leased to the planning engine, or a timer due after `delay`
     seconds (no lease owner or token; the scheduler claims it once due)."""
@@ -30,28 +30,7 @@ class PlannedTask:
     lease_owner: str | None
     lease_token: str | None
     lease_seconds: float
-    delay: float | None  # seconds until due: a timer; None for a leased task
-
-    def __init__(
-        self,
-        node_id: str,
-        node_type: str,
-        payload: str | None,
-        lease_owner: str | None,
-        lease_token: str | None,
-        lease_seconds: float,
-        delay: float | None = None,
-    ) -> None:
-        # Sets the slots through their descriptors: half the cost of the generated frozen
-        # __init__ (object.__setattr__ by name), and one task is made for every step.
-        s0, s1, s2, s3, s4, s5, s6 = _SET_TASK_SLOTS
-        s0(self, node_id)
-        s1(self, node_type)
-        s2(self, payload)
-        s3(self, lease_owner)
-        s4(self, lease_token)
-        s5(self, lease_seconds)
-        s6(self, delay)
+    delay: float | None = None  # seconds until due: a timer; None for a leased task
 
     def as_dict(self) -> dict[str, Any]:
         """The task as df._apply_plan reads it (a leased task has no "delay" key)."""
@@ -66,10 +45,6 @@ class PlannedTask:
         if self.delay is not None:
             body["delay"] = self.delay
         return body
-
-
-# The slots' setters in field order (a slotted dataclass's __slots__ are its fields, in order).
-_SET_TASK_SLOTS = tuple(getattr(PlannedTask, name).__set__ for name in PlannedTask.__slots__)
 
 
 @dataclass(frozen=True, slots=True)
