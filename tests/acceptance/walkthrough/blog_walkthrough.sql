@@ -289,8 +289,6 @@ BEGIN
     COMMIT;
   END LOOP;
 END $$;
-select usename,backend_start,query_start,wait_event,state,query,application_name from pg_stat_activity where usename=user and pid!=pg_backend_pid(
-);
 SELECT pg_temp.expect('both race branches run at the same time as franck',
          count(*) = 2)
 FROM pg_stat_activity
