@@ -82,7 +82,7 @@ def _wide(nodes: int) -> str:
     [
         (
             "SELECT df.start(%s)",
-            (_chain(257),),
+            (_chain(258),),
             "54001",
             "Graph exceeds maximum nesting depth of 256",
         ),
@@ -264,6 +264,20 @@ def test_a_graph_problem_names_the_first_wrong_node_by_its_path(
     error = _error(wf_dsn, "SELECT df.start(%s)", json.dumps(graph))
     assert error.sqlstate == "22023"
     assert error.diag.message_primary == f"Invalid durable function graph: {where}"
+
+
+def test_the_root_is_depth_0_and_only_depth_over_256_is_refused(wf_dsn: str) -> None:
+    """As pg_durable 0.2.6: a chain whose deepest leaf is at depth 256 starts; one level more
+    is refused, naming the first node in pre-order that is too deep."""
+    with psycopg.connect(wf_dsn) as conn:  # validated, then rolled back: nothing runs
+        assert conn.execute("SELECT df.start(%s)", (_chain(257),)).fetchone() is not None
+        conn.rollback()
+    error = _error(wf_dsn, "SELECT df.start(%s)", _chain(258))
+    assert error.sqlstate == "54001"
+    assert error.diag.message_primary == (
+        "Invalid durable function graph: root" + ".left" * 257 + ": Graph exceeds maximum"
+        " nesting depth of 256. Simplify the workflow or break it into multiple instances."
+    )
 
 
 def test_too_deep_is_reported_before_a_wrong_node(wf_dsn: str) -> None:

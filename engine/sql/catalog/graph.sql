@@ -4,27 +4,27 @@
 -- The one walk of a Durofut graph, for df.start and df.explain: its nodes in pre-order (the
 -- root first), each with the pre-order position of its parent (0: none) and which child of
 -- it the node is (1 left, 2 right, 3 condition, 4 + i extra_nodes[i]). Checked as pg_durable
--- checks a graph, in this order: depth, then size, then the first node in pre-order with a
--- problem; the error names that node by its path, spelt from the parents. Each node is
--- checked as it is visited.
+-- checks a graph, in this order: depth (the root is at depth 0; deeper than 256 is refused),
+-- then size, then the first node in pre-order with a problem; the error names the first node
+-- in pre-order that is too deep, or has the problem, by its path (df._graph_path). Each node
+-- is checked as it is visited.
 CREATE OR REPLACE FUNCTION df._graph_walk(root jsonb, OUT nodes jsonb[], OUT parents integer[],
                                OUT slots integer[])
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     -- the stack of nodes still to visit (sp: its top; element assignment keeps it O(1))
     stack_nodes jsonb[] := ARRAY[root];
-    stack_depths integer[] := ARRAY[1];
+    stack_depths integer[] := ARRAY[0];
     stack_parents integer[] := ARRAY[0];
     stack_slots integer[] := ARRAY[0];
     sp integer := 1;
     extras jsonb;
-    deepest integer := 0;
+    too_deep_at integer := 0;
     depth integer;
     n integer := 0;
     node jsonb;
     problem text;
     problem_at integer := 0;
-    path text := '';
 BEGIN
     nodes := '{}';
     parents := '{}';
@@ -37,8 +37,8 @@ BEGIN
         parents[n] := stack_parents[sp];
         slots[n] := stack_slots[sp];
         sp := sp - 1;
-        IF depth > deepest THEN
-            deepest := depth;
+        IF depth > 256 AND too_deep_at = 0 THEN
+            too_deep_at := n;
         END IF;
         IF problem_at = 0 THEN
             problem := df._node_problem(node);
@@ -74,8 +74,9 @@ BEGIN
         END LOOP;
     END LOOP;
 
-    IF deepest > 256 THEN
-        RAISE EXCEPTION 'Invalid durable function graph: root: Graph exceeds maximum nesting depth of 256. Simplify the workflow or break it into multiple instances.'
+    IF too_deep_at > 0 THEN
+        RAISE EXCEPTION 'Invalid durable function graph: root%: Graph exceeds maximum nesting depth of 256. Simplify the workflow or break it into multiple instances.',
+                        df._graph_path(parents, slots, too_deep_at)
             USING ERRCODE = '54001';
     END IF;
     IF n > 10000 THEN
@@ -83,16 +84,28 @@ BEGIN
             USING ERRCODE = '54000';
     END IF;
     IF problem_at > 0 THEN
-        WHILE problem_at > 1 LOOP
-            path := CASE slots[problem_at] WHEN 1 THEN '.left' WHEN 2 THEN '.right'
-                                           WHEN 3 THEN '.condition_node'
-                                           ELSE '.extra_nodes[' || slots[problem_at] - 4 || ']'
-                    END || path;
-            problem_at := parents[problem_at];
-        END LOOP;
-        RAISE EXCEPTION 'Invalid durable function graph: root%: %', path, problem
+        RAISE EXCEPTION 'Invalid durable function graph: root%: %',
+                        df._graph_path(parents, slots, problem_at), problem
             USING ERRCODE = '22023';
     END IF;
+END
+$$;
+
+-- The path of the walk's node `at` below the root ('' for the root, '.left.right',
+-- '.extra_nodes[0]', ...), spelt from the parents and slots df._graph_walk returns.
+CREATE OR REPLACE FUNCTION df._graph_path(parents integer[], slots integer[], at integer)
+RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    path text := '';
+BEGIN
+    WHILE at > 1 LOOP
+        path := CASE slots[at] WHEN 1 THEN '.left' WHEN 2 THEN '.right'
+                               WHEN 3 THEN '.condition_node'
+                               ELSE '.extra_nodes[' || slots[at] - 4 || ']'
+                END || path;
+        at := parents[at];
+    END LOOP;
+    RETURN path;
 END
 $$;
 
