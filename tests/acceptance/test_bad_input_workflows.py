@@ -254,6 +254,36 @@ GRAPH_PROBLEMS = [
         {"node_type": "IF", "left_node": _sql(1), "right_node": _sql(2)},
         "root: IF node requires a condition_node or a condition config in query",
     ),
+    # beside a first-class condition_node or extra_nodes, a query is still a JSON config
+    # object (pg_durable 0.2.6)
+    (
+        {
+            "node_type": "THEN",
+            "left_node": _sql(1),
+            "right_node": {
+                "node_type": "IF",
+                "left_node": _sql(2),
+                "right_node": _sql(3),
+                "condition_node": _sql(4),
+                "query": "SELECT 1",
+            },
+        },
+        "root.right: query in IF must be valid JSON config: invalid input syntax for type json",
+    ),
+    (
+        {"node_type": "LOOP", "left_node": _sql(1), "condition_node": _sql(2), "query": "[1]"},
+        "root: query in LOOP must be a JSON config object",
+    ),
+    (
+        {
+            "node_type": "JOIN",
+            "left_node": _sql(1),
+            "right_node": _sql(2),
+            "extra_nodes": [_sql(3)],
+            "query": '"x"',
+        },
+        "root: query in JOIN must be a JSON config object",
+    ),
 ]
 
 

@@ -198,12 +198,14 @@ BEGIN
         RETURN format('result_name ''%s'' is not a valid identifier — must match '
                       '[a-zA-Z_][a-zA-Z0-9_]*', node ->> 'result_name');
     END IF;
-    IF t IN ('IF', 'JOIN') AND jsonb_typeof(node -> 'query') = 'string' THEN
+    -- An IF's query is its config (with a condition_node: beside it), and so is the query of
+    -- a LOOP with a condition_node or a JOIN with extra_nodes: a JSON object (pg_durable 0.2.6).
+    IF t IN ('IF', 'JOIN', 'LOOP') AND jsonb_typeof(node -> 'query') = 'string' THEN
         BEGIN
             config := (node ->> 'query')::jsonb;
         EXCEPTION WHEN others THEN
-            IF t = 'IF' AND NOT has_condition THEN
-                RETURN 'query in IF must be valid JSON config: ' || SQLERRM;
+            IF t = 'IF' OR (t = 'LOOP' AND has_condition) OR (t = 'JOIN' AND extras > 0) THEN
+                RETURN format('query in %s must be valid JSON config: %s', t, SQLERRM);
             END IF;
         END;
         IF t = 'IF' AND config ? 'condition_node' THEN
@@ -212,8 +214,9 @@ BEGIN
         IF t = 'JOIN' AND config ? 'extra_nodes' THEN
             RETURN 'extra_nodes in JOIN must be a first-class Durofut field, not embedded in query';
         END IF;
-        IF t = 'IF' AND NOT has_condition AND jsonb_typeof(config) IS DISTINCT FROM 'object' THEN
-            RETURN 'query in IF must be a JSON config object';
+        IF (t = 'IF' OR (t = 'LOOP' AND has_condition) OR (t = 'JOIN' AND extras > 0))
+           AND jsonb_typeof(config) IS DISTINCT FROM 'object' THEN
+            RETURN format('query in %s must be a JSON config object', t);
         END IF;
     END IF;
     problem := CASE
