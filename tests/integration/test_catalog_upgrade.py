@@ -1,9 +1,10 @@
-"""A database built by the pre-release migrations is upgraded to exactly the fresh catalog.
+"""A database built by an older catalog is upgraded to exactly the fresh catalog.
 
-The old databases are built from the frozen copy of migrations 0001-0019
-(tests/support/pre_release.py), hold live data (instances pending, running and completed,
-their engine rows, variables, grants), and are upgraded by the real installer; their
-`pg_dump --schema-only` must equal the fresh catalog's, and their rows must survive.
+The old databases are built from the frozen copy of the pre-release migrations 0001-0019 or
+of a released catalog's install script (tests/support/pre_release.py), hold live data
+(instances pending, running and completed, their engine rows, variables, grants), and are
+upgraded by the real installer; their `pg_dump --schema-only` must equal the fresh
+catalog's, and their rows must survive.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from engine.catalog import catalog_version
+from engine.catalog import catalog_version, load_upgrades
 from engine.errors import MigrationError
 from pgdurable_proxy.cluster import Cluster
 from tests.support.catalog import create_database, install_catalog
-from tests.support.pre_release import build_pre_release_catalog
+from tests.support.pre_release import build_pre_release_catalog, build_released_catalog
 from tests.support.proxy import ProxyProcess
 
 OWNER = "upgrade_owner"
@@ -174,31 +175,35 @@ def _wait_completed(dsn: str, instance: str, timeout: float = 60.0) -> str:
     raise TimeoutError(f"{instance} did not complete")
 
 
-@pytest.mark.parametrize("version", [17, 18, 19])
-def test_a_pre_release_database_is_upgraded_to_the_fresh_catalog_with_its_data(
+@pytest.mark.parametrize("version", [17, 18, 19, 20])
+def test_an_older_database_is_upgraded_to_the_fresh_catalog_with_its_data(
     cluster: Cluster, fresh_dump: str, version: int, tmp_path: Path
 ) -> None:
     dbname = f"df_upgrade_from_{version}"
     dsn = create_database(cluster, dbname)
-    build_pre_release_catalog(dsn, version)
+    if version < 20:
+        build_pre_release_catalog(dsn, version)
+    else:
+        build_released_catalog(dsn, version)
     ids = _add_live_data(dsn)
     before = _rows(dsn)
     with psycopg.connect(dsn) as conn:
         history = conn.execute("SELECT version, name FROM df._migrations ORDER BY 1").fetchall()
-    assert [v for v, _ in history] == list(range(1, version + 1))
+    assert [v for v, _ in history] == (list(range(1, version + 1)) if version < 20 else [version])
 
     assert install_catalog(dsn) == catalog_version()
     assert _dump(cluster, dsn, dbname) == fresh_dump
     assert _rows(dsn) == before
     with psycopg.connect(dsn) as conn:
         after = conn.execute("SELECT version, name FROM df._migrations ORDER BY 1").fetchall()
-        assert after == [*history, (20, "catalog")]
+        reached = [(u.version, u.name) for u in load_upgrades() if u.version > version]
+        assert after == [*history, *reached]
         assert install_catalog(dsn) == catalog_version()  # a second run changes nothing
         assert conn.execute("SELECT version, name FROM df._migrations ORDER BY 1").fetchall() == (
             after
         )
     assert _dump(cluster, dsn, dbname) == fresh_dump
-    if version != 17:
+    if version != 20:
         return
     # The engine goes on with the instances queued before the upgrade.
     proxy = ProxyProcess(cluster.dsn(dbname=dbname), log_path=tmp_path / "pgdurable.log")

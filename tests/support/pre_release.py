@@ -1,11 +1,13 @@
-"""Databases built by the pre-release migrations, for the catalog upgrade tests.
+"""Databases built by older catalogs, for the catalog upgrade tests.
 
-pre_release_migrations.tar.gz is a frozen copy of the pre-release migrations 0001-0019 used
-only to build old databases for the upgrade test.
+pre_release_migrations.tar.gz is a frozen copy of the pre-release migrations 0001-0019;
+released_catalog_vNN.sql.gz is the whole script a released pgdurable installed as catalog
+version NN. Both are used only to build old databases for the upgrade test.
 """
 
 from __future__ import annotations
 
+import gzip
 import re
 import tarfile
 from functools import cache
@@ -45,3 +47,18 @@ def build_pre_release_catalog(dsn: str, up_to: int) -> None:
                 conn.execute(
                     "INSERT INTO df._migrations (version, name) VALUES (%s, %s)", (version, name)
                 )
+
+
+RELEASED_CATALOGS = {20: ("catalog", Path(__file__).with_name("released_catalog_v20.sql.gz"))}
+
+
+def build_released_catalog(dsn: str, version: int) -> None:
+    """Install a released catalog into an empty database as its installer did: the whole
+    script in one transaction (function bodies unchecked), recorded in df._migrations."""
+    name, path = RELEASED_CATALOGS[version]
+    with gzip.open(path, "rt") as script_file:
+        script = script_file.read()
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET LOCAL check_function_bodies = off")
+        conn.execute(script.encode())
+        conn.execute("INSERT INTO df._migrations (version, name) VALUES (%s, %s)", (version, name))
