@@ -8,9 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.acceptance.test_walkthrough import WALKTHROUGH
 from tests.support.catalog import install_catalog
-from tests.support.clusters import FLAVORS, Flavor, run_psql
 from tests.support.managed import ADMIN, ROOT, ManagedCluster, user_password
 from tests.support.proxy import ProxyProcess
 from tests.support.workflows import await_status, start_and_await
@@ -43,26 +41,6 @@ def _user_with_usage(managed: ManagedCluster, proxy: ProxyProcess, name: str) ->
     with psycopg.connect(_through(proxy, ADMIN), autocommit=True) as admin:
         admin.execute("SELECT df.grant_usage(%s)", (name,))
     return _through(proxy, name)
-
-
-@pytest.mark.skipif(not WALKTHROUGH.exists(), reason=f"{WALKTHROUGH} is not beside this checkout")
-def test_walkthrough_passes_on_a_password_only_cluster(
-    flavor: Flavor, managed: ManagedCluster, managed_proxy: ProxyProcess
-) -> None:
-    """Unchanged; franck exists beforehand with a password, as a managed service needs."""
-    if flavor != FLAVORS[0]:
-        pytest.skip("the minute-long walkthrough runs on the first flavor only")
-    managed.create_user("franck")
-    result = run_psql(
-        managed_proxy.dsn(ADMIN),
-        "",
-        "-f",
-        str(WALKTHROUGH),
-        check=False,
-        env=managed.psql_env(),
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "walkthrough: all checks passed" in result.stdout
 
 
 def test_the_runner_is_a_member_of_its_owner_only(
