@@ -219,14 +219,21 @@ class Advancer:
         except (StepFailed, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.info("event=first_step_deferred instance=%s error=%r", instance_id, exc)
         finally:
+            cancelled = first.task is not None and self._cancelled(first.task)
             if first.task is not None:
                 parts.running.finished(first.task)
             parts.tasks.release(owner, database, step)
         nothing = result.outcome is FirstOutcome.NOTHING
-        if first.promoted and nothing and first.task is not None:
+        if first.promoted and nothing and first.task is not None and not cancelled:
             parts.tasks.start(first.task)  # its task row is ours: run it as any step
         elif nothing:
             parts.queue.request(instance_id)
+
+    def _cancelled(self, task: Task) -> bool:
+        """Did this engine cancel the step (its instance cancelled, a RACE it lost)? Then it
+        must not run again: the advance requested instead sees why."""
+        running = self.parts.running.get(task.instance_id, task.node_id)
+        return running is not None and running.cancelled
 
     async def _after_first_step(
         self, instance_id: str, first: FirstTransaction, result: FirstResult

@@ -35,6 +35,7 @@ class Canceller:
                 await self.cancel(running)
 
     async def cancel(self, running: RunningStep) -> None:
+        running.cancelled = True
         if running.request is not None:
             running.request.cancel()
         if running.backend_pid is None:

@@ -24,6 +24,7 @@ class RunningStep:
     backend_pid: int | None = None  # set only while the step's SQL is executing
     request: asyncio.Future[str] | None = None  # an HTTP step's request in flight
     leased: bool = True  # False: a first step, which has no task row (no lease to renew)
+    cancelled: bool = False  # this engine cancelled it (a RACE loser, a cancelled instance)
 
 
 @dataclass(slots=True)
