@@ -17,6 +17,17 @@ from tests.support.proxy import ProxyProcess
 os.environ.setdefault("PGDURABLE_VERIFY_HELD_STATE", "1")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `-n 2 --dist loadgroup` (the default options), every test of one PostgreSQL
+    flavor runs in the same worker: each flavor's clusters and pgdurable start once, and the
+    two flavors run side by side."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        flavor = callspec.params.get("flavor") if callspec is not None else None
+        if isinstance(flavor, Flavor):
+            item.add_marker(pytest.mark.xdist_group(flavor.name))
+
+
 @pytest.fixture(scope="session", params=FLAVORS, ids=[f.name for f in FLAVORS])
 def flavor(request: pytest.FixtureRequest) -> Flavor:
     """Each PostgreSQL build present on this machine."""

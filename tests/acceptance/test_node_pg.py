@@ -8,11 +8,14 @@ test below asserts on that run's report.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import shutil
 import socket
 import struct
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +45,22 @@ def node_pg() -> Path:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("node and npm are needed for the node-postgres acceptance tests")
+    with _install_lock():  # the two test workers may both get here on a fresh clone
+        _install_node_pg(npm)
+    version = json.loads(PG_PACKAGE.read_text())["version"]
+    assert version.split(".")[0] == "8", f"expected node-postgres 8.x, found {version}"
+    return NODE_DIR
+
+
+@contextlib.contextmanager
+def _install_lock() -> Iterator[None]:
+    with open(NODE_DIR / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _install_node_pg(npm: str) -> None:
+    """`npm install` in tests/clients/node unless node-postgres is there already."""
     if not PG_PACKAGE.is_file():
         cmd = [
             npm,
@@ -67,9 +86,6 @@ def node_pg() -> Path:
             if any(marker in output for marker in NETWORK_ERRORS):
                 pytest.skip(f"`npm install` could not reach the registry:\n{output[-1500:]}")
             pytest.fail(f"`npm install` failed (exit {proc.returncode}):\n{output[-3000:]}")
-    version = json.loads(PG_PACKAGE.read_text())["version"]
-    assert version.split(".")[0] == "8", f"expected node-postgres 8.x, found {version}"
-    return NODE_DIR
 
 
 @pytest.fixture(scope="module")

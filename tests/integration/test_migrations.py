@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 import psycopg
 
-from engine.catalog import catalog_version, migrate
+from engine.catalog import catalog_version, load_upgrades, migrate
 from pgdurable_proxy.cluster import Cluster
 from tests.support.catalog import create_database, install_catalog
 
@@ -27,7 +27,8 @@ def test_migrating_twice_and_concurrently_gives_one_version(cluster: Cluster) ->
     assert asyncio.run(run()) == [expected] * 3
     with psycopg.connect(dsn) as conn:
         rows = conn.execute("SELECT version, name FROM df._migrations ORDER BY 1").fetchall()
-        assert rows == [(20, "catalog")]
+        later = [(u.version, u.name) for u in load_upgrades() if u.version > 20]
+        assert rows == [(20, "catalog"), *later]
         tables = conn.execute(
             "SELECT array_agg(tablename::text ORDER BY tablename) FROM pg_tables "
             "WHERE schemaname = 'df' AND tablename IN ('instances', 'nodes', 'vars')"
