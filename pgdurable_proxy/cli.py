@@ -20,6 +20,7 @@ from pgdurable_proxy.config import ConfigError, Settings, parse_settings
 from pgdurable_proxy.dsn import UpstreamDSN, parse_dsn
 from pgdurable_proxy.intercept import Interceptor
 from pgdurable_proxy.metrics import Metrics, render_counters
+from pgdurable_proxy.preflight import StartupConflict, check_port_free, lock_data_dir
 from pgdurable_proxy.server import ProxyServer, server_tls_context
 
 log = logging.getLogger("pgdurable.cli")
@@ -36,6 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pgdurable: error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    try:  # before anything is touched: a second pgdurable must not disturb the first
+        data_dir_lock = lock_data_dir(settings.data_dir) if settings.embedded else None
+        for port in (settings.port, settings.http_port):
+            if port is not None:
+                check_port_free(settings.host, port)
+    except StartupConflict as exc:
+        print(f"pgdurable: error: {exc}", file=sys.stderr)
+        return 2
     settings = fit_client_limit(settings, raise_fd_limit())
     try:
         return uvloop.run(serve(settings))
@@ -44,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one line, not a traceback, for start-up failures
         print(f"pgdurable: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if data_dir_lock is not None:  # held until the embedded PostgreSQL has stopped
+            data_dir_lock.close()
 
 
 def raise_fd_limit() -> int:

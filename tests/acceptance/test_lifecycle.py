@@ -294,6 +294,9 @@ def test_embedded_server_starts_stops_and_keeps_data(tmp_path: Path) -> None:
                     assert conn.execute("SELECT v FROM kept").fetchone() == ("survives restart",)
             if round_no == 0:
                 _steps_run_over_the_socket(uri, "embedded_owner")
+                _a_second_pgdurable_is_refused(cmd, data_dir, port, process.pid, tmp_path)
+                with psycopg.connect(uri) as conn:  # the first one still serves
+                    assert conn.execute("SELECT v FROM kept").fetchone() == ("survives restart",)
             process.send_signal(signal.SIGTERM)
             assert process.wait(60) == 0
             status = subprocess.run(
@@ -305,3 +308,22 @@ def test_embedded_server_starts_stops_and_keeps_data(tmp_path: Path) -> None:
             assert status.returncode == 3, "the embedded PostgreSQL must stop with pgdurable"
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _a_second_pgdurable_is_refused(
+    cmd: list[str], data_dir: Path, port: int, first_pid: int, tmp_path: Path
+) -> None:
+    """On the same data directory (another port), then on the same port (another data
+    directory): one line, exit status 2, before anything is touched."""
+    same_dir = [*cmd[:-1], str(free_port())]
+    other_dir = tmp_path / "other-data"
+    same_port = [*cmd[:3], "--data-dir", str(other_dir), "--port", str(port)]
+    for second, expected in (
+        (same_dir, f"is in use by another pgdurable (pid {first_pid})"),
+        (same_port, f"cannot listen on 127.0.0.1:{port}: Address already in use"),
+    ):
+        result = subprocess.run(second, capture_output=True, text=True, timeout=30)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, result.stderr
+        assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert not (other_dir / "pgdata").exists(), "initdb ran although the port was taken"
