@@ -42,6 +42,11 @@ ORIGIN_BOUND = frozenset(("authorization", "cookie", "proxy-authorization", "hos
 SKIP_AUTO_HEADERS = ("Content-Type", "Accept-Encoding")
 CHUNK_BYTES = 64 * 1024
 PREVIEW_BYTES = 512
+# --http-disable: pg_durable's text for its build without the HTTP feature
+HTTP_DISABLED = (
+    "Blocked: outbound HTTP requests are disabled. Rebuild with the 'http-allow-azure-domains' "
+    "Cargo feature to enable them."
+)
 
 
 async def run_http_step(client: HttpClient, store: Store, task: Task) -> str:
@@ -185,6 +190,8 @@ class HttpClient:
             raise Blocked(
                 f"Blocked: unsupported URL scheme '{scheme}'. Only http and https are allowed."
             )
+        if not self.settings.enabled:
+            raise Blocked(HTTP_DISABLED)
         if not url.host or url.port is None:
             raise ValueError("the URL has no host")
         self.guard.check_literal(url.host, url.port)

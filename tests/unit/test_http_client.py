@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from engine.errors import StepFailed
-from engine.executors.http import HttpClient
+from engine.executors.http import HTTP_DISABLED, HttpClient
 from engine.executors.http_request import HttpRequest, user_agent
 from engine.executors.ssrf import parse_allow_list
 from engine.settings import HttpSettings
@@ -183,3 +183,15 @@ async def test_connection_errors(client: HttpClient, server: ServerThread) -> No
     assert message.startswith(f"HTTP connection failed: {url} - ")
     invalid = await _fails(client, _request("http:///nohost"))
     assert invalid.startswith("HTTP request failed: http:///nohost - ")
+
+
+async def test_http_disabled_refuses_every_request_after_the_scheme_check(
+    server: ServerThread,
+) -> None:
+    http = HttpClient(_settings(server, enabled=False))
+    try:
+        assert await _fails(http, _request(server.url("/echo"))) == HTTP_DISABLED
+        ftp = await _fails(http, _request("ftp://example.com/x"))
+        assert ftp.startswith("Blocked: unsupported URL scheme 'ftp'.")
+    finally:
+        await http.close()
