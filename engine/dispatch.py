@@ -219,6 +219,7 @@ class TaskRunner:
         running = self.running.get(task.instance_id, task.node_id)
         if running is not None:
             running.backend_pid = step.conn.get_server_pid()
+        self.log_sql(task)
         outcome = None
         try:
             if task.database == self.settings.catalog_database:
@@ -280,7 +281,20 @@ class TaskRunner:
             self.steps.slots.give()
             self.queue.slot_freed()
 
+    def log_sql(self, task: Task) -> None:
+        """With --log-workflow-sql, the step's substituted statement (info: asked for, so it
+        shows without the debug lines); without, it is never logged."""
+        if self.settings.log_workflow_sql:
+            log.info(
+                "event=workflow_sql instance=%s node=%s sql=%r",
+                *(task.instance_id, task.node_id, task.payload),
+            )
+
     async def _fail(self, task: Task, error: str) -> None:
+        log.info(
+            "event=step_failed instance=%s node=%s node_type=%s error=%r",
+            *(task.instance_id, task.node_id, task.node_type, error),
+        )
         try:
             if await self.store.fail_step(task, error):
                 await self.advancer.advance(task.instance_id)

@@ -1,18 +1,32 @@
-"""Structured, quiet logging: key=value lines on stderr."""
+"""Structured, quiet logging: key=value lines on stderr, URL secrets redacted."""
 
 from __future__ import annotations
 
 import logging
 import sys
 
+from engine.redaction import redact_urls
+
+
+class RedactingFormatter(logging.Formatter):
+    """Every URL in a line, tracebacks included, with its secrets redacted (pg_durable
+    0.2.8): whatever a message or a library's exception quotes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_urls(super().format(record))
+
 
 def configure(level: str) -> None:
-    """Install one stderr handler at `level` for the pgdurable loggers."""
+    """Install one stderr handler at `level` for the pgdurable loggers; the libraries'
+    warnings (asyncio, aiohttp) go through it too."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        logging.Formatter("ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+        RedactingFormatter("ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
     )
-    root = logging.getLogger("pgdurable")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    ours = logging.getLogger("pgdurable")
+    ours.handlers[:] = [handler]
+    ours.setLevel(level.upper())
+    ours.propagate = False
+    libraries = logging.getLogger()
+    libraries.handlers[:] = [handler]
+    libraries.setLevel(max(logging.WARNING, ours.level))
