@@ -17,8 +17,9 @@ class RedactingFormatter(logging.Formatter):
 
 
 def configure(level: str) -> None:
-    """Install one stderr handler at `level` for the pgdurable loggers; the libraries'
-    warnings (asyncio, aiohttp) go through it too."""
+    """Install one stderr handler at `level` for the pgdurable loggers. The libraries'
+    warnings (asyncio, aiohttp) stay as Python prints them without a handler (the bare
+    message, from WARNING on), redacted too."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         RedactingFormatter("ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
@@ -27,6 +28,7 @@ def configure(level: str) -> None:
     ours.handlers[:] = [handler]
     ours.setLevel(level.upper())
     ours.propagate = False
-    libraries = logging.getLogger()
-    libraries.handlers[:] = [handler]
-    libraries.setLevel(max(logging.WARNING, ours.level))
+    libraries = logging.StreamHandler(sys.stderr)
+    libraries.setLevel(logging.WARNING)
+    libraries.setFormatter(RedactingFormatter())
+    logging.getLogger().handlers[:] = [libraries]
