@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,14 +53,8 @@ class Pgdurable:
         return self.log.read_text()
 
 
-def _serve(
-    cluster: Cluster, tmp: pytest.TempPathFactory, database: str, args: list[str]
-) -> Pgdurable:
+def _serve(cluster: Cluster, log: Path, database: str, args: list[str]) -> Pgdurable:
     create_database(cluster, database)
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        if conn.execute("SELECT FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone() is None:
-            conn.execute(f"CREATE ROLE {ROLE} LOGIN")
-    log = tmp.mktemp(database) / "pgdurable.log"
     flags = [*args, "--log-level", "debug", "--poll-interval", "0.2"]
     proxy = ProxyProcess(cluster.dsn(dbname=database), extra_args=flags, log_path=log).start()
     with psycopg.connect(proxy.dsn(dbname=database), autocommit=True) as conn:
@@ -68,19 +63,33 @@ def _serve(
 
 
 @pytest.fixture(scope="module")
-def limited(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pgdurable]:
-    args = ["--max-user-connections", "1", "--execution-acquire-timeout", "1", "--http-disable"]
-    served = _serve(cluster, tmp_path_factory, "parity_limits", args)
-    yield served
-    served.proxy.stop()
+def both(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Pgdurable, Pgdurable]]:
+    """`limited` and `logged`, started side by side."""
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        if conn.execute("SELECT FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone() is None:
+            conn.execute(f"CREATE ROLE {ROLE} LOGIN")
+    logs = tmp_path_factory.mktemp("parity-limits")
+    limits = ["--max-user-connections", "1", "--execution-acquire-timeout", "1", "--http-disable"]
+    logging = ["--http-allow", "127.0.0.1", "--log-workflow-sql"]
+    with ThreadPoolExecutor(2) as pool:
+        limited = pool.submit(_serve, cluster, logs / "limited.log", "parity_limits", limits)
+        logged = pool.submit(_serve, cluster, logs / "logged.log", "parity_logged", logging)
+        served = (limited.result(), logged.result())
+        yield served
+        for stopped in [pool.submit(s.proxy.stop) for s in served]:
+            stopped.result()
 
 
 @pytest.fixture(scope="module")
-def logged(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pgdurable]:
-    args = ["--http-allow", "127.0.0.1", "--log-workflow-sql"]
-    served = _serve(cluster, tmp_path_factory, "parity_logged", args)
-    yield served
-    served.proxy.stop()
+def limited(both: tuple[Pgdurable, Pgdurable]) -> Pgdurable:
+    return both[0]
+
+
+@pytest.fixture(scope="module")
+def logged(both: tuple[Pgdurable, Pgdurable]) -> Pgdurable:
+    return both[1]
 
 
 def _start(dsn: str, graph_sql: str, *params: object) -> str:
