@@ -299,7 +299,8 @@ class InStep:
         try:
             return self.planning.from_document(state)
         except Exception:
-            log.exception("event=in_step_plan_failed state=%.200s", state)
+            # not the state itself: it holds the instance's SQL (--log-workflow-sql)
+            log.exception("event=in_step_plan_failed state_bytes=%d", len(state))
             return None
 
     def chains(self, planned: Planned) -> bool:
@@ -347,6 +348,7 @@ class FirstTransaction:
             database,
         )
         advancer.parts.running.track(RunningStep(self.task, self.backend_pid, leased=False))
+        advancer.parts.tasks.log_sql(self.task)
         self._first = plan.to_json()
         return advance_xmin, self._first, self.task
 

@@ -18,7 +18,7 @@ import asyncpg
 from engine.connections.outage import MAX_LOSSES_WHILE_RUNNING, connection_lost, retry_delay
 from engine.connections.pool import StepConnections
 from engine.connections.step_connection import StepConnection
-from engine.errors import StepFailed, StepNotRun
+from engine.errors import SlotWaitTimedOut, StepFailed, StepNotRun
 from engine.executors.http import HttpClient, run_http_step
 from engine.executors.sql import StepOutcome, run_sql_step
 from engine.planner.kinds import HTTP_TYPES, TIMER_TYPES, NodeType
@@ -184,8 +184,15 @@ class TaskRunner:
 
     async def step_connection(self, owner: str, database: str, instance_id: str) -> StepConnection:
         """A step slot and a connection as `owner` (one whose transaction a finishing step
-        began, when one was handed over with the slot); release() gives both back."""
-        handed = await self.steps.slots.take((owner, database), instance_id)
+        began, when one was handed over with the slot); release() gives both back.
+        SlotWaitTimedOut after waiting --execution-acquire-timeout for the slot. (A new
+        instance's first step is only tried when a slot is free: should it still wait and
+        give up, its task waits once more.)"""
+        limit = self.settings.execution_acquire_timeout
+        try:
+            handed = await self.steps.slots.take((owner, database), instance_id, limit)
+        except TimeoutError:
+            raise SlotWaitTimedOut(self.settings.max_user_connections, limit) from None
         if handed is not None:
             self.steps.carried.discard(handed)
             self.counters.handed_over_steps_total += 1
@@ -212,6 +219,7 @@ class TaskRunner:
         running = self.running.get(task.instance_id, task.node_id)
         if running is not None:
             running.backend_pid = step.conn.get_server_pid()
+        self.log_sql(task)
         outcome = None
         try:
             if task.database == self.settings.catalog_database:
@@ -273,7 +281,20 @@ class TaskRunner:
             self.steps.slots.give()
             self.queue.slot_freed()
 
+    def log_sql(self, task: Task) -> None:
+        """With --log-workflow-sql, the step's substituted statement (info: asked for, so it
+        shows without the debug lines); without, it is never logged."""
+        if self.settings.log_workflow_sql:
+            log.info(
+                "event=workflow_sql instance=%s node=%s sql=%r",
+                *(task.instance_id, task.node_id, task.payload),
+            )
+
     async def _fail(self, task: Task, error: str) -> None:
+        log.info(
+            "event=step_failed instance=%s node=%s node_type=%s error=%r",
+            *(task.instance_id, task.node_id, task.node_type, error),
+        )
         try:
             if await self.store.fail_step(task, error):
                 await self.advancer.advance(task.instance_id)

@@ -178,6 +178,7 @@ class Engine:
         s = self.settings
         return {
             "enable_superuser_instances": "on" if s.enable_superuser_instances else "off",
+            "http_enabled": "on" if s.http.enabled else "off",
             "list_instances_max_limit": str(s.list_instances_max_limit),
             "max_user_connections": str(s.max_user_connections),
             "new_transaction_start_timeout": str(s.new_transaction_start_timeout),

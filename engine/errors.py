@@ -31,6 +31,18 @@ class StepFailed(EngineError):
             self.sqlstate = sqlstate
 
 
+class SlotWaitTimedOut(StepFailed):
+    """An SQL step waited longer than --execution-acquire-timeout for a step slot
+    (pg_durable's text)."""
+
+    def __init__(self, max_user_connections: int, timeout: float) -> None:
+        super().__init__(
+            f"pg_durable: connection limit reached (max_user_connections={max_user_connections})."
+            f" Timed out after {timeout:g}s waiting for an available execution slot.",
+            "53300",  # too_many_connections
+        )
+
+
 class StepNotRun(EngineError, ConnectionError):
     """A step could not reach PostgreSQL (`started` false), or lost its connection before
     its transaction committed (`started` true): it did not run (or was rolled back) and

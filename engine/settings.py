@@ -24,6 +24,7 @@ class HttpSettings:
     max_request_bytes: int = 10 * MIB  # body, or the encoded multipart total
     max_response_bytes: int = 10 * MIB
     max_redirects: int = 5  # followed, each hop re-checked; beyond: the 3xx is the result
+    enabled: bool = True  # False (--http-disable): as pg_durable built without HTTP
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,8 @@ class EngineSettings:
     # with a secret, steps log in through per-owner runner roles (password-only clusters)
     runner_secret: bytes | None = None
     max_user_connections: int = 10
+    execution_acquire_timeout: float = 30.0  # an SQL step's wait for a step slot
+    log_workflow_sql: bool = False  # log each SQL step's substituted statement (info)
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES  # an SQL step's result document
     lease_seconds: float = 30.0
     poll_interval: float = 1.0

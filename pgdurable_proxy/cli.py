@@ -121,6 +121,8 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
         admin_user=upstream.user,
         runner_secret=settings.secret,
         max_user_connections=settings.max_user_connections,
+        execution_acquire_timeout=settings.execution_acquire_timeout,
+        log_workflow_sql=settings.log_workflow_sql,
         max_result_bytes=settings.max_result_bytes,
         lease_seconds=settings.lease_seconds,
         poll_interval=settings.poll_interval,

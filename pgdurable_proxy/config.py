@@ -46,6 +46,10 @@ class Settings:
     verify_held_state: bool = False
     authentication_timeout: float = 60.0
     max_client_connections: int = 1000
+    # pg_durable 0.2.8 settings (issue 14)
+    execution_acquire_timeout: int = 30  # seconds an SQL step waits for a step slot
+    log_workflow_sql: bool = False  # log each step's substituted SQL (info)
+    http_disable: bool = False  # no outbound HTTP: pg_durable's build without HTTP
 
     @property
     def embedded(self) -> bool:
@@ -158,7 +162,35 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "on any difference (for tests; costs a query per step)",
     )
     _http_options(option)
+    _parity_options(option)
     return p
+
+
+EXECUTION_ACQUIRE_TIMEOUT_RANGE = (1, 3600)  # pg_durable.execution_acquire_timeout's
+
+
+def _parity_options(option: Any) -> None:
+    """pg_durable 0.2.8 settings (issue 14)."""
+    option(
+        "--execution-acquire-timeout",
+        30,
+        type=int,
+        help="seconds an SQL step waits for a step slot (--max-user-connections) before it "
+        "fails (1-3600)",
+    )
+    option(
+        "--log-workflow-sql",
+        False,
+        action="store_true",
+        help="log each SQL step's substituted statement (level info); off: never logged",
+    )
+    option(
+        "--http-disable",
+        False,
+        action="store_true",
+        help="refuse df.http()/df.http_multipart() and fail HTTP steps, as pg_durable's "
+        "build without HTTP",
+    )
 
 
 MIN_SECRET_BYTES = 16
@@ -209,6 +241,7 @@ def _http_settings(args: argparse.Namespace) -> HttpSettings:
         max_request_bytes=args.http_max_request_bytes,
         max_response_bytes=args.http_max_response_bytes,
         max_redirects=args.http_max_redirects,
+        enabled=not args.http_disable,
     )
 
 
@@ -233,6 +266,9 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         raise ConfigError("--max-client-connections must be at least 1")
     if args.max_result_bytes <= 0:
         raise ConfigError("--max-result-bytes must be positive")
+    low, high = EXECUTION_ACQUIRE_TIMEOUT_RANGE
+    if not low <= args.execution_acquire_timeout <= high:
+        raise ConfigError(f"--execution-acquire-timeout must be between {low} and {high}")
     return Settings(
         upstream=upstream,
         host=args.host,
@@ -256,4 +292,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         verify_held_state=args.verify_held_state,
         authentication_timeout=args.authentication_timeout,
         max_client_connections=args.max_client_connections,
+        execution_acquire_timeout=args.execution_acquire_timeout,
+        log_workflow_sql=args.log_workflow_sql,
+        http_disable=args.http_disable,
     )

@@ -41,20 +41,32 @@ class StepSlots:
         """Slots nobody holds or waits for."""
         return self._free
 
-    async def take(self, key: SlotKey, instance: str = "") -> StepConnection | None:
+    async def take(
+        self, key: SlotKey, instance: str = "", within: float | None = None
+    ) -> StepConnection | None:
         """Wait for a slot; with it, a connection whose transaction was begun for `key`, or
-        None (take one from the pool)."""
+        None (take one from the pool). TimeoutError when `within` seconds pass first."""
         if self._free > 0 and self._next_key() is None:
             self._free -= 1
             return None
         waiter = _Waiter(key, instance, asyncio.get_running_loop().create_future())
         self._queues.setdefault(key, {}).setdefault(instance, deque()).append(waiter)
         try:
+            if within is not None:
+                # asyncio.wait leaves the future alone, so a slot served just as the time
+                # runs out is taken, never lost
+                await asyncio.wait((waiter.future,), timeout=max(within, 0.0))
+                if not waiter.future.done():
+                    self._leave(waiter)
+                    waiter.future.cancel()
+                    raise TimeoutError
             return await waiter.future
         except asyncio.CancelledError:
-            if not self._leave(waiter) and not waiter.future.cancelled():
+            left = self._leave(waiter)
+            if not left and waiter.future.done() and not waiter.future.cancelled():
                 self.give()  # served as it was cancelled: pass it on (a handed-over
-            raise  # connection is closed by its owner's close())
+            waiter.future.cancel()  # connection is closed by its owner's close())
+            raise
 
     def wanted(self, key: SlotKey) -> bool:
         """Does a step wait for a slot to run as `key`?"""

@@ -30,6 +30,7 @@ from engine.executors.http_request import (
 from engine.executors.ssrf import Blocked, Guard, GuardedResolver
 from engine.planner.http_config import HttpConfigError
 from engine.records import Task
+from engine.redaction import redact_url, redact_urls
 from engine.settings import HttpSettings
 from engine.store import Store
 
@@ -42,6 +43,11 @@ ORIGIN_BOUND = frozenset(("authorization", "cookie", "proxy-authorization", "hos
 SKIP_AUTO_HEADERS = ("Content-Type", "Accept-Encoding")
 CHUNK_BYTES = 64 * 1024
 PREVIEW_BYTES = 512
+# --http-disable: pg_durable's text for its build without the HTTP feature
+HTTP_DISABLED = (
+    "Blocked: outbound HTTP requests are disabled. Rebuild with the 'http-allow-azure-domains' "
+    "Cargo feature to enable them."
+)
 
 
 async def run_http_step(client: HttpClient, store: Store, task: Task) -> str:
@@ -53,6 +59,10 @@ async def run_http_step(client: HttpClient, store: Store, task: Task) -> str:
         )
     except HttpConfigError as exc:
         raise StepFailed(str(exc)) from None
+    log.debug(
+        "event=http_step instance=%s node=%s method=%s url=%s",
+        *(task.instance_id, task.node_id, request.method, redact_url(request.url)),
+    )
     return await client.fetch(request)
 
 
@@ -78,11 +88,16 @@ class Hop:
 
     method: str
     url: URL
-    text: str  # the URL as error messages show it
+    text: str  # the URL as given (error messages show it redacted: `shown`)
     headers: list[Header]
     body: bytes | None
     redirects: int = 0
-    came_from: str | None = None
+    came_from: str | None = None  # the previous hop's URL, redacted
+
+    @property
+    def shown(self) -> str:
+        """The URL as error texts and logs show it: its secrets redacted (pg_durable 0.2.8)."""
+        return redact_url(self.text)
 
     @property
     def origin(self) -> str:
@@ -96,7 +111,7 @@ class Hop:
             self.headers = [h for h in self.headers if h[0].lower() != "content-type"]
         if _origin(target) != _origin(self.url):
             self.headers = [h for h in self.headers if h[0].lower() not in ORIGIN_BOUND]
-        self.came_from, self.url, self.text = self.text, target, str(target)
+        self.came_from, self.url, self.text = self.shown, target, str(target)
         self.redirects += 1
 
 
@@ -140,16 +155,17 @@ class HttpClient:
         except StepFailed:
             raise
         except TimeoutError:
-            raise StepFailed(f"HTTP timeout after {_seconds(limit)}s: {hop.text}") from None
+            raise StepFailed(f"HTTP timeout after {_seconds(limit)}s: {hop.shown}") from None
         except Blocked as exc:
             raise StepFailed(_after_redirect(str(exc), hop)) from None
         except aiohttp.ClientConnectorError as exc:
-            raise StepFailed(f"HTTP connection failed: {hop.text} - {exc}") from None
+            raise StepFailed(f"HTTP connection failed: {hop.shown} - {_said(exc)}") from None
         except (aiohttp.ClientError, ValueError) as exc:
-            raise StepFailed(f"HTTP request failed: {hop.text} - {exc}") from None
+            raise StepFailed(f"HTTP request failed: {hop.shown} - {_said(exc)}") from None
         except Exception as exc:  # a step must fail with a message, never poison its task
             log.exception("event=http_unexpected_error url=%s", hop.origin)
-            raise StepFailed(f"HTTP request failed: {hop.text} - {exc!r}") from None
+            said = redact_urls(repr(exc))
+            raise StepFailed(f"HTTP request failed: {hop.shown} - {said}") from None
         duration_ms = int((time.monotonic() - started) * 1000)
         return envelope(status, body, headers, duration_ms)
 
@@ -174,7 +190,7 @@ class HttpClient:
                         continue
                 if resp.status >= 500:
                     preview = await _read_preview(resp)
-                    raise StepFailed(server_error_text(hop.method, hop.text, resp.status, preview))
+                    raise StepFailed(server_error_text(hop.method, hop.shown, resp.status, preview))
                 body = await self._read_body(resp, hop)
                 return resp.status, list(resp.headers.items()), body
 
@@ -185,6 +201,8 @@ class HttpClient:
             raise Blocked(
                 f"Blocked: unsupported URL scheme '{scheme}'. Only http and https are allowed."
             )
+        if not self.settings.enabled:
+            raise Blocked(HTTP_DISABLED)
         if not url.host or url.port is None:
             raise ValueError("the URL has no host")
         self.guard.check_literal(url.host, url.port)
@@ -194,7 +212,7 @@ class HttpClient:
         """The whole body, read in chunks; fails as soon as it passes the limit."""
         limit = self.settings.max_response_bytes
         too_large = StepFailed(
-            f"HTTP response from {hop.text} is larger than the limit of {limit} bytes "
+            f"HTTP response from {hop.shown} is larger than the limit of {limit} bytes "
             "(--http-max-response-bytes)"
         )
         if resp.content_length is not None and resp.content_length > limit:
@@ -223,6 +241,11 @@ def _origin(url: URL) -> tuple[str, str | None, int | None]:
 
 def _seconds(value: float) -> str:
     return str(int(value)) if value == int(value) else str(value)
+
+
+def _said(exc: BaseException) -> str:
+    """A library's error message, which may quote the URL: its secrets redacted."""
+    return redact_urls(str(exc))
 
 
 def _after_redirect(message: str, hop: Hop) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from engine.redaction import redact_url
 from pgdurable_proxy.cluster import Cluster
 from tests.support.catalog import create_database
 from tests.support.http_server import PNG, ServerThread
@@ -157,14 +158,15 @@ def test_timeouts_and_the_timeout_cap(http: Setup) -> None:
     url = http.server.url("/slow?s=20")
     short = _start(http.dsn(), "df.http(%s, 'GET', timeout_seconds => 1)", (url,))
     capped = _start(http.dsn(), "df.http(%s, 'GET', timeout_seconds => 600)", (url,))
-    assert _error(_await(http.dsn(), short)) == f"HTTP timeout after 1s: {url}"
-    assert _error(_await(http.dsn(), capped)) == f"HTTP timeout after {MAX_TIMEOUT}s: {url}"
+    shown = http.server.url("/slow?s=REDACTED")  # query values are redacted in errors
+    assert _error(_await(http.dsn(), short)) == f"HTTP timeout after 1s: {shown}"
+    assert _error(_await(http.dsn(), capped)) == f"HTTP timeout after {MAX_TIMEOUT}s: {shown}"
 
 
 def test_size_limits(http: Setup) -> None:
     url = http.server.url("/huge?n=20000000")
     assert _error(_run(http.dsn(), "df.http(%s, 'GET')", (url,))) == (
-        f"HTTP response from {url} is larger than the limit of {MAX_RESPONSE} bytes "
+        f"HTTP response from {redact_url(url)} is larger than the limit of {MAX_RESPONSE} bytes "
         "(--http-max-response-bytes)"
     )
     body = "b" * (MAX_REQUEST + 1)
@@ -198,7 +200,7 @@ def test_redirects_to_refused_destinations(http: Setup, target: str, refused: st
         target = http.other.url("/echo")
     hop = http.server.url(f"/redirect/1?to={target}")
     error = _error(_run(http.dsn(), "df.http(%s, 'GET')", (hop,)))
-    assert error == f"{refused} (redirected from {hop})"
+    assert error == f"{refused} (redirected from {redact_url(hop)})"
 
 
 def test_names_resolving_to_loopback_are_refused(http: Setup) -> None:

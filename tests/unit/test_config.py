@@ -127,3 +127,19 @@ def test_max_result_bytes_flag_environment_and_default() -> None:
     assert parse_settings(["--max-result-bytes", "5"], env).max_result_bytes == 5
     with pytest.raises(ConfigError, match="--max-result-bytes must be positive"):
         parse_settings(["--max-result-bytes", "0"], {})
+
+
+def test_pg_durable_0_2_8_settings_default_as_pg_durable_and_are_checked() -> None:
+    settings = parse_settings([], {})
+    assert settings.execution_acquire_timeout == 30
+    assert not settings.log_workflow_sql and not settings.http_disable
+    assert settings.http.enabled
+    flags = ["--execution-acquire-timeout", "3600", "--log-workflow-sql", "--http-disable"]
+    settings = parse_settings(flags, {})
+    assert settings.execution_acquire_timeout == 3600 and settings.log_workflow_sql
+    assert settings.http_disable and not settings.http.enabled
+    settings = parse_settings([], {"PGDURABLE_HTTP_DISABLE": "on"})
+    assert not settings.http.enabled
+    for bad in ("0", "3601"):
+        with pytest.raises(ConfigError, match="between 1 and 3600"):
+            parse_settings(["--execution-acquire-timeout", bad], {})

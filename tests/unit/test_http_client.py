@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from engine.errors import StepFailed
-from engine.executors.http import HttpClient
+from engine.executors.http import HTTP_DISABLED, HttpClient
 from engine.executors.http_request import HttpRequest, user_agent
 from engine.executors.ssrf import parse_allow_list
+from engine.redaction import redact_url
 from engine.settings import HttpSettings
 from pgdurable_proxy.cluster import free_port
 from tests.support.http_server import PNG, ServerThread
@@ -100,7 +101,7 @@ async def test_redirects_are_followed_and_rechecked(
     message = await _fails(client, _request(hop))
     assert message == (
         f"Blocked: '{other.host}' is a non-public address. Allow it with --http-allow. "
-        f"(redirected from {hop})"
+        f"(redirected from {server.url('/redirect/1?to=REDACTED')})"  # query values redacted
     )
     metadata = server.url("/redirect/1?to=http://169.254.169.254/latest/meta-data/")
     assert (await _fails(client, _request(metadata))).startswith(
@@ -157,7 +158,7 @@ async def test_response_limit(client: HttpClient, server: ServerThread) -> None:
     for query in ("n=5000000", "n=5000000&declared=1"):
         url = server.url(f"/huge?{query}")
         assert await _fails(client, _request(url)) == (
-            f"HTTP response from {url} is larger than the limit of 1048576 bytes "
+            f"HTTP response from {redact_url(url)} is larger than the limit of 1048576 bytes "
             "(--http-max-response-bytes)"
         )
     exact = json.loads(await client.fetch(_request(server.url("/huge?n=1048576"))))
@@ -168,7 +169,8 @@ async def test_timeout_is_capped(server: ServerThread) -> None:
     http = HttpClient(_settings(server, max_timeout=0.5))
     try:
         url = server.url("/slow?s=5")
-        assert await _fails(http, _request(url, timeout=30)) == f"HTTP timeout after 0.5s: {url}"
+        shown = server.url("/slow?s=REDACTED")
+        assert await _fails(http, _request(url, timeout=30)) == f"HTTP timeout after 0.5s: {shown}"
     finally:
         await http.close()
 
@@ -183,3 +185,28 @@ async def test_connection_errors(client: HttpClient, server: ServerThread) -> No
     assert message.startswith(f"HTTP connection failed: {url} - ")
     invalid = await _fails(client, _request("http:///nohost"))
     assert invalid.startswith("HTTP request failed: http:///nohost - ")
+
+
+async def test_http_disabled_refuses_every_request_after_the_scheme_check(
+    server: ServerThread,
+) -> None:
+    http = HttpClient(_settings(server, enabled=False))
+    try:
+        assert await _fails(http, _request(server.url("/echo"))) == HTTP_DISABLED
+        ftp = await _fails(http, _request("ftp://example.com/x"))
+        assert ftp.startswith("Blocked: unsupported URL scheme 'ftp'.")
+    finally:
+        await http.close()
+
+
+async def test_errors_show_the_url_with_its_secrets_redacted(server: ServerThread) -> None:
+    port = free_port()
+    allowed = HttpClient(HttpSettings(allow=parse_allow_list(server.host)))
+    try:
+        url = f"http://user:secret@{server.host}:{port}/p?token=abc#frag"
+        message = await _fails(allowed, _request(url))
+    finally:
+        await allowed.close()
+    shown = f"http://REDACTED@{server.host}:{port}/p?token=REDACTED#REDACTED"
+    assert message.startswith(f"HTTP connection failed: {shown} - ")
+    assert "secret" not in message and "abc" not in message and "frag" not in message

@@ -170,3 +170,31 @@ def test_a_slot_given_back_passes_over_a_waiter_cancelled_a_moment_ago() -> None
         assert slots.free == 1
 
     _run(test)
+
+
+def test_a_waiter_out_of_time_leaves_the_queue_and_the_next_give_is_not_lost() -> None:
+    """--execution-acquire-timeout: the wait ends with TimeoutError, nothing held."""
+
+    async def test() -> None:
+        slots = StepSlots(1)
+        await slots.take(ALICE)
+        with pytest.raises(TimeoutError):
+            await slots.take(BOB, "late", within=0.01)
+        assert not slots.wanted(BOB)
+        slots.give()
+        assert slots.free == 1
+        assert await slots.take(BOB, within=0) is None  # free: taken at once
+
+    _run(test)
+
+
+def test_a_waiter_served_within_its_time_gets_the_slot_and_a_handed_connection() -> None:
+    async def test() -> None:
+        slots = StepSlots(1)
+        await slots.take(ALICE)
+        waiting = asyncio.ensure_future(slots.take(ALICE, within=5))
+        await asyncio.sleep(0)
+        assert slots.hand(ALICE, CONN)
+        assert await waiting is CONN and slots.free == 0
+
+    _run(test)

@@ -204,8 +204,20 @@ RETURN df._clean_durofut_text(jsonb_build_object('node_type', node_type, 'query'
     || ',"headers":' || coalesce(df._json_compact(headers), 'null')
     || ',"timeout_seconds":' || timeout || '}'));
 
--- pgdurable performs HTTP itself, so unlike a pg_durable build without the HTTP feature
--- these are never "disabled". NULL for a defaulted argument means its default.
+-- With --http-disable (published by the engine as http_enabled = off) the HTTP builders
+-- refuse, with the texts of pg_durable built without its HTTP feature, before any check.
+CREATE OR REPLACE FUNCTION df._refuse_if_http_disabled(builder text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF df._setting('http_enabled', 'on') = 'off' THEN
+        RAISE EXCEPTION USING ERRCODE = 'feature_not_supported',
+            MESSAGE = builder || '() is disabled. Rebuild with the ''http-allow-azure-domains'' '
+                      'Cargo feature to enable outbound HTTP requests.';
+    END IF;
+END;
+$$;
+
+-- NULL for a defaulted argument means its default.
 CREATE OR REPLACE FUNCTION df.http(url text, method text DEFAULT 'POST', body text DEFAULT NULL,
                         headers jsonb DEFAULT NULL, timeout_seconds integer DEFAULT 30)
 RETURNS text
@@ -216,6 +228,7 @@ DECLARE
         '{GET,POST,PUT,DELETE,PATCH}',
         'Invalid HTTP method: %s. Must be GET, POST, PUT, DELETE, or PATCH');
 BEGIN
+    PERFORM df._refuse_if_http_disabled('df.http');
     IF request.message IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = request.code, MESSAGE = request.message;
     END IF;
@@ -236,6 +249,7 @@ DECLARE
     request record := df._http_request('df.http_multipart', url, method, timeout_seconds,
         '{POST,PUT,PATCH}', 'Invalid HTTP method for multipart: %s. Must be POST, PUT, or PATCH');
 BEGIN
+    PERFORM df._refuse_if_http_disabled('df.http_multipart');
     IF request.message IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = request.code, MESSAGE = request.message;
     ELSIF parts IS NULL OR jsonb_typeof(parts) = 'null' THEN
