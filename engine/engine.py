@@ -20,7 +20,7 @@ import asyncpg
 
 from engine.advance import AdvanceParts, Advancer
 from engine.cancel import Canceller
-from engine.catalog import migrate
+from engine.catalog import catalog_version, migrate
 from engine.connections.pool import StepConnections
 from engine.connections.runners import Runners
 from engine.dispatch import TaskRunner
@@ -38,6 +38,7 @@ log = logging.getLogger("pgdurable.engine")
 # was nearly empty (see the README's design section), and never JIT-compiled.
 ENGINE_SESSION = {"enable_seqscan": "off", "jit": "off"}
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+READINESS_TIMEOUT = 2.0  # seconds /readyz waits for PostgreSQL's answer
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -74,6 +75,7 @@ class Engine:
         )
         self._loops: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
+        self.boot_error: str | None = "not connected yet"  # why PostgreSQL is not in reach
         self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
         self.version = 0
 
@@ -137,9 +139,12 @@ class Engine:
         while not self.scheduler.stop.is_set():
             try:
                 await self._boot()
+                self.boot_error = None
                 break
             except DB_ERRORS as exc:
-                log.warning("event=engine_boot_retry error=%r delay=%.1f", exc, delay)
+                self.boot_error = str(exc) or repr(exc)
+                # at info: pgdurable's stderr says so every few seconds (cli._booted)
+                log.info("event=engine_boot_retry error=%r delay=%.1f", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         self._ready.set()
@@ -190,7 +195,7 @@ class Engine:
         await self._listener.add_listener("df_wake", self._notified)
 
     async def _ensure_listener(self) -> None:
-        if self._listener is None or self._listener.is_closed():
+        if not self._listening():
             await self._listen()
 
     def _notified(self, *args: object) -> None:
@@ -212,6 +217,44 @@ class Engine:
         await self.http.close()
         if self.pool is not None:
             self.pool.terminate()
+
+    async def readiness(self) -> dict[str, str]:
+        """Each readiness check and its state: "ok", or what is wrong (/readyz)."""
+        return {
+            "postgres": await self._postgres_state(),
+            "catalog": self._catalog_state(),
+            "engine": self._engine_state(),
+            "listener": "ok" if self._listening() else "not connected to PostgreSQL",
+        }
+
+    async def _postgres_state(self) -> str:
+        if self.pool is None:
+            return f"not reachable: {self.boot_error}"
+        try:
+            await self.pool.fetchval("SELECT 1", timeout=READINESS_TIMEOUT)
+        except (*DB_ERRORS, TimeoutError) as exc:
+            return f"not reachable: {str(exc) or repr(exc)}"
+        return "ok"
+
+    def _catalog_state(self) -> str:
+        expected = catalog_version()
+        if self.version == expected:
+            return "ok"
+        if self.version == 0:
+            return "not installed yet"
+        return f"at version {self.version}, expected {expected}"
+
+    def _engine_state(self) -> str:
+        if self.failed.done():
+            return f"failed: {self.failed.result()!r}"
+        if not self._ready.is_set():
+            return "starting"
+        if not self._loops or self._loops[0].done():
+            return "stopped"
+        return "ok"
+
+    def _listening(self) -> bool:
+        return self._listener is not None and not self._listener.is_closed()
 
     def wake(self) -> None:
         """Look for work now."""
@@ -250,5 +293,5 @@ class Engine:
     def started_through_proxy(self) -> None:
         """A df.start committed through the proxy: its NOTIFY advances it, unless the
         listener is down, in which case the scheduler looks now."""
-        if self._listener is None or self._listener.is_closed():
+        if not self._listening():
             self.wake()

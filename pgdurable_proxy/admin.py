@@ -1,28 +1,43 @@
-"""The admin HTTP endpoint: /healthz and /metrics (aiohttp)."""
+"""The admin HTTP endpoint: /healthz (alive), /readyz (ready to serve) and /metrics
+(aiohttp)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from pgdurable_proxy.metrics import Metrics
 
+Readiness = Callable[[], Awaitable[dict[str, str]]]
+
 
 async def start_admin(
-    host: str, port: int, metrics: Metrics, more: Callable[[], str] = str
+    host: str,
+    port: int,
+    metrics: Metrics,
+    more: Callable[[], str] = str,
+    readiness: Readiness | None = None,
 ) -> web.AppRunner:
-    """Serve /healthz and /metrics (the relay's counters, then `more()`); returns the runner
-    to clean up at shutdown."""
+    """Serve /healthz, /readyz (each of `readiness()`'s checks "ok", else 503 naming what
+    is wrong) and /metrics (the relay's counters, then `more()`); returns the runner to
+    clean up at shutdown."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        checks = await readiness() if readiness is not None else {}
+        ready = all(state == "ok" for state in checks.values())
+        body = {"status": "ready" if ready else "not ready", "checks": checks}
+        return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_page(_: web.Request) -> web.Response:
         return web.Response(text=metrics.render() + more(), content_type="text/plain")
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -24,7 +24,7 @@ from pgdurable_proxy.preflight import StartupConflict, check_port_free, lock_dat
 from pgdurable_proxy.server import ProxyServer, server_tls_context
 
 log = logging.getLogger("pgdurable.cli")
-ENGINE_BOOT_WAIT = 15.0
+BOOT_REPORT_SECONDS = 3.0  # how often pgdurable says it still waits for PostgreSQL
 FD_LIMIT_IF_UNLIMITED = 1 << 20  # Linux's default fs.nr_open
 FD_RESERVE = 64  # listening sockets, the engine's own connections, logs, HTTP steps
 
@@ -137,15 +137,66 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
 
 async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
     metrics = Metrics()
+    stop = _stop_on_signals()
+    engine = Engine(engine_settings(settings, upstream))
+    await engine.start()
+    admin = None
+    if settings.http_port is not None:  # /healthz and /readyz answer while PostgreSQL is away
+        from pgdurable_proxy.admin import start_admin
+
+        admin = await start_admin(
+            settings.host,
+            settings.http_port,
+            metrics,
+            lambda: render_counters(engine.counters),
+            engine.readiness,
+        )
+    try:
+        if await _booted(engine, upstream, stop):
+            await _relay(settings, upstream, engine, metrics, stop)
+    finally:
+        await engine.stop()
+        if admin is not None:
+            await admin.cleanup()
+    if engine.failed.done():
+        raise engine.failed.result()
+
+
+async def _booted(engine: Engine, upstream: UpstreamDSN, stop: asyncio.Event) -> bool:
+    """Wait until the engine has installed the catalog (True), saying on stderr every few
+    seconds why not yet; False when asked to stop or the engine failed first."""
+    started = asyncio.ensure_future(engine.started())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        while True:
+            waiting: set[asyncio.Future[Any]] = {started, stopped, engine.failed}
+            await asyncio.wait(waiting, timeout=BOOT_REPORT_SECONDS, return_when="FIRST_COMPLETED")
+            if started.done():
+                return True
+            if stopped.done() or engine.failed.done():
+                return False
+            reason = engine.boot_error or "installing the df catalog"
+            print(
+                f"pgdurable: waiting for PostgreSQL at {_address(upstream)}: {reason}",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        started.cancel()
+        stopped.cancel()
+
+
+async def _relay(
+    settings: Settings,
+    upstream: UpstreamDSN,
+    engine: Engine,
+    metrics: Metrics,
+    stop: asyncio.Event,
+) -> None:
+    """Serve clients until SIGTERM/SIGINT or the engine fails for good."""
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = server_tls_context(str(settings.tls_cert), str(settings.tls_key))
-    engine = Engine(engine_settings(settings, upstream))
-    await engine.start()
-    try:  # normally the catalog is in place before clients come; never wait forever for it
-        await asyncio.wait_for(asyncio.shield(engine.started()), ENGINE_BOOT_WAIT)
-    except TimeoutError:
-        log.warning("event=engine_not_ready_yet waited=%ss", ENGINE_BOOT_WAIT)
     server = ProxyServer(
         upstream,
         Interceptor(metrics),
@@ -157,22 +208,28 @@ async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
         max_client_connections=settings.max_client_connections,
     )
     port = await server.start(settings.host, settings.port)
-    admin = None
-    if settings.http_port is not None:
-        from pgdurable_proxy.admin import start_admin
-
-        admin = await start_admin(
-            settings.host, settings.http_port, metrics, lambda: render_counters(engine.counters)
-        )
     _announce(settings, upstream, port)
-    failure = await _wait_for_signal_or(engine.failed)
+    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    waiting: set[asyncio.Future[Any]] = {stopped, engine.failed}
+    await asyncio.wait(waiting, return_when="FIRST_COMPLETED")
+    stopped.cancel()
     log.warning("event=shutting_down sessions=%d", len(server.sessions))
     await server.shutdown(settings.shutdown_timeout)
-    await engine.stop()
-    if admin is not None:
-        await admin.cleanup()
-    if failure is not None:
-        raise failure
+
+
+def _address(upstream: UpstreamDSN) -> str:
+    if upstream.is_unix_socket:
+        return f"{upstream.host}/.s.PGSQL.{upstream.port}"
+    return f"{upstream.host}:{upstream.port}"
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM and SIGINT set."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def _announce(settings: Settings, upstream: UpstreamDSN, port: int) -> None:
@@ -181,16 +238,3 @@ def _announce(settings: Settings, upstream: UpstreamDSN, port: int) -> None:
     uri = f"postgresql://{user}@{host}:{port}/{upstream.dbname}"
     print(f"pgdurable ready on {settings.host}:{port}", flush=True)
     print(f'connect with: psql "{uri}"', flush=True)
-
-
-async def _wait_for_signal_or(failed: asyncio.Future[BaseException]) -> BaseException | None:
-    """Wait for SIGTERM/SIGINT (None) or for the engine to fail for good (its error)."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-    waiting: set[asyncio.Future[Any]] = {stopped, failed}
-    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    return failed.result() if failed.done() else None

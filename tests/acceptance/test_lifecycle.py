@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,14 +257,41 @@ def test_bad_arguments_exit_with_one_line(args: list[str]) -> None:
     assert len(lines) == 1 and lines[0].startswith("pgdurable: error:"), result.stderr
 
 
-def test_unreachable_upstream_is_a_clear_client_error(tmp_path: Path) -> None:
-    proxy = ProxyProcess(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres").start()
+def test_an_unreachable_upstream_is_waited_for_and_said_instead_of_ready() -> None:
+    """pgdurable says every few seconds why it waits, never "ready"; /healthz says it is
+    alive and /readyz (503) what is wrong."""
+    upstream_port, http_port = free_port(), free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "pgdurable_proxy",
+        "--upstream",
+        f"postgresql://postgres@127.0.0.1:{upstream_port}/postgres",
+        "--port",
+        str(free_port()),
+        "--http-port",
+        str(http_port),
+    ]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        with pytest.raises(psycopg.OperationalError) as info:
-            psycopg.connect(proxy.dsn(), connect_timeout=5)
-        assert "cannot reach PostgreSQL" in str(info.value)
+        assert process.stderr is not None
+        waiting = [process.stderr.readline()]  # after 3 s, then every 3 s
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz") as alive:
+            assert alive.status == 200
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz")
+        assert not_ready.value.code == 503
+        checks = json.loads(not_ready.value.read())["checks"]
     finally:
-        proxy.stop()
+        process.terminate()
+        stdout, _ = process.communicate(timeout=30)
+    expected = f"pgdurable: waiting for PostgreSQL at 127.0.0.1:{upstream_port}: "
+    assert all(line.startswith(expected) for line in waiting), waiting
+    assert "refused" in waiting[0].lower(), waiting
+    assert "ready" not in stdout, stdout
+    assert checks["postgres"].startswith("not reachable"), checks
+    assert checks["catalog"] == "not installed yet" and checks["engine"] == "starting", checks
+    assert process.returncode == 0
 
 
 def test_embedded_server_starts_stops_and_keeps_data(tmp_path: Path) -> None:

@@ -3,10 +3,14 @@ connection died before COMMIT, wait for PostgreSQL and run again; the log says s
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -67,6 +71,21 @@ def _failures(cluster: Cluster) -> list[tuple[object, ...]]:
         ).fetchall()
 
 
+def _await_readiness(proxy: ProxyProcess, status: int, timeout: float = 10) -> dict[str, Any]:
+    """/readyz's body once it answers `status`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{proxy.http_port}/readyz") as reply:
+                code, body = reply.status, reply.read()
+        except urllib.error.HTTPError as error:
+            code, body = error.code, error.read()
+        if code == status:
+            return dict(json.loads(body))
+        assert time.monotonic() < deadline, f"/readyz still {code}: {body!r}"
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize("down", [0.0, 7.0], ids=["restart", "down-longer-than-a-lease"])
 def test_postgres_restart_fails_no_workflow(
     restartable: Cluster, tmp_path: Path, down: float
@@ -84,9 +103,14 @@ def test_postgres_restart_fails_no_workflow(
             time.sleep(0.01)
         assert _effects(restartable) < 3 * WORKFLOWS, "the run ended before the restart"
         restartable.stop("immediate")  # pg_ctl restart -m immediate, with a pause
-        time.sleep(down)
+        if down:
+            started_down = time.monotonic()
+            readiness = _await_readiness(proxy, 503)
+            assert readiness["checks"]["postgres"].startswith("not reachable"), readiness
+            time.sleep(max(0.0, down - (time.monotonic() - started_down)))
         restartable.start()
         statuses = _wait_finished(restartable, timeout=40)
+        assert _await_readiness(proxy, 200)["status"] == "ready"
     finally:
         proxy.kill()
     assert statuses == {"completed": WORKFLOWS}, _failures(restartable)
