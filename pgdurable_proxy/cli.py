@@ -14,9 +14,10 @@ from typing import Any
 import uvloop
 
 from engine.engine import Engine
-from engine.settings import EngineSettings
+from engine.settings import EngineSettings, ServerConfig, ServerValue
 from pgdurable_proxy import logs
-from pgdurable_proxy.config import ConfigError, Settings, parse_settings
+from pgdurable_proxy import pg_durable_settings as durable
+from pgdurable_proxy.config import ConfigError, Settings, apply_server_config, parse_settings
 from pgdurable_proxy.dsn import UpstreamDSN, parse_dsn
 from pgdurable_proxy.intercept import Interceptor
 from pgdurable_proxy.metrics import Metrics, render_counters
@@ -41,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return uvloop.run(serve(settings))
     except KeyboardInterrupt:
         return 0
+    except ConfigError as exc:  # a bad pg_durable.* line in the server's configuration
+        print(f"pgdurable: error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # one line, not a traceback, for start-up failures
         print(f"pgdurable: error: {exc}", file=sys.stderr)
         return 1
@@ -113,6 +117,7 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
         lease_seconds=settings.lease_seconds,
         poll_interval=settings.poll_interval,
         enable_superuser_instances=settings.enable_superuser_instances,
+        list_instances_max_limit=settings.list_instances_max_limit,
         min_loop_iteration_seconds=settings.min_loop_iteration_seconds,
         max_new_transaction_starts=settings.max_new_transaction_starts,
         new_transaction_start_timeout=settings.new_transaction_start_timeout,
@@ -126,22 +131,22 @@ async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = server_tls_context(str(settings.tls_cert), str(settings.tls_key))
-    engine = Engine(engine_settings(settings, upstream))
-    await engine.start()
-    try:  # normally the catalog is in place before clients come; never wait forever for it
-        await asyncio.wait_for(asyncio.shield(engine.started()), ENGINE_BOOT_WAIT)
-    except TimeoutError:
-        log.warning("event=engine_not_ready_yet waited=%ss", ENGINE_BOOT_WAIT)
+    configured = _ServerConfigured(settings, upstream)
+    engine = Engine(engine_settings(settings, upstream), configured.server_config())
     server = ProxyServer(
         upstream,
-        Interceptor(metrics),
+        Interceptor(metrics, settings_relation=durable.settings_relation(Settings(None))),
         metrics,
         tls,
         wake=engine.started_through_proxy,
         start_new=engine.start_new,
         authentication_timeout=settings.authentication_timeout,
         max_client_connections=settings.max_client_connections,
+        startup_parameters=configured.startup_parameters(),
     )
+    configured.server = server
+    await engine.start()
+    await _wait_for_engine(engine)
     port = await server.start(settings.host, settings.port)
     admin = None
     if settings.http_port is not None:
@@ -159,6 +164,46 @@ async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
         await admin.cleanup()
     if failure is not None:
         raise failure
+
+
+class _ServerConfigured:
+    """Applies the server's `pg_durable.*` lines when the engine has read them: the engine
+    runs with the result, and sessions opened from then on see it."""
+
+    def __init__(self, settings: Settings, upstream: UpstreamDSN) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.server: ProxyServer | None = None
+
+    def server_config(self) -> ServerConfig:
+        return ServerConfig(tuple(durable.BY_NAME), self.apply)
+
+    def startup_parameters(self) -> bytes:
+        return durable.startup_parameters(durable.effective_values(self.settings, self.upstream))
+
+    def apply(self, found: tuple[ServerValue, ...]) -> EngineSettings:
+        configured = apply_server_config(self.settings, self.upstream, found)
+        for name, reason in configured.unused:
+            log.warning("event=server_setting_unused name=%s reason=%r", name, reason)
+        self.settings = configured.settings
+        if self.server is not None:
+            self.server.startup_parameters = self.startup_parameters()
+        return engine_settings(self.settings, self.upstream)
+
+
+async def _wait_for_engine(engine: Engine) -> None:
+    """Normally the catalog is in place before clients come; never wait forever for it, but
+    stop at once if the engine cannot start (a bad pg_durable.* line)."""
+    started = asyncio.ensure_future(engine.started())
+    waiting: set[asyncio.Future[Any]] = {started, engine.failed}
+    await asyncio.wait(waiting, timeout=ENGINE_BOOT_WAIT, return_when=asyncio.FIRST_COMPLETED)
+    if engine.failed.done():
+        started.cancel()
+        await engine.stop()
+        raise engine.failed.result()
+    if not started.done():
+        started.cancel()
+        log.warning("event=engine_not_ready_yet waited=%ss", ENGINE_BOOT_WAIT)
 
 
 def _announce(settings: Settings, upstream: UpstreamDSN, port: int) -> None:
