@@ -50,10 +50,10 @@ class Settings:
     max_client_connections: int = 1000
     # pg_durable's settings that had no flag yet (pg_durable_settings.py maps them all)
     list_instances_max_limit: int = 1000
-    execution_acquire_timeout: float = 30.0
+    execution_acquire_timeout: int = 30  # seconds an SQL step waits for a step slot
     log_workflow_sql: bool = False
     retention_days: int = 30
-    reconcile_interval: float = 3600.0
+    reconcile_interval: int = 3600  # seconds; 0: no retention passes
     # the fields set by a flag or a PGDURABLE_* variable (a pg_durable.* line does not win)
     explicit: frozenset[str] = frozenset()
 
@@ -181,10 +181,10 @@ def _parser(
 def _pg_durable_options(option: Any) -> None:
     """Flags for pg_durable settings that had none (others give them their behaviour)."""
     option("--list-instances-max-limit", 1000, type=int, help="most rows df.list_instances returns")
-    option("--execution-acquire-timeout", 30.0, type=float, help="seconds a step waits for a slot")
+    option("--execution-acquire-timeout", 30, type=int, help="seconds a step waits for a slot")
     option("--log-workflow-sql", False, action="store_true", help="log each step's SQL")
     option("--retention-days", 30, type=int, help="days a finished instance is kept")
-    option("--reconcile-interval", 3600.0, type=float, help="seconds between retention passes")
+    option("--reconcile-interval", 3600, type=int, help="seconds between retention passes")
 
 
 MIN_SECRET_BYTES = 16
@@ -332,13 +332,21 @@ def apply_server_config(
             if item.value.strip() != shown[item.name]:
                 unused.append((item.name, f"{setting.flag} was given"))
         else:
-            changes[setting.field] = _server_value(setting, item)
+            changes[setting.field] = _server_value(setting, item, getattr(settings, setting.field))
     return ServerConfigured(dataclasses.replace(settings, **changes), tuple(unused))  # type: ignore[arg-type]
 
 
-def _server_value(setting: durable.DurableSetting, item: ServerValue) -> bool | int | float:
+def _server_value(
+    setting: durable.DurableSetting, item: ServerValue, current: object
+) -> bool | int | float:
+    """The value of a server line, of the type of the Settings field it stands for."""
     try:
-        return durable.parse_value(setting, item.value)
+        value = durable.parse_value(setting, item.value)
+        if isinstance(current, int) and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError("expects a whole number of seconds")
+            value = int(value)
+        return value
     except ValueError as exc:
         where = f"in {item.origin}" if item.origin else "in the server's configuration"
         raise ConfigError(

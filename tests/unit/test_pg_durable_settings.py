@@ -183,3 +183,18 @@ def test_the_interceptor_adds_the_rows_in_every_database() -> None:
     assert replacement is not None and replacement[5:-1] == expected
     plain = b"SELECT name FROM pg_settings"
     assert interceptor.verdict(plain).rewritten is None
+
+
+def test_whole_seconds_where_the_flag_takes_whole_seconds() -> None:
+    settings = parse_settings([], {})
+    found = [ServerValue("pg_durable.execution_acquire_timeout", "2min")]
+    result = apply_server_config(settings, UPSTREAM, found).settings
+    assert result.execution_acquire_timeout == 120
+    assert isinstance(result.execution_acquire_timeout, int)
+    found = [ServerValue("pg_durable.execution_acquire_timeout", "1.5")]
+    with pytest.raises(ConfigError, match=r"'1.5' \(expects a whole number of seconds\)"):
+        apply_server_config(settings, UPSTREAM, found)
+    found = [ServerValue("pg_durable.new_transaction_start_timeout", "1.5")]
+    assert (
+        apply_server_config(settings, UPSTREAM, found).settings.new_transaction_start_timeout == 1.5
+    )
