@@ -15,6 +15,7 @@ from typing import Any
 
 from pglast import parser
 
+from dsl.classify import MAX_EXACT_SQL_CHARS, MAX_TREE_JSON_CHARS
 from dsl.tree import nodes_of
 
 VIEW = "pg_settings"
@@ -34,8 +35,13 @@ def mentions_settings_view(sql: bytes) -> bool:
 def with_settings_rows(sql: str, relation: str) -> str | None:
     """`sql` with each pg_settings its FROM clauses read replaced by `relation` (a
     parenthesised subquery with pg_settings' columns); None when there is none to replace."""
+    if len(sql) > MAX_EXACT_SQL_CHARS:  # parsing it would stall the relay (classify.py)
+        return None
     try:
-        tree = json.loads(parser.parse_sql_json(sql))
+        text = parser.parse_sql_json(sql)
+        if len(text) > MAX_TREE_JSON_CHARS:
+            return None
+        tree = json.loads(text)
     except (parser.ParseError, RecursionError):
         return None
     data = sql.encode()

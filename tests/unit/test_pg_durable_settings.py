@@ -172,6 +172,12 @@ def test_pg_settings_in_a_from_clause_is_replaced(sql: str, rewritten: str | Non
     assert with_settings_rows(sql, RELATION) == rewritten
 
 
+def test_texts_too_big_to_parse_on_the_event_loop_are_left_alone() -> None:
+    sql = "SELECT * FROM pg_settings WHERE name = 'pg_durable.x' -- " + "x" * 300_000
+    assert with_settings_rows(sql, RELATION) is None
+    assert with_settings_rows(sql[:300], RELATION) is not None
+
+
 def test_the_interceptor_adds_the_rows_in_every_database() -> None:
     interceptor = Interceptor(Metrics(), settings_relation=RELATION)
     sql = b"SELECT name FROM pg_settings WHERE name LIKE 'pg_durable.%'"
