@@ -30,7 +30,7 @@ from engine.planner.held import Planning
 from engine.planner.plan import TaskLease
 from engine.running import Background, EngineCounters, Running
 from engine.scheduler import AdvanceQueue, Scheduler, SchedulerParts
-from engine.settings import EngineSettings
+from engine.settings import EngineSettings, ServerConfig
 from engine.store import Store
 
 log = logging.getLogger("pgdurable.engine")
@@ -48,9 +48,25 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 class Engine:
     """One engine per pgdurable process; several processes may share a database."""
 
-    def __init__(self, settings: EngineSettings) -> None:
-        self.settings = settings
+    def __init__(self, settings: EngineSettings, server_config: ServerConfig | None = None) -> None:
         self.owner_id = str(uuid.uuid4())
+        self.counters = EngineCounters()
+        self.background = Background()
+        self.outage = self.background.outage
+        self.pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._server_config = server_config
+        self._build(settings)
+        self._loops: list[asyncio.Task[None]] = []
+        self._ready = asyncio.Event()
+        self.boot_error: str | None = "not connected yet"  # why PostgreSQL is not in reach
+        self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        self.version = 0
+
+    def _build(self, settings: EngineSettings) -> None:
+        """The parts that follow from the settings (built again, before any of them ran, when
+        the server's configuration changes them)."""
+        self.settings = settings
         self.lease = TaskLease(self.owner_id, settings.lease_seconds)
         self.planning = Planning(
             self.lease, settings.enable_superuser_instances, settings.min_loop_iteration_seconds
@@ -60,11 +76,6 @@ class Engine:
             runners = Runners(settings.runner_secret, self._require_pool)
         self.steps = StepConnections(settings, runners)
         self.http = HttpClient(settings.http)
-        self.counters = EngineCounters()
-        self.background = Background()
-        self.outage = self.background.outage
-        self.pool: asyncpg.Pool | None = None
-        self._listener: asyncpg.Connection | None = None
         self._assemble()
         self.new_starts = NewTransactionStarts(
             self.store,
@@ -73,11 +84,6 @@ class Engine:
             settings.max_new_transaction_starts,
             settings.new_transaction_start_timeout,
         )
-        self._loops: list[asyncio.Task[None]] = []
-        self._ready = asyncio.Event()
-        self.boot_error: str | None = "not connected yet"  # why PostgreSQL is not in reach
-        self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-        self.version = 0
 
     def _assemble(self) -> None:
         settings = self.settings
@@ -165,6 +171,7 @@ class Engine:
     async def _boot(self) -> None:
         conn = await asyncpg.connect(self.settings.admin_dsn)
         try:
+            await self._configure(conn)
             self.version = await migrate(conn)
             await self.store.publish(conn, self._published(), self.version)
         finally:
@@ -177,6 +184,16 @@ class Engine:
             server_settings=ENGINE_SESSION,
         )
         await self._listen()
+
+    async def _configure(self, conn: asyncpg.Connection) -> None:
+        """Once, before anything runs: settings the server's configuration gives."""
+        config = self._server_config
+        if config is None:
+            return
+        settings = config.apply(await self.store.server_values(conn, config.names))
+        self._server_config = None
+        if settings != self.settings:
+            self._build(settings)
 
     def _published(self) -> dict[str, str]:
         """The settings df.* reads from df._settings."""

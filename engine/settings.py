@@ -52,3 +52,22 @@ class EngineSettings:
     new_transaction_start_timeout: float = 5.0  # wait for one of those slots
     http: HttpSettings = field(default_factory=HttpSettings)
     verify_held_state: bool = False  # compare held state with the database after each use
+
+
+@dataclass(frozen=True, slots=True)
+class ServerValue:
+    """A `pg_durable.*` value the server's configuration gives (postgresql.conf, ALTER SYSTEM,
+    or a superuser's ALTER ROLE/DATABASE SET: nobody else may set these names there)."""
+
+    name: str
+    value: str
+    origin: str | None = None  # "<file> line <n>" when the server lets the engine see it
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """What the engine reads from the server before anything else, and what it makes of it:
+    `apply` returns the settings to run with (or raises, and the engine fails)."""
+
+    names: tuple[str, ...]
+    apply: Callable[[tuple[ServerValue, ...]], EngineSettings]

@@ -24,6 +24,7 @@ from engine.records import (
     PollRow,
     Task,
 )
+from engine.settings import ServerValue
 
 ADVANCES_PER_POLL = 256
 
@@ -52,6 +53,21 @@ class Store:
             await conn.execute(q("publish_setting"), name, value)
         await conn.execute(q("worker_ready"), version)
         await conn.execute(q("heartbeat"), self.key)
+
+    @staticmethod
+    async def server_values(
+        conn: asyncpg.Connection, names: tuple[str, ...]
+    ) -> tuple[ServerValue, ...]:
+        """The `pg_durable.*` values the server's configuration gives this connection: the
+        named ones, and any other a configuration file holds (when it may read the files)."""
+        rows = await conn.fetch(q("server_values"), list(names))
+        origins: dict[str, str] = {}
+        if await conn.fetchval(q("may_read_config_files")):
+            for r in await conn.fetch(q("config_file_values")):
+                origins[r["name"]] = f"{r['sourcefile']} line {r['sourceline']}"
+                if r["name"] not in names:
+                    rows.append(r)
+        return tuple(ServerValue(r["name"], r["value"], origins.get(r["name"])) for r in rows)
 
     async def heartbeat(self) -> None:
         await self.pool().execute(q("heartbeat"), self.key)

@@ -14,9 +14,10 @@ from typing import Any
 import uvloop
 
 from engine.engine import Engine
-from engine.settings import EngineSettings
+from engine.settings import EngineSettings, ServerConfig, ServerValue
 from pgdurable_proxy import logs
-from pgdurable_proxy.config import ConfigError, Settings, parse_settings
+from pgdurable_proxy import pg_durable_settings as durable
+from pgdurable_proxy.config import ConfigError, Settings, apply_server_config, parse_settings
 from pgdurable_proxy.dsn import UpstreamDSN, parse_dsn
 from pgdurable_proxy.intercept import Interceptor
 from pgdurable_proxy.metrics import Metrics, render_counters
@@ -50,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return uvloop.run(serve(settings))
     except KeyboardInterrupt:
         return 0
+    except ConfigError as exc:  # a bad pg_durable.* line in the server's configuration
+        print(f"pgdurable: error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # one line, not a traceback, for start-up failures
         print(f"pgdurable: error: {exc}", file=sys.stderr)
         return 1
@@ -127,6 +131,7 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
         lease_seconds=settings.lease_seconds,
         poll_interval=settings.poll_interval,
         enable_superuser_instances=settings.enable_superuser_instances,
+        list_instances_max_limit=settings.list_instances_max_limit,
         min_loop_iteration_seconds=settings.min_loop_iteration_seconds,
         max_new_transaction_starts=settings.max_new_transaction_starts,
         new_transaction_start_timeout=settings.new_transaction_start_timeout,
@@ -138,7 +143,8 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
 async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
     metrics = Metrics()
     stop = _stop_on_signals()
-    engine = Engine(engine_settings(settings, upstream))
+    configured = _ServerConfigured(settings, upstream)
+    engine = Engine(engine_settings(settings, upstream), configured.server_config())
     await engine.start()
     admin = None
     if settings.http_port is not None:  # /healthz and /readyz answer while PostgreSQL is away
@@ -153,7 +159,7 @@ async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
         )
     try:
         if await _booted(engine, upstream, stop):
-            await _relay(settings, upstream, engine, metrics, stop)
+            await _relay(configured, engine, metrics, stop)
     finally:
         await engine.stop()
         if admin is not None:
@@ -187,25 +193,24 @@ async def _booted(engine: Engine, upstream: UpstreamDSN, stop: asyncio.Event) ->
 
 
 async def _relay(
-    settings: Settings,
-    upstream: UpstreamDSN,
-    engine: Engine,
-    metrics: Metrics,
-    stop: asyncio.Event,
+    configured: _ServerConfigured, engine: Engine, metrics: Metrics, stop: asyncio.Event
 ) -> None:
-    """Serve clients until SIGTERM/SIGINT or the engine fails for good."""
+    """Serve clients until SIGTERM/SIGINT or the engine fails for good (the engine has read
+    the server's configuration by now: `configured` holds the settings in force)."""
+    settings, upstream = configured.settings, configured.upstream
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = server_tls_context(str(settings.tls_cert), str(settings.tls_key))
     server = ProxyServer(
         upstream,
-        Interceptor(metrics),
+        Interceptor(metrics, settings_relation=durable.settings_relation(Settings(None))),
         metrics,
         tls,
         wake=engine.started_through_proxy,
         start_new=engine.start_new,
         authentication_timeout=settings.authentication_timeout,
         max_client_connections=settings.max_client_connections,
+        startup_parameters=configured.startup_parameters(),
     )
     port = await server.start(settings.host, settings.port)
     _announce(settings, upstream, port)
@@ -230,6 +235,29 @@ def _stop_on_signals() -> asyncio.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     return stop
+
+
+class _ServerConfigured:
+    """Applies the server's `pg_durable.*` lines when the engine has read them (before it
+    installs the catalog): the engine runs with the result, and so do the relay's sessions,
+    which start only then."""
+
+    def __init__(self, settings: Settings, upstream: UpstreamDSN) -> None:
+        self.settings = settings
+        self.upstream = upstream
+
+    def server_config(self) -> ServerConfig:
+        return ServerConfig(tuple(durable.BY_NAME), self.apply)
+
+    def startup_parameters(self) -> bytes:
+        return durable.startup_parameters(durable.effective_values(self.settings, self.upstream))
+
+    def apply(self, found: tuple[ServerValue, ...]) -> EngineSettings:
+        configured = apply_server_config(self.settings, self.upstream, found)
+        for name, reason in configured.unused:
+            log.warning("event=server_setting_unused name=%s reason=%r", name, reason)
+        self.settings = configured.settings
+        return engine_settings(self.settings, self.upstream)
 
 
 def _announce(settings: Settings, upstream: UpstreamDSN, port: int) -> None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from engine.executors.ssrf import AllowListError, parse_allow_list
-from engine.settings import DEFAULT_MAX_RESULT_BYTES, MIB, HttpSettings
+from engine.settings import DEFAULT_MAX_RESULT_BYTES, MIB, HttpSettings, ServerValue
+from pgdurable_proxy import pg_durable_settings as durable
 from pgdurable_proxy.dsn import DSNError, UpstreamDSN, parse_dsn
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -46,10 +48,15 @@ class Settings:
     verify_held_state: bool = False
     authentication_timeout: float = 60.0
     max_client_connections: int = 1000
-    # pg_durable 0.2.8 settings (issue 14)
+    # pg_durable's settings that had no flag yet (pg_durable_settings.py maps them all)
+    list_instances_max_limit: int = 1000
     execution_acquire_timeout: int = 30  # seconds an SQL step waits for a step slot
     log_workflow_sql: bool = False  # log each step's substituted SQL (info)
     http_disable: bool = False  # no outbound HTTP: pg_durable's build without HTTP
+    retention_days: int = 30
+    reconcile_interval: int = 3600  # seconds; 0: no retention passes
+    # the fields set by a flag or a PGDURABLE_* variable (a pg_durable.* line does not win)
+    explicit: frozenset[str] = frozenset()
 
     @property
     def embedded(self) -> bool:
@@ -72,7 +79,11 @@ class _Parser(argparse.ArgumentParser):
 _TRUE = ("1", "on", "true")
 
 
-def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+def _parser(
+    env: Mapping[str, str], from_env: set[str] | None = None, *, given_only: bool = False
+) -> argparse.ArgumentParser:
+    """The flags; `from_env` collects the fields a PGDURABLE_* variable sets, and with
+    `given_only` a flag that is absent leaves no attribute (to tell which were given)."""
     p = _Parser(prog="pgdurable", description="Durable SQL workflows for any PostgreSQL.")
 
     def option(flag: str, default: object = None, help: str | None = None, **kw: Any) -> None:
@@ -81,7 +92,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         if variable in env:
             value = env[variable]
             default = value in _TRUE if kw.get("action") == "store_true" else value
-        p.add_argument(flag, default=default, help=help, **kw)
+            if from_env is not None:
+                from_env.add(flag.lstrip("-").replace("-", "_"))
+        p.add_argument(flag, default=argparse.SUPPRESS if given_only else default, help=help, **kw)
 
     option("--upstream", help="DSN of the PostgreSQL to front (default: start an embedded one)")
     option("--host", "127.0.0.1")
@@ -162,15 +175,13 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "on any difference (for tests; costs a query per step)",
     )
     _http_options(option)
-    _parity_options(option)
+    _pg_durable_options(option)
     return p
 
 
-EXECUTION_ACQUIRE_TIMEOUT_RANGE = (1, 3600)  # pg_durable.execution_acquire_timeout's
-
-
-def _parity_options(option: Any) -> None:
-    """pg_durable 0.2.8 settings (issue 14)."""
+def _pg_durable_options(option: Any) -> None:
+    """Flags for pg_durable settings that had none (pg_durable_settings.py maps them all)."""
+    option("--list-instances-max-limit", 1000, type=int, help="most rows df.list_instances returns")
     option(
         "--execution-acquire-timeout",
         30,
@@ -191,6 +202,8 @@ def _parity_options(option: Any) -> None:
         help="refuse df.http()/df.http_multipart() and fail HTTP steps, as pg_durable's "
         "build without HTTP",
     )
+    option("--retention-days", 30, type=int, help="days a finished instance is kept")
+    option("--reconcile-interval", 3600, type=int, help="seconds between retention passes")
 
 
 MIN_SECRET_BYTES = 16
@@ -248,7 +261,9 @@ def _http_settings(args: argparse.Namespace) -> HttpSettings:
 def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Settings:
     """Parse flags (falling back to PGDURABLE_* variables) into Settings."""
     env = os.environ if env is None else env
-    args = _parser(env).parse_args(list(argv))  # errors arrive as ConfigError
+    from_env: set[str] = set()
+    args = _parser(env, from_env).parse_args(list(argv))  # errors arrive as ConfigError
+    given = vars(_parser({}, given_only=True).parse_args(list(argv)))
     try:
         upstream = parse_dsn(args.upstream) if args.upstream else None
     except DSNError as exc:
@@ -266,9 +281,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         raise ConfigError("--max-client-connections must be at least 1")
     if args.max_result_bytes <= 0:
         raise ConfigError("--max-result-bytes must be positive")
-    low, high = EXECUTION_ACQUIRE_TIMEOUT_RANGE
-    if not low <= args.execution_acquire_timeout <= high:
-        raise ConfigError(f"--execution-acquire-timeout must be between {low} and {high}")
+    _check_pg_durable_ranges(args)
     return Settings(
         upstream=upstream,
         host=args.host,
@@ -292,7 +305,71 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         verify_held_state=args.verify_held_state,
         authentication_timeout=args.authentication_timeout,
         max_client_connections=args.max_client_connections,
+        list_instances_max_limit=args.list_instances_max_limit,
         execution_acquire_timeout=args.execution_acquire_timeout,
         log_workflow_sql=args.log_workflow_sql,
         http_disable=args.http_disable,
+        retention_days=args.retention_days,
+        reconcile_interval=args.reconcile_interval,
+        explicit=frozenset(from_env | given.keys()),
     )
+
+
+def _check_pg_durable_ranges(args: argparse.Namespace) -> None:
+    """Flags standing for pg_durable settings take pg_durable's ranges."""
+    for setting in durable.FLAG_SETTINGS:
+        try:
+            durable.check_range(setting, getattr(args, setting.field))
+        except ValueError as exc:
+            raise ConfigError(f"{setting.flag} {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfigured:
+    """Settings after the server's `pg_durable.*` lines, and what was left unused, and why."""
+
+    settings: Settings
+    unused: tuple[tuple[str, str], ...] = ()  # (pg_durable.<name>, reason)
+
+
+def apply_server_config(
+    settings: Settings, upstream: UpstreamDSN, found: Iterable[ServerValue]
+) -> ServerConfigured:
+    """Take each `pg_durable.*` value the server's configuration gives as its flag would be,
+    unless that flag or its PGDURABLE_* variable was given (they win)."""
+    changes: dict[str, object] = {}
+    unused: list[tuple[str, str]] = []
+    shown = durable.effective_values(settings, upstream)
+    for item in found:
+        setting = durable.BY_NAME.get(item.name)
+        if item.value == "":
+            continue  # a line removed from the file leaves an empty placeholder behind
+        if setting is None:
+            unused.append((item.name, "pgdurable has no such setting"))
+        elif setting.from_upstream:
+            if item.value != shown[item.name]:
+                unused.append((item.name, f"pgdurable takes it from {setting.flag}"))
+        elif setting.field in settings.explicit:
+            if item.value.strip() != shown[item.name]:
+                unused.append((item.name, f"{setting.flag} was given"))
+        else:
+            changes[setting.field] = _server_value(setting, item, getattr(settings, setting.field))
+    return ServerConfigured(dataclasses.replace(settings, **changes), tuple(unused))  # type: ignore[arg-type]
+
+
+def _server_value(
+    setting: durable.DurableSetting, item: ServerValue, current: object
+) -> bool | int | float:
+    """The value of a server line, of the type of the Settings field it stands for."""
+    try:
+        value = durable.parse_value(setting, item.value)
+        if isinstance(current, int) and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError("expects a whole number of seconds")
+            value = int(value)
+        return value
+    except ValueError as exc:
+        where = f"in {item.origin}" if item.origin else "in the server's configuration"
+        raise ConfigError(
+            f"invalid value for {item.name} {where}: {item.value!r} ({exc})"
+        ) from None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from dsl import Classification, StatementKind, classify
+from dsl.settings_view import mentions_settings_view, with_settings_rows
 from pgdurable_proxy.metrics import Metrics
 from pgdurable_proxy.wire.messages import frame
 
@@ -64,8 +66,10 @@ class Interceptor:
         classifier: Callable[[str], Classification] = classify,
         cache_budget: int = CACHE_BUDGET_BYTES,
         max_cached_sql: int = MAX_CACHED_SQL_BYTES,
+        settings_relation: str | None = None,
     ) -> None:
         self.metrics = metrics
+        self._settings_relation = settings_relation  # see dsl/settings_view.py
         self._classify = classifier
         self._cache: dict[bytes, tuple[Classification, int]] = {}
         self._budget = cache_budget
@@ -78,10 +82,31 @@ class Interceptor:
             self.metrics.classify_cache_hits_total += 1
             return cached[0]
         self.metrics.classified_total += 1
-        verdict = self._classify(sql.decode("utf-8", "replace"))
+        text = sql.decode("utf-8", "replace")
+        verdict = self._classify(text)
+        if verdict.kind is not StatementKind.UNPARSABLE:
+            rewritten = self._with_settings_rows(sql, verdict.rewritten or text)
+            if rewritten is not None:
+                verdict = dataclasses.replace(verdict, rewritten=rewritten)
         if len(sql) <= self._max_cached_sql:
             self._remember(sql, verdict)
         return verdict
+
+    def _with_settings_rows(self, sql: bytes, text: str) -> str | None:
+        relation = self._settings_relation
+        if relation is None or not mentions_settings_view(sql):
+            return None
+        return with_settings_rows(text, relation)
+
+    def settings_rows(
+        self, session_parameters: Mapping[str, str], msg_type: int, message: bytes
+    ) -> bytes | None:
+        """For databases without the df catalog: only pg_settings gains pg_durable's rows."""
+        sql = message_sql(msg_type, message)
+        if sql is None or not _lexable(session_parameters):
+            return None
+        rewritten = self._with_settings_rows(sql, sql.decode("utf-8", "replace"))
+        return None if rewritten is None else replace_sql(msg_type, message, rewritten.encode())
 
     def _remember(self, sql: bytes, verdict: Classification) -> None:
         """Cache a verdict, evicting the oldest entries to stay within the byte budget."""

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 from pgdurable_proxy.dsn import UpstreamDSN
+from pgdurable_proxy.pg_durable_settings import PREFIX
 from pgdurable_proxy.upstream import (
     UpstreamUnavailable,
     cancel_packet,
@@ -37,6 +38,7 @@ class SessionHost(Protocol):
     wake: Callable[[], None]
     start_new: Callable[[str, str], None]  # (login role, request detail)
     authentication_timeout: float
+    startup_parameters: bytes  # name\0value\0 pairs added to each StartupMessage
 
     def register(self, session: ClientSession) -> bool: ...
     def unregister(self, session: ClientSession) -> None: ...
@@ -166,7 +168,7 @@ class ClientSession(asyncio.Protocol):
             self.params = packet.params
             self.transport.pause_reading()
             self.upstream = UpstreamLink(self)
-            self._spawn(self._connect(packet.raw))
+            self._spawn(self._connect(packet))
 
     def _on_ssl_request(self) -> None:
         assert self.transport is not None
@@ -210,7 +212,7 @@ class ClientSession(asyncio.Protocol):
         self.transport.close()
         await send_cancel(self.host.upstream, packet)
 
-    async def _connect(self, startup_packet: bytes) -> None:
+    async def _connect(self, packet: startup.StartupMessage) -> None:
         assert self.transport is not None and self.upstream is not None
         try:
             transport, _ = await open_upstream(self.host.upstream, lambda: self.upstream)  # type: ignore[arg-type,return-value]
@@ -225,7 +227,10 @@ class ClientSession(asyncio.Protocol):
         if self._closing or self.transport.is_closing():
             transport.close()
             return
-        transport.write(startup_packet)
+        # pgdurable's settings under pg_durable's names: the server makes them placeholders
+        # the session can SHOW (startup parameters come after `options`, so these win)
+        extra = self.host.startup_parameters
+        transport.write(startup.with_parameters(packet, extra, PREFIX))
         self.upstream_transport = transport
         leftover = bytes(self._startup_buffer)
         self._startup_buffer.clear()

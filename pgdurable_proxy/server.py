@@ -36,8 +36,10 @@ class ProxyServer:
         *,
         authentication_timeout: float = DEFAULT_AUTHENTICATION_TIMEOUT,
         max_client_connections: int = DEFAULT_MAX_CLIENT_CONNECTIONS,
+        startup_parameters: bytes = b"",
     ) -> None:
         self.upstream = upstream
+        self.startup_parameters = startup_parameters
         self.authentication_timeout = authentication_timeout
         self.max_client_connections = max_client_connections
         self._admitted: set[ClientSession] = set()
@@ -104,10 +106,10 @@ class ProxyServer:
 
     def inspect(self, session: ClientSession, msg_type: int, message: bytes) -> bytes | None:
         database = session.params.get("database") or session.params.get("user")
-        if database != self.upstream.dbname:
-            return None  # the df catalog lives in one database; others pass through untouched
         link = session.upstream
         parameters = link.tracker.parameters if link is not None else {}
+        if database != self.upstream.dbname:  # the df catalog lives in one database
+            return self.interceptor.settings_rows(parameters, msg_type, message)
         decision = self.interceptor.inspect(parameters, msg_type, message)
         if decision.starts_workflow:
             session.wake_on_idle = True

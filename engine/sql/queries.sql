@@ -59,6 +59,24 @@ SELECT df._fail_step($1, $2, $3, $4, $5);
 INSERT INTO df._settings (name, value) VALUES ($1, $2)
 ON CONFLICT (name) DO UPDATE SET value = excluded.value;
 
+-- name: server_values
+-- pg_durable's names as the server's configuration sets them for the engine's own session
+-- (postgresql.conf, ALTER SYSTEM, or a superuser's ALTER ROLE/DATABASE SET): unknown
+-- dotted names never reach pg_settings, so they are read one by one.
+SELECT name, pg_catalog.current_setting(name, true) AS value
+FROM pg_catalog.unnest($1::pg_catalog.text[]) AS name
+WHERE pg_catalog.current_setting(name, true) IS NOT NULL;
+
+-- name: may_read_config_files
+SELECT pg_catalog.has_function_privilege('pg_catalog.pg_show_all_file_settings()', 'EXECUTE');
+
+-- name: config_file_values
+-- The last line of each pg_durable.* name in the configuration files: where it came from.
+SELECT DISTINCT ON (name) name, setting AS value, sourcefile, sourceline
+FROM pg_catalog.pg_file_settings
+WHERE name LIKE 'pg\_durable.%' AND error IS NULL
+ORDER BY name, seqno DESC;
+
 -- name: worker_ready
 INSERT INTO _duroxide._worker_ready (sentinel, schema_version) VALUES (true, $1)
 ON CONFLICT (sentinel) DO UPDATE SET schema_version = excluded.schema_version;

@@ -93,3 +93,20 @@ def _parse_params(body: bytes) -> dict[str, str]:
     except UnicodeDecodeError as exc:
         raise ProtocolViolation("invalid startup packet: parameters are not UTF-8") from exc
     return dict(zip(decoded[::2], decoded[1::2], strict=True))
+
+
+def with_parameters(message: StartupMessage, extra: bytes, drop_prefix: str) -> bytes:
+    """`message` with the client's parameters named `drop_prefix`... (any case) left out and
+    `extra` (name\\0value\\0 pairs) added after the rest, so that the server takes these."""
+    if not extra:
+        return message.raw
+    if any(name.lower().startswith(drop_prefix) for name in message.params):
+        kept = b"".join(
+            name.encode() + b"\0" + value.encode() + b"\0"
+            for name, value in message.params.items()
+            if not name.lower().startswith(drop_prefix)
+        )
+    else:
+        kept = message.raw[8:-1]
+    body = message.raw[4:8] + kept + extra + b"\0"
+    return struct.pack("!I", len(body) + 4) + body

@@ -9,10 +9,48 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT 'pg_durable::orchestration::execute-function-graph'::text
 $$;
 
+-- The page-size cap in force for this call (pg_durable.list_instances_max_limit, SUSET in
+-- pg_durable): the session's value, which pgdurable sets at login to the server's and a
+-- superuser (or a role granted SET ON PARAMETER) may SET. Anyone may SET a placeholder, so
+-- for other callers it can only lower the server's value (published by the engine in
+-- df._settings), never raise it.
+CREATE OR REPLACE FUNCTION df._list_limit_max()
+RETURNS integer LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    server_max integer := df._setting('list_instances_max_limit', '1000')::integer;
+    session_value text := current_setting('pg_durable.list_instances_max_limit', true);
+    session_max integer;
+BEGIN
+    IF session_value IS NULL OR session_value = '' THEN
+        RETURN server_max;
+    END IF;
+    IF session_value !~ '^\s*[+-]?\d{1,10}\s*$' THEN
+        RAISE EXCEPTION 'invalid value for parameter "pg_durable.list_instances_max_limit": "%"',
+            session_value USING ERRCODE = '22023';
+    END IF;
+    session_max := session_value::bigint;
+    IF session_max NOT BETWEEN 1 AND 1000000 THEN
+        RAISE EXCEPTION '% is outside the valid range for parameter "pg_durable.list_instances_max_limit" (1 .. 1000000)',
+            session_max USING ERRCODE = '22023';
+    END IF;
+    IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+        RETURN session_max;
+    END IF;
+    -- pg_durable: a superuser may delegate it with GRANT SET ON PARAMETER (PostgreSQL 15+;
+    -- the function is only planned when this branch runs)
+    IF current_setting('server_version_num')::integer >= 150000 THEN
+        IF has_parameter_privilege('pg_durable.list_instances_max_limit', 'SET') THEN
+            RETURN session_max;
+        END IF;
+    END IF;
+    RETURN least(session_max, server_max);
+END
+$$;
+
 CREATE OR REPLACE FUNCTION df._check_list_limit(limit_count integer)
 RETURNS void LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    max_limit integer := df._setting('list_instances_max_limit', '1000')::integer;
+    max_limit integer := df._list_limit_max();
 BEGIN
     IF limit_count IS NULL OR limit_count < 1 THEN
         RAISE EXCEPTION 'limit_count must be at least 1' USING ERRCODE = '22023';

@@ -126,7 +126,9 @@ BEGIN
             role_name USING ERRCODE = '42501';
     END IF;
     IF r.rolsuper AND df._setting('enable_superuser_instances', 'off') <> 'on' THEN
-        RAISE EXCEPTION 'pg_durable: superuser instances are disabled. current_user "%" is a superuser, but pg_durable.enable_superuser_instances is off. Set pg_durable.enable_superuser_instances = on to allow this.',
+        -- pg_durable's text, but for its last sentence: a SET of the placeholder changes
+        -- nothing, so it names what does.
+        RAISE EXCEPTION 'pg_durable: superuser instances are disabled. current_user "%" is a superuser, but pg_durable.enable_superuser_instances is off. Start pgdurable with --enable-superuser-instances (or set pg_durable.enable_superuser_instances = on in postgresql.conf, then restart pgdurable) to allow this.',
             role_name USING ERRCODE = '42501';
     END IF;
 END
