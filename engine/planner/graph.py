@@ -29,6 +29,7 @@ from engine.planner.kinds import (
 )
 from engine.planner.outcomes import Broke, Done, Failed, Node, Outcome
 from engine.planner.plan import Plan, TaskLease
+from engine.planner.scopes import Scopes
 from engine.planner.substitute import substitute_results, substitute_vars
 
 log = logging.getLogger("pgdurable.engine")
@@ -67,9 +68,12 @@ class Planner:
             events=int(instance["events"]), execution_id=int(instance["execution_id"] or 1)
         )
 
-    @property
-    def stamp(self) -> dict[str, str]:
-        return {"execution_id": f"{self.instance['id']}::{self.plan.execution_id}"}
+    def stamp(self, node: Node) -> dict[str, str]:
+        """The node's status_details: the execution stamp of its scope (scopes.py)."""
+        execution = self._scopes.stamp(
+            node.id, self.instance["id"], self.plan.execution_id, self.nodes
+        )
+        return {"execution_id": execution}
 
     # -- entry point ----------------------------------------------------------------------
     def run(self) -> Plan:
@@ -152,7 +156,7 @@ class Planner:
         """Record a node transition (two engine events, as pg_durable counts them)."""
         node.status, node.raw, node.error = status, raw, error
         entry = self.plan.nodes.setdefault(node.id, {"id": node.id})
-        entry.update(status=status.value, raw=raw, error=error, details=self.stamp)
+        entry.update(status=status.value, raw=raw, error=error, details=self.stamp(node))
         self.plan.events += 2
 
     def complete(self, node: Node, outcome: Done | Failed | Broke) -> Outcome:
@@ -187,11 +191,15 @@ class Planner:
                     self.set_status(node, FAILED, error=loop_message)
 
     def begin_iteration(self, loop: Node, first: bool) -> None:
-        """Reset the loop's body (rows are reused: storage does not grow) and count it."""
+        """Reset the loop's body (rows are reused: storage does not grow) and count it.
+
+        A loop inside the body starts counting again: its scope is a new one, opened in the
+        new generation of this loop's."""
         if not first:
             for node in self.subtree(loop.id):
                 if node.id != loop.id and node.status != PENDING:
                     node.status, node.raw, node.error = PENDING, None, None
+                    node.iteration = 0
                     self.plan.nodes[node.id] = {
                         "id": node.id,
                         "status": PENDING,
@@ -206,7 +214,7 @@ class Planner:
         entry = self.plan.nodes.setdefault(
             loop.id, {"id": loop.id, "status": loop.status, "raw": None, "error": None}
         )
-        entry.update(iteration=loop.iteration, iteration_started=self.now, details=self.stamp)
+        entry.update(iteration=loop.iteration, iteration_started=self.now, details=self.stamp(loop))
 
     def _continue_as_new(self) -> None:
         self.plan.continued_from = self.plan.execution_id
@@ -279,6 +287,11 @@ class Planner:
             order.append(node)
             stack.extend(reversed(self._children_in_order(node)))
         return order
+
+    @functools.cached_property
+    def _scopes(self) -> Scopes:
+        """The execution scope of each node (structure only: computed once per advance)."""
+        return Scopes.build(self.instance["root"], self._order, self._children_in_order)
 
     @functools.cached_property
     def _scope_of(self) -> dict[str, tuple[tuple[str, str], ...]]:
