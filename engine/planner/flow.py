@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from engine.planner.kinds import COMPLETED, PENDING
+from engine.planner.kinds import COMPLETED, LOOP, PENDING
 from engine.planner.outcomes import WAITING, Broke, Done, Failed, Node, Outcome
 from engine.planner.truth import result_is_true
 
@@ -116,6 +116,12 @@ def _break_raw(value: str) -> str:
         return json.dumps(value, ensure_ascii=False)
 
 
+def continues_on_failure(node: Node) -> bool:
+    """A loop made with continue_on_failure => true (pg_durable 0.2.8): a failed iteration
+    is recorded and the loop goes on; its body runs in a scope of its own."""
+    return node.type == LOOP and _config(node).get("continue_on_failure") is True
+
+
 def loop(p: Planner, node: Node) -> Outcome:
     if node.status == PENDING:
         p.start(node)
@@ -125,9 +131,12 @@ def loop(p: Planner, node: Node) -> Outcome:
         return WAITING
     if isinstance(body, Broke):
         return p.complete(node, Done(body.raw))
+    config = _config(node)
     if isinstance(body, Failed):
-        return p.complete(node, body)
-    condition_id = _config(node).get("condition_node")
+        if config.get("continue_on_failure") is not True:
+            return p.complete(node, body)
+        body = Done("null")  # the failed iteration stays recorded on its nodes
+    condition_id = config.get("condition_node")
     if condition_id is not None:
         condition = p.drive(str(condition_id))
         if condition is None:

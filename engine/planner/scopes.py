@@ -3,7 +3,9 @@
 pg_durable runs each JOIN/RACE branch (extra_nodes too), and each loop that is not the root
 of its orchestration, as a child orchestration named `<scope>::<generation>::<branch or loop
 node id>`; a loop's iteration is a new generation (continue-as-new) of the orchestration it
-is the root of, so a branch whose root is a loop gets one child scope. A node's
+is the root of, so a branch whose root is a loop gets one child scope. The body of a loop
+made with continue_on_failure => true runs as a child orchestration of the loop's own in
+each iteration (0.2.8), named the same way after the body's root node. A node's
 status_details carry `{"execution_id": "<scope>::<generation>"}` of the scope it runs in.
 
 pgdurable has no child orchestrations: a node's scope follows from the graph's structure,
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from engine.planner.flow import continues_on_failure
 from engine.planner.kinds import LOOP, NodeType
 from engine.planner.outcomes import Node
 
@@ -41,9 +44,12 @@ class Scopes:
             own = inner = of.get(node.id, ROOT_SCOPE)
             if node.type == LOOP and node.id != root and own != node.id:  # a non-root loop
                 inner, parent[node.id] = node.id, own  # its body and condition
+            isolated = node.left if continues_on_failure(node) else None
             for child in children(node):
                 if node.type in PARALLEL:  # a branch: its own scope, rooted at the branch
                     of[child], parent[child] = child, own
+                elif child == isolated:  # an iteration's body, under the loop's scope
+                    of[child], parent[child] = child, inner
                 else:
                     of[child] = inner
         return cls(of, parent)

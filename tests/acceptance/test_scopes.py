@@ -1,4 +1,5 @@
-"""Execution scopes in df.instance_nodes (pg_durable 0.2.8, §5.4)."""
+"""Execution scopes in df.instance_nodes and loops that go on after a failed iteration
+(pg_durable 0.2.8, §5.4, §6.7)."""
 
 from __future__ import annotations
 
@@ -88,3 +89,45 @@ def test_branches_and_non_root_loops_are_stamped_with_their_own_scopes(wf_dsn: s
         winner = nodes["SELECT pg_sleep(0.3)"]
         assert winner["stamp"] == f"{raced}::1::{winner['id']}::1"
         assert nodes["RACE"]["stamp"] == nodes["SELECT 2"]["stamp"] == f"{raced}::1"
+
+
+def test_a_loop_continuing_on_failure_goes_on_and_its_condition_stays_fatal(wf_dsn: str) -> None:
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS scopes_cof (n int)")
+        conn.execute("TRUNCATE scopes_cof")
+        # both iterations fail; the loop goes on to its second and ends by its condition
+        going_on = _start(
+            conn,
+            "df.loop('INSERT INTO scopes_cof VALUES (1)' ~> 'SELECT 1/0', "
+            "'SELECT count(*) < 2 FROM scopes_cof WHERE n = 1', continue_on_failure => true)",
+        )
+        fatal = _start(conn, "df.loop('SELECT 1', 'SELECT 1/0', true)")
+        stopped = _start(conn, "df.loop('INSERT INTO scopes_cof VALUES (2)' ~> 'SELECT 1/0')")
+        assert _await_all(conn, [going_on, fatal, stopped]) == ["completed", "failed", "failed"]
+        counts = dict(conn.execute("SELECT n, count(*) FROM scopes_cof GROUP BY n").fetchall())
+        assert counts == {1: 2, 2: 1}  # without the flag the first failure ends the loop
+
+        nodes = _nodes(conn, going_on)
+        failed = nodes["SELECT 1/0"]
+        assert (failed["status"], failed["inferred"]) == ("failed", "failed")
+        assert "division by zero" in str(failed["result"])
+        body = nodes["THEN"]
+        assert body["status"] == "failed" and body["stamp"] == f"{going_on}::2::{body['id']}::1"
+        loop = nodes["LOOP THEN"]
+        assert (loop["status"], loop["result"], loop["stamp"]) == (
+            "completed",
+            "null",
+            f"{going_on}::2",
+        )
+        assert conn.execute("SELECT df.result(%s)", (going_on,)).fetchone() == ("null",)
+
+        row = conn.execute("SELECT output FROM df.instance_info(%s)", (fatal,)).fetchone()
+        assert row is not None and "division by zero" in row[0]
+        assert _nodes(conn, fatal)["LOOP SELECT 1"]["status"] == "failed"
+
+        explained = conn.execute(
+            "SELECT df.explain(%s)", ("df.loop('SELECT 1', NULL, continue_on_failure => true)",)
+        ).fetchone()
+        assert explained is not None and "LOOP (infinite, continue on failure)" in explained[0]
+        explained = conn.execute("SELECT df.explain(%s)", (going_on,)).fetchone()
+        assert explained is not None and "LOOP (while, continue on failure) ✓" in explained[0]

@@ -278,4 +278,25 @@ def test_a_root_loop_is_the_instance_scope_and_its_branches_open_scopes_per_gene
         store.finish("u", _rows(1))
 
 
+def test_a_loop_continuing_on_failure_records_the_failed_iteration_and_goes_on() -> None:
+    # df.loop('w', 'c', continue_on_failure => true): each iteration's body in its own scope
+    config = '{"condition_node": "c", "continue_on_failure": true}'
+    nodes = [_node("l", "LOOP", left="w", query=config), _sql("w"), _sql("c")]
+    store = Store("l", nodes)
+    store.advance()
+    store.fail("w", "boom")
+    assert store.node("w")["status"] == "failed" and list(store.tasks) == ["c"]
+    assert _stamps(store)["w"] == "1::w::1" and _stamps(store)["c"] == "1"
+    store.finish("c", _rows(True))
+    assert list(store.tasks) == ["w"] and _stamps(store)["w"] == "2::w::1"
+    store.finish("w", _rows(1))
+    store.finish("c", _rows(False))
+    assert store.doc["status"] == "completed" and store.output == _rows(1)
+    store = Store("l", [dict(n, status="pending") for n in nodes])
+    store.advance()
+    store.fail("w", "boom")
+    store.fail("c", "bad condition")  # a failing condition stays fatal
+    assert store.doc["status"] == "failed" and store.output == "bad condition"
+
+
 LOSING_LOOP = "Loop branch cancelled after losing RACE"
