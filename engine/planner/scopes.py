@@ -8,14 +8,14 @@ made with continue_on_failure => true runs as a child orchestration of the loop'
 each iteration (0.2.8), named the same way after the body's root node. A node's
 status_details carry `{"execution_id": "<scope>::<generation>"}` of the scope it runs in.
 
-pgdurable has no child orchestrations: a node's scope follows from the graph's structure,
-and a scope's generation from the instance's execution (the root scope) or from its loop's
-iteration counter, both of which the planner has. So stamps are computed, not stored.
+pgdurable has no child orchestrations: the planner carries the scope it is in as it drives
+the graph down from the root, and a scope's generation is the instance's execution (the root
+scope) or its loop's iteration counter. So stamps are computed, not stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from engine.planner.flow import continues_on_failure
@@ -23,47 +23,56 @@ from engine.planner.kinds import LOOP, NodeType
 from engine.planner.outcomes import Node
 
 PARALLEL = (NodeType.JOIN, NodeType.RACE)
-ROOT_SCOPE = ""  # the instance's own scope (its orchestration)
 
 
 @dataclass(frozen=True, slots=True)
-class Scopes:
-    """Which scope each node runs in, and where each child scope was opened."""
+class Scope:
+    """A child scope: the node rooting it, and the scope it was opened in (None: the
+    instance's). Stamps are spelled only when a node is written: the scopes around a node
+    do not change generation while the node is driven."""
 
-    of: dict[str, str]  # node id -> id of the node rooting its scope (ROOT_SCOPE: the root)
-    parent: dict[str, str]  # scope root id -> the scope its opener runs in
+    root: str
+    outer: Scope | None
 
-    @classmethod
-    def build(
-        cls, root: str, order: Iterable[Node], children: Callable[[Node], list[str]]
-    ) -> Scopes:
-        """From the nodes in execution order (each before its children)."""
-        of = {root: ROOT_SCOPE}
-        parent: dict[str, str] = {}
-        for node in order:
-            own = inner = of.get(node.id, ROOT_SCOPE)
-            if node.type == LOOP and node.id != root and own != node.id:  # a non-root loop
-                inner, parent[node.id] = node.id, own  # its body and condition
-            isolated = node.left if continues_on_failure(node) else None
-            for child in children(node):
-                if node.type in PARALLEL:  # a branch: its own scope, rooted at the branch
-                    of[child], parent[child] = child, own
-                elif child == isolated:  # an iteration's body, under the loop's scope
-                    of[child], parent[child] = child, inner
-                else:
-                    of[child] = inner
-        return cls(of, parent)
 
-    def stamp(
-        self, node_id: str, instance_id: str, execution: int, nodes: Mapping[str, Node]
-    ) -> str:
-        """The execution stamp of `node_id`'s scope in its current generation."""
-        segments = []
-        scope = self.of.get(node_id, ROOT_SCOPE)
-        while scope != ROOT_SCOPE:
-            opener = nodes[scope]
-            generation = max(opener.iteration, 1) if opener.type == LOOP else 1
-            segments.append(f"{scope}::{generation}")
-            scope = self.parent.get(scope, ROOT_SCOPE)
-        segments.append(f"{instance_id}::{execution}")
-        return "::".join(reversed(segments))
+def stamp(scope: Scope | None, root_stamp: str, nodes: Mapping[str, Node]) -> str:
+    """The execution stamp of `scope` (None: the instance's, stamped `root_stamp`) in its
+    current generation: a loop's iteration for a scope a loop roots, else 1."""
+    parts = []
+    while scope is not None:
+        opener = nodes[scope.root]
+        generation = max(opener.iteration, 1) if opener.type == LOOP else 1
+        parts.append(f"{scope.root}::{generation}")
+        scope = scope.outer
+    parts.append(root_stamp)
+    return "::".join(reversed(parts))
+
+
+def child_scope(parent: Node, child: str, scope: Scope | None, graph_root: str) -> Scope | None:
+    """The scope `child` runs in, its parent running in `scope`."""
+    if parent.type in PARALLEL:  # a branch: a scope of its own, rooted at the branch
+        return Scope(child, scope)
+    if parent.type != LOOP:
+        return scope
+    if parent.id != graph_root and (scope is None or scope.root != parent.id):
+        scope = Scope(parent.id, scope)  # a loop not its scope's root: body and condition
+    if child == parent.left and continues_on_failure(parent):
+        scope = Scope(child, scope)  # each iteration's body, as a child of the loop's
+    return scope
+
+
+def subtree_scopes(
+    top: Node,
+    scope: Scope | None,
+    graph_root: str,
+    nodes: Mapping[str, Node],
+    children: Callable[[Node], list[str]],
+) -> Iterator[tuple[Node, Scope | None]]:
+    """Each node of the subtree rooted at `top` (which runs in `scope`) with its scope."""
+    stack = [(top, scope)]
+    while stack:
+        node, own = stack.pop()
+        yield node, own
+        for child in children(node):
+            if child in nodes:
+                stack.append((nodes[child], child_scope(node, child, own, graph_root)))
