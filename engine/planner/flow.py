@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from engine.planner.kinds import COMPLETED, PENDING
+from engine.planner.kinds import COMPLETED, LOOP, PENDING
 from engine.planner.outcomes import WAITING, Broke, Done, Failed, Node, Outcome
 from engine.planner.truth import result_is_true
 
@@ -72,7 +72,7 @@ def branches(node: Node) -> list[str]:
 
 def join(p: Planner, node: Node) -> Outcome:
     p.start(node)
-    outcomes = [p.drive(b) for b in branches(node)]
+    outcomes = [p.drive_child(node, b) for b in branches(node)]
     for outcome in outcomes:
         if isinstance(outcome, Broke):
             return p.complete(node, outcome)
@@ -89,12 +89,12 @@ def race(p: Planner, node: Node) -> Outcome:
     p.start(node)
     sides = [("left", node.left), ("right", node.right)]
     for side, child in sides:
-        outcome = p.drive(child)
+        outcome = p.drive_child(node, child)
         if outcome is None:
             continue
         for _, loser in sides:
             if loser != child and loser is not None:
-                p.abandon(loser, "Loop branch cancelled after losing RACE")
+                p.abandon(node, loser, "Loop branch cancelled after losing RACE")
         if isinstance(outcome, Failed):
             return p.complete(node, Failed(f"RACE {side} branch failed: {outcome.error}"))
         return p.complete(node, outcome)
@@ -116,20 +116,29 @@ def _break_raw(value: str) -> str:
         return json.dumps(value, ensure_ascii=False)
 
 
+def continues_on_failure(node: Node) -> bool:
+    """A loop made with continue_on_failure => true (pg_durable 0.2.8): a failed iteration
+    is recorded and the loop goes on; its body runs in a scope of its own."""
+    return node.type == LOOP and _config(node).get("continue_on_failure") is True
+
+
 def loop(p: Planner, node: Node) -> Outcome:
     if node.status == PENDING:
         p.start(node)
         p.begin_iteration(node, first=True)
-    body = p.drive(node.left)
+    body = p.drive_child(node, node.left)
     if body is None:
         return WAITING
     if isinstance(body, Broke):
         return p.complete(node, Done(body.raw))
+    config = _config(node)
     if isinstance(body, Failed):
-        return p.complete(node, body)
-    condition_id = _config(node).get("condition_node")
+        if config.get("continue_on_failure") is not True:
+            return p.complete(node, body)
+        body = Done("null")  # the failed iteration stays recorded on its nodes
+    condition_id = config.get("condition_node")
     if condition_id is not None:
-        condition = p.drive(str(condition_id))
+        condition = p.drive_child(node, str(condition_id))
         if condition is None:
             return WAITING
         if isinstance(condition, Broke):

@@ -29,6 +29,7 @@ from engine.planner.kinds import (
 )
 from engine.planner.outcomes import Broke, Done, Failed, Node, Outcome
 from engine.planner.plan import Plan, TaskLease
+from engine.planner.scopes import Scope, child_scope, stamp, subtree_scopes
 from engine.planner.substitute import substitute_results, substitute_vars
 
 log = logging.getLogger("pgdurable.engine")
@@ -66,10 +67,15 @@ class Planner:
         self.plan = plan or Plan(
             events=int(instance["events"]), execution_id=int(instance["execution_id"] or 1)
         )
+        self.scope: Scope | None = None  # the scope of the node being driven (scopes.py)
+
+    def stamp(self, scope: Scope | None) -> dict[str, str]:
+        """The status_details of a node running in `scope`: its execution stamp."""
+        return {"execution_id": stamp(scope, self._root_stamp, self.nodes)}
 
     @property
-    def stamp(self) -> dict[str, str]:
-        return {"execution_id": f"{self.instance['id']}::{self.plan.execution_id}"}
+    def _root_stamp(self) -> str:
+        return f"{self.instance['id']}::{self.plan.execution_id}"
 
     # -- entry point ----------------------------------------------------------------------
     def run(self) -> Plan:
@@ -146,13 +152,22 @@ class Planner:
             return Failed(node.error or "failed")
         return HANDLERS.get(node.type, Planner._unsupported)(self, node)
 
+    def drive_child(self, parent: Node, child: str | None) -> Outcome:
+        """drive() for a child of a JOIN, RACE or LOOP, in the scope it runs in."""
+        outer = self.scope
+        self.scope = child_scope(parent, child or "", outer, self.instance["root"])
+        outcome = self.drive(child)  # an exception ends the pass: nothing to restore then
+        self.scope = outer
+        return outcome
+
     def set_status(
         self, node: Node, status: Status, raw: str | None = None, error: str | None = None
     ) -> None:
-        """Record a node transition (two engine events, as pg_durable counts them)."""
+        """Record a node transition (two engine events, as pg_durable counts them), stamped
+        with the scope of the node being driven."""
         node.status, node.raw, node.error = status, raw, error
         entry = self.plan.nodes.setdefault(node.id, {"id": node.id})
-        entry.update(status=status.value, raw=raw, error=error, details=self.stamp)
+        entry.update(status=status.value, raw=raw, error=error, details=self.stamp(self.scope))
         self.plan.events += 2
 
     def complete(self, node: Node, outcome: Done | Failed | Broke) -> Outcome:
@@ -178,20 +193,33 @@ class Planner:
             yield node
             stack.extend(self._children_in_order(node))
 
-    def abandon(self, node_id: str, loop_message: str) -> None:
-        """A RACE loser: stop its tasks and running SQL; its stored statuses stay."""
-        for node in self.subtree(node_id):
+    def abandon(self, race: Node, loser: str, loop_message: str) -> None:
+        """A RACE loser: stop its tasks and running SQL; its stored statuses stay, but a
+        running loop in it fails with `loop_message`."""
+        if loser not in self.nodes:
+            return
+        root = self.instance["root"]
+        top = child_scope(race, loser, self.scope, root)
+        below = subtree_scopes(self.nodes[loser], top, root, self.nodes, self._children_in_order)
+        driving = self.scope
+        for node, scope in below:
             if node.status in (PENDING, RUNNING):
                 self.plan.cancel_nodes.append(node.id)
                 if node.type == LOOP and node.status == RUNNING:
+                    self.scope = scope
                     self.set_status(node, FAILED, error=loop_message)
+        self.scope = driving
 
     def begin_iteration(self, loop: Node, first: bool) -> None:
-        """Reset the loop's body (rows are reused: storage does not grow) and count it."""
+        """Reset the loop's body (rows are reused: storage does not grow) and count it.
+
+        A loop inside the body starts counting again: its scope is a new one, opened in the
+        new generation of this loop's."""
         if not first:
             for node in self.subtree(loop.id):
                 if node.id != loop.id and node.status != PENDING:
                     node.status, node.raw, node.error = PENDING, None, None
+                    node.iteration = 0
                     self.plan.nodes[node.id] = {
                         "id": node.id,
                         "status": PENDING,
@@ -206,7 +234,9 @@ class Planner:
         entry = self.plan.nodes.setdefault(
             loop.id, {"id": loop.id, "status": loop.status, "raw": None, "error": None}
         )
-        entry.update(iteration=loop.iteration, iteration_started=self.now, details=self.stamp)
+        entry.update(
+            iteration=loop.iteration, iteration_started=self.now, details=self.stamp(self.scope)
+        )
 
     def _continue_as_new(self) -> None:
         self.plan.continued_from = self.plan.execution_id

@@ -114,6 +114,11 @@ SPEC_EXAMPLES = {
         "SELECT df.loop('b', 'c')",
         f'{{"node_type":"LOOP","left_node":{B},"condition_node":{C}}}',
     ),
+    "loop_continue_on_failure": (
+        "SELECT df.loop('b', 'c', continue_on_failure => true)",
+        f'{{"node_type":"LOOP","left_node":{B},"condition_node":{C},'
+        '"query":"{\\"continue_on_failure\\":true}"}',
+    ),
     "break": ("SELECT df.break()", '{"node_type":"BREAK","query":"{\\"break_value\\":null}"}'),
     "break_value": (
         "SELECT df.break('x')",
@@ -730,7 +735,10 @@ SIGNATURES = {
     "race": ("a text, b text", True),
     "if": ("condition text, then_branch text, else_branch text", True),
     "if_rows": ("result_name text, then_branch text, else_branch text", True),
-    "loop": ("body text, condition text DEFAULT NULL::text", False),
+    "loop": (
+        "body text, condition text DEFAULT NULL::text, continue_on_failure boolean DEFAULT false",
+        False,
+    ),
     "break": ("value text DEFAULT NULL::text", False),
     "sleep": ("seconds bigint", True),
     "wait_for_schedule": ("cron_expr text", True),
@@ -778,6 +786,7 @@ def test_strict_builders_return_null_for_null(conn: Conn, call: str) -> None:
 
 def test_non_strict_builders_take_null_optionals(conn: Conn) -> None:
     assert value(conn, "SELECT df.loop('b', NULL)") == f'{{"node_type":"LOOP","left_node":{B}}}'
+    assert value(conn, "SELECT df.loop('b', NULL, NULL)") == value(conn, "SELECT df.loop('b')")
     assert value(conn, "SELECT df.break(NULL)") == value(conn, "SELECT df.break()")
     assert value(conn, "SELECT df.wait_for_signal('a', NULL)") == value(
         conn, "SELECT df.wait_for_signal('a')"

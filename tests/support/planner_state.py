@@ -21,3 +21,11 @@ def document(root: str, nodes: list[dict[str, Any]], **fields: Any) -> dict[str,
     doc.update(vars={}, execution_id=None, version=0, signals=[], events=0, nodes=nodes)
     doc.update(fields)
     return doc
+
+
+def stored_iteration(node: dict[str, Any], change: dict[str, Any]) -> int:
+    """A node's iteration counter once df._apply_plan has written `change` (0 and absent
+    leave it, except on a reset)."""
+    if change.get("iteration"):
+        return int(change["iteration"])
+    return 0 if change.get("reset") else int(node["iteration"])

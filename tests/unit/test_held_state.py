@@ -10,6 +10,7 @@ from engine.planner.held import Planning, differences
 from engine.planner.plan import ConsumedSignal, Plan, PlannedTask, TaskLease
 from tests.support.planner_state import document as _document
 from tests.support.planner_state import node as _node
+from tests.support.planner_state import stored_iteration
 
 LEASE = TaskLease("engine-1", 30.0)
 
@@ -21,7 +22,7 @@ def _stored(doc: dict[str, Any], plan: Plan) -> dict[str, Any]:
         change = plan.nodes.get(node["id"])
         if change is not None:
             node.update(status=change["status"], raw=change["raw"], error=change["error"])
-            node["iteration"] = change.get("iteration") or node["iteration"]
+            node["iteration"] = stored_iteration(node, change)
     stored.update(status=plan.instance_status or doc["status"], events=plan.events)
     stored.update(execution_id=plan.execution_id, version=plan.version)
     return stored

@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.planner.held import Planning
 from engine.planner.plan import ConsumedSignal, Plan, PlannedTask, TaskLease
-from tests.support.planner_state import document
+from tests.support.planner_state import document, stored_iteration
 from tests.support.planner_state import node as _node
 
 LEASE = TaskLease("engine-1", 30.0)
@@ -43,7 +43,8 @@ class Store:
         for change in plan.nodes.values():
             node = self.node(change["id"])
             node.update(status=change["status"], raw=change["raw"], error=change["error"])
-            node["iteration"] = change.get("iteration") or node["iteration"]
+            node["stamp"] = change.get("details", {}).get("execution_id", node.get("stamp"))
+            node["iteration"] = stored_iteration(node, change)
         for task_id in plan.cancel_nodes:
             self.tasks.pop(task_id, None)
         if plan.drop_all_tasks:
@@ -191,3 +192,111 @@ def test_a_node_the_planner_cannot_read_fails_the_instance_once() -> None:
     assert plan.instance_status == "failed" and plan.drop_all_tasks and not plan.tasks
     assert "could not plan this instance" in (plan.output or "")
     assert store.advance().tasks == []  # a failed instance is not planned again
+
+
+def _stamps(store: Store) -> dict[str, str]:
+    return {n["id"]: str(n.get("stamp")).removeprefix("0000abcd::") for n in store.doc["nodes"]}
+
+
+def test_branches_and_non_root_loops_run_in_scopes_stamped_per_generation() -> None:
+    # 'a' ~> df.loop(('x' & df.loop(df.if('c', df.break(), 'm'))), 'lc')
+    store = Store(
+        "t",
+        [
+            _node("t", "THEN", left="a", right="L"),
+            _sql("a"),
+            _node("L", "LOOP", left="J", query='{"condition_node": "lc"}'),
+            _node("J", "JOIN", left="x", right="M"),
+            _sql("x"),
+            _node("M", "LOOP", left="mb"),
+            _node("mb", "IF", query='{"condition_node": "c"}', left="brk", right="m"),
+            _sql("c"),
+            _node("brk", "BREAK", query='{"break_value": null}'),
+            _sql("m"),
+            _sql("lc"),
+        ],
+    )
+    store.advance()
+    store.finish("a", _rows(1))
+    for generation in (1, 2):
+        scope = f"1::L::{generation}"
+        store.finish("x", _rows(1))
+        store.finish("c", _rows(False))
+        store.finish("m", _rows(1))
+        assert _stamps(store)["m"] == f"{scope}::M::1"
+        store.finish("c", _rows(True))  # the branch's loop, in its second generation, breaks
+        stamps = _stamps(store)
+        assert stamps["x"] == f"{scope}::x::1" and stamps["J"] == scope
+        assert stamps["M"] == stamps["c"] == stamps["brk"] == f"{scope}::M::2"
+        store.finish("lc", _rows(generation == 1))
+        assert _stamps(store)["lc"] == scope
+    stamps = _stamps(store)
+    assert stamps["t"] == stamps["a"] == stamps["L"] == "1" and store.doc["status"] == "completed"
+
+
+def test_a_losing_loop_fails_in_its_branch_scope_whose_generations_are_its_iterations() -> None:
+    # (df.loop('f') | 's') ~> 'after': the loop is its branch's root (one scope)
+    store = Store(
+        "T",
+        [
+            _node("T", "THEN", left="r", right="after"),
+            _node("r", "RACE", left="F", right="s"),
+            _node("F", "LOOP", left="f"),
+            _sql("f"),
+            _sql("s"),
+            _sql("after"),
+        ],
+    )
+    store.advance()
+    assert _stamps(store)["F"] == _stamps(store)["f"] == "1::F::1"
+    store.finish("f", _rows(1))
+    assert _stamps(store)["F"] == _stamps(store)["f"] == "1::F::2"
+    store.finish("s", _rows(1))
+    loser = store.node("F")
+    assert loser["status"] == "failed" and loser["error"] == LOSING_LOOP
+    stamps = _stamps(store)
+    assert stamps["F"] == "1::F::2" and stamps["s"] == "1::s::1" and stamps["after"] == "1"
+
+
+def test_a_root_loop_is_the_instance_scope_and_its_branches_open_scopes_per_generation() -> None:
+    # @> ('q' & 'u')
+    store = Store(
+        "R",
+        [
+            _node("R", "LOOP", left="J"),
+            _node("J", "JOIN", left="q", right="u"),
+            _sql("q"),
+            _sql("u"),
+        ],
+    )
+    store.advance()
+    for generation in (1, 2):
+        stamps = _stamps(store)
+        assert stamps["R"] == stamps["J"] == str(generation)
+        assert stamps["q"] == f"{generation}::q::1" and stamps["u"] == f"{generation}::u::1"
+        store.finish("q", _rows(1))
+        store.finish("u", _rows(1))
+
+
+def test_a_loop_continuing_on_failure_records_the_failed_iteration_and_goes_on() -> None:
+    # df.loop('w', 'c', continue_on_failure => true): each iteration's body in its own scope
+    config = '{"condition_node": "c", "continue_on_failure": true}'
+    nodes = [_node("l", "LOOP", left="w", query=config), _sql("w"), _sql("c")]
+    store = Store("l", nodes)
+    store.advance()
+    store.fail("w", "boom")
+    assert store.node("w")["status"] == "failed" and list(store.tasks) == ["c"]
+    assert _stamps(store)["w"] == "1::w::1" and _stamps(store)["c"] == "1"
+    store.finish("c", _rows(True))
+    assert list(store.tasks) == ["w"] and _stamps(store)["w"] == "2::w::1"
+    store.finish("w", _rows(1))
+    store.finish("c", _rows(False))
+    assert store.doc["status"] == "completed" and store.output == _rows(1)
+    store = Store("l", [dict(n, status="pending") for n in nodes])
+    store.advance()
+    store.fail("w", "boom")
+    store.fail("c", "bad condition")  # a failing condition stays fatal
+    assert store.doc["status"] == "failed" and store.output == "bad condition"
+
+
+LOSING_LOOP = "Loop branch cancelled after losing RACE"

@@ -79,8 +79,12 @@ BEGIN
 END
 $$;
 
--- With a condition: a do-while loop (the condition runs after each body run).
-CREATE OR REPLACE FUNCTION df.loop(body text, condition text DEFAULT NULL) RETURNS text
+-- With a condition: a do-while loop (the condition runs after each body run). With
+-- continue_on_failure (pg_durable 0.2.8, experimental there) a failed body run is recorded
+-- and the loop goes on; the flag travels in the LOOP's query, a JSON config (only when set,
+-- so other loops keep their envelope).
+CREATE OR REPLACE FUNCTION df.loop(body text, condition text DEFAULT NULL,
+                                   continue_on_failure boolean DEFAULT false) RETURNS text
 LANGUAGE plpgsql
 AS $$
 BEGIN
@@ -92,6 +96,9 @@ BEGIN
         jsonb_build_object('node_type', 'LOOP', 'left_node', df._as_node(body))
         || CASE WHEN condition IS NOT NULL
                 THEN jsonb_build_object('condition_node', df._as_node(condition))
+                ELSE '{}' END
+        || CASE WHEN continue_on_failure
+                THEN '{"query": "{\"continue_on_failure\":true}"}'::jsonb
                 ELSE '{}' END);
 END;
 $$;

@@ -66,7 +66,12 @@ BEGIN
                                   WHERE r.id = excluded.node_id AND r.reset)
                               THEN excluded.raw_result ELSE s.raw_result END,
             delivery = coalesce(excluded.delivery, s.delivery),
-            iteration = CASE WHEN excluded.iteration > 0 THEN excluded.iteration ELSE s.iteration END,
+            -- a reset node counts again from 0 (a loop in a loop's body: a new scope)
+            iteration = CASE WHEN excluded.iteration > 0 THEN excluded.iteration
+                             WHEN EXISTS (SELECT 1 FROM jsonb_to_recordset(nodes)
+                                                        AS r(id text, reset boolean)
+                                          WHERE r.id = excluded.node_id AND r.reset)
+                             THEN 0 ELSE s.iteration END,
             iteration_started_at = coalesce(excluded.iteration_started_at, s.iteration_started_at);
     END IF;
 

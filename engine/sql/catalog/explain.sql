@@ -33,7 +33,9 @@ AS $$
                WHEN 'SIGNAL' THEN format('SIGNAL ''%s''', c.config ->> 'signal_name')
                    || coalesce(' (' || (c.config ->> 'timeout_seconds') || 's)', '')
                WHEN 'LOOP'
-                   THEN CASE WHEN node ? 'cond' THEN 'LOOP (while)' ELSE 'LOOP (infinite)' END
+                   THEN CASE WHEN node ? 'cond' THEN 'LOOP (while' ELSE 'LOOP (infinite' END
+                        || CASE WHEN c.config -> 'continue_on_failure' = 'true'::jsonb
+                                THEN ', continue on failure)' ELSE ')' END
                WHEN 'BREAK' THEN 'BREAK' || coalesce(
                    ' ''' || df._explain_truncate(c.config ->> 'break_value', 20, 17) || '''', '')
                WHEN 'JOIN'
@@ -48,7 +50,7 @@ AS $$
                     THEN left(cfg.config ->> 'url', 37) || '...'
                     ELSE cfg.config ->> 'url' END AS url
         FROM (SELECT CASE WHEN node ->> 'type' IN ('WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART',
-                                                   'SIGNAL', 'BREAK')
+                                                   'SIGNAL', 'BREAK', 'LOOP')
                           THEN df._inspect_jsonb(q.query) END AS config) cfg
     ) c
 $$;

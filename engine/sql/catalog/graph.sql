@@ -146,6 +146,11 @@ BEGIN
         names[i] := node ->> 'result_name';
         queries[i] := CASE
             WHEN kind IN ('THEN', 'RACE') THEN NULL
+            WHEN kind = 'LOOP' AND df._loop_continues_on_failure(node ->> 'query')
+                THEN CASE WHEN node ? 'condition_node'
+                          THEN json_build_object('condition_node', condition_ids[i],
+                                                 'continue_on_failure', true)
+                          ELSE json_build_object('continue_on_failure', true) END::text
             WHEN kind IN ('IF', 'LOOP') AND node ? 'condition_node'
                 THEN json_build_object('condition_node', condition_ids[i])::text
             WHEN kind = 'LOOP' THEN NULL
@@ -165,6 +170,12 @@ BEGIN
         END CASE;
     END LOOP;
 END
+$$;
+
+-- Whether a LOOP's query (its JSON config) asks to go on after a failed iteration.
+CREATE OR REPLACE FUNCTION df._loop_continues_on_failure(query text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(df._inspect_jsonb(query) -> 'continue_on_failure' = 'true'::jsonb, false)
 $$;
 
 -- What is wrong with one node (not its children), or NULL; a leaf's configuration is

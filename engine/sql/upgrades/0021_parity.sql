@@ -4,3 +4,9 @@
 -- functions and changed result types do. Every statement is written to run on any
 -- database at version 20.
 SELECT 1;
+
+-- df.loop(body, condition, continue_on_failure) (issue 14, item 15): the two-argument
+-- df.loop goes; the code files create the three-argument one, which calls with one or two
+-- arguments (and df.loop_prefix_op, behind @>) find. RESTRICT: an object of the
+-- administrator's that depends on the old signature must be changed first.
+DROP FUNCTION IF EXISTS df.loop(text, text);
