@@ -408,3 +408,36 @@ def test_a_hand_written_graph_is_read_as_serde_reads_it(wf_dsn: str) -> None:
         ("THEN", None, None, False, False),
     ]
     assert list(json.loads(condition)) == ["condition_node"]
+
+
+def test_a_reference_no_step_defines_fails_df_start_at_its_position(wf_dsn: str) -> None:
+    sql = "SELECT df.start('SELECT 1' |=> 'one' ~> 'SELECT ''é'', $one, $nope.x')"
+    error = _error(wf_dsn, sql)
+    assert error.sqlstate == "42601"
+    assert str(error.diag.message_primary).startswith(
+        'unknown named result "$nope": no step of this workflow is named "nope"'
+    )
+    assert error.diag.statement_position == str(sql.index("$nope") + 1)
+    sql = "SELECT df.start(df.as('SELECT 1', 'a') ~> df.sql($$SELECT $a.*, $b$$), 'label')"
+    error = _error(wf_dsn, sql)
+    assert error.sqlstate == "42601" and '"$b"' in str(error.diag.message_primary)
+    assert error.diag.statement_position == str(sql.index("$b") + 1)
+
+
+@pytest.mark.parametrize(
+    ("graph", "params"),
+    [
+        ("'SELECT 1' ~> 'SELECT $nope?, $nope.x? AS y'", ()),  # optional
+        ("'SELECT ''$nope'', format(''%1$s'', 1) -- $nope'", ()),  # not SQL code
+        ("'SELECT $later' ~> 'SELECT 2' |=> 'later'", ()),  # some step has that name
+        ("'SELECT 1' |=> %s ~> 'SELECT $n'", ("n",)),  # names not known from the statement
+        ("%s::text ~> 'SELECT $n'", ('{"node_type":"SQL","query":"SELECT 1","result_name":"n"}',)),
+        ("'SELECT {v}, $n'", ()),  # a variable's text could change what $n is
+    ],
+)
+def test_references_that_may_bind_or_are_optional_start(
+    wf_dsn: str, graph: str, params: tuple[str, ...]
+) -> None:
+    with psycopg.connect(wf_dsn) as conn:  # started, then rolled back: nothing runs
+        assert conn.execute(f"SELECT df.start({graph})", params or None).fetchone() is not None
+        conn.rollback()
