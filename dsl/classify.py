@@ -17,13 +17,15 @@ from typing import Any
 from pglast import parser
 
 from dsl import deepjson
+from dsl.references import unknown_reference
 from dsl.steps import (
     LiteralPosition,
     StepSyntaxError,
     check_step,
     cron_positions,
     param_numbers,
-    start_steps,
+    start_futs,
+    steps_of,
 )
 from dsl.tree import df_function_name, nodes_of
 
@@ -163,11 +165,15 @@ def _decode_tree(text: str) -> dict[str, Any]:
 def _first_step_error(
     sql: str, raw_statements: list[dict[str, Any]]
 ) -> tuple[StepSyntaxError | None, str | None]:
-    """The first broken SQL step, and `sql` with its statement turned into a raise."""
+    """The first broken SQL step (one that does not parse, or that names a result no step
+    defines), and `sql` with its statement turned into a raise."""
     data = sql.encode()
     for raw in raw_statements:
-        for step in start_steps(raw["stmt"]):
-            error = check_step(step, sql, data)
+        for fut in start_futs(raw["stmt"]):
+            errors = (check_step(step, sql, data) for step in steps_of(fut))
+            error = next((e for e in errors if e is not None), None)
+            if error is None:
+                error = unknown_reference(fut, sql, data)
             if error is None:
                 continue
             start = raw.get("stmt_location", 0)

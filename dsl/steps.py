@@ -58,6 +58,12 @@ class StepConstant:
 
 def start_steps(statement: dict[str, Any]) -> Iterator[StepConstant]:
     """The constant SQL steps of every df.start(...) call in one parsed statement."""
+    for fut in start_futs(statement):
+        yield from steps_of(fut)
+
+
+def start_futs(statement: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The Durofut expression (`fut`) of every df.start(...) call in one parsed statement."""
     for call in _calls(statement, "start"):
         args = call.get("args", [])
         fut = next(
@@ -70,11 +76,11 @@ def start_steps(statement: dict[str, Any]) -> Iterator[StepConstant]:
         )
         if fut is None and args and "NamedArgExpr" not in args[0]:
             fut = args[0]
-        if fut is not None:
-            yield from _steps_of(fut)
+        if isinstance(fut, dict):
+            yield fut
 
 
-def _steps_of(root: dict[str, Any]) -> Iterator[StepConstant]:
+def steps_of(root: dict[str, Any]) -> Iterator[StepConstant]:
     """The step constants of a Durofut expression, left to right, at any depth."""
     stack = [root]
     while stack:
@@ -86,7 +92,7 @@ def _steps_of(root: dict[str, Any]) -> Iterator[StepConstant]:
             if step is not None:
                 yield step
         else:
-            stack.extend(reversed(_step_operands(expr)))
+            stack.extend(reversed(step_operands(expr)))
 
 
 def _step_constant(const: dict[str, Any]) -> StepConstant | None:
@@ -99,14 +105,14 @@ def _step_constant(const: dict[str, Any]) -> StepConstant | None:
     return StepConstant(value, int(const.get("location", -1)))
 
 
-def _step_operands(expr: dict[str, Any]) -> list[Any]:
+def step_operands(expr: dict[str, Any]) -> list[Any]:
     """The sub-expressions of `expr` that are themselves steps (or hold steps)."""
     if "TypeCast" in expr:
         return [expr["TypeCast"].get("arg")]
     if "A_Expr" in expr and expr["A_Expr"].get("kind") == "AEXPR_OP":
         node = expr["A_Expr"]
         operands = [node.get("lexpr"), node.get("rexpr")]
-        return [operands[i] for i in STEP_OPERANDS.get(_operator(node), ())]
+        return [operands[i] for i in STEP_OPERANDS.get(operator_name(node), ())]
     if "FuncCall" in expr:
         name = df_function_name(expr["FuncCall"])
         args = expr["FuncCall"].get("args", [])
@@ -115,7 +121,7 @@ def _step_operands(expr: dict[str, Any]) -> list[Any]:
     return []
 
 
-def _operator(node: dict[str, Any]) -> str:
+def operator_name(node: dict[str, Any]) -> str:
     """An operator's name (`~>`), or "" for a schema-qualified or missing one."""
     names = node.get("name") or []
     if len(names) != 1 or not isinstance(names[0], dict) or "String" not in names[0]:
@@ -142,6 +148,14 @@ def check_step(step: StepConstant, statement_sql: str, sql_bytes: bytes) -> Step
         return StepSyntaxError(message, 1, step.value)
     start = len(sql_bytes[: step.location].decode("utf-8", "replace"))
     return StepSyntaxError(message, _position(statement_sql, start, int(offset)), step.value)
+
+
+def step_position(step: StepConstant, statement_sql: str, sql_bytes: bytes, offset: int) -> int:
+    """1-based position in the statement of character `offset` of a step's text."""
+    if step.location < 0:
+        return 1
+    start = len(sql_bytes[: step.location].decode("utf-8", "replace"))
+    return _position(statement_sql, start, offset)
 
 
 def _position(sql: str, literal_start: int, offset: int) -> int:

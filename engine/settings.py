@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from engine.executors.ssrf import AllowEntry
 
@@ -25,6 +26,24 @@ class HttpSettings:
     max_response_bytes: int = 10 * MIB
     max_redirects: int = 5  # followed, each hop re-checked; beyond: the 3xx is the result
     enabled: bool = True  # False (--http-disable): as pg_durable built without HTTP
+
+
+class StepStatements(Protocol):
+    """An SQL step of more than one statement: the text before its last statement (run as
+    one simple query), the last one (whose rows are the step's result), and whether any of
+    them begins or ends a transaction (BEGIN, COMMIT, ROLLBACK, ...)."""
+
+    @property
+    def before(self) -> str: ...
+    @property
+    def last(self) -> str: ...
+    @property
+    def controls_transaction(self) -> bool: ...
+
+
+# A step's text split before its last statement by PostgreSQL's own parser (pgdurable_proxy
+# passes dsl's); None for one statement, or a text that does not parse.
+StatementSplitter = Callable[[str], StepStatements | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +71,8 @@ class EngineSettings:
     new_transaction_start_timeout: float = 5.0  # wait for one of those slots
     http: HttpSettings = field(default_factory=HttpSettings)
     verify_held_state: bool = False  # compare held state with the database after each use
+    # without one, a step of several statements fails as a prepared statement does
+    split_statements: StatementSplitter | None = None
 
 
 @dataclass(frozen=True, slots=True)

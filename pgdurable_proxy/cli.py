@@ -13,6 +13,7 @@ from typing import Any
 
 import uvloop
 
+from dsl.statements import split_step
 from engine.engine import Engine
 from engine.settings import EngineSettings, ServerConfig, ServerValue
 from pgdurable_proxy import logs
@@ -137,6 +138,7 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
         new_transaction_start_timeout=settings.new_transaction_start_timeout,
         http=settings.http,
         verify_held_state=settings.verify_held_state,
+        split_statements=split_step,
     )
 
 

@@ -38,7 +38,8 @@ class StepConnections:
             step = idle.pop()
             if not step.conn.is_closed():
                 return step
-        step = StepConnection(await self.connect(role, database, STEP_SESSION_SETTINGS))
+        conn = await self.connect(role, database, STEP_SESSION_SETTINGS)
+        step = StepConnection(conn, self.settings.split_statements)
         step.limit_results(self.settings.max_result_bytes)
         if database == self.settings.catalog_database:
             try:

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from engine.queries import q
-from engine.settings import DEFAULT_MAX_RESULT_BYTES
+from engine.settings import DEFAULT_MAX_RESULT_BYTES, StatementSplitter
 
 STATEMENT_CACHE_SIZE = 64  # prepared step statements kept per step connection
 # The engine's own statements on a step connection in the catalog's database, prepared
@@ -69,10 +69,20 @@ class Meter(asyncio.Protocol):
 class StepConnection:
     """An asyncpg connection logged in as a step's owner, with its per-connection state."""
 
-    __slots__ = ("begun", "bookkeeping", "conn", "limit", "meter", "reset_on_commit", "statements")
+    __slots__ = (
+        "begun",
+        "bookkeeping",
+        "conn",
+        "limit",
+        "meter",
+        "reset_on_commit",
+        "split",
+        "statements",
+    )
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, split: StatementSplitter | None = None) -> None:
         self.conn = conn
+        self.split = split  # a step text's statements, when it has several
         # step statements prepared on it, by text (most recently used last): a workflow's
         # steps repeat, and preparing is a round trip of its own
         self.statements: dict[str, asyncpg.prepared_stmt.PreparedStatement] = {}

@@ -6,8 +6,14 @@ transaction too (planned by the engine's advance.InStep, see run_sql_step), and 
 may also begin the next step's transaction on the same connection (chaining, or handing
 the connection over to another step of the owner). A new instance's first advance and first
 step share one transaction (run_first_step). Statements that cannot run in a transaction
-block are re-run in autocommit mode and recorded afterwards: at-least-once, and
-df.instance_nodes says so through the node's delivery.
+block, and steps whose statements begin or end transactions, are re-run in autocommit mode
+and recorded afterwards: at-least-once, and df.instance_nodes says so through the node's
+delivery.
+
+A step of several statements (pg_durable's result is the last one's) runs those before the
+last as one simple query and the last one prepared, for its rows, in the step's transaction
+(_execute); the text is split by the connection's splitter (PostgreSQL's parser, from
+dsl), only when it holds a ';' and was never prepared whole.
 
 The functions here return what happened (StepOutcome, FirstResult); what to do next (start
 the next step on the kept connection, hand it over, release it) is the engine's.
@@ -44,6 +50,12 @@ STALE_STATEMENT = (asyncpg.InvalidCachedStatementError, asyncpg.InvalidSQLStatem
 FIRST_STEP_PROMOTION = 0.005  # seconds a first step runs before its plan is committed apart
 
 Recorder = Callable[[Task, str, str], Awaitable[None]]
+
+
+class _OwnTransactionNeeded(StepNotRun):
+    """A step whose statements begin or end transactions (BEGIN ... COMMIT) reached a
+    transaction: nothing of it ran. It runs in autocommit mode instead (_autocommit), or,
+    as a new instance's first step, apart from the first transaction."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,11 +221,14 @@ async def _run_sql_step(
             if exc.sqlstate != ACTIVE_SQL_TRANSACTION:
                 raise _step_error(exc) from exc
             break
+        except _OwnTransactionNeeded:
+            break
     return await _autocommit(step, task, sql)
 
 
 async def _autocommit(step: StepConnection, task: Task, sql: str) -> StepOutcome:
-    """A statement that cannot run in a transaction block: run, then recorded apart."""
+    """A statement that cannot run in a transaction block, or statements that begin or end
+    transactions: run, then recorded apart."""
     log.info("event=step_autocommit instance=%s node=%s", task.instance_id, task.node_id)
     try:
         raw = await _execute(step, sql)
@@ -302,8 +317,24 @@ async def run_first_step(
     return FirstResult(FirstOutcome.APPLIED, first.planned)
 
 
-async def _execute(step: StepConnection, sql: str, retry: bool = True) -> str:
-    stmt = await step.prepare(sql)
+async def _execute(step: StepConnection, sql: str) -> str:
+    """Run a step's SQL and return its result document (the last statement's rows)."""
+    several = None
+    if step.split is not None and sql not in step.statements:  # prepared: one statement
+        several = step.split(sql)
+    if several is None:
+        return await _execute_one(step, sql)
+    if several.controls_transaction and step.conn.is_in_transaction():
+        raise _OwnTransactionNeeded("a step that begins or ends transactions runs apart")
+    await step.conn.execute(several.before)  # no arguments: the simple query protocol
+    # not kept prepared: it may name what the statements before it create (a temp table)
+    return await _execute_one(step, several.last, prepared=False)
+
+
+async def _execute_one(
+    step: StepConnection, sql: str, retry: bool = True, prepared: bool = True
+) -> str:
+    stmt = await (step.prepare(sql) if prepared else step.conn.prepare(sql))
     parameters = stmt.get_parameters()
     if parameters:
         raise StepFailed(
@@ -324,7 +355,7 @@ async def _execute(step: StepConnection, sql: str, retry: bool = True) -> str:
         step.forget_statements()
         if not retry or step.conn.is_in_transaction():
             raise  # run_sql_step re-runs the whole transaction
-        return await _execute(step, sql, retry=False)  # nothing ran: prepare afresh
+        return await _execute_one(step, sql, False, prepared)  # nothing ran: prepare afresh
 
 
 def _step_error(exc: asyncpg.PostgresError) -> StepFailed | StepNotRun:

@@ -284,6 +284,63 @@ GRAPH_PROBLEMS = [
         },
         "root: query in JOIN must be a JSON config object",
     ),
+    # a malformed child: deserialized one level at a time, named by its path (pg_durable 0.2.6)
+    (
+        {
+            "node_type": "IF",
+            "left_node": _sql(1),
+            "right_node": _sql(2),
+            "condition_node": {"query": "SELECT true"},
+        },
+        "root.condition_node: failed to deserialize Durofut child: missing field `node_type`",
+    ),
+    (
+        {
+            "node_type": "THEN",
+            "left_node": {"node_type": "THEN", "left_node": _sql(1), "right_node": "SELECT 2"},
+            "right_node": _sql(3),
+        },
+        "root.left: failed to deserialize Durofut child: Durofut children must be JSON objects",
+    ),
+    (
+        {
+            "node_type": "THEN",
+            "left_node": {"node_type": "THEN", "left_node": _sql(1), "right_node": {"query": 2}},
+            "right_node": {"node_type": "THEN"},
+        },
+        "root.left.right: failed to deserialize Durofut child: missing field `node_type`",
+    ),
+    (
+        {
+            "node_type": "JOIN",
+            "left_node": _sql(1),
+            "right_node": _sql(2),
+            "extra_nodes": [_sql(3), {"node_type": "SQL", "query": 4}],
+        },
+        "root.extra_nodes[1]: failed to deserialize Durofut child: invalid type: integer `4`,"
+        " expected a string",
+    ),
+    (
+        {
+            "node_type": "LOOP",
+            "left_node": {
+                "node_type": "JOIN",
+                "left_node": _sql(1),
+                "right_node": _sql(2),
+                "extra_nodes": {},
+            },
+        },
+        "root.left: failed to deserialize Durofut child: invalid type: map, expected a sequence",
+    ),
+    # what is wrong first in pre-order is reported, malformed or not
+    (
+        {
+            "node_type": "THEN",
+            "left_node": {"node_type": "SLEEP"},
+            "right_node": {"node_type": "SQL", "result_name": False},
+        },
+        "root.left: SLEEP node requires a query",
+    ),
 ]
 
 
@@ -315,3 +372,72 @@ def test_too_deep_is_reported_before_a_wrong_node(wf_dsn: str) -> None:
     graph = {"node_type": "THEN", "left_node": _sql(1, right_node=_sql(2)), "right_node": deep}
     error = _error(wf_dsn, "SELECT df.start(%s)", json.dumps(graph))
     assert error.sqlstate == "54001"
+
+
+def test_a_hand_written_graph_is_read_as_serde_reads_it(wf_dsn: str) -> None:
+    """JSON nulls, unknown keys and an empty extra_nodes are ignored at every level."""
+    graph = {
+        "node_type": "THEN",
+        "left_node": _sql(1, result_name=None, comment="ignored"),
+        "right_node": {
+            "node_type": "IF",
+            "query": None,
+            "left_node": _sql(2, extra_nodes=[]),
+            "right_node": {"node_type": "LOOP", "left_node": _sql(3), "condition_node": None},
+            "condition_node": _sql(4),
+            "extra_nodes": None,
+        },
+    }
+    with psycopg.connect(wf_dsn) as conn:  # validated, then rolled back: nothing runs
+        row = conn.execute("SELECT df.start(%s)", (json.dumps(graph),)).fetchone()
+        assert row is not None
+        rows = conn.execute(
+            "SELECT node_type, query, result_name, left_node IS NULL, right_node IS NULL"
+            " FROM df.nodes WHERE instance_id = %s ORDER BY node_type, query",
+            row,
+        ).fetchall()
+        conn.rollback()
+    condition = rows[0][1]
+    assert rows == [
+        ("IF", condition, None, False, False),
+        ("LOOP", None, None, False, True),
+        ("SQL", "SELECT 1", None, True, True),
+        ("SQL", "SELECT 2", None, True, True),
+        ("SQL", "SELECT 3", None, True, True),
+        ("SQL", "SELECT 4", None, True, True),
+        ("THEN", None, None, False, False),
+    ]
+    assert list(json.loads(condition)) == ["condition_node"]
+
+
+def test_a_reference_no_step_defines_fails_df_start_at_its_position(wf_dsn: str) -> None:
+    sql = "SELECT df.start('SELECT 1' |=> 'one' ~> 'SELECT ''é'', $one, $nope.x')"
+    error = _error(wf_dsn, sql)
+    assert error.sqlstate == "42601"
+    assert str(error.diag.message_primary).startswith(
+        'unknown named result "$nope": no step of this workflow is named "nope"'
+    )
+    assert error.diag.statement_position == str(sql.index("$nope") + 1)
+    sql = "SELECT df.start(df.as('SELECT 1', 'a') ~> df.sql($$SELECT $a.*, $b$$), 'label')"
+    error = _error(wf_dsn, sql)
+    assert error.sqlstate == "42601" and '"$b"' in str(error.diag.message_primary)
+    assert error.diag.statement_position == str(sql.index("$b") + 1)
+
+
+@pytest.mark.parametrize(
+    ("graph", "params"),
+    [
+        ("'SELECT 1' ~> 'SELECT $nope?, $nope.x? AS y'", ()),  # optional
+        ("'SELECT ''$nope'', format(''%1$s'', 1) -- $nope'", ()),  # not SQL code
+        ("'SELECT $later' ~> 'SELECT 2' |=> 'later'", ()),  # some step has that name
+        ("'SELECT 1' |=> %s ~> 'SELECT $n'", ("n",)),  # names not known from the statement
+        ("%s::text ~> 'SELECT $n'", ('{"node_type":"SQL","query":"SELECT 1","result_name":"n"}',)),
+        ("'SELECT {v}, $n'", ()),  # a variable's text could change what $n is
+    ],
+)
+def test_references_that_may_bind_or_are_optional_start(
+    wf_dsn: str, graph: str, params: tuple[str, ...]
+) -> None:
+    with psycopg.connect(wf_dsn) as conn:  # started, then rolled back: nothing runs
+        assert conn.execute(f"SELECT df.start({graph})", params or None).fetchone() is not None
+        conn.rollback()

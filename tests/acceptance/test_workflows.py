@@ -85,7 +85,6 @@ def test_types_map_like_pg_durable(wf_dsn: str) -> None:
             "'SELECT 1 WHERE false' |=> 'e' ~> 'SELECT $e'",
             "$e has no rows — query returned zero results",
         ),
-        ("'SELECT 1; SELECT 2'", "cannot insert multiple commands into a prepared statement"),
     ],
 )
 def test_step_failures_fail_the_instance(wf_dsn: str, graph: str, message: str) -> None:

@@ -327,6 +327,14 @@ def test_validation_errors_are_returned(conn: psycopg.Connection) -> None:
     assert explain_text(conn, bad_child) == (
         "Invalid durable function graph: root.right: condition_node is not valid for SQL nodes"
     )
+    malformed_child = (
+        '{"node_type":"THEN","left_node":{"node_type":"SQL","query":"SELECT 1"},'
+        '"right_node":{"node_type":"SQL","result_name":7}}'
+    )
+    assert explain_text(conn, malformed_child) == (  # as df.start says it (pg_durable 0.2.6)
+        "Invalid durable function graph: root.right: failed to deserialize Durofut child: "
+        "invalid type: integer `7`, expected a string"
+    )
 
 
 def test_explain_is_strict_and_writes_nothing(conn: psycopg.Connection) -> None:

@@ -51,69 +51,74 @@ RETURN CASE jsonb_typeof(value)
     ELSE 'map'
 END;
 
--- Deserialize one Durofut JSON object the way pg_durable's serde model does, recursively,
--- and return it normalized: only the seven model fields, JSON nulls and empty extra_nodes
--- dropped. Unknown keys are ignored (serde's default). node_type may be any string here;
--- an unknown type inside a graph is reported later by df.start's graph validation.
--- Errors carry serde-like messages (without serde_json's "at line L column C").
+-- What pg_durable's serde model says of one Durofut JSON object's own fields (not of its
+-- children's), or NULL when they deserialize: node_type present and a string; query and
+-- result_name strings or null; left/right/condition_node objects or null; extra_nodes an
+-- array of objects or null. Unknown keys are ignored (serde's default). node_type may be any
+-- string here; an unknown type inside a graph is reported later by the graph walk.
+-- Messages are serde-like (without serde_json's "at line L column C").
+CREATE OR REPLACE FUNCTION df._durofut_level_problem(node jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE
+    WHEN NOT node ? 'node_type' THEN 'missing field `node_type`'
+    WHEN jsonb_typeof(node -> 'node_type') <> 'string'
+        THEN format('invalid type: %s, expected a string',
+                    df._serde_unexpected(node -> 'node_type'))
+    WHEN jsonb_typeof(node -> 'query') NOT IN ('string', 'null')
+        THEN format('invalid type: %s, expected a string', df._serde_unexpected(node -> 'query'))
+    WHEN jsonb_typeof(node -> 'result_name') NOT IN ('string', 'null')
+        THEN format('invalid type: %s, expected a string',
+                    df._serde_unexpected(node -> 'result_name'))
+    WHEN jsonb_typeof(node -> 'left_node') NOT IN ('object', 'null')
+         OR jsonb_typeof(node -> 'right_node') NOT IN ('object', 'null')
+        THEN 'Durofut children must be JSON objects'
+    WHEN jsonb_typeof(node -> 'condition_node') NOT IN ('object', 'null')
+        THEN 'condition_node must be a Durofut JSON object'
+    WHEN jsonb_typeof(node -> 'extra_nodes') NOT IN ('array', 'null')
+        THEN format('invalid type: %s, expected a sequence',
+                    df._serde_unexpected(node -> 'extra_nodes'))
+    WHEN jsonb_typeof(node -> 'extra_nodes') = 'array'
+         AND jsonb_path_exists(node -> 'extra_nodes', 'strict $[*] ? (@.type() != "object")')
+        THEN 'extra_nodes entries must be Durofut JSON objects'
+END;
+
+-- One Durofut object whose own fields deserialize (df._durofut_level_problem), normalized at
+-- its own level: only the seven model fields, JSON nulls and an empty extra_nodes dropped;
+-- its children are kept as they are.
+CREATE OR REPLACE FUNCTION df._durofut_level(node jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}')
+        FROM jsonb_each(node) AS e
+        WHERE e.key IN ('node_type', 'left_node', 'right_node', 'condition_node', 'extra_nodes',
+                        'query', 'result_name')
+          AND jsonb_typeof(e.value) <> 'null' AND e.value <> '[]');
+
+-- Deserialize one Durofut JSON object the way pg_durable's composers do, recursively, and
+-- return it normalized (df._durofut_level at every level). Errors carry serde-like messages
+-- (df._durofut_level_problem); a child's own errors are raised by the recursive call.
 CREATE OR REPLACE FUNCTION df._durofut_node(node jsonb) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    result jsonb := '{}';
+    problem text := df._durofut_level_problem(node);
+    result jsonb;
     field text;
-    child jsonb;
     extras jsonb;
-    problem text;
 BEGIN
-    <<parse>>
-    BEGIN
-        IF NOT node ? 'node_type' THEN
-            problem := 'missing field `node_type`';
-            EXIT parse;
-        END IF;
-        -- Plain string fields (node_type is not optional: null is a type error).
-        FOREACH field IN ARRAY ARRAY['node_type', 'query', 'result_name'] LOOP
-            child := node -> field;
-            CONTINUE WHEN child IS NULL
-                OR (jsonb_typeof(child) = 'null' AND field <> 'node_type');
-            IF jsonb_typeof(child) <> 'string' THEN
-                problem := format('invalid type: %s, expected a string',
-                                  df._serde_unexpected(child));
-                EXIT parse;
-            END IF;
-            result := result || jsonb_build_object(field, child);
-        END LOOP;
-        -- Child nodes (a child's own errors are raised by the recursive call).
-        FOREACH field IN ARRAY ARRAY['left_node', 'right_node', 'condition_node'] LOOP
-            child := node -> field;
-            CONTINUE WHEN child IS NULL OR jsonb_typeof(child) = 'null';
-            IF jsonb_typeof(child) <> 'object' THEN
-                problem := CASE field
-                    WHEN 'condition_node' THEN 'condition_node must be a Durofut JSON object'
-                    ELSE 'Durofut children must be JSON objects' END;
-                EXIT parse;
-            END IF;
-            result := result || jsonb_build_object(field, df._durofut_node(child));
-        END LOOP;
-        child := coalesce(node -> 'extra_nodes', 'null');
-        IF jsonb_typeof(child) = 'null' THEN
-            NULL;  -- absent
-        ELSIF jsonb_typeof(child) <> 'array' THEN
-            problem := format('invalid type: %s, expected a sequence',
-                              df._serde_unexpected(child));
-        ELSIF EXISTS (SELECT FROM jsonb_array_elements(child) AS e
-                      WHERE jsonb_typeof(e) <> 'object') THEN
-            problem := 'extra_nodes entries must be Durofut JSON objects';
-        ELSIF jsonb_array_length(child) > 0 THEN
-            SELECT jsonb_agg(df._durofut_node(e.value) ORDER BY e.ord) INTO extras
-              FROM jsonb_array_elements(child) WITH ORDINALITY AS e(value, ord);
-            result := result || jsonb_build_object('extra_nodes', extras);
-        END IF;
-    END parse;
     IF problem IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_text_representation',
             MESSAGE = 'Invalid Durofut JSON: failed to deserialize workflow step: ' || problem;
+    END IF;
+    result := df._durofut_level(node);
+    FOREACH field IN ARRAY ARRAY['left_node', 'right_node', 'condition_node'] LOOP
+        IF result ? field THEN
+            result := result || jsonb_build_object(field, df._durofut_node(result -> field));
+        END IF;
+    END LOOP;
+    IF result ? 'extra_nodes' THEN
+        SELECT jsonb_agg(df._durofut_node(e.value) ORDER BY e.ord) INTO extras
+          FROM jsonb_array_elements(result -> 'extra_nodes') WITH ORDINALITY AS e(value, ord);
+        result := result || jsonb_build_object('extra_nodes', extras);
     END IF;
     RETURN result;
 END;

@@ -177,7 +177,8 @@ BEGIN
 END;
 $$;
 
--- A text as a Durofut (pg_durable's serde model, df._durofut_node), or the reason why not.
+-- A text as a Durofut (pg_durable's serde model), or the reason why not. Only the root's own
+-- fields are deserialized here; the graph walk deserializes its children (as df.start).
 CREATE OR REPLACE FUNCTION df._explain_parse(input text, OUT graph jsonb, OUT problem text)
 LANGUAGE plpgsql IMMUTABLE
 AS $$
@@ -195,12 +196,10 @@ BEGIN
                           df._serde_unexpected(parsed));
         RETURN;
     END IF;
-    BEGIN
-        graph := df._durofut_node(parsed);
-    EXCEPTION WHEN invalid_text_representation THEN
-        problem := regexp_replace(SQLERRM,
-                                  '^Invalid Durofut JSON: failed to deserialize workflow step: ', '');
-    END;
+    problem := df._durofut_level_problem(parsed);
+    IF problem IS NULL THEN
+        graph := parsed;
+    END IF;
 END;
 $$;
 

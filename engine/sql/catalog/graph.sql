@@ -7,7 +7,10 @@
 -- checks a graph, in this order: depth (the root is at depth 0; deeper than 256 is refused),
 -- then size, then the first node in pre-order with a problem; the error names the first node
 -- in pre-order that is too deep, or has the problem, by its path (df._graph_path). Each node
--- is checked as it is visited.
+-- is checked as it is visited. Unless the whole tree is a builder's clean output, each node
+-- is also deserialized as it is visited, one level at a time, as pg_durable 0.2.6 does: one
+-- that does not deserialize is a problem ('failed to deserialize Durofut child: <serde
+-- error>') whose own children are not visited; the others are returned normalized.
 CREATE OR REPLACE FUNCTION df._graph_walk(root jsonb, OUT nodes jsonb[], OUT parents integer[],
                                OUT slots integer[])
 LANGUAGE plpgsql IMMUTABLE AS $$
@@ -25,6 +28,8 @@ DECLARE
     node jsonb;
     problem text;
     problem_at integer := 0;
+    clean boolean := df._durofut_is_clean(root);
+    serde_problem text;
 BEGIN
     nodes := '{}';
     parents := '{}';
@@ -33,13 +38,25 @@ BEGIN
         node := stack_nodes[sp];
         depth := stack_depths[sp];
         n := n + 1;
-        nodes[n] := node;
         parents[n] := stack_parents[sp];
         slots[n] := stack_slots[sp];
         sp := sp - 1;
         IF depth > 256 AND too_deep_at = 0 THEN
             too_deep_at := n;
         END IF;
+        IF NOT clean THEN
+            serde_problem := df._durofut_level_problem(node);
+            IF serde_problem IS NOT NULL THEN
+                nodes[n] := node;
+                IF problem_at = 0 THEN
+                    problem := 'failed to deserialize Durofut child: ' || serde_problem;
+                    problem_at := n;
+                END IF;
+                CONTINUE;  -- what is in it cannot be read
+            END IF;
+            node := df._durofut_level(node);
+        END IF;
+        nodes[n] := node;
         IF problem_at = 0 THEN
             problem := df._node_problem(node);
             problem_at := CASE WHEN problem IS NULL THEN 0 ELSE n END;

@@ -1,14 +1,15 @@
 -- pgdurable catalog: df.start (spec §3.3) and its helpers, including df.start(...,
 -- transaction_mode => 'new').
 
--- df.start's strict reading of its argument (§3.3 step 1). A Durofut node is parsed once
--- (df._as_node would read the text again to reach the same two cases: a clean tree as it
--- is, any other through df._durofut_node).
+-- df.start's strict reading of its argument (§3.3 step 1). Of a Durofut node only the root's
+-- own fields are deserialized here; its children are deserialized one level at a time by
+-- the graph walk, which names a malformed one by its path (pg_durable 0.2.6).
 CREATE OR REPLACE FUNCTION df._parse_strict(fut text)
 RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     parsed jsonb;
     node_type text;
+    problem text;
 BEGIN
     BEGIN
         parsed := fut::jsonb;
@@ -23,16 +24,12 @@ BEGIN
                 coalesce(node_type, 'null'), array_to_string(df._node_types(), ', ')
                 USING ERRCODE = '22023';
         END IF;
-        IF df._durofut_is_clean(parsed) THEN
-            RETURN parsed;  -- the usual case: a builder's own output
+        problem := df._durofut_level_problem(parsed);
+        IF problem IS NOT NULL THEN
+            RAISE EXCEPTION 'Invalid durable function: Malformed Durofut JSON with node_type ''%'': failed to deserialize workflow step: %',
+                node_type, problem USING ERRCODE = '22023';
         END IF;
-        BEGIN
-            RETURN df._durofut_node(parsed);
-        EXCEPTION WHEN others THEN
-            RAISE EXCEPTION 'Invalid durable function: Malformed Durofut JSON with node_type ''%'': %',
-                node_type, regexp_replace(SQLERRM, '^Invalid Durofut JSON: ', '')
-                USING ERRCODE = '22023';
-        END;
+        RETURN parsed;
     END IF;
     BEGIN
         RETURN df._as_node(fut);

@@ -68,6 +68,20 @@ SELECT df.start('SELECT ''é''' ~> 'SELECT 1 FORM t')
 -- expect: kind=workflow functions=start operators=yes
 SELECT df.start('SELECT 1' |=> 'a' ~> 'SELECT $a + ')
 
+-- case: a reference to a name no step defines fails df.start at the reference
+-- expect: kind=workflow functions=start operators=yes step_error_at=55
+-- expect: step_error=unknown named result "$nope": no step of this workflow is named "nope" (name one with |=> 'nope', or write $nope? where it may be missing)
+-- expect: rewritten=SELECT df._step_syntax_error('unknown named result "$nope"
+SELECT df.start('SELECT ''é''' |=> 'a' ~> 'SELECT $a, $nope.x')
+
+-- case: optional references, and $ in literals, quoted names and comments, are left alone
+-- expect: kind=workflow functions=as,sql,start
+SELECT df.start(df.as('SELECT 1', 'a') ~> df.sql($$SELECT $nope?, $nope.x?, $a.*, '$b', "$c" -- $d$$))
+
+-- case: a name might come from what the statement does not spell out: nothing is refused
+-- expect: kind=workflow functions=start operators=yes
+SELECT df.start('SELECT 1' |=> $1 ~> 'SELECT $n' ~> (SELECT g FROM graphs))
+
 -- case: a cron expression's literal gets its position for the server's error
 -- expect: kind=workflow functions=start,wait_for_schedule cron_at=38
 SELECT df.start(df.wait_for_schedule('* * *'))
