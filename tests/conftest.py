@@ -17,6 +17,7 @@ from tests.support.proxy import ProxyProcess
 os.environ.setdefault("PGDURABLE_VERIFY_HELD_STATE", "1")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under `-n 2 --dist loadgroup` (the default options), every test of one PostgreSQL
     flavor runs in the same worker: each flavor's clusters and pgdurable start once, and the
