@@ -4,3 +4,8 @@
 -- functions and changed result types do. Every statement is written to run on any
 -- database at version 20.
 SELECT 1;
+
+-- Issue 14, the owner fixed at first load (pg_durable 0.2.8 parity): df._poll hands the
+-- engine each owner's role OID besides its name (a new result column); engine.sql creates
+-- it again.
+DROP FUNCTION IF EXISTS df._poll(uuid, double precision, integer, integer, text[], integer);
