@@ -233,6 +233,7 @@ def test_a_security_definer_start_makes_the_definer_the_owner(
             "CREATE OR REPLACE FUNCTION public.own_definer_start() RETURNS text "
             f"LANGUAGE sql SECURITY DEFINER AS $$ SELECT df.start({WHO}) $$"
         )
+        definer.execute("REVOKE EXECUTE ON FUNCTION public.own_definer_start() FROM PUBLIC")
         definer.execute(f"GRANT EXECUTE ON FUNCTION public.own_definer_start() TO {CALLER}")
     with psycopg.connect(owners.dsn(CALLER)) as caller:
         with caller.transaction(), caller.transaction():  # in a savepoint, too
