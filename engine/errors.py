@@ -84,3 +84,21 @@ class NewStartFailed(EngineError):
     def __init__(self, message: str, sqlstate: str) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
+
+
+class OwnerRefused(EngineError):
+    """The instance's owner may not run a step (pg_durable's texts for a graph load): its
+    role is gone, or is a superuser while superuser instances are off."""
+
+    sqlstate = "42501"  # insufficient_privilege
+
+    @classmethod
+    def gone(cls, instance_id: str) -> OwnerRefused:
+        return cls(f"Instance {instance_id}: submitted_by role no longer exists in pg_roles")
+
+    @classmethod
+    def superuser(cls, instance_id: str, role: str) -> OwnerRefused:
+        return cls(
+            f'pg_durable blocked instance {instance_id}: submitted_by role "{role}" is a '
+            "superuser, but pg_durable.enable_superuser_instances is off"
+        )

@@ -61,6 +61,7 @@ class EngineSettings:
     execution_acquire_timeout: float = 30.0  # an SQL step's wait for a step slot
     log_workflow_sql: bool = False  # log each SQL step's substituted statement (info)
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES  # an SQL step's result document
+    step_idle_timeout: float = 4.0  # a pooled step connection unused this long is closed
     lease_seconds: float = 30.0
     poll_interval: float = 1.0
     enable_superuser_instances: bool = False

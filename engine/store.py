@@ -19,8 +19,10 @@ from engine.records import (
     AdvanceDue,
     Claimed,
     HeldCheck,
+    HttpPrivilege,
     NewInstance,
     NextTimer,
+    Owner,
     PollRow,
     Task,
 )
@@ -89,7 +91,8 @@ class Store:
     def _poll_row(self, r: asyncpg.Record) -> PollRow:
         kind = r["kind"]
         if kind == "new":
-            return NewInstance(r["instance_id"], r["owner"], r["payload"])
+            owner = None if r["owner_oid"] is None else _owner(r)
+            return NewInstance(r["instance_id"], owner, r["payload"])
         if kind == "advance":
             return AdvanceDue(r["instance_id"])
         if kind == "task":
@@ -104,7 +107,7 @@ class Store:
             r["node_type"],
             r["payload"],
             str(r["lease_token"]),
-            r["owner"] or "",
+            _owner(r),
             r["database"] or self.catalog_database,
         )
         return Claimed(task, r["attempts"])
@@ -134,11 +137,11 @@ class Store:
         """Commit a first plan with its step's task row (a first step that runs long)."""
         return bool(await self.pool().fetchval(q("promote_first"), instance_id, advance_xmin, plan))
 
-    async def http_privilege(self, owner: str, signature: str) -> bool | None:
-        """May `owner` run HTTP steps now (EXECUTE on builder `signature`)? None: the role
-        is gone."""
-        allowed = await self.pool().fetchval(q("http_privilege"), owner, signature)
-        return None if allowed is None else bool(allowed)
+    async def http_privilege(self, owner: Owner, signature: str) -> HttpPrivilege | None:
+        """May `owner` run HTTP steps now (EXECUTE on builder `signature`), and is it a
+        superuser? None: the role is gone."""
+        row = await self.pool().fetchrow(q("http_privilege"), owner.oid, signature)
+        return None if row is None else HttpPrivilege(bool(row["allowed"]), row["rolsuper"])
 
     # -- new-transaction starts ---------------------------------------------------------------
     async def new_start_ack(self, request: uuid.UUID) -> None:
@@ -178,6 +181,11 @@ class Store:
             q("claim_own_leases"), instance_id, self.key, running, self.lease_seconds
         )
         return [self._claimed(r) for r in rows]
+
+
+def _owner(r: asyncpg.Record) -> Owner:
+    """The owner a poll row names (its OID is there even when its role is gone)."""
+    return Owner(int(r["owner_oid"] or 0), r["owner"] or "")
 
 
 class Advancing:

@@ -130,6 +130,7 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
         log_workflow_sql=settings.log_workflow_sql,
         max_result_bytes=settings.max_result_bytes,
         lease_seconds=settings.lease_seconds,
+        step_idle_timeout=settings.step_idle_timeout,
         poll_interval=settings.poll_interval,
         enable_superuser_instances=settings.enable_superuser_instances,
         list_instances_max_limit=settings.list_instances_max_limit,

@@ -40,6 +40,7 @@ class Settings:
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     poll_interval: float = 1.0
     lease_seconds: float = 30.0
+    step_idle_timeout: float = 4.0
     min_loop_iteration_seconds: float = 1.0
     max_new_transaction_starts: int = 2
     new_transaction_start_timeout: float = 5.0
@@ -143,6 +144,12 @@ def _parser(
         30.0,
         type=float,
         help="how long a claimed step stays ours without renewal",
+    )
+    option(
+        "--step-idle-timeout",
+        4.0,
+        type=float,
+        help="close a pooled step connection unused for this many seconds",
     )
     option(
         "--min-loop-iteration-seconds",
@@ -282,6 +289,8 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
     if args.max_result_bytes <= 0:
         raise ConfigError("--max-result-bytes must be positive")
     _check_pg_durable_ranges(args)
+    if args.step_idle_timeout <= 0:
+        raise ConfigError("--step-idle-timeout must be positive")
     return Settings(
         upstream=upstream,
         host=args.host,
@@ -297,6 +306,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         max_result_bytes=args.max_result_bytes,
         poll_interval=args.poll_interval,
         lease_seconds=args.lease_seconds,
+        step_idle_timeout=args.step_idle_timeout,
         min_loop_iteration_seconds=args.min_loop_iteration_seconds,
         max_new_transaction_starts=args.max_new_transaction_starts,
         new_transaction_start_timeout=args.new_transaction_start_timeout,

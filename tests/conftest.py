@@ -15,6 +15,9 @@ from tests.support.proxy import ProxyProcess
 # Every pgdurable the tests start checks the instance state it holds in memory against the
 # database after each use, and stops on any difference (the benchmarks do not).
 os.environ.setdefault("PGDURABLE_VERIFY_HELD_STATE", "1")
+# Pooled step connections close after 1 s unused (default 4 s), so a test may drop a
+# database its workflows used without waiting.
+os.environ.setdefault("PGDURABLE_STEP_IDLE_TIMEOUT", "1")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups

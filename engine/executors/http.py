@@ -18,7 +18,7 @@ from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDict
 from yarl import URL
 
-from engine.errors import StepFailed
+from engine.errors import OwnerRefused, StepFailed
 from engine.executors.http_request import (
     PRIVILEGE_FUNCTIONS,
     Header,
@@ -50,9 +50,11 @@ HTTP_DISABLED = (
 )
 
 
-async def run_http_step(client: HttpClient, store: Store, task: Task) -> str:
+async def run_http_step(
+    client: HttpClient, store: Store, task: Task, allow_superuser: bool = False
+) -> str:
     """The step's result envelope; raises StepFailed with the node's error text."""
-    await check_privilege(store, task)
+    await check_privilege(store, task, allow_superuser)
     try:
         request = parse_request(
             task.node_type, task.node_id, task.payload, client.settings.max_request_bytes
@@ -66,19 +68,22 @@ async def run_http_step(client: HttpClient, store: Store, task: Task) -> str:
     return await client.fetch(request)
 
 
-async def check_privilege(store: Store, task: Task) -> None:
-    """The owner must hold EXECUTE on the node's builder now, not only when it started."""
+async def check_privilege(store: Store, task: Task, allow_superuser: bool) -> None:
+    """The owner must hold EXECUTE on the node's builder now, not only when it started,
+    and, as before any step, exist and not be a superuser (unless allowed)."""
     signature = PRIVILEGE_FUNCTIONS[task.node_type]
-    allowed = await store.http_privilege(task.owner, signature)
-    if allowed is None:
-        raise StepFailed(
-            f"Instance {task.instance_id}: submitted_by role no longer exists in pg_roles"
-        )
-    if not allowed:
+    owner = task.owner
+    privilege = await store.http_privilege(owner, signature)
+    if privilege is None:
+        raise StepFailed(str(OwnerRefused.gone(task.instance_id)), OwnerRefused.sqlstate)
+    if privilege.superuser and not allow_superuser:
+        refused = OwnerRefused.superuser(task.instance_id, owner.name)
+        raise StepFailed(str(refused), refused.sqlstate)
+    if not privilege.allowed:
         short = signature.split("(")[0] + "()"
         raise StepFailed(
-            f"Blocked: role '{task.owner}' does not have EXECUTE privilege on {short}. "
-            f"Grant EXECUTE ON FUNCTION {signature} TO {task.owner} to allow HTTP requests."
+            f"Blocked: role '{owner.name}' does not have EXECUTE privilege on {short}. "
+            f"Grant EXECUTE ON FUNCTION {signature} TO {owner.name} to allow HTTP requests."
         )
 
 

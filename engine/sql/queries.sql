@@ -136,9 +136,11 @@ SELECT runner::pg_catalog.text FROM df._runners WHERE owner OPERATOR(pg_catalog.
 SELECT df._set_runner_password($1, $2);
 
 -- name: http_privilege
--- May role $1 run HTTP steps now? EXECUTE on builder $2 (no row: the role is gone).
-SELECT pg_catalog.has_function_privilege(r.oid, $2::pg_catalog.text, 'EXECUTE')
-FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) $1;
+-- May the role of OID $1 run HTTP steps now? EXECUTE on builder $2, and whether it is a
+-- superuser (no row: the role is gone).
+SELECT pg_catalog.has_function_privilege(r.oid, $2::pg_catalog.text, 'EXECUTE') AS allowed,
+       r.rolsuper
+FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid;
 
 -- name: complete_held
 SELECT df._complete_held($1, $2, $3, $4, $5, $6::pg_catalog.jsonb);

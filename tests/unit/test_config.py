@@ -129,6 +129,15 @@ def test_max_result_bytes_flag_environment_and_default() -> None:
         parse_settings(["--max-result-bytes", "0"], {})
 
 
+def test_step_idle_timeout_flag_environment_and_default() -> None:
+    assert parse_settings([], {}).step_idle_timeout == 4
+    env = {"PGDURABLE_STEP_IDLE_TIMEOUT": "0.5"}
+    assert parse_settings([], env).step_idle_timeout == 0.5
+    assert parse_settings(["--step-idle-timeout", "30"], env).step_idle_timeout == 30
+    with pytest.raises(ConfigError, match="--step-idle-timeout must be positive"):
+        parse_settings(["--step-idle-timeout", "0"], {})
+
+
 def test_pg_durable_0_2_8_settings_default_as_pg_durable_and_are_checked() -> None:
     settings = parse_settings([], {})
     assert settings.execution_acquire_timeout == 30

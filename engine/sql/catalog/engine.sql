@@ -3,6 +3,21 @@
 -- engine rows. Times are clock_timestamp(): these run at the end of a step's transaction,
 -- whose start may be long before the step finished.
 
+-- Whom an instance's steps run as: the owner fixed when the instance was first loaded (the
+-- first plan applied writes it on the instance's first execution, and each execution
+-- hands it to the next), never df.instances.submitted_by read again, which an
+-- administrator may rewrite while the instance runs (as pg_durable, which loads the graph
+-- with its owner once); for an instance not loaded yet, its submitted_by. An OID: a role
+-- dropped and created again under the same name is another role.
+CREATE OR REPLACE FUNCTION df._instance_owner(p_instance text)
+RETURNS regrole LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT e.submitted_by FROM df._executions e
+                     WHERE e.instance_id = p_instance
+                     ORDER BY e.execution_id DESC LIMIT 1),
+                    (SELECT i.submitted_by FROM df.instances i WHERE i.id = p_instance))
+$$;
+REVOKE EXECUTE ON FUNCTION df._instance_owner(text) FROM PUBLIC;
+
 -- The state to plan from, with the keys of the _advance rows it takes (locked until the
 -- plan is applied); NULL when another transaction holds the instance or nothing is due.
 CREATE OR REPLACE FUNCTION df._load_for_advance(p_instance text)
@@ -140,9 +155,10 @@ BEGIN
         version = coalesce((plan ->> 'version')::bigint, e.version + 1)
     WHERE e.instance_id = p_instance AND e.execution_id = (plan ->> 'execution_id')::bigint;
     IF NOT FOUND THEN
+        -- the owner is fixed by the first execution and carried to the next ones
         INSERT INTO df._executions (instance_id, execution_id, submitted_by, status,
                                     event_count, output, completed_at, version)
-        SELECT p_instance, (plan ->> 'execution_id')::bigint, i.submitted_by,
+        SELECT p_instance, (plan ->> 'execution_id')::bigint, df._instance_owner(p_instance),
                coalesce(final_status, 'Running'), (plan ->> 'events')::bigint,
                plan ->> 'output',
                CASE WHEN final_status IN ('Completed', 'Failed') THEN clock_timestamp() END,
@@ -178,21 +194,25 @@ RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
 DECLARE
     inst record;
     ex record;
+    owner record;
 BEGIN
-    SELECT i.*, r.rolname, r.rolsuper, r.rolcanlogin INTO inst
-    FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by
-    WHERE i.id = p_instance;
+    SELECT i.* INTO inst FROM df.instances i WHERE i.id = p_instance;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    SELECT e.execution_id, e.event_count, e.version INTO ex
+    SELECT e.execution_id, e.event_count, e.version, e.submitted_by INTO ex
     FROM df._executions e WHERE e.instance_id = p_instance
     ORDER BY e.execution_id DESC LIMIT 1;
+    -- the owner fixed when the instance was first loaded (df._instance_owner)
+    SELECT coalesce(ex.submitted_by, inst.submitted_by)::oid AS oid, r.rolname, r.rolsuper,
+           r.rolcanlogin
+    INTO owner
+    FROM (SELECT) AS one LEFT JOIN pg_roles r ON r.oid = coalesce(ex.submitted_by, inst.submitted_by);
     RETURN jsonb_build_object(
         'now', extract(epoch FROM clock_timestamp()),
         'id', inst.id, 'label', inst.label, 'root', inst.root_node, 'status', inst.status,
-        'owner', inst.rolname, 'owner_oid', inst.submitted_by::oid, 'superuser', inst.rolsuper,
-        'can_login', inst.rolcanlogin, 'database', inst.database,
+        'owner', owner.rolname, 'owner_oid', owner.oid, 'superuser', owner.rolsuper,
+        'can_login', owner.rolcanlogin, 'database', inst.database,
         'vars', coalesce((SELECT v.vars FROM df._instance_vars v WHERE v.instance_id = p_instance), '{}'),
         'execution_id', ex.execution_id,
         'version', coalesce(ex.version, 0),
@@ -253,18 +273,20 @@ REVOKE EXECUTE ON FUNCTION df._first_step_busy(text, text[]) FROM PUBLIC;
 -- One round trip per scheduler pass: the instances due for an advance, the due tasks
 -- claimed for this engine (at most p_claims), and the seconds until the next timer or paced
 -- loop (NULL: nothing scheduled). An instance due for its first advance, whose steps run in
--- this database, comes as kind 'new' with its owner and database (the engine may then run
--- its first step in the same transaction as its first advance, on the owner's connection),
--- the first p_documents of them with the state to plan that from (df._first_document);
+-- this database, comes as kind 'new' with its owner (df._instance_owner: OID and name) and
+-- database (the engine may then run its first step in the same transaction as its first
+-- advance, on the owner's connection), the first p_documents of them with the state to
+-- plan that from (df._first_document);
 -- the instances in p_busy (first steps this engine is taking now) are left out while they
 -- are pending (once promoted or cancelled, their advances are due as any). The next due
 -- time leaves out the instances handed out in this pass: the engine is advancing them, and
--- counting them made it poll again at once (twice per df.start).
+-- counting them made it poll again at once (twice per df.start). A claimed task comes with
+-- its instance's owner too.
 CREATE OR REPLACE FUNCTION df._poll(p_owner uuid, p_lease_seconds double precision,
                          p_advances integer, p_claims integer, p_busy text[],
                          p_documents integer)
 RETURNS TABLE (kind text, instance_id text, node_id text, node_type text, payload text,
-               lease_token uuid, attempts integer, owner name, database text,
+               lease_token uuid, attempts integer, owner name, owner_oid oid, database text,
                due double precision)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -278,15 +300,18 @@ BEGIN
     RETURN QUERY
     SELECT x.kind, x.id, NULL::text, NULL::text,
            CASE WHEN x.kind = 'new' AND x.n <= p_documents THEN df._first_document(x.id) END,
-           NULL::uuid, NULL::integer, x.rolname, x.database, NULL::double precision
+           NULL::uuid, NULL::integer, x.rolname, x.owner_oid, x.database,
+           NULL::double precision
     FROM (SELECT CASE WHEN i.status = 'pending' AND i.database IS NULL
                       THEN 'new' ELSE 'advance' END AS kind,
-                 t.id, r.rolname, i.database,
+                 t.id, r.rolname, o.owner::oid AS owner_oid, i.database,
                  row_number() OVER (PARTITION BY i.status = 'pending' AND i.database IS NULL
                                     ORDER BY t.ord) AS n
           FROM unnest(taken) WITH ORDINALITY AS t(id, ord)
                LEFT JOIN df.instances i ON i.id = t.id
-               LEFT JOIN pg_roles r ON r.oid = i.submitted_by) x;
+               CROSS JOIN LATERAL (SELECT CASE WHEN i.status = 'pending' AND i.database IS NULL
+                                               THEN df._instance_owner(t.id) END AS owner) o
+               LEFT JOIN pg_roles r ON r.oid = o.owner) x;
     IF p_claims > 0 THEN
         RETURN QUERY
         WITH claimed AS (
@@ -303,16 +328,17 @@ BEGIN
                   LIMIT p_claims
                   FOR UPDATE SKIP LOCKED)
             RETURNING t.instance_id, t.node_id, t.node_type, t.payload, t.lease_token,
-                      t.attempts, i.submitted_by, i.database)
+                      t.attempts, i.database)
         SELECT 'task', c.instance_id::text, c.node_id::text, c.node_type, c.payload,
-               c.lease_token, c.attempts,
-               (SELECT r.rolname FROM pg_roles r WHERE r.oid = c.submitted_by), c.database,
+               c.lease_token, c.attempts, r.rolname, o.owner::oid, c.database,
                NULL::double precision
-        FROM claimed c;
+        FROM claimed c
+             CROSS JOIN LATERAL (SELECT df._instance_owner(c.instance_id) AS owner) o
+             LEFT JOIN pg_roles r ON r.oid = o.owner;
     END IF;
     RETURN QUERY
     SELECT 'due', NULL::text, NULL::text, NULL::text, NULL::text, NULL::uuid, NULL::integer,
-           NULL::name, NULL::text,
+           NULL::name, NULL::oid, NULL::text,
            extract(epoch FROM least(
                (SELECT min(a.requested_at) FROM df._advance a
                 WHERE NOT df._first_step_busy(a.instance_id, p_busy)

@@ -131,9 +131,6 @@ BEGIN
 END
 $$;
 
--- Hand a freshly inserted instance to the engine: snapshot the owner's variables, queue
--- the first advance and wake the engines (NOTIFY is delivered at commit, so a ROLLBACK
--- means the instance never runs).
 -- The instance's owner when the session's login role may act for it (is, or is a member
 -- of, the owner), else NULL. SECURITY DEFINER functions cannot see the caller's
 -- current_user, so they check the login role instead.
@@ -145,6 +142,34 @@ BEGIN
 END
 $$;
 
+-- Was this row version (its xmin) written by the current transaction, or one of its
+-- subtransactions? A row another transaction is still writing is invisible, so a visible
+-- row whose writer is in progress was written here. (xmin is 32 bits: its epoch is the one
+-- that puts it within 2^31 of the current top-level transaction's full id, as a
+-- subtransaction's id, larger than its parent's, is.)
+CREATE OR REPLACE FUNCTION df._written_here(row_xmin xid)
+RETURNS boolean LANGUAGE sql VOLATILE AS $$
+    SELECT pg_xact_status((CASE WHEN full_id > current_id + 2147483648 THEN full_id - 4294967296
+                                WHEN full_id < current_id - 2147483648 THEN full_id + 4294967296
+                                ELSE full_id END)::text::xid8) = 'in progress'
+    FROM (SELECT pg_current_xact_id()::text::bigint AS current_id) c,
+         LATERAL (SELECT (c.current_id >> 32 << 32) | row_xmin::text::bigint AS full_id) f
+$$;
+REVOKE EXECUTE ON FUNCTION df._written_here(xid) FROM PUBLIC;
+
+-- Hand a freshly inserted instance to the engine: snapshot the owner's variables, queue
+-- the first advance and wake the engines (NOTIFY is delivered at commit, so a ROLLBACK
+-- means the instance never runs).
+--
+-- Who may hand an instance to the engine: the transaction that wrote its row. Users can
+-- write df.instances rows only with submitted_by = current_user (the policy's WITH CHECK;
+-- they may update no other column than status and updated_at), so a row written by this
+-- transaction was written while it acted as the owner: in a SECURITY DEFINER function
+-- that is the function's owner (pg_durable makes it the workflow's owner, §3.3), and the
+-- caller, whose session_user is not that role, has no other way to act as it. A
+-- SECURITY DEFINER function cannot read its caller's current_user, so asking the caller
+-- for it, or checking the session's login role (which a definer's caller is not), would
+-- not do. Another session's instance, or an earlier transaction's, is refused.
 CREATE OR REPLACE FUNCTION df._submit(new_instance text)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
@@ -153,7 +178,7 @@ DECLARE
 BEGIN
     SELECT i.submitted_by INTO owner_role
     FROM df.instances i
-    WHERE i.id = new_instance AND pg_has_role(session_user, i.submitted_by, 'MEMBER');
+    WHERE i.id = new_instance AND df._written_here(i.xmin);
     IF NOT FOUND THEN
         RAISE EXCEPTION 'Instance not found or access denied: %', new_instance
             USING ERRCODE = '42501';

@@ -17,6 +17,25 @@
 -- instance, and only when the rebuild gives it back exactly. The same goes for the output
 -- of a completed execution (df._executions.output).
 
+-- Sent with a step's BEGIN on the step's own connection, before its statement: may the role
+-- the connection was opened for run a step now? Its OID is the startup setting
+-- df.step_owner, which the session reset (RESET ALL) restores before each step. One row per
+-- yes, counted in the command tag the engine reads: 2, the role exists and is not a
+-- superuser; 1, it is a superuser now (refused unless --enable-superuser-instances); 0, it
+-- is gone. A superuser's step would run with every privilege, so the rule df.start and the
+-- first load apply is checked again before every step; riding on BEGIN it costs no round
+-- trip, and the plan of its query is kept with the function for the session.
+CREATE OR REPLACE FUNCTION df._step_guard()
+RETURNS SETOF boolean LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
+    SELECT true FROM pg_catalog.pg_roles r, (VALUES (true), (false)) AS v(any_role)
+    WHERE r.oid OPERATOR(pg_catalog.=)
+          pg_catalog.current_setting('df.step_owner')::pg_catalog.oid
+      AND (v.any_role OR NOT r.rolsuper);
+END
+$$;
+
 -- Record a step's result in the step's own transaction: the statement and its record
 -- commit together, so a crash before COMMIT loses both and the step runs again.
 CREATE OR REPLACE FUNCTION df._complete_step(p_instance text, p_node text, p_token uuid,

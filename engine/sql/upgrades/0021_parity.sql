@@ -10,3 +10,8 @@ SELECT 1;
 -- arguments (and df.loop_prefix_op, behind @>) find. RESTRICT: an object of the
 -- administrator's that depends on the old signature must be changed first.
 DROP FUNCTION IF EXISTS df.loop(text, text);
+
+-- Issue 14, the owner fixed at first load (pg_durable 0.2.8 parity): df._poll hands the
+-- engine each owner's role OID besides its name (a new result column); engine.sql creates
+-- it again.
+DROP FUNCTION IF EXISTS df._poll(uuid, double precision, integer, integer, text[], integer);
