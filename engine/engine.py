@@ -25,6 +25,7 @@ from engine.connections.pool import StepConnections
 from engine.connections.runners import Runners
 from engine.dispatch import TaskRunner
 from engine.executors.http import HttpClient
+from engine.executors.new_transaction import NOTICE_MARKER as NEW_START_MARKER
 from engine.executors.new_transaction import NewStartRequest, NewTransactionStarts
 from engine.planner.held import Planning
 from engine.planner.plan import TaskLease
@@ -38,6 +39,8 @@ log = logging.getLogger("pgdurable.engine")
 # was nearly empty (see the README's design section), and never JIT-compiled.
 ENGINE_SESSION = {"enable_seqscan": "off", "jit": "off"}
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# The NOTICE messages by which a backend asks the engine for something (relayed_notice).
+RELAYED_NOTICES = frozenset({NEW_START_MARKER})
 READINESS_TIMEOUT = 2.0  # seconds /readyz waits for PostgreSQL's answer
 
 
@@ -288,6 +291,11 @@ class Engine:
             self.failed.set_result(AssertionError(f"held state of {instance_id}: {found}"))
 
     # -- requests from the proxy ----------------------------------------------------------------
+    def relayed_notice(self, login_role: str, message: str, detail: str) -> None:
+        """A NOTICE of RELAYED_NOTICES that a session of `login_role` raised."""
+        if message == NEW_START_MARKER:
+            self.start_new(login_role, detail)
+
     def start_new(self, login_role: str, detail: str) -> None:
         """A df.start(..., transaction_mode => 'new') asked through a session of `login_role`."""
         try:
