@@ -27,6 +27,7 @@ from engine.records import (
     Task,
 )
 from engine.settings import ServerValue
+from engine.signals import SignalRequest
 
 ADVANCES_PER_POLL = 256
 
@@ -154,6 +155,20 @@ class Store:
 
     async def may_act_as(self, login_role: str, role: str) -> bool:
         return bool(await self.pool().fetchval(q("may_act_as"), login_role, role))
+
+    # -- signals sent through pgdurable -----------------------------------------------------
+    async def record_signal(self, login_role: str, request: SignalRequest) -> bool:
+        """Store the signal now if the session's login role may send it; False: refused."""
+        stored = await self.pool().fetchval(
+            q("record_signal"),
+            login_role,
+            request.role,
+            request.request,
+            request.instance_id,
+            request.signal_name,
+            request.data,
+        )
+        return bool(stored)
 
     # -- tasks --------------------------------------------------------------------------------
     async def complete_step(self, task: Task, raw: str, delivery: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import uvloop
 
 from dsl.statements import split_step
-from engine.engine import Engine
+from engine.engine import RELAYED_NOTICES, Engine
 from engine.settings import EngineSettings, ServerConfig, ServerValue
 from pgdurable_proxy import logs
 from pgdurable_proxy import pg_durable_settings as durable
@@ -210,7 +210,8 @@ async def _relay(
         metrics,
         tls,
         wake=engine.started_through_proxy,
-        start_new=engine.start_new,
+        relayed_notice=engine.relayed_notice,
+        notice_markers=RELAYED_NOTICES,
         authentication_timeout=settings.authentication_timeout,
         max_client_connections=settings.max_client_connections,
         startup_parameters=configured.startup_parameters(),

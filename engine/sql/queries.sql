@@ -161,3 +161,8 @@ SELECT df._promote_first($1, $2, $3::pg_catalog.jsonb);
 SELECT DISTINCT a.instance_id::pg_catalog.text FROM df._advance a
 WHERE a.instance_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])
   AND a.requested_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp();
+
+-- name: record_signal
+-- df.signal through pgdurable: store the signal now if the session that logged in as $1
+-- may send it as $2 (catalog control.sql: df._record_signal). True: stored.
+SELECT df._record_signal($1, $2, $3, $4, $5, $6::pg_catalog.jsonb);

@@ -194,7 +194,10 @@ BEGIN
 END
 $$;
 
--- transaction_mode => 'new': not available yet (it needs a loopback session as the caller).
+-- transaction_mode => 'new': pgdurable opens a session as the caller's role and starts the
+-- instance there (engine/executors/new_transaction.py). Asked with a NOTICE that pgdurable's
+-- relay takes out of the stream of any session connected through it (pg_durable.relay = on,
+-- set in its StartupMessage), whatever called df.start: a statement, a DO block, a function.
 CREATE OR REPLACE FUNCTION df._start_new(fut text, label text, database text)
 RETURNS text LANGUAGE plpgsql SET client_min_messages = notice AS $$
 DECLARE
@@ -202,6 +205,7 @@ DECLARE
     outcome df._new_starts;
     slot_wait double precision := df._setting('new_transaction_start_timeout', '5')::double precision;
     ack_deadline timestamptz := clock_timestamp() + interval '2 seconds';
+    relayed boolean := coalesce(current_setting('pg_durable.relay', true), '') = 'on';
     -- after the acknowledgement: a launch slot, the login, then a statement bounded at 30 s
     deadline timestamptz := ack_deadline + make_interval(secs => slot_wait + 70);
 BEGIN
@@ -218,17 +222,19 @@ BEGIN
             current_setting('transaction_isolation') USING ERRCODE = '0A000',
             HINT = 'The caller waits for the new transaction to commit, which only READ COMMITTED can see.';
     END IF;
-    RAISE NOTICE USING MESSAGE = 'pgdurable:new-transaction-start',
-        DETAIL = jsonb_build_object('request', request, 'role', current_user, 'fut', fut,
-                                    'label', label, 'database', database)::text;
+    IF relayed THEN  -- else nobody reads the notice: say so at once
+        RAISE NOTICE USING MESSAGE = 'pgdurable:new-transaction-start',
+            DETAIL = jsonb_build_object('request', request, 'role', current_user, 'fut', fut,
+                                        'label', label, 'database', database)::text;
+    END IF;
     LOOP
         outcome := df._new_start_outcome(request);
         IF outcome.error IS NOT NULL THEN
             RAISE EXCEPTION USING MESSAGE = outcome.error, ERRCODE = outcome.sqlstate;
         ELSIF outcome.instance_id IS NOT NULL THEN
             RETURN outcome.instance_id;
-        ELSIF outcome.request IS NULL AND clock_timestamp() > ack_deadline THEN
-            RAISE EXCEPTION 'df.start() with transaction_mode => ''new'' was not taken up by pgdurable: call it in a statement sent through pgdurable''s port'
+        ELSIF outcome.request IS NULL AND (NOT relayed OR clock_timestamp() > ack_deadline) THEN
+            RAISE EXCEPTION 'df.start() with transaction_mode => ''new'' was not taken up by pgdurable: call it in a session connected through pgdurable''s port'
                 USING ERRCODE = '0A000',
                 HINT = 'pgdurable opens the new transaction; sessions connected to PostgreSQL directly cannot.';
         ELSIF clock_timestamp() > deadline THEN

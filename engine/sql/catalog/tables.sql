@@ -255,6 +255,17 @@ CREATE TABLE df._new_starts (
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
+-- df.signal through pgdurable (control.sql: df._signal_at_once): pgdurable stores the signal
+-- on its own connection and answers here, stored (sent) or refused; the caller polls its
+-- row, or claims it (sent = false) when it stores the signal itself, so that a signal is
+-- stored once. Rows go after 10 minutes.
+CREATE TABLE df._signal_requests (
+    request    uuid PRIMARY KEY,
+    sent       boolean NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX idx_signal_requests_created ON df._signal_requests (created_at);
+
 -- Runner roles (decision 4): on password-only clusters the engine cannot log in as a
 -- workflow's owner, so df.grant_usage gives the owner a login role of its own,
 -- df_run_<owner>: LOGIN, NOINHERIT, a member of that owner only, password derived by

@@ -15,3 +15,12 @@ DROP FUNCTION IF EXISTS df.loop(text, text);
 -- engine each owner's role OID besides its name (a new result column); engine.sql creates
 -- it again.
 DROP FUNCTION IF EXISTS df._poll(uuid, double precision, integer, integer, text[], integer);
+
+-- df.signal takes effect at once (issue 14, item 9): pgdurable's answers to signal requests.
+CREATE TABLE IF NOT EXISTS df._signal_requests (
+    request    uuid PRIMARY KEY,
+    sent       boolean NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS idx_signal_requests_created ON df._signal_requests (created_at);
+REVOKE ALL ON df._signal_requests FROM PUBLIC;
