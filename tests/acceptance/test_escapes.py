@@ -333,7 +333,7 @@ REVIEWED_DEFINERS = [
     "df._request_advance(text)",
     "df._send_signal(text,text,jsonb)",
     "df._setting(text,text)",
-    "df._submit(text)",
+    "df._submit(text,integer,interval,text)",
 ]
 
 

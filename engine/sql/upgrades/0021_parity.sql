@@ -10,3 +10,11 @@ SELECT 1;
 -- arguments (and df.loop_prefix_op, behind @>) find. RESTRICT: an object of the
 -- administrator's that depends on the old signature must be changed first.
 DROP FUNCTION IF EXISTS df.loop(text, text);
+
+-- Retries (issue 15, item 1): df.start's failure policy on its instance, and df.start's
+-- new arguments (max_attempts, max_backoff, on_failure): the four-argument df.start goes,
+-- the code files create the seven-argument one (calls with up to four arguments find it).
+ALTER TABLE df.instances ADD COLUMN IF NOT EXISTS failure_policy jsonb;
+DROP FUNCTION IF EXISTS df.start(text, text, text, text);
+DROP FUNCTION IF EXISTS df._start_new(text, text, text);
+DROP FUNCTION IF EXISTS df._submit(text);
