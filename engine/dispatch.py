@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgdurable.engine")
 SLEEP_RESULT = '{{"slept": true, "seconds": {seconds}}}'
+RETRY = "retry"  # df._fail_or_retry: the step waits for its next attempt
+FINAL = "final"  # df._fail_or_retry: not retried; complete with the response it carries
 
 
 class TaskRunner:
@@ -100,14 +102,15 @@ class TaskRunner:
                     if losses >= MAX_LOSSES_WHILE_RUNNING:
                         raise StepFailed(
                             f"SQL execution failed: {exc} (the step's connection was lost "
-                            f"{losses} times while it ran)"
+                            f"{losses} times while it ran)",
+                            retryable=True,
                         ) from exc
                 carried = None  # went with the connection (released by _pass_on)
                 attempt += 1
                 if not await self._still_leased(task, attempt):
                     return
         except StepFailed as exc:
-            await self._fail(task, str(exc))
+            await self._fail(task, exc)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning(
                 "event=task_error instance=%s node=%s error=%r", task.instance_id, task.node_id, exc
@@ -297,13 +300,23 @@ class TaskRunner:
                 *(task.instance_id, task.node_id, task.payload),
             )
 
-    async def _fail(self, task: Task, error: str) -> None:
+    async def _fail(self, task: Task, failure: StepFailed) -> None:
+        """Record a failed attempt: the step waits for its next attempt when its failure
+        policy allows one (the scheduler then looks for the new due time), else it fails
+        (or, for a final HTTP 429, completes with that response) and its instance advances."""
+        error = str(failure)
         log.info(
-            "event=step_failed instance=%s node=%s node_type=%s error=%r",
-            *(task.instance_id, task.node_id, task.node_type, error),
+            "event=step_failed instance=%s node=%s node_type=%s retryable=%s error=%r",
+            *(task.instance_id, task.node_id, task.node_type, failure.retryable, error),
         )
         try:
-            if await self.store.fail_step(task, error):
+            decided = await self.store.fail_or_retry(task, failure)
+            if decided == RETRY:
+                self.queue.wake()
+            elif decided == FINAL and failure.result is not None:
+                await self.store.complete_step(task, failure.result, "at-least-once")
+                await self.advancer.advance(task.instance_id)
+            elif decided is not None:
                 await self.advancer.advance(task.instance_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # the lease expires and the step runs again, to fail again

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
+from engine.errors import StepFailed
 from engine.queries import q
 from engine.records import (
     AdvanceDue,
@@ -176,13 +177,13 @@ class Store:
             q("complete_step"), task.instance_id, task.node_id, uuid.UUID(task.token), raw, delivery
         )
 
-    async def fail_step(self, task: Task, error: str) -> bool:
-        """Record the step's failure; False when its lease was lost meanwhile."""
-        return bool(
-            await self.pool().fetchval(
-                q("fail_step"), task.instance_id, task.node_id, uuid.UUID(task.token), error, None
-            )
-        )
+    async def fail_or_retry(self, task: Task, failure: StepFailed) -> str | None:
+        """Record a failed attempt (df._fail_or_retry): 'retry', 'failed' or 'final'; None
+        when the step's lease was lost meanwhile."""
+        ids = (task.instance_id, task.node_id, uuid.UUID(task.token))
+        facts = (failure.retryable, failure.retry_after, failure.result is not None)
+        decided = await self.pool().fetchval(q("fail_or_retry_step"), *ids, str(failure), *facts)
+        return None if decided is None else str(decided)
 
     async def task_still_leased(self, task: Task) -> bool:
         leased = await self.pool().fetchval(

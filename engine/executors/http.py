@@ -25,6 +25,7 @@ from engine.executors.http_request import (
     HttpRequest,
     envelope,
     parse_request,
+    retry_after_seconds,
     server_error_text,
 )
 from engine.executors.ssrf import Blocked, Guard, GuardedResolver
@@ -42,6 +43,7 @@ ORIGIN_BOUND = frozenset(("authorization", "cookie", "proxy-authorization", "hos
 # the server sends them; the response limit counts the bytes on the wire).
 SKIP_AUTO_HEADERS = ("Content-Type", "Accept-Encoding")
 CHUNK_BYTES = 64 * 1024
+TOO_MANY_REQUESTS = 429  # retried under a failure policy, like a 5xx
 PREVIEW_BYTES = 512
 # --http-disable: pg_durable's text for its build without the HTTP feature
 HTTP_DISABLED = (
@@ -160,19 +162,30 @@ class HttpClient:
         except StepFailed:
             raise
         except TimeoutError:
-            raise StepFailed(f"HTTP timeout after {_seconds(limit)}s: {hop.shown}") from None
+            message = f"HTTP timeout after {_seconds(limit)}s: {hop.shown}"
+            raise StepFailed(message, retryable=True) from None
         except Blocked as exc:
             raise StepFailed(_after_redirect(str(exc), hop)) from None
         except aiohttp.ClientConnectorError as exc:
-            raise StepFailed(f"HTTP connection failed: {hop.shown} - {_said(exc)}") from None
+            message = f"HTTP connection failed: {hop.shown} - {_said(exc)}"
+            raise StepFailed(message, retryable=True) from None
         except (aiohttp.ClientError, ValueError) as exc:
-            raise StepFailed(f"HTTP request failed: {hop.shown} - {_said(exc)}") from None
+            message = f"HTTP request failed: {hop.shown} - {_said(exc)}"
+            raise StepFailed(message, retryable=isinstance(exc, aiohttp.ClientError)) from None
         except Exception as exc:  # a step must fail with a message, never poison its task
             log.exception("event=http_unexpected_error url=%s", hop.origin)
             said = redact_urls(repr(exc))
             raise StepFailed(f"HTTP request failed: {hop.shown} - {said}") from None
         duration_ms = int((time.monotonic() - started) * 1000)
-        return envelope(status, body, headers, duration_ms)
+        result = envelope(status, body, headers, duration_ms)
+        if status == TOO_MANY_REQUESTS:  # retried while attempts are left, else the result
+            raise StepFailed(
+                server_error_text(hop.method, hop.shown, status, body),
+                retryable=True,
+                retry_after=retry_after_seconds(_header(headers, "Retry-After")),
+                result=result,
+            )
+        return result
 
     async def _exchange(self, hop: Hop) -> tuple[int, list[Header], bytes]:
         """Send the request, following redirects; (status, headers, body) of the last."""
@@ -195,7 +208,11 @@ class HttpClient:
                         continue
                 if resp.status >= 500:
                     preview = await _read_preview(resp)
-                    raise StepFailed(server_error_text(hop.method, hop.shown, resp.status, preview))
+                    raise StepFailed(
+                        server_error_text(hop.method, hop.shown, resp.status, preview),
+                        retryable=True,
+                        retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
+                    )
                 body = await self._read_body(resp, hop)
                 return resp.status, list(resp.headers.items()), body
 
@@ -255,3 +272,8 @@ def _said(exc: BaseException) -> str:
 
 def _after_redirect(message: str, hop: Hop) -> str:
     return message if hop.came_from is None else f"{message} (redirected from {hop.came_from})"
+
+
+def _header(headers: list[Header], name: str) -> str | None:
+    wanted = name.lower()
+    return next((value for key, value in headers if key.lower() == wanted), None)

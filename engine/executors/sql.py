@@ -35,7 +35,14 @@ import asyncpg
 
 from engine.connections.outage import connection_lost
 from engine.connections.step_connection import OwnerNotAllowed, StepConnection
-from engine.errors import EngineError, ResultTooLarge, StepFailed, StepNotRun, UnsupportedColumn
+from engine.errors import (
+    EngineError,
+    ResultTooLarge,
+    StepFailed,
+    StepNotRun,
+    UnsupportedColumn,
+    sql_step_failed,
+)
 from engine.executors.results import check_columns
 from engine.executors.step_rows import fetch_document
 from engine.planner.held import Planned
@@ -220,7 +227,7 @@ async def _run_sql_step(
             if step.bookkeeping is not None:  # the rollback undid any role change
                 await step.prepare_bookkeeping()
             if fresh:
-                raise StepFailed(_sql_error(exc), exc.sqlstate) from exc
+                raise sql_step_failed(_sql_error(exc), exc.sqlstate) from exc
         except asyncpg.PostgresError as exc:
             if exc.sqlstate != ACTIVE_SQL_TRANSACTION:
                 raise _step_error(exc) from exc
@@ -367,7 +374,7 @@ def _step_error(exc: asyncpg.PostgresError) -> StepFailed | StepNotRun:
     the server (57P01/57P02/57P03, class 08), which rolled its transaction back."""
     if connection_lost(exc):
         return StepNotRun(str(exc), started=True)
-    return StepFailed(_sql_error(exc), exc.sqlstate)
+    return sql_step_failed(_sql_error(exc), exc.sqlstate)
 
 
 def _sql_error(exc: asyncpg.PostgresError) -> str:

@@ -52,8 +52,8 @@ FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::
 -- name: complete_step
 SELECT df._complete_step($1, $2, $3, $4, $5);
 
--- name: fail_step
-SELECT df._fail_step($1, $2, $3, $4, $5);
+-- name: fail_or_retry_step
+SELECT df._fail_or_retry($1, $2, $3, $4, $5, $6, $7);
 
 -- name: publish_setting
 INSERT INTO df._settings (name, value) VALUES ($1, $2)
@@ -127,7 +127,10 @@ WHERE rolname OPERATOR(pg_catalog.=) $1
   AND EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) $2);
 
 -- name: start_in_this_transaction
-SELECT df.start($1, $2, $3);
+SELECT df.start($1, $2, $3, 'caller',
+                coalesce(($4::pg_catalog.jsonb OPERATOR(pg_catalog.->>) 'max_attempts')::pg_catalog.int4, 1),
+                coalesce(pg_catalog.make_interval(secs => ($4::pg_catalog.jsonb OPERATOR(pg_catalog.->>) 'max_backoff')::pg_catalog.float8), '16s'),
+                'fail');
 
 -- name: runner_of
 SELECT runner::pg_catalog.text FROM df._runners WHERE owner OPERATOR(pg_catalog.=) $1;

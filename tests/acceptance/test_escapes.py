@@ -335,7 +335,7 @@ REVIEWED_DEFINERS = [
     "df._send_signal(text,text,jsonb)",
     "df._setting(text,text)",
     "df._signal_answer(uuid)",
-    "df._submit(text)",
+    "df._submit(text,integer,interval,text)",
 ]
 
 

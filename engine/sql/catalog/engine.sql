@@ -281,7 +281,9 @@ REVOKE EXECUTE ON FUNCTION df._first_step_busy(text, text[]) FROM PUBLIC;
 -- are pending (once promoted or cancelled, their advances are due as any). The next due
 -- time leaves out the instances handed out in this pass: the engine is advancing them, and
 -- counting them made it poll again at once (twice per df.start). A claimed task comes with
--- its instance's owner too.
+-- its instance's owner too. An instance with a failure policy is advanced as usual: a first
+-- step that fails in the first transaction runs again as a task, and that hidden attempt
+-- must not count against (nor add to) its attempts.
 CREATE OR REPLACE FUNCTION df._poll(p_owner uuid, p_lease_seconds double precision,
                          p_advances integer, p_claims integer, p_busy text[],
                          p_documents integer)
@@ -303,9 +305,11 @@ BEGIN
            NULL::uuid, NULL::integer, x.rolname, x.owner_oid, x.database,
            NULL::double precision
     FROM (SELECT CASE WHEN i.status = 'pending' AND i.database IS NULL
+                           AND i.failure_policy IS NULL
                       THEN 'new' ELSE 'advance' END AS kind,
                  t.id, r.rolname, o.owner::oid AS owner_oid, i.database,
                  row_number() OVER (PARTITION BY i.status = 'pending' AND i.database IS NULL
+                                                 AND i.failure_policy IS NULL
                                     ORDER BY t.ord) AS n
           FROM unnest(taken) WITH ORDINALITY AS t(id, ord)
                LEFT JOIN df.instances i ON i.id = t.id

@@ -49,6 +49,9 @@ CREATE TABLE df.instances (
     created_at   timestamptz DEFAULT now(),
     updated_at   timestamptz DEFAULT now(),
     completed_at timestamptz,
+    -- df.start's failure policy (max_attempts > 1): {"max_attempts", "initial_backoff",
+    -- "max_backoff" (seconds), "on_failure"}; NULL: a failing step fails at once
+    failure_policy jsonb,
     CONSTRAINT instances_id_format_chk CHECK (id ~ '^[0-9a-f]{8}$'),
     CONSTRAINT instances_root_node_format_chk CHECK (root_node ~ '^[0-9a-f]{8}$'),
     CONSTRAINT instances_status_chk

@@ -24,3 +24,11 @@ CREATE TABLE IF NOT EXISTS df._signal_requests (
 );
 CREATE INDEX IF NOT EXISTS idx_signal_requests_created ON df._signal_requests (created_at);
 REVOKE ALL ON df._signal_requests FROM PUBLIC;
+
+-- Retries (issue 15, item 1): df.start's failure policy on its instance, and df.start's
+-- new arguments (max_attempts, max_backoff, on_failure): the four-argument df.start goes,
+-- the code files create the seven-argument one (calls with up to four arguments find it).
+ALTER TABLE df.instances ADD COLUMN IF NOT EXISTS failure_policy jsonb;
+DROP FUNCTION IF EXISTS df.start(text, text, text, text);
+DROP FUNCTION IF EXISTS df._start_new(text, text, text);
+DROP FUNCTION IF EXISTS df._submit(text);
