@@ -4,6 +4,7 @@
 * advance.py: how an instance advances (the ordinary, in-step and first-step paths);
 * dispatch.py: running leaf tasks, and the step connection passed from a step to the next;
 * cancel.py: cancelling running steps;
+* retention.py: deleting finished instances past their retention;
 * executors/: how a step runs (SQL, HTTP), new-transaction starts;
 * connections/: step connections, their slots, runner roles, outages;
 * planner/: the pure planner; store.py: the catalog calls.
@@ -29,6 +30,7 @@ from engine.executors.new_transaction import NOTICE_MARKER as NEW_START_MARKER
 from engine.executors.new_transaction import NewStartRequest, NewTransactionStarts
 from engine.planner.held import Planning
 from engine.planner.plan import TaskLease
+from engine.retention import Retention
 from engine.running import Background, EngineCounters, Running
 from engine.scheduler import AdvanceQueue, Scheduler, SchedulerParts
 from engine.settings import EngineSettings, ServerConfig
@@ -128,6 +130,7 @@ class Engine:
                 self._ensure_listener,
             ),
         )
+        self.retention = Retention(settings, store, self.background, self.scheduler.stop)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -165,6 +168,8 @@ class Engine:
             asyncio.create_task(scheduler.advance(), name="pgdurable-advancer"),
             asyncio.create_task(scheduler.keep_leases(), name="pgdurable-leases"),
         ]
+        if self.retention.enabled:
+            loops.append(asyncio.create_task(self.retention.run(), name="pgdurable-retention"))
         try:
             await asyncio.gather(*loops)
         finally:  # the loops end before stop() closes the pools they use

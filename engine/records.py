@@ -82,3 +82,16 @@ class HttpPrivilege:
 
     allowed: bool
     superuser: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one retention batch deleted: finished instances past the retention window
+    (`by_age`) and, younger ones, beyond the cap on retained instances (`by_cap`)."""
+
+    by_age: int
+    by_cap: int
+
+    @property
+    def total(self) -> int:
+        return self.by_age + self.by_cap

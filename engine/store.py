@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import asyncpg
 
@@ -25,6 +26,7 @@ from engine.records import (
     NextTimer,
     Owner,
     PollRow,
+    Pruned,
     Task,
 )
 from engine.settings import ServerValue
@@ -144,6 +146,13 @@ class Store:
         superuser? None: the role is gone."""
         row = await self.pool().fetchrow(q("http_privilege"), owner.oid, signature)
         return None if row is None else HttpPrivilege(bool(row["allowed"]), row["rolsuper"])
+
+    # -- retention ------------------------------------------------------------------------------
+    async def prune_finished(self, older_than: timedelta, keep: int, batch: int) -> Pruned | None:
+        """Delete one batch of finished instances (df._prune_finished), in a transaction of
+        its own; None when another pgdurable process is pruning."""
+        row = await self.pool().fetchrow(q("prune_finished"), older_than, keep, batch)
+        return None if row is None else Pruned(row["by_age"], row["by_cap"])
 
     # -- new-transaction starts ---------------------------------------------------------------
     async def new_start_ack(self, request: uuid.UUID) -> None:

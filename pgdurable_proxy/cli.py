@@ -139,6 +139,9 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
         new_transaction_start_timeout=settings.new_transaction_start_timeout,
         http=settings.http,
         verify_held_state=settings.verify_held_state,
+        retention_days=settings.retention_days,
+        retention_max_instances=settings.retention_max_instances,
+        reconcile_interval=settings.reconcile_interval,
         split_statements=split_step,
     )
 

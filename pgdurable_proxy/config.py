@@ -56,6 +56,7 @@ class Settings:
     http_disable: bool = False  # no outbound HTTP: pg_durable's build without HTTP
     retention_days: int = 30
     reconcile_interval: int = 3600  # seconds; 0: no retention passes
+    retention_max_instances: int = 10_000  # finished instances kept (pg_durable: fixed); 0: no cap
     # the fields set by a flag or a PGDURABLE_* variable (a pg_durable.* line does not win)
     explicit: frozenset[str] = frozenset()
 
@@ -211,6 +212,12 @@ def _pg_durable_options(option: Any) -> None:
     )
     option("--retention-days", 30, type=int, help="days a finished instance is kept")
     option("--reconcile-interval", 3600, type=int, help="seconds between retention passes")
+    option(
+        "--retention-max-instances",
+        10_000,
+        type=int,
+        help="finished instances kept at most, the newest (pg_durable: a fixed 10000); 0: no cap",
+    )
 
 
 MIN_SECRET_BYTES = 16
@@ -291,6 +298,8 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
     _check_pg_durable_ranges(args)
     if args.step_idle_timeout <= 0:
         raise ConfigError("--step-idle-timeout must be positive")
+    if args.retention_max_instances < 0:
+        raise ConfigError("--retention-max-instances cannot be negative (0: no cap)")
     return Settings(
         upstream=upstream,
         host=args.host,
@@ -321,6 +330,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         http_disable=args.http_disable,
         retention_days=args.retention_days,
         reconcile_interval=args.reconcile_interval,
+        retention_max_instances=args.retention_max_instances,
         explicit=frozenset(from_env | given.keys()),
     )
 

@@ -169,3 +169,8 @@ WHERE a.instance_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])
 -- df.signal through pgdurable: store the signal now if the session that logged in as $1
 -- may send it as $2 (catalog control.sql: df._record_signal). True: stored.
 SELECT df._record_signal($1, $2, $3, $4, $5, $6::pg_catalog.jsonb);
+
+-- name: prune_finished
+-- One retention batch (df._prune_finished): $1 = retention window, $2 = finished instances
+-- kept at most (0: no cap), $3 = most instances deleted. No row: another process prunes now.
+SELECT by_age, by_cap FROM df._prune_finished($1::pg_catalog.interval, $2, $3);

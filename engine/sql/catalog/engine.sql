@@ -1,6 +1,6 @@
 -- pgdurable catalog: the engine's own functions, called on its admin connection: load and
--- apply a plan, the scheduler's poll, and the triggers that forget a deleted instance's
--- engine rows. Times are clock_timestamp(): these run at the end of a step's transaction,
+-- apply a plan, the scheduler's poll, retention, and the triggers that forget a deleted
+-- instance's engine rows. Times are clock_timestamp(): these run at the end of a step's transaction,
 -- whose start may be long before the step finished.
 
 -- Whom an instance's steps run as: the owner fixed when the instance was first loaded (the
@@ -260,6 +260,59 @@ BEGIN
 END
 $$;
 REVOKE EXECUTE ON FUNCTION df._forget_truncated_instances() FROM PUBLIC;
+
+-- Retention (pg_durable 0.2.4's reconciliation pass), one short batch per call: at most
+-- p_batch finished instances (completed, failed, cancelled; never pending or running), the
+-- oldest first, that are older than p_older_than or beyond the newest p_keep finished ones
+-- (0: no cap). Age is completed_at, else created_at (pg_durable: never updated_at, which
+-- owners may write). Their nodes go here, their engine rows with them (foreign keys
+-- ON DELETE CASCADE and the triggers above). An instance another transaction holds (a
+-- step, df.cancel, df.signal) is skipped, never waited for: the next pass takes it. Both
+-- limits are one key of idx_instances_finished, so a batch reads only what it deletes,
+-- plus the p_keep newest keys when capped. No row: another pgdurable process prunes now.
+CREATE OR REPLACE FUNCTION df._prune_finished(p_older_than interval, p_keep integer,
+                                              p_batch integer)
+RETURNS TABLE (by_age integer, by_cap integer)
+LANGUAGE plpgsql SET enable_seqscan = off SET jit = off AS $$
+DECLARE
+    cutoff timestamptz := clock_timestamp() - p_older_than;
+    upto_at timestamptz := cutoff;  -- prune keys below (upto_at, upto_id)
+    upto_id text := '';
+    kept_at timestamptz;
+    kept_id text;
+    ids text[];
+    aged integer;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(1885824114) THEN  -- ASCII "pgdr"
+        RETURN;
+    END IF;
+    IF p_keep > 0 THEN  -- the oldest of the newest p_keep: older ones are beyond the cap
+        SELECT coalesce(i.completed_at, i.created_at), i.id INTO kept_at, kept_id
+        FROM df.instances i
+        WHERE i.status = ANY ('{completed,failed,cancelled}'::text[])
+        ORDER BY coalesce(i.completed_at, i.created_at) DESC, i.id DESC
+        OFFSET p_keep - 1 LIMIT 1;
+        IF kept_at IS NOT NULL AND (kept_at, kept_id) > (upto_at, upto_id) THEN
+            upto_at := kept_at;
+            upto_id := kept_id;
+        END IF;
+    END IF;
+    SELECT array_agg(d.id), count(*) FILTER (WHERE d.at < cutoff) INTO ids, aged
+    FROM (SELECT i.id, coalesce(i.completed_at, i.created_at) AS at
+          FROM df.instances i
+          WHERE i.status = ANY ('{completed,failed,cancelled}'::text[])
+            AND (coalesce(i.completed_at, i.created_at), i.id) < (upto_at, upto_id)
+          ORDER BY coalesce(i.completed_at, i.created_at), i.id
+          LIMIT p_batch
+          FOR UPDATE SKIP LOCKED) d;
+    IF ids IS NOT NULL THEN
+        DELETE FROM df.nodes n WHERE n.instance_id = ANY (ids);
+        DELETE FROM df.instances i WHERE i.id = ANY (ids);
+    END IF;
+    RETURN QUERY SELECT aged, coalesce(cardinality(ids), 0) - aged;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._prune_finished(interval, integer, integer) FROM PUBLIC;
 
 -- Whether an instance's first step is being taken by this engine now (p_busy) while the
 -- instance is still pending: df._poll leaves its advances out until then.

@@ -32,3 +32,15 @@ ALTER TABLE df.instances ADD COLUMN IF NOT EXISTS failure_policy jsonb;
 DROP FUNCTION IF EXISTS df.start(text, text, text, text);
 DROP FUNCTION IF EXISTS df._start_new(text, text, text);
 DROP FUNCTION IF EXISTS df._submit(text);
+
+-- Bounded growth (issue 17 item 6): retention finds finished instances by age through an
+-- index (engine.sql, df._prune_finished), and deletes their nodes without scanning an
+-- instance's nodes once per node (the foreign keys' checks: tables.sql, df.nodes).
+CREATE INDEX IF NOT EXISTS idx_instances_finished
+    ON df.instances ((coalesce(completed_at, created_at)), id)
+    WHERE status = ANY ('{completed,failed,cancelled}'::text[]);
+DROP INDEX IF EXISTS df.idx_nodes_instance;
+CREATE INDEX IF NOT EXISTS idx_nodes_left_node ON df.nodes (instance_id, left_node)
+    WHERE left_node IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_nodes_right_node ON df.nodes (instance_id, right_node)
+    WHERE right_node IS NOT NULL;
