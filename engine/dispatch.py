@@ -62,12 +62,10 @@ class TaskRunner:
 
     def start_claimed(self, claimed: Claimed) -> None:
         task = claimed.task
-        if claimed.attempts > 1:
+        if claimed.attempts > 1:  # leased before, and that lease expired
             log.info(
-                "event=task_recovered instance=%s node=%s attempt=%d",
-                task.instance_id,
-                task.node_id,
-                claimed.attempts,
+                "event=lease_taken_over instance=%s node=%s node_type=%s attempt=%d",
+                *(task.instance_id, task.node_id, task.node_type, claimed.attempts),
             )
         self.start(task)
 
@@ -107,7 +105,7 @@ class TaskRunner:
                 if not await self._still_leased(task, attempt):
                     return
         except StepFailed as exc:
-            await self._fail(task, str(exc))
+            await self._fail(task, exc)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning(
                 "event=task_error instance=%s node=%s error=%r", task.instance_id, task.node_id, exc
@@ -290,10 +288,12 @@ class TaskRunner:
                 *(task.instance_id, task.node_id, task.payload),
             )
 
-    async def _fail(self, task: Task, error: str) -> None:
+    async def _fail(self, task: Task, exc: StepFailed) -> None:
+        error = str(exc)  # the node's error text: never the step's SQL (--log-workflow-sql)
+        sqlstate = vars(exc).get("sqlstate")  # set when the failure had one (not XX000)
         log.info(
-            "event=step_failed instance=%s node=%s node_type=%s error=%r",
-            *(task.instance_id, task.node_id, task.node_type, error),
+            "event=step_failed instance=%s node=%s node_type=%s sqlstate=%s message=%r",
+            *(task.instance_id, task.node_id, task.node_type, sqlstate, error),
         )
         try:
             if await self.store.fail_step(task, error):
