@@ -4,10 +4,10 @@ object per line (--log-format json); at the default level (warning), a normal ru
 nothing.
 
 The text format is the shared `proxy`'s log (it runs at info). One more pgdurable serves
-this module, on its own database, at info with --log-format json: every line it writes is
-parsed, and the last test stops it with SIGTERM and finds no line at warning or above in
-its whole run, which is what the default level would print (the level is the handlers' only
-filter, libraries' warnings included).
+this module, on its own database (where an instance waits for it to start), at info with
+--log-format json: every line it writes is parsed, and the last test stops it with SIGTERM
+and finds no line at warning or above in its whole run, which is what the default level
+would print (the level is the handlers' only filter, libraries' warnings included).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from pgdurable_proxy.cluster import Cluster
-from tests.support.catalog import create_database
+from tests.support.catalog import create_database, install_catalog
 from tests.support.proxy import ProxyProcess
 from tests.support.workflows import await_status
 
@@ -47,11 +47,15 @@ def _grant(cluster: Cluster, dsn: str) -> None:
 def json_proxy(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ProxyProcess]:
-    create_database(cluster, DATABASE)
+    """pgdurable at info with --log-format json, started on a catalog where an instance
+    waits (started with no engine running): what it recovers."""
+    install_catalog(create_database(cluster, DATABASE))
+    _grant(cluster, cluster.dsn(dbname=DATABASE))
+    with psycopg.connect(cluster.dsn(ROLE, DATABASE), autocommit=True) as conn:
+        conn.execute("SELECT df.start('SELECT 1')")
     log = tmp_path_factory.mktemp("operator-logs") / "pgdurable.json.log"
     args = ["--log-format", "json"]
     proxy = ProxyProcess(cluster.dsn(dbname=DATABASE), extra_args=args, log_path=log).start()
-    _grant(cluster, proxy.dsn(dbname=DATABASE))
     yield proxy
     proxy.stop()
 
@@ -101,6 +105,7 @@ def test_a_failing_workflow_in_key_value_lines(proxy: ProxyProcess, cluster: Clu
     lines = [line for line in text.splitlines() if f"instance={ids['failed']}" in line]
     assert all(" level=INFO " in line for line in lines), lines
     assert MARKER not in text
+    assert " level=INFO logger=pgdurable.catalog event=install_catalog version=" in text
 
 
 def _events(log: Path) -> list[dict[str, Any]]:
@@ -134,10 +139,11 @@ def test_a_failing_workflow_in_json_lines(json_proxy: ProxyProcess) -> None:
 
 
 def test_a_normal_run_says_nothing_at_the_default_level(json_proxy: ProxyProcess) -> None:
-    """Start (the catalog installed), workflows (one failing), SIGTERM: all at info."""
+    """Start (an instance recovered), workflows (one failing), SIGTERM: all at info."""
     assert json_proxy.log_path is not None
     assert json_proxy.stop() == 0
     events = _events(json_proxy.log_path)
     assert [e for e in events if e["level"] not in ("DEBUG", "INFO")] == []
-    routine = {e.get("event") for e in events}
-    assert {"install_catalog", "engine_started", "listening", "shutting_down"} <= routine
+    by_event = {e.get("event"): e for e in events}
+    assert {"engine_started", "listening", "shutting_down"} <= by_event.keys()
+    assert by_event["recovery"]["instances"] == 1 and by_event["recovery"]["leased_steps"] == 0
