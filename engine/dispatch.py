@@ -291,10 +291,17 @@ class TaskRunner:
     async def _fail(self, task: Task, exc: StepFailed) -> None:
         error = str(exc)  # the node's error text: never the step's SQL (--log-workflow-sql)
         sqlstate = vars(exc).get("sqlstate")  # set when the failure had one (not XX000)
-        log.info(
-            "event=step_failed instance=%s node=%s node_type=%s sqlstate=%s message=%r",
-            *(task.instance_id, task.node_id, task.node_type, sqlstate, error),
-        )
+        running = self.running.get(task.instance_id, task.node_id)
+        if running is not None and running.cancelled:  # its instance cancelled, a RACE lost
+            log.info(
+                "event=step_cancelled instance=%s node=%s node_type=%s",
+                *(task.instance_id, task.node_id, task.node_type),
+            )
+        else:
+            log.info(
+                "event=step_failed instance=%s node=%s node_type=%s sqlstate=%s message=%r",
+                *(task.instance_id, task.node_id, task.node_type, sqlstate, error),
+            )
         try:
             if await self.store.fail_step(task, error):
                 await self.advancer.advance(task.instance_id)

@@ -3,24 +3,24 @@ failure with its SQLSTATE (never its SQL), in the key=value text format and as o
 object per line (--log-format json); at the default level (warning), a normal run says
 nothing.
 
-The text format is the shared `proxy`'s log (it runs at info). One more pgdurable serves
-this module, on its own database (where an instance waits for it to start), at info with
---log-format json: every line it writes is parsed, and the last test stops it with SIGTERM
-and finds no line at warning or above in its whole run, which is what the default level
-would print (the level is the handlers' only filter, libraries' warnings included).
+The text format is the shared `proxy`'s log (it runs at info). One more pgdurable runs, on
+its own database (where an instance waits for it to start), at info with --log-format json:
+every line it writes is parsed, and once stopped with SIGTERM, no line of its whole run is
+at warning or above, which is what the default level would print (the level is the
+handlers' only filter, libraries' warnings included).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from pgdurable_proxy.cluster import Cluster
 from tests.support.catalog import create_database, install_catalog
@@ -43,25 +43,21 @@ def _grant(cluster: Cluster, dsn: str) -> None:
         conn.execute("SELECT df.grant_usage(%s)", (ROLE,))
 
 
-@pytest.fixture(scope="module")
-def json_proxy(
-    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProxyProcess]:
+def _json_proxy(cluster: Cluster, log: Path) -> ProxyProcess:
     """pgdurable at info with --log-format json, started on a catalog where an instance
     waits (started with no engine running): what it recovers."""
     install_catalog(create_database(cluster, DATABASE))
     _grant(cluster, cluster.dsn(dbname=DATABASE))
     with psycopg.connect(cluster.dsn(ROLE, DATABASE), autocommit=True) as conn:
         conn.execute("SELECT df.start('SELECT 1')")
-    log = tmp_path_factory.mktemp("operator-logs") / "pgdurable.json.log"
     args = ["--log-format", "json"]
-    proxy = ProxyProcess(cluster.dsn(dbname=DATABASE), extra_args=args, log_path=log).start()
-    yield proxy
-    proxy.stop()
+    return ProxyProcess(cluster.dsn(dbname=DATABASE), extra_args=args, log_path=log).start()
 
 
-def _run_three(dsn: str) -> dict[str, str]:
-    """A workflow that fails, one that completes and one cancelled: their instance ids."""
+def _run_four(dsn: str) -> dict[str, str]:
+    """A workflow that fails, one that completes, one cancelled before its step and one
+    cancelled while its step runs: their instance ids."""
+    sleeping = f"SELECT pg_sleep(60) AS s{secrets.token_hex(4)}"
     with psycopg.connect(dsn, autocommit=True) as conn:
         ids = {
             kind: str(conn.execute(f"SELECT df.start({graph})").fetchone()[0])  # type: ignore[index]
@@ -69,11 +65,19 @@ def _run_three(dsn: str) -> dict[str, str]:
                 ("failed", FAILING),
                 ("completed", "'SELECT 1 AS one'"),
                 ("cancelled", "df.sleep(60) ~> 'SELECT 2'"),
+                ("mid-step", f"'SELECT 1' ~> '{sleeping}'"),
             )
         }
         conn.execute("SELECT df.cancel(%s)", (ids["cancelled"],))
+        deadline = time.monotonic() + 5
+        while not conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE query = %s AND state = 'active'", (sleeping,)
+        ).fetchone():  # its backend runs it (a cancel before that waits for a lease renewal)
+            assert time.monotonic() < deadline, "the pg_sleep step did not start"
+            time.sleep(0.01)
+        conn.execute("SELECT df.cancel(%s)", (ids["mid-step"],))
     for kind, instance in ids.items():
-        assert await_status(dsn, instance, 10) == kind
+        assert await_status(dsn, instance, 10) == ("cancelled" if kind == "mid-step" else kind)
     return ids
 
 
@@ -88,7 +92,7 @@ def _await_lines(log: Path, found: Callable[[str], bool]) -> str:
 
 def test_a_failing_workflow_in_key_value_lines(proxy: ProxyProcess, cluster: Cluster) -> None:
     _grant(cluster, proxy.dsn())
-    ids = _run_three(proxy.dsn(ROLE))
+    ids = _run_four(proxy.dsn(ROLE))
     assert proxy.log_path is not None
     failed = ids["failed"]
     expected = [
@@ -98,11 +102,13 @@ def test_a_failing_workflow_in_key_value_lines(proxy: ProxyProcess, cluster: Clu
         f"event=instance_failed instance={failed} message='{DIVISION_BY_ZERO}'$",
         f"event=instance_completed instance={ids['completed']}$",
         f"event=instance_cancelled instance={ids['cancelled']}$",
+        f"event=step_cancelled instance={ids['mid-step']} node=[0-9a-f]{{8}} node_type=SQL$",
     ]
     text = _await_lines(
         proxy.log_path, lambda t: all(re.search(e, t, re.MULTILINE) for e in expected)
     )
     lines = [line for line in text.splitlines() if f"instance={ids['failed']}" in line]
+    assert f"event=step_failed instance={ids['mid-step']} " not in text  # cancelled
     assert all(" level=INFO " in line for line in lines), lines
     assert MARKER not in text
     assert " level=INFO logger=pgdurable.catalog event=install_catalog version=" in text
@@ -112,21 +118,28 @@ def _events(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines()]  # every line
 
 
-def test_a_failing_workflow_in_json_lines(json_proxy: ProxyProcess) -> None:
-    assert json_proxy.log_path is not None
-    ids = _run_three(json_proxy.dsn(ROLE, dbname=DATABASE))
-    wanted = {
-        ("instance_started", ids["failed"]),
-        ("step_failed", ids["failed"]),
-        ("instance_failed", ids["failed"]),
-        ("instance_completed", ids["completed"]),
-        ("instance_cancelled", ids["cancelled"]),
-    }
-    _await_lines(
-        json_proxy.log_path,
-        lambda t: all(f'"event": "{e}", "instance": "{i}"' in t for e, i in wanted),
-    )
-    events = _events(json_proxy.log_path)
+def test_a_run_in_json_lines_with_nothing_above_info(cluster: Cluster, tmp_path: Path) -> None:
+    """Start (an instance recovered), workflows (one failing), SIGTERM: every line a JSON
+    object, the events with their fields, and nothing at warning or above."""
+    log = tmp_path / "pgdurable.json.log"
+    json_proxy = _json_proxy(cluster, log)
+    try:
+        ids = _run_four(json_proxy.dsn(ROLE, dbname=DATABASE))
+        wanted = {
+            ("instance_started", ids["failed"]),
+            ("step_failed", ids["failed"]),
+            ("instance_failed", ids["failed"]),
+            ("instance_completed", ids["completed"]),
+            ("instance_cancelled", ids["cancelled"]),
+            ("instance_cancelled", ids["mid-step"]),
+            ("step_cancelled", ids["mid-step"]),
+        }
+        _await_lines(
+            log, lambda t: all(f'"event": "{e}", "instance": "{i}"' in t for e, i in wanted)
+        )
+    finally:
+        assert json_proxy.stop() == 0
+    events = _events(log)
     assert all(e.keys() >= {"ts", "level", "logger"} for e in events)
     by_event = {(e.get("event"), e.get("instance")): e for e in events}
     failed = by_event[("step_failed", ids["failed"])]
@@ -135,15 +148,10 @@ def test_a_failing_workflow_in_json_lines(json_proxy: ProxyProcess) -> None:
     assert failed["message"] == DIVISION_BY_ZERO and len(failed["node"]) == 8
     assert by_event[("instance_failed", ids["failed"])]["message"] == DIVISION_BY_ZERO
     assert by_event[("instance_started", ids["failed"])]["owner"] == ROLE
-    assert MARKER not in json_proxy.log_path.read_text()
-
-
-def test_a_normal_run_says_nothing_at_the_default_level(json_proxy: ProxyProcess) -> None:
-    """Start (an instance recovered), workflows (one failing), SIGTERM: all at info."""
-    assert json_proxy.log_path is not None
-    assert json_proxy.stop() == 0
-    events = _events(json_proxy.log_path)
+    assert ("step_failed", ids["mid-step"]) not in by_event  # cancelled, not failed
+    assert MARKER not in log.read_text()
+    # what the default level would have printed: nothing
     assert [e for e in events if e["level"] not in ("DEBUG", "INFO")] == []
-    by_event = {e.get("event"): e for e in events}
-    assert {"engine_started", "listening", "shutting_down"} <= by_event.keys()
-    assert by_event["recovery"]["instances"] == 1 and by_event["recovery"]["leased_steps"] == 0
+    routine = {e.get("event"): e for e in events}
+    assert {"engine_started", "listening", "shutting_down"} <= routine.keys()
+    assert routine["recovery"]["instances"] == 1 and routine["recovery"]["leased_steps"] == 0
