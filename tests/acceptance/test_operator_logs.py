@@ -15,6 +15,9 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -155,3 +158,22 @@ def test_a_run_in_json_lines_with_nothing_above_info(cluster: Cluster, tmp_path:
     routine = {e.get("event"): e for e in events}
     assert {"engine_started", "listening", "shutting_down"} <= routine.keys()
     assert routine["recovery"]["instances"] == 1 and routine["recovery"]["leased_steps"] == 0
+
+
+def test_a_start_up_error_is_a_json_line_too() -> None:
+    """Whatever stops pgdurable at start is one JSON object under --log-format json."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["--log-format", "json", "--upstream", "postgresql://u@127.0.0.1:1/x"]
+        result = subprocess.run(
+            [sys.executable, "-m", "pgdurable_proxy", *args, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 2
+    line = json.loads(result.stderr)
+    assert line["level"] == "ERROR" and line["event"] == "fatal"
+    assert str(port) in line["error"]
