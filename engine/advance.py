@@ -25,7 +25,7 @@ import asyncpg
 
 from engine.cancel import Canceller
 from engine.connections.outage import connection_lost
-from engine.connections.slots import StepSlots
+from engine.connections.slots import SlotKey, StepSlots
 from engine.connections.step_connection import StepConnection
 from engine.dispatch import TaskRunner
 from engine.errors import StepFailed
@@ -34,7 +34,7 @@ from engine.lifecycle_log import log_applied, log_started
 from engine.planner.held import Planned, Planning, differences
 from engine.planner.kinds import PENDING, NodeType
 from engine.planner.plan import PlannedTask
-from engine.records import Task
+from engine.records import Owner, Task
 from engine.running import Background, EngineCounters, Running, RunningStep
 from engine.scheduler import AdvanceQueue
 from engine.store import Store
@@ -137,7 +137,7 @@ class Advancer:
                     task.node_type,
                     task.payload,
                     task.lease_token,
-                    planned.owner,
+                    owner_of(planned),
                     database,
                 )
                 if carried is not None and step.node_type == NodeType.SQL:
@@ -147,7 +147,7 @@ class Advancer:
                     parts.tasks.start(step)
         finally:
             if carried is not None:  # its step was not started here: roll back, pool it
-                parts.tasks.release(planned.owner, database, carried, carried=True)
+                parts.tasks.release(owner_of(planned), database, carried, carried=True)
         if database == self.store.catalog_database and parts.running.runs_sql(instance_id):
             self.planning.hold(instance_id, planned)
         else:
@@ -182,29 +182,29 @@ class Advancer:
             self.verify_held(instance_id, found)
 
     # -- inside a step's transaction ----------------------------------------------------------
-    def in_step(self, owner: str, database: str) -> InStep:
+    def in_step(self, owner: Owner, database: str) -> InStep:
         """The planning of one SQL step's transaction (executors.sql.InStepPlanning)."""
-        return InStep(self.planning, self.parts.slots, (owner, database))
+        return InStep(self.planning, self.parts.slots, (owner.oid, database))
 
     def chains_own(self, planned: Planned) -> bool:
         """Is the plan's next step one this engine runs on the same connection?"""
         return next_sql_step(planned, self.owner_id) is not None
 
     # -- the first step -----------------------------------------------------------------------
-    def first_step(self, instance_id: str, owner: str, state: str) -> None:
+    def first_step(self, instance_id: str, owner: Owner, state: str) -> None:
         """A new instance's first advance and first SQL step in one transaction on its
         owner's connection (executors.sql.run_first_step), planned from `state` (df._poll's
         document); the ordinary advance if that fails."""
         self.first_steps.add(instance_id)
         self.parts.background.spawn(self._first_step(instance_id, owner, state))
 
-    async def _first_step(self, instance_id: str, owner: str, state: str) -> None:
+    async def _first_step(self, instance_id: str, owner: Owner, state: str) -> None:
         try:
             await self._take_first_step(instance_id, owner, state)
         finally:
             self.first_steps.discard(instance_id)
 
-    async def _take_first_step(self, instance_id: str, owner: str, state: str) -> None:
+    async def _take_first_step(self, instance_id: str, owner: Owner, state: str) -> None:
         parts, database = self.parts, self.store.catalog_database
         try:
             step = await parts.tasks.step_connection(owner, database, instance_id)
@@ -273,6 +273,11 @@ class AdvanceParts:
         self.slots: StepSlots = tasks.steps.slots
 
 
+def owner_of(planned: Planned) -> Owner:
+    """The owner of the instance a plan was made for (from its loaded state)."""
+    return Owner(planned.owner_oid, planned.owner)
+
+
 def next_sql_step(planned: Planned, owner_id: str) -> PlannedTask | None:
     """The plan's one task, when it is the instance's only next step and an SQL step that
     the engine `owner_id` leased to itself; else None."""
@@ -288,7 +293,7 @@ class InStep:
 
     __slots__ = ("key", "planning", "slots")
 
-    def __init__(self, planning: Planning, slots: StepSlots | None, key: tuple[str, str]) -> None:
+    def __init__(self, planning: Planning, slots: StepSlots | None, key: SlotKey) -> None:
         self.planning = planning
         self.slots = slots  # None: never hand the connection over (a promoted first step)
         self.key = key
@@ -325,7 +330,7 @@ class FirstTransaction:
         self.backend_pid: int | None = None
         self.planned: Planned | None = None  # the last plan made: what is applied
         self.task: Task | None = None  # the step run in the transaction
-        self.advance = InStep(advancer.planning, None, ("", ""))  # once promoted
+        self.advance = InStep(advancer.planning, None, (0, ""))  # once promoted
         self.promoted = False
         self.from_pending: dict[str, Any] | None = None  # the first plan starts the instance
         self._promotion: str | None = None  # the first plan with the step's task row
@@ -351,7 +356,7 @@ class FirstTransaction:
             NodeType.SQL,
             only.payload,
             only.lease_token,
-            planned.owner,
+            owner_of(planned),
             database,
         )
         advancer.parts.running.track(RunningStep(self.task, self.backend_pid, leased=False))

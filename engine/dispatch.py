@@ -18,11 +18,11 @@ import asyncpg
 from engine.connections.outage import MAX_LOSSES_WHILE_RUNNING, connection_lost, retry_delay
 from engine.connections.pool import StepConnections
 from engine.connections.step_connection import StepConnection
-from engine.errors import SlotWaitTimedOut, StepFailed, StepNotRun
+from engine.errors import OwnerRefused, SlotWaitTimedOut, StepFailed, StepNotRun
 from engine.executors.http import HttpClient, run_http_step
 from engine.executors.sql import StepOutcome, run_sql_step
 from engine.planner.kinds import HTTP_TYPES, TIMER_TYPES, NodeType
-from engine.records import Claimed, Task
+from engine.records import Claimed, Owner, Task
 from engine.running import Background, EngineCounters, Running, RunningStep
 from engine.scheduler import AdvanceQueue
 from engine.settings import EngineSettings
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgdurable.engine")
 SLEEP_RESULT = '{{"slept": true, "seconds": {seconds}}}'
+RETRY = "retry"  # df._fail_or_retry: the step waits for its next attempt
+FINAL = "final"  # df._fail_or_retry: not retried; complete with the response it carries
 
 
 class TaskRunner:
@@ -98,7 +100,8 @@ class TaskRunner:
                     if losses >= MAX_LOSSES_WHILE_RUNNING:
                         raise StepFailed(
                             f"SQL execution failed: {exc} (the step's connection was lost "
-                            f"{losses} times while it ran)"
+                            f"{losses} times while it ran)",
+                            retryable=True,
                         ) from exc
                 carried = None  # went with the connection (released by _pass_on)
                 attempt += 1
@@ -180,15 +183,20 @@ class TaskRunner:
             return  # abandoned: whoever abandoned it advanced the instance
         await self.advancer.advance(task.instance_id)
 
-    async def step_connection(self, owner: str, database: str, instance_id: str) -> StepConnection:
+    async def step_connection(
+        self, owner: Owner, database: str, instance_id: str
+    ) -> StepConnection:
         """A step slot and a connection as `owner` (one whose transaction a finishing step
         began, when one was handed over with the slot); release() gives both back.
         SlotWaitTimedOut after waiting --execution-acquire-timeout for the slot. (A new
         instance's first step is only tried when a slot is free: should it still wait and
-        give up, its task waits once more.)"""
+        give up, its task waits once more.) A gone owner fails the step (pg_durable's text)
+        before anything is taken."""
+        if owner.gone:
+            raise StepFailed(str(OwnerRefused.gone(instance_id)), OwnerRefused.sqlstate)
         limit = self.settings.execution_acquire_timeout
         try:
-            handed = await self.steps.slots.take((owner, database), instance_id, limit)
+            handed = await self.steps.slots.take((owner.oid, database), instance_id, limit)
         except TimeoutError:
             raise SlotWaitTimedOut(self.settings.max_user_connections, limit) from None
         if handed is not None:
@@ -239,7 +247,7 @@ class TaskRunner:
         slot, or release them (resetting the connection off the critical path)."""
         if outcome is not None and outcome.planned is not None and outcome.began_next:
             own_next = self.advancer.chains_own(outcome.planned)
-            if own_next or self.steps.slots.hand((task.owner, task.database), step):
+            if own_next or self.steps.slots.hand((task.owner.oid, task.database), step):
                 self.steps.carried.add(step)  # until the step that runs on it takes it
                 return step if own_next else None
         self.release(task.owner, task.database, step)
@@ -248,7 +256,9 @@ class TaskRunner:
     async def _run_http(self, task: Task) -> bool:
         """Run an HTTP step and record its result (at-least-once: a request cannot commit
         with its record). False when it was abandoned (a RACE loser, a lost lease)."""
-        request = asyncio.ensure_future(run_http_step(self.http, self.store, task))
+        request = asyncio.ensure_future(
+            run_http_step(self.http, self.store, task, self.settings.enable_superuser_instances)
+        )
         running = self.running.get(task.instance_id, task.node_id)
         if running is not None:
             running.request = request
@@ -264,7 +274,7 @@ class TaskRunner:
         return True
 
     def release(
-        self, owner: str, database: str, step: StepConnection, carried: bool = False
+        self, owner: Owner, database: str, step: StepConnection, carried: bool = False
     ) -> None:
         """Give a step connection and its slot back, in the background (`carried`: one kept
         for a next step that was not started; its begun transaction is rolled back)."""
@@ -272,7 +282,7 @@ class TaskRunner:
             self.steps.carried.discard(step)
         self.background.spawn(self._release(owner, database, step))
 
-    async def _release(self, owner: str, database: str, step: StepConnection) -> None:
+    async def _release(self, owner: Owner, database: str, step: StepConnection) -> None:
         try:
             await self.steps.release(owner, database, step)
         finally:
@@ -288,9 +298,12 @@ class TaskRunner:
                 *(task.instance_id, task.node_id, task.payload),
             )
 
-    async def _fail(self, task: Task, exc: StepFailed) -> None:
-        error = str(exc)  # the node's error text: never the step's SQL (--log-workflow-sql)
-        sqlstate = vars(exc).get("sqlstate")  # set when the failure had one (not XX000)
+    async def _fail(self, task: Task, failure: StepFailed) -> None:
+        """Record a failed attempt: the step waits for its next attempt when its failure
+        policy allows one (the scheduler then looks for the new due time), else it fails
+        (or, for a final HTTP 429, completes with that response) and its instance advances."""
+        error = str(failure)  # the node's error text: never the step's SQL (--log-workflow-sql)
+        sqlstate = vars(failure).get("sqlstate")  # set when the failure had one (not XX000)
         running = self.running.get(task.instance_id, task.node_id)
         if running is not None and running.cancelled:  # its instance cancelled, a RACE lost
             log.info(
@@ -299,11 +312,19 @@ class TaskRunner:
             )
         else:
             log.info(
-                "event=step_failed instance=%s node=%s node_type=%s sqlstate=%s message=%r",
-                *(task.instance_id, task.node_id, task.node_type, sqlstate, error),
+                "event=step_failed instance=%s node=%s node_type=%s sqlstate=%s "
+                "retryable=%s message=%r",
+                *(task.instance_id, task.node_id, task.node_type, sqlstate),
+                *(failure.retryable, error),
             )
         try:
-            if await self.store.fail_step(task, error):
+            decided = await self.store.fail_or_retry(task, failure)
+            if decided == RETRY:
+                self.queue.wake()
+            elif decided == FINAL and failure.result is not None:
+                await self.store.complete_step(task, failure.result, "at-least-once")
+                await self.advancer.advance(task.instance_id)
+            elif decided is not None:
                 await self.advancer.advance(task.instance_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # the lease expires and the step runs again, to fail again

@@ -4,6 +4,7 @@
 * advance.py: how an instance advances (the ordinary, in-step and first-step paths);
 * dispatch.py: running leaf tasks, and the step connection passed from a step to the next;
 * cancel.py: cancelling running steps;
+* retention.py: deleting finished instances past their retention;
 * executors/: how a step runs (SQL, HTTP), new-transaction starts;
 * connections/: step connections, their slots, runner roles, outages;
 * planner/: the pure planner; store.py: the catalog calls.
@@ -25,12 +26,15 @@ from engine.connections.pool import StepConnections
 from engine.connections.runners import Runners
 from engine.dispatch import TaskRunner
 from engine.executors.http import HttpClient
+from engine.executors.new_transaction import NOTICE_MARKER as NEW_START_MARKER
 from engine.executors.new_transaction import NewStartRequest, NewTransactionStarts
 from engine.planner.held import Planning
 from engine.planner.plan import TaskLease
+from engine.retention import Retention
 from engine.running import Background, EngineCounters, Running
 from engine.scheduler import AdvanceQueue, Scheduler, SchedulerParts
 from engine.settings import EngineSettings, ServerConfig
+from engine.signals import SIGNAL_MARKER, SignalRequest
 from engine.store import Store
 
 log = logging.getLogger("pgdurable.engine")
@@ -38,6 +42,8 @@ log = logging.getLogger("pgdurable.engine")
 # was nearly empty (see the README's design section), and never JIT-compiled.
 ENGINE_SESSION = {"enable_seqscan": "off", "jit": "off"}
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# The NOTICE messages by which a backend asks the engine for something (relayed_notice).
+RELAYED_NOTICES = frozenset({NEW_START_MARKER, SIGNAL_MARKER})
 READINESS_TIMEOUT = 2.0  # seconds /readyz waits for PostgreSQL's answer
 
 
@@ -124,6 +130,7 @@ class Engine:
                 self._ensure_listener,
             ),
         )
+        self.retention = Retention(settings, store, self.background, self.scheduler.stop)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -161,6 +168,8 @@ class Engine:
             asyncio.create_task(scheduler.advance(), name="pgdurable-advancer"),
             asyncio.create_task(scheduler.keep_leases(), name="pgdurable-leases"),
         ]
+        if self.retention.enabled:
+            loops.append(asyncio.create_task(self.retention.run(), name="pgdurable-retention"))
         try:
             await asyncio.gather(*loops)
         finally:  # the loops end before stop() closes the pools they use
@@ -299,6 +308,32 @@ class Engine:
             self.failed.set_result(AssertionError(f"held state of {instance_id}: {found}"))
 
     # -- requests from the proxy ----------------------------------------------------------------
+    def relayed_notice(self, login_role: str, message: str, detail: str) -> None:
+        """A NOTICE of RELAYED_NOTICES that a session of `login_role` raised."""
+        if message == SIGNAL_MARKER:
+            self.signal(login_role, detail)
+        elif message == NEW_START_MARKER:
+            self.start_new(login_role, detail)
+
+    def signal(self, login_role: str, detail: str) -> None:
+        """A df.signal asked through a session of `login_role` (engine/signals.py)."""
+        try:
+            request = SignalRequest.from_detail(detail)
+        except (ValueError, KeyError, TypeError):
+            log.warning("event=signal_request_unreadable role=%s", login_role)
+            return
+        self.background.spawn(self._signal(login_role, request))
+
+    async def _signal(self, login_role: str, request: SignalRequest) -> None:
+        if self.pool is None:  # not booted: the caller stores the signal itself
+            log.warning("event=signal_before_ready request=%s", request.request)
+            return
+        try:
+            if await self.store.record_signal(login_role, request):
+                self.wake()
+        except DB_ERRORS as exc:  # the caller stores the signal itself after its wait
+            log.warning("event=signal_request_error request=%s error=%r", request.request, exc)
+
     def start_new(self, login_role: str, detail: str) -> None:
         """A df.start(..., transaction_mode => 'new') asked through a session of `login_role`."""
         try:

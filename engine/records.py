@@ -7,6 +7,20 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
+class Owner:
+    """Whom an instance's steps run as: its owner's role OID, fixed when the instance was
+    first loaded (df._instance_owner), and that role's name now, to log in with ("": the
+    role is gone). A role dropped and created again under its name is another owner."""
+
+    oid: int
+    name: str
+
+    @property
+    def gone(self) -> bool:
+        return not self.name
+
+
+@dataclass(frozen=True, slots=True)
 class Task:
     """A leaf task this engine holds the lease of (node_type: a planner.kinds.NodeType)."""
 
@@ -15,7 +29,7 @@ class Task:
     node_type: str
     payload: str | None
     token: str
-    owner: str
+    owner: Owner
     database: str
 
 
@@ -33,7 +47,7 @@ class NewInstance:
     """A new instance the poll found, with its owner and first document when asked for."""
 
     instance_id: str
-    owner: str | None
+    owner: Owner | None  # None: the instance is gone
     state: str | None
 
 
@@ -60,3 +74,24 @@ class HeldCheck:
 
     state: str | None
     pending: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HttpPrivilege:
+    """What an HTTP step's owner may do now: EXECUTE on the step's builder; superuser."""
+
+    allowed: bool
+    superuser: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one retention batch deleted: finished instances past the retention window
+    (`by_age`) and, younger ones, beyond the cap on retained instances (`by_cap`)."""
+
+    by_age: int
+    by_cap: int
+
+    @property
+    def total(self) -> int:
+        return self.by_age + self.by_cap

@@ -162,9 +162,10 @@ class Scheduler:
         """A new instance whose steps run in the catalog's database: when a step connection
         is free and no advance waits, its first advance and first step share one
         transaction on its owner's connection, planned from the state the poll read (the
-        owner read from df.instances). False when it is advanced as usual."""
+        owner as df._instance_owner read it). False when it is advanced as usual (a gone
+        owner too: the advance fails the instance)."""
         owner, state = row.owner, row.state
-        if owner is None or state is None or self.queue.waiting:
+        if owner is None or owner.gone or state is None or self.queue.waiting:
             self.queue.request(row.instance_id)
             return False
         if self.parts.slots.free <= first_steps:

@@ -61,10 +61,16 @@ class EngineSettings:
     execution_acquire_timeout: float = 30.0  # an SQL step's wait for a step slot
     log_workflow_sql: bool = False  # log each SQL step's substituted statement (info)
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES  # an SQL step's result document
+    step_idle_timeout: float = 4.0  # a pooled step connection unused this long is closed
     lease_seconds: float = 30.0
     poll_interval: float = 1.0
     enable_superuser_instances: bool = False
     list_instances_max_limit: int = 1000
+    # retention (pg_durable 0.2.4): finished instances older than retention_days, or beyond
+    # the newest retention_max_instances (0: no cap), go every reconcile_interval s (0: never)
+    retention_days: int = 30
+    retention_max_instances: int = 10_000
+    reconcile_interval: int = 3600
     min_loop_iteration_seconds: float = 1.0  # pg_durable pads every loop iteration to 1 s
     admin_pool_size: int = 4
     max_new_transaction_starts: int = 2  # concurrent transaction_mode => 'new' sessions

@@ -11,20 +11,26 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import asyncpg
 
+from engine.errors import StepFailed
 from engine.queries import q
 from engine.records import (
     AdvanceDue,
     Claimed,
     HeldCheck,
+    HttpPrivilege,
     NewInstance,
     NextTimer,
+    Owner,
     PollRow,
+    Pruned,
     Task,
 )
 from engine.settings import ServerValue
+from engine.signals import SignalRequest
 
 ADVANCES_PER_POLL = 256
 
@@ -95,7 +101,8 @@ class Store:
     def _poll_row(self, r: asyncpg.Record) -> PollRow:
         kind = r["kind"]
         if kind == "new":
-            return NewInstance(r["instance_id"], r["owner"], r["payload"])
+            owner = None if r["owner_oid"] is None else _owner(r)
+            return NewInstance(r["instance_id"], owner, r["payload"])
         if kind == "advance":
             return AdvanceDue(r["instance_id"])
         if kind == "task":
@@ -110,7 +117,7 @@ class Store:
             r["node_type"],
             r["payload"],
             str(r["lease_token"]),
-            r["owner"] or "",
+            _owner(r),
             r["database"] or self.catalog_database,
         )
         return Claimed(task, r["attempts"])
@@ -140,11 +147,18 @@ class Store:
         """Commit a first plan with its step's task row (a first step that runs long)."""
         return bool(await self.pool().fetchval(q("promote_first"), instance_id, advance_xmin, plan))
 
-    async def http_privilege(self, owner: str, signature: str) -> bool | None:
-        """May `owner` run HTTP steps now (EXECUTE on builder `signature`)? None: the role
-        is gone."""
-        allowed = await self.pool().fetchval(q("http_privilege"), owner, signature)
-        return None if allowed is None else bool(allowed)
+    async def http_privilege(self, owner: Owner, signature: str) -> HttpPrivilege | None:
+        """May `owner` run HTTP steps now (EXECUTE on builder `signature`), and is it a
+        superuser? None: the role is gone."""
+        row = await self.pool().fetchrow(q("http_privilege"), owner.oid, signature)
+        return None if row is None else HttpPrivilege(bool(row["allowed"]), row["rolsuper"])
+
+    # -- retention ------------------------------------------------------------------------------
+    async def prune_finished(self, older_than: timedelta, keep: int, batch: int) -> Pruned | None:
+        """Delete one batch of finished instances (df._prune_finished), in a transaction of
+        its own; None when another pgdurable process is pruning."""
+        row = await self.pool().fetchrow(q("prune_finished"), older_than, keep, batch)
+        return None if row is None else Pruned(row["by_age"], row["by_cap"])
 
     # -- new-transaction starts ---------------------------------------------------------------
     async def new_start_ack(self, request: uuid.UUID) -> None:
@@ -158,19 +172,33 @@ class Store:
     async def may_act_as(self, login_role: str, role: str) -> bool:
         return bool(await self.pool().fetchval(q("may_act_as"), login_role, role))
 
+    # -- signals sent through pgdurable -----------------------------------------------------
+    async def record_signal(self, login_role: str, request: SignalRequest) -> bool:
+        """Store the signal now if the session's login role may send it; False: refused."""
+        stored = await self.pool().fetchval(
+            q("record_signal"),
+            login_role,
+            request.role,
+            request.request,
+            request.instance_id,
+            request.signal_name,
+            request.data,
+        )
+        return bool(stored)
+
     # -- tasks --------------------------------------------------------------------------------
     async def complete_step(self, task: Task, raw: str, delivery: str) -> None:
         await self.pool().execute(
             q("complete_step"), task.instance_id, task.node_id, uuid.UUID(task.token), raw, delivery
         )
 
-    async def fail_step(self, task: Task, error: str) -> bool:
-        """Record the step's failure; False when its lease was lost meanwhile."""
-        return bool(
-            await self.pool().fetchval(
-                q("fail_step"), task.instance_id, task.node_id, uuid.UUID(task.token), error, None
-            )
-        )
+    async def fail_or_retry(self, task: Task, failure: StepFailed) -> str | None:
+        """Record a failed attempt (df._fail_or_retry): 'retry', 'failed' or 'final'; None
+        when the step's lease was lost meanwhile."""
+        ids = (task.instance_id, task.node_id, uuid.UUID(task.token))
+        facts = (failure.retryable, failure.retry_after, failure.result is not None)
+        decided = await self.pool().fetchval(q("fail_or_retry_step"), *ids, str(failure), *facts)
+        return None if decided is None else str(decided)
 
     async def task_still_leased(self, task: Task) -> bool:
         leased = await self.pool().fetchval(
@@ -184,6 +212,11 @@ class Store:
             q("claim_own_leases"), instance_id, self.key, running, self.lease_seconds
         )
         return [self._claimed(r) for r in rows]
+
+
+def _owner(r: asyncpg.Record) -> Owner:
+    """The owner a poll row names (its OID is there even when its role is gone)."""
+    return Owner(int(r["owner_oid"] or 0), r["owner"] or "")
 
 
 class Advancing:

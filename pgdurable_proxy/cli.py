@@ -14,7 +14,7 @@ from typing import Any
 import uvloop
 
 from dsl.statements import split_step
-from engine.engine import Engine
+from engine.engine import RELAYED_NOTICES, Engine
 from engine.settings import EngineSettings, ServerConfig, ServerValue
 from pgdurable_proxy import logs
 from pgdurable_proxy import pg_durable_settings as durable
@@ -139,6 +139,7 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
         log_workflow_sql=settings.log_workflow_sql,
         max_result_bytes=settings.max_result_bytes,
         lease_seconds=settings.lease_seconds,
+        step_idle_timeout=settings.step_idle_timeout,
         poll_interval=settings.poll_interval,
         enable_superuser_instances=settings.enable_superuser_instances,
         list_instances_max_limit=settings.list_instances_max_limit,
@@ -147,6 +148,9 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
         new_transaction_start_timeout=settings.new_transaction_start_timeout,
         http=settings.http,
         verify_held_state=settings.verify_held_state,
+        retention_days=settings.retention_days,
+        retention_max_instances=settings.retention_max_instances,
+        reconcile_interval=settings.reconcile_interval,
         split_statements=split_step,
     )
 
@@ -225,7 +229,8 @@ async def _relay(
         metrics,
         tls,
         wake=engine.started_through_proxy,
-        start_new=engine.start_new,
+        relayed_notice=engine.relayed_notice,
+        notice_markers=RELAYED_NOTICES,
         authentication_timeout=settings.authentication_timeout,
         max_client_connections=settings.max_client_connections,
         startup_parameters=configured.startup_parameters(),

@@ -42,6 +42,7 @@ class Settings:
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     poll_interval: float = 1.0
     lease_seconds: float = 30.0
+    step_idle_timeout: float = 4.0
     min_loop_iteration_seconds: float = 1.0
     max_new_transaction_starts: int = 2
     new_transaction_start_timeout: float = 5.0
@@ -57,6 +58,7 @@ class Settings:
     http_disable: bool = False  # no outbound HTTP: pg_durable's build without HTTP
     retention_days: int = 30
     reconcile_interval: int = 3600  # seconds; 0: no retention passes
+    retention_max_instances: int = 10_000  # finished instances kept (pg_durable: fixed); 0: no cap
     # the fields set by a flag or a PGDURABLE_* variable (a pg_durable.* line does not win)
     explicit: frozenset[str] = frozenset()
 
@@ -153,6 +155,12 @@ def _parser(
         help="how long a claimed step stays ours without renewal",
     )
     option(
+        "--step-idle-timeout",
+        4.0,
+        type=float,
+        help="close a pooled step connection unused for this many seconds",
+    )
+    option(
         "--min-loop-iteration-seconds",
         1.0,
         type=float,
@@ -212,6 +220,12 @@ def _pg_durable_options(option: Any) -> None:
     )
     option("--retention-days", 30, type=int, help="days a finished instance is kept")
     option("--reconcile-interval", 3600, type=int, help="seconds between retention passes")
+    option(
+        "--retention-max-instances",
+        10_000,
+        type=int,
+        help="finished instances kept at most, the newest (pg_durable: a fixed 10000); 0: no cap",
+    )
 
 
 MIN_SECRET_BYTES = 16
@@ -290,6 +304,10 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
     if args.max_result_bytes <= 0:
         raise ConfigError("--max-result-bytes must be positive")
     _check_pg_durable_ranges(args)
+    if args.step_idle_timeout <= 0:
+        raise ConfigError("--step-idle-timeout must be positive")
+    if args.retention_max_instances < 0:
+        raise ConfigError("--retention-max-instances cannot be negative (0: no cap)")
     return Settings(
         upstream=upstream,
         host=args.host,
@@ -306,6 +324,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         max_result_bytes=args.max_result_bytes,
         poll_interval=args.poll_interval,
         lease_seconds=args.lease_seconds,
+        step_idle_timeout=args.step_idle_timeout,
         min_loop_iteration_seconds=args.min_loop_iteration_seconds,
         max_new_transaction_starts=args.max_new_transaction_starts,
         new_transaction_start_timeout=args.new_transaction_start_timeout,
@@ -320,6 +339,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         http_disable=args.http_disable,
         retention_days=args.retention_days,
         reconcile_interval=args.reconcile_interval,
+        retention_max_instances=args.retention_max_instances,
         explicit=frozenset(from_env | given.keys()),
     )
 

@@ -25,7 +25,7 @@ from pgdurable_proxy.wire import startup
 from pgdurable_proxy.wire.errors import ProtocolViolation
 from pgdurable_proxy.wire.frames import IDLE, ClientFramer, ServerTracker
 from pgdurable_proxy.wire.messages import TERMINATE, error_response, strip_channel_binding
-from pgdurable_proxy.wire.rewrite import NoticeTap, UntilReady, error_positioner
+from pgdurable_proxy.wire.rewrite import UntilReady, error_positioner
 
 log = logging.getLogger("pgdurable.relay")
 
@@ -36,11 +36,10 @@ class SessionHost(Protocol):
     upstream: UpstreamDSN
     tls_context: ssl.SSLContext | None
     wake: Callable[[], None]
-    start_new: Callable[[str, str], None]  # (login role, request detail)
     authentication_timeout: float
-    startup_parameters: bytes  # name\0value\0 pairs added to each StartupMessage
 
     def register(self, session: ClientSession) -> bool: ...
+    def startup_parameters(self, session: ClientSession) -> bytes: ...
     def unregister(self, session: ClientSession) -> None: ...
     def inspect(self, session: ClientSession, msg_type: int, message: bytes) -> bytes | None: ...
 
@@ -229,7 +228,7 @@ class ClientSession(asyncio.Protocol):
             return
         # pgdurable's settings under pg_durable's names: the server makes them placeholders
         # the session can SHOW (startup parameters come after `options`, so these win)
-        extra = self.host.startup_parameters
+        extra = self.host.startup_parameters(self)
         transport.write(startup.with_parameters(packet, extra, PREFIX))
         self.upstream_transport = transport
         leftover = bytes(self._startup_buffer)
@@ -282,7 +281,6 @@ class UpstreamLink(asyncio.Protocol):
         self.tracker = ServerTracker()
         self._auth: UntilReady | None = None  # set while auth messages need rewriting
         self._positioner: UntilReady | None = None
-        self._tap: NoticeTap | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -299,13 +297,6 @@ class UpstreamLink(asyncio.Protocol):
         if self._positioner is None or self._positioner.done:
             self._positioner = error_positioner(hints)
 
-    def tap_notices(self, marker: str) -> None:
-        """From now on, hand notices whose text is `marker` to the host, not the client."""
-        if self._tap is None:
-            login_role = self.client.params.get("user", "")
-            start_new = self.client.host.start_new
-            self._tap = NoticeTap(marker, lambda detail: start_new(login_role, detail))
-
     def data_received(self, data: bytes) -> None:
         if self._auth is not None:
             data = self._auth.feed(data)
@@ -316,15 +307,13 @@ class UpstreamLink(asyncio.Protocol):
             data = self._positioner.feed(data)
             if self._positioner.done:
                 self._positioner = None
-        if self._tap is not None:
-            data = self._tap.feed(data)
         tracker = self.tracker
-        tracker.feed(data)
+        data = tracker.feed(data)  # less pgdurable's own notices, on a catalog session
         client = self.client
         if client.wake_on_idle and tracker.status == IDLE and tracker.at_boundary:
             client.wake_on_idle = False
             client.host.wake()
-        if client.transport is not None:
+        if client.transport is not None and data:
             client.transport.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -7,7 +7,6 @@ import logging
 import ssl
 from collections.abc import Callable
 
-from engine.executors.new_transaction import NOTICE_MARKER as NEW_TRANSACTION_NOTICE
 from pgdurable_proxy.dsn import UpstreamDSN
 from pgdurable_proxy.intercept import Interceptor
 from pgdurable_proxy.metrics import Metrics
@@ -20,6 +19,12 @@ DEFAULT_AUTHENTICATION_TIMEOUT = 60.0  # PostgreSQL's authentication_timeout
 # each holds a PostgreSQL backend: ten times PostgreSQL's default max_connections never
 # refuses a client PostgreSQL would take, and keeps pgdurable within ~2,000 descriptors.
 DEFAULT_MAX_CLIENT_CONNECTIONS = 1000
+# Tells the df catalog's functions on a session of its database that pgdurable reads the
+# session's notices: a startup parameter, so it is the session's default.
+RELAY_PARAMETER = b"pg_durable.relay\0on\0"
+
+# (login role, notice message, notice detail): a request a backend raised as a NOTICE
+NoticeHandler = Callable[[str, str, str], None]
 
 
 class ProxyServer:
@@ -32,19 +37,21 @@ class ProxyServer:
         metrics: Metrics,
         tls_context: ssl.SSLContext | None = None,
         wake: Callable[[], None] = lambda: None,
-        start_new: Callable[[str, str], None] = lambda role, detail: None,
+        relayed_notice: NoticeHandler = lambda role, message, detail: None,
+        notice_markers: frozenset[str] = frozenset(),
         *,
         authentication_timeout: float = DEFAULT_AUTHENTICATION_TIMEOUT,
         max_client_connections: int = DEFAULT_MAX_CLIENT_CONNECTIONS,
         startup_parameters: bytes = b"",
     ) -> None:
         self.upstream = upstream
-        self.startup_parameters = startup_parameters
+        self._startup_parameters = startup_parameters
         self.authentication_timeout = authentication_timeout
         self.max_client_connections = max_client_connections
         self._admitted: set[ClientSession] = set()
         self.wake = wake
-        self.start_new = start_new
+        self.relayed_notice = relayed_notice
+        self.notice_markers = notice_markers
         self.tls_context = tls_context
         self.interceptor = interceptor
         self.metrics = metrics
@@ -104,17 +111,33 @@ class ProxyServer:
         if not self.sessions:
             self._idle.set()
 
+    def startup_parameters(self, session: ClientSession) -> bytes:
+        """The parameters (name\\0value\\0 pairs) added to the session's StartupMessage. On
+        the catalog's database pgdurable's own notices are also taken out of the session's
+        stream and handed to the engine (with the login role), and the session is told so
+        (RELAY_PARAMETER)."""
+        link = session.upstream
+        if not self._serves_catalog(session.params) or link is None or not self.notice_markers:
+            return self._startup_parameters
+        login_role = session.params.get("user", "")
+        handler = self.relayed_notice
+        link.tracker.tap_notices(
+            self.notice_markers, lambda message, detail: handler(login_role, message, detail)
+        )
+        return self._startup_parameters + RELAY_PARAMETER
+
+    def _serves_catalog(self, params: dict[str, str]) -> bool:
+        """The df catalog lives in one database."""
+        return (params.get("database") or params.get("user")) == self.upstream.dbname
+
     def inspect(self, session: ClientSession, msg_type: int, message: bytes) -> bytes | None:
-        database = session.params.get("database") or session.params.get("user")
         link = session.upstream
         parameters = link.tracker.parameters if link is not None else {}
-        if database != self.upstream.dbname:  # the df catalog lives in one database
+        if not self._serves_catalog(session.params):
             return self.interceptor.settings_rows(parameters, msg_type, message)
         decision = self.interceptor.inspect(parameters, msg_type, message)
         if decision.starts_workflow:
             session.wake_on_idle = True
-            if link is not None:
-                link.tap_notices(NEW_TRANSACTION_NOTICE)
         if decision.positions_errors and link is not None and link.tracker.at_boundary:
             link.position_errors(decision.position_hints)
         return decision.replacement

@@ -15,8 +15,12 @@ from tests.support.proxy import ProxyProcess
 # Every pgdurable the tests start checks the instance state it holds in memory against the
 # database after each use, and stops on any difference (the benchmarks do not).
 os.environ.setdefault("PGDURABLE_VERIFY_HELD_STATE", "1")
+# Pooled step connections close after 1 s unused (default 4 s), so a test may drop a
+# database its workflows used without waiting.
+os.environ.setdefault("PGDURABLE_STEP_IDLE_TIMEOUT", "1")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under `-n 2 --dist loadgroup` (the default options), every test of one PostgreSQL
     flavor runs in the same worker: each flavor's clusters and pgdurable start once, and the

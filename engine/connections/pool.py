@@ -1,9 +1,14 @@
-"""Step connections: idle ones per (role, database), capped by the step slots, logged in as
-the step's owner (or as its runner role, with the owner as a startup option)."""
+"""Step connections: idle ones per (owner, database), capped by the step slots, logged in as
+the step's owner (or as its runner role, with the owner as a startup option).
+
+An owner is its role's OID, not its name: a role dropped and created again under the same
+name gets connections of its own. A connection idle for --step-idle-timeout is closed, so
+that nothing holds a database its workflows no longer use (DROP DATABASE waits for none).
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import asyncio
 
 import asyncpg
 
@@ -13,33 +18,43 @@ from engine.connections.slots import StepSlots
 from engine.connections.step_connection import StepConnection
 from engine.errors import NoRunner, StepFailed, StepNotRun
 from engine.queries import q
+from engine.records import Owner
 from engine.settings import EngineSettings
 
 STEP_SESSION_SETTINGS = {
     "df.in_workflow": "true",
     "application_name": "pg_durable:worker:workflow-sql",
 }
+CLOSE_TIMEOUT = 5.0  # seconds an idle connection's graceful close may take
+PoolKey = tuple[int, str]  # (owner's role OID, database)
 
 
 class StepConnections:
-    """Idle connections per (role, database), capped by a global semaphore."""
+    """Idle connections per (owner, database), capped by a global semaphore."""
 
     def __init__(self, settings: EngineSettings, runners: Runners | None = None) -> None:
         self.settings = settings
         self.runners = runners
         self.slots = StepSlots(settings.max_user_connections)
-        self._idle: dict[tuple[str, str], list[StepConnection]] = defaultdict(list)
+        self._idle: dict[PoolKey, list[StepConnection]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         # connections (with their slots) passed from a step to the next (StepOutcome.began_next)
         self.carried: set[StepConnection] = set()
 
-    async def acquire(self, role: str, database: str) -> StepConnection:
-        idle = self._idle[(role, database)]
+    async def acquire(self, owner: Owner, database: str) -> StepConnection:
+        """An idle connection of `owner` in `database`, else a new one."""
+        idle = self._idle.get((owner.oid, database), [])
         while idle:
             step = idle.pop()
+            self._unpark(step)
             if not step.conn.is_closed():
                 return step
-        conn = await self.connect(role, database, STEP_SESSION_SETTINGS)
-        step = StepConnection(conn, self.settings.split_statements)
+        # df._step_guard reads the owner's OID here (RESET ALL restores it before each step)
+        as_owner = {**STEP_SESSION_SETTINGS, "df.step_owner": str(owner.oid)}
+        conn = await self.connect(owner.name, database, as_owner)
+        step = StepConnection(
+            conn, self.settings.enable_superuser_instances, self.settings.split_statements
+        )
         step.limit_results(self.settings.max_result_bytes)
         if database == self.settings.catalog_database:
             try:
@@ -109,11 +124,13 @@ class StepConnections:
                 raise StepNotRun(text) from exc
             raise StepFailed(text) from exc
 
-    async def release(self, role: str, database: str, step: StepConnection) -> None:
+    async def release(self, owner: Owner, database: str, step: StepConnection) -> None:
+        """Reset a connection and pool it (closed after --step-idle-timeout unused)."""
         conn = step.conn
         try:
             if step.begun:  # carried to a next step that did not run: nothing done yet
                 step.begun = step.reset_on_commit = False
+                step.refusal = None
                 await conn.execute("ROLLBACK")
             elif step.reset_on_commit:
                 step.reset_on_commit = False
@@ -122,15 +139,47 @@ class StepConnections:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
             conn.terminate()
             return
-        idle = self._idle[(role, database)]
+        key = (owner.oid, database)
+        idle = self._idle.setdefault(key, [])
         if len(idle) < self.settings.max_user_connections:
             idle.append(step)
+            loop = asyncio.get_running_loop()
+            step.idle_timer = loop.call_later(
+                self.settings.step_idle_timeout, self._expire, key, step
+            )
         else:
             await conn.close()
 
+    def _unpark(self, step: StepConnection) -> None:
+        if step.idle_timer is not None:
+            step.idle_timer.cancel()
+            step.idle_timer = None
+
+    def _expire(self, key: PoolKey, step: StepConnection) -> None:
+        """An idle connection's time is up: out of the pool, closed in the background."""
+        step.idle_timer = None
+        idle = self._idle.get(key)
+        if idle is None or step not in idle:
+            return
+        idle.remove(step)
+        if not idle:
+            del self._idle[key]  # a dropped role's key goes with its last connection
+        closing = asyncio.ensure_future(step.conn.close(timeout=CLOSE_TIMEOUT))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closed)
+
+    def _closed(self, closing: asyncio.Task[None]) -> None:
+        self._closing.discard(closing)
+        if not closing.cancelled():
+            closing.exception()  # a connection already lost had nothing left to close
+
     async def close(self) -> None:
-        for step in [*self.carried, *(c for steps in self._idle.values() for c in steps)]:
+        idle = [c for steps in self._idle.values() for c in steps]
+        for step in [*self.carried, *idle]:
+            self._unpark(step)
             step.conn.terminate()
+        for closing in list(self._closing):
+            closing.cancel()
         self.carried.clear()
         self._idle.clear()
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from engine.connections.step_connection import StepConnection
 
-SlotKey = tuple[str, str]  # (owner, database)
+SlotKey = tuple[int, str]  # (owner's role OID, database): as the pool keys connections
 
 
 @dataclass(slots=True)

@@ -8,10 +8,12 @@ the connection's own, and goes with it.
 from __future__ import annotations
 
 import asyncio
+import enum
 from typing import Any
 
 import asyncpg
 
+from engine.errors import OwnerRefused, StepFailed
 from engine.queries import q
 from engine.settings import DEFAULT_MAX_RESULT_BYTES, StatementSplitter
 
@@ -66,23 +68,63 @@ class Meter(asyncio.Protocol):
         self.inner.resume_writing()
 
 
+class OwnerCheck(enum.Enum):
+    """What df._step_guard (or step_guard_elsewhere) says of a step connection's owner."""
+
+    ALLOWED = "allowed"
+    SUPERUSER = "a superuser"
+    GONE = "gone"
+
+    @classmethod
+    def from_tag(cls, tag: str) -> OwnerCheck:
+        """The verdict a guard's command tag counts (SELECT 2, 1 or 0 rows)."""
+        rows = int(tag.rsplit(" ", 1)[-1])
+        return cls.ALLOWED if rows >= 2 else cls.SUPERUSER if rows == 1 else cls.GONE
+
+
+class OwnerNotAllowed(StepFailed):
+    """The step's owner may not run it: its role is gone, or a superuser (the caller says
+    so in pg_durable's words, with the instance: message_for)."""
+
+    def __init__(self, check: OwnerCheck) -> None:
+        super().__init__(f"the step's owner is {check.value}", OwnerRefused.sqlstate)
+        self.check = check
+
+    def message_for(self, instance_id: str, role: str) -> str:
+        if self.check is OwnerCheck.GONE:
+            return str(OwnerRefused.gone(instance_id))
+        return str(OwnerRefused.superuser(instance_id, role))
+
+
 class StepConnection:
     """An asyncpg connection logged in as a step's owner, with its per-connection state."""
 
     __slots__ = (
+        "allow_superuser",
         "begun",
         "bookkeeping",
         "conn",
+        "idle_timer",
         "limit",
         "meter",
+        "refusal",
         "reset_on_commit",
         "split",
         "statements",
     )
 
-    def __init__(self, conn: asyncpg.Connection, split: StatementSplitter | None = None) -> None:
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        allow_superuser: bool = False,
+        split: StatementSplitter | None = None,
+    ) -> None:
         self.conn = conn
+        self.allow_superuser = allow_superuser  # --enable-superuser-instances
         self.split = split  # a step text's statements, when it has several
+        # the guard's verdict from the COMMIT that also began this transaction (see begin)
+        self.refusal: OwnerCheck | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None  # closes it while pooled
         # step statements prepared on it, by text (most recently used last): a workflow's
         # steps repeat, and preparing is a round trip of its own
         self.statements: dict[str, asyncpg.prepared_stmt.PreparedStatement] = {}
@@ -112,6 +154,39 @@ class StepConnection:
 
     def forget_statements(self) -> None:
         self.statements = {}
+
+    def verdict(self, tag: str) -> OwnerCheck | None:
+        """The refusal a guard's command tag says; None: the owner may run a step."""
+        check = OwnerCheck.from_tag(tag)
+        if check is OwnerCheck.ALLOWED or (check is OwnerCheck.SUPERUSER and self.allow_superuser):
+            return None
+        return check
+
+    async def begin(self) -> None:
+        """Begin a step's transaction (unless the last step's COMMIT began it), with its
+        owner checked in the same round trip (df._step_guard): OwnerNotAllowed when its
+        role is gone or now a superuser (the caller rolls back). In the catalog's database
+        only."""
+        if self.begun:
+            self.begun = False
+            refusal, self.refusal = self.refusal, None
+        else:
+            refusal = self.verdict(await self.conn.execute(q("begin_step")))
+        if refusal is not None:
+            raise OwnerNotAllowed(refusal)
+
+    def began_next(self, tag: str) -> None:
+        """The last step's COMMIT also began the next step's transaction and checked its
+        owner (`tag`: the guard's): the next step runs here, or fails in begin()."""
+        self.begun = True
+        self.refusal = self.verdict(tag)
+
+    async def check_owner(self) -> None:
+        """Check the owner before a step outside the catalog's database (no df there: a
+        round trip of its own); OwnerNotAllowed when it may not run one."""
+        refusal = self.verdict(await self.conn.execute(q("step_guard_elsewhere")))
+        if refusal is not None:
+            raise OwnerNotAllowed(refusal)
 
     async def prepare_bookkeeping(self) -> None:
         """Prepare the engine's own statements (before any step runs here)."""

@@ -18,13 +18,14 @@ from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDict
 from yarl import URL
 
-from engine.errors import StepFailed
+from engine.errors import OwnerRefused, StepFailed
 from engine.executors.http_request import (
     PRIVILEGE_FUNCTIONS,
     Header,
     HttpRequest,
     envelope,
     parse_request,
+    retry_after_seconds,
     server_error_text,
 )
 from engine.executors.ssrf import Blocked, Guard, GuardedResolver
@@ -42,6 +43,7 @@ ORIGIN_BOUND = frozenset(("authorization", "cookie", "proxy-authorization", "hos
 # the server sends them; the response limit counts the bytes on the wire).
 SKIP_AUTO_HEADERS = ("Content-Type", "Accept-Encoding")
 CHUNK_BYTES = 64 * 1024
+TOO_MANY_REQUESTS = 429  # retried under a failure policy, like a 5xx
 PREVIEW_BYTES = 512
 # --http-disable: pg_durable's text for its build without the HTTP feature
 HTTP_DISABLED = (
@@ -50,9 +52,11 @@ HTTP_DISABLED = (
 )
 
 
-async def run_http_step(client: HttpClient, store: Store, task: Task) -> str:
+async def run_http_step(
+    client: HttpClient, store: Store, task: Task, allow_superuser: bool = False
+) -> str:
     """The step's result envelope; raises StepFailed with the node's error text."""
-    await check_privilege(store, task)
+    await check_privilege(store, task, allow_superuser)
     try:
         request = parse_request(
             task.node_type, task.node_id, task.payload, client.settings.max_request_bytes
@@ -66,19 +70,22 @@ async def run_http_step(client: HttpClient, store: Store, task: Task) -> str:
     return await client.fetch(request)
 
 
-async def check_privilege(store: Store, task: Task) -> None:
-    """The owner must hold EXECUTE on the node's builder now, not only when it started."""
+async def check_privilege(store: Store, task: Task, allow_superuser: bool) -> None:
+    """The owner must hold EXECUTE on the node's builder now, not only when it started,
+    and, as before any step, exist and not be a superuser (unless allowed)."""
     signature = PRIVILEGE_FUNCTIONS[task.node_type]
-    allowed = await store.http_privilege(task.owner, signature)
-    if allowed is None:
-        raise StepFailed(
-            f"Instance {task.instance_id}: submitted_by role no longer exists in pg_roles"
-        )
-    if not allowed:
+    owner = task.owner
+    privilege = await store.http_privilege(owner, signature)
+    if privilege is None:
+        raise StepFailed(str(OwnerRefused.gone(task.instance_id)), OwnerRefused.sqlstate)
+    if privilege.superuser and not allow_superuser:
+        refused = OwnerRefused.superuser(task.instance_id, owner.name)
+        raise StepFailed(str(refused), refused.sqlstate)
+    if not privilege.allowed:
         short = signature.split("(")[0] + "()"
         raise StepFailed(
-            f"Blocked: role '{task.owner}' does not have EXECUTE privilege on {short}. "
-            f"Grant EXECUTE ON FUNCTION {signature} TO {task.owner} to allow HTTP requests."
+            f"Blocked: role '{owner.name}' does not have EXECUTE privilege on {short}. "
+            f"Grant EXECUTE ON FUNCTION {signature} TO {owner.name} to allow HTTP requests."
         )
 
 
@@ -155,19 +162,30 @@ class HttpClient:
         except StepFailed:
             raise
         except TimeoutError:
-            raise StepFailed(f"HTTP timeout after {_seconds(limit)}s: {hop.shown}") from None
+            message = f"HTTP timeout after {_seconds(limit)}s: {hop.shown}"
+            raise StepFailed(message, retryable=True) from None
         except Blocked as exc:
             raise StepFailed(_after_redirect(str(exc), hop)) from None
         except aiohttp.ClientConnectorError as exc:
-            raise StepFailed(f"HTTP connection failed: {hop.shown} - {_said(exc)}") from None
+            message = f"HTTP connection failed: {hop.shown} - {_said(exc)}"
+            raise StepFailed(message, retryable=True) from None
         except (aiohttp.ClientError, ValueError) as exc:
-            raise StepFailed(f"HTTP request failed: {hop.shown} - {_said(exc)}") from None
+            message = f"HTTP request failed: {hop.shown} - {_said(exc)}"
+            raise StepFailed(message, retryable=isinstance(exc, aiohttp.ClientError)) from None
         except Exception as exc:  # a step must fail with a message, never poison its task
             log.exception("event=http_unexpected_error url=%s", hop.origin)
             said = redact_urls(repr(exc))
             raise StepFailed(f"HTTP request failed: {hop.shown} - {said}") from None
         duration_ms = int((time.monotonic() - started) * 1000)
-        return envelope(status, body, headers, duration_ms)
+        result = envelope(status, body, headers, duration_ms)
+        if status == TOO_MANY_REQUESTS:  # retried while attempts are left, else the result
+            raise StepFailed(
+                server_error_text(hop.method, hop.shown, status, body),
+                retryable=True,
+                retry_after=retry_after_seconds(_header(headers, "Retry-After")),
+                result=result,
+            )
+        return result
 
     async def _exchange(self, hop: Hop) -> tuple[int, list[Header], bytes]:
         """Send the request, following redirects; (status, headers, body) of the last."""
@@ -190,7 +208,11 @@ class HttpClient:
                         continue
                 if resp.status >= 500:
                     preview = await _read_preview(resp)
-                    raise StepFailed(server_error_text(hop.method, hop.shown, resp.status, preview))
+                    raise StepFailed(
+                        server_error_text(hop.method, hop.shown, resp.status, preview),
+                        retryable=True,
+                        retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
+                    )
                 body = await self._read_body(resp, hop)
                 return resp.status, list(resp.headers.items()), body
 
@@ -250,3 +272,8 @@ def _said(exc: BaseException) -> str:
 
 def _after_redirect(message: str, hop: Hop) -> str:
     return message if hop.came_from is None else f"{message} (redirected from {hop.came_from})"
+
+
+def _header(headers: list[Header], name: str) -> str | None:
+    wanted = name.lower()
+    return next((value for key, value in headers if key.lower() == wanted), None)

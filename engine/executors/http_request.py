@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import datetime
+import email.utils
 import json
 import re
 import uuid
@@ -239,3 +241,20 @@ def server_error_text(method: str, url: str, status: int, preview: bytes) -> str
 
 def compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """An HTTP Retry-After header's wait in seconds (delay-seconds or an HTTP-date); None
+    when absent or unreadable."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())

@@ -44,6 +44,7 @@ class NewStartRequest:
     fut: str
     label: str | None
     database: str | None
+    failure_policy: str | None  # df.start's failure policy (JSON text), None: the default
 
     @classmethod
     def from_detail(cls, detail: str) -> NewStartRequest:
@@ -55,6 +56,7 @@ class NewStartRequest:
             str(fields["fut"]),
             fields.get("label"),
             fields.get("database"),
+            None if fields.get("failure_policy") is None else json.dumps(fields["failure_policy"]),
         )
 
 
@@ -118,7 +120,8 @@ class NewTransactionStarts:
             raise NewStartFailed(f"df.start() on new transaction failed: {exc}", "08001") from exc
         try:
             instance_id = await conn.fetchval(
-                q("start_in_this_transaction"), request.fut, request.label, request.database
+                q("start_in_this_transaction"),
+                *(request.fut, request.label, request.database, request.failure_policy),
             )
         except asyncpg.PostgresError as exc:
             raise _launch_error(exc) from exc

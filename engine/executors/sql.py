@@ -34,8 +34,15 @@ from typing import Protocol
 import asyncpg
 
 from engine.connections.outage import connection_lost
-from engine.connections.step_connection import StepConnection
-from engine.errors import EngineError, ResultTooLarge, StepFailed, StepNotRun, UnsupportedColumn
+from engine.connections.step_connection import OwnerNotAllowed, StepConnection
+from engine.errors import (
+    EngineError,
+    ResultTooLarge,
+    StepFailed,
+    StepNotRun,
+    UnsupportedColumn,
+    sql_step_failed,
+)
 from engine.executors.results import check_columns
 from engine.executors.step_rows import fetch_document
 from engine.planner.held import Planned
@@ -103,17 +110,18 @@ async def step_transaction(step: StepConnection) -> AsyncIterator[StepEnding]:
     The reset comes before the COMMIT, so that the two succeed or fail together: if the
     reset fails, the step's work is rolled back like any failed statement's, never left
     committed under an error; release then resets the session on its own. A connection
-    whose previous step began this transaction sends no BEGIN of its own."""
+    whose previous step began this transaction sends no BEGIN of its own. Either BEGIN
+    checks the owner of the step to come (StepConnection.begin, began_next)."""
     conn = step.conn
-    if step.begun:
-        step.begun = False
-    else:
-        await conn.execute("BEGIN")
     ending = StepEnding()
+    tag = ""
     try:
+        await step.begin()
         yield ending
-        end = " COMMIT; BEGIN;" if ending.begin_next else " COMMIT;"
-        await conn.execute(q("reset_step_session") + end)
+        if ending.begin_next:
+            tag = await conn.execute(q("reset_step_session") + " COMMIT; " + q("begin_step"))
+        else:
+            await conn.execute(q("reset_step_session") + " COMMIT;")
     except BaseException:
         if conn.is_in_transaction():
             try:
@@ -123,7 +131,7 @@ async def step_transaction(step: StepConnection) -> AsyncIterator[StepEnding]:
         raise
     step.reset_on_commit = True
     if ending.begin_next:
-        step.begun = True
+        step.began_next(tag)
 
 
 async def _record_and_advance(
@@ -176,6 +184,8 @@ async def run_sql_step(
     """
     try:
         return await _run_sql_step(step, task, record_elsewhere, advance)
+    except OwnerNotAllowed as exc:
+        raise StepFailed(exc.message_for(task.instance_id, task.owner.name), exc.sqlstate) from exc
     except (OSError, asyncpg.InterfaceError) as exc:
         if isinstance(exc, StepNotRun) or not connection_lost(exc):
             raise
@@ -191,6 +201,7 @@ async def _run_sql_step(
     sql = task.payload or ""
     if record_elsewhere is not None:
         try:
+            await step.check_owner()
             raw = await _execute(step, sql)
         except asyncpg.PostgresError as exc:
             raise _step_error(exc) from exc
@@ -216,7 +227,7 @@ async def _run_sql_step(
             if step.bookkeeping is not None:  # the rollback undid any role change
                 await step.prepare_bookkeeping()
             if fresh:
-                raise StepFailed(_sql_error(exc), exc.sqlstate) from exc
+                raise sql_step_failed(_sql_error(exc), exc.sqlstate) from exc
         except asyncpg.PostgresError as exc:
             if exc.sqlstate != ACTIVE_SQL_TRANSACTION:
                 raise _step_error(exc) from exc
@@ -363,7 +374,7 @@ def _step_error(exc: asyncpg.PostgresError) -> StepFailed | StepNotRun:
     the server (57P01/57P02/57P03, class 08), which rolled its transaction back."""
     if connection_lost(exc):
         return StepNotRun(str(exc), started=True)
-    return StepFailed(_sql_error(exc), exc.sqlstate)
+    return sql_step_failed(_sql_error(exc), exc.sqlstate)
 
 
 def _sql_error(exc: asyncpg.PostgresError) -> str:

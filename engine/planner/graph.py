@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from engine.errors import OwnerRefused
 from engine.planner import flow, leaves
 from engine.planner.kinds import (
     BREAK,
@@ -102,13 +103,9 @@ class Planner:
     def _owner_problem(self) -> str | None:
         inst = self.instance
         if inst["owner"] is None:
-            return f"Instance {inst['id']}: submitted_by role no longer exists in pg_roles"
+            return str(OwnerRefused.gone(inst["id"]))
         if inst["superuser"] and not inst["allow_superuser"]:
-            return (
-                f"pg_durable blocked instance {inst['id']}: submitted_by role "
-                f'"{inst["owner"]}" is a superuser, but '
-                "pg_durable.enable_superuser_instances is off"
-            )
+            return str(OwnerRefused.superuser(inst["id"], inst["owner"]))
         return None
 
     def _finish(self, outcome: Done | Failed) -> Plan:

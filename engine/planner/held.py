@@ -35,7 +35,13 @@ class Planned:
 
     @property
     def owner(self) -> str:
+        """The name of the instance's owner now ("": its role is gone)."""
         return str(self.instance["owner"] or "")
+
+    @property
+    def owner_oid(self) -> int:
+        """The OID of the instance's owner, fixed when it was first loaded."""
+        return int(self.instance["owner_oid"] or 0)
 
     def after(self) -> Planned:
         """The instance's state once the plan is applied (the nodes are already)."""

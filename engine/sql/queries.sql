@@ -52,8 +52,8 @@ FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.text[]), pg_catalog.unnest($2::
 -- name: complete_step
 SELECT df._complete_step($1, $2, $3, $4, $5);
 
--- name: fail_step
-SELECT df._fail_step($1, $2, $3, $4, $5);
+-- name: fail_or_retry_step
+SELECT df._fail_or_retry($1, $2, $3, $4, $5, $6, $7);
 
 -- name: publish_setting
 INSERT INTO df._settings (name, value) VALUES ($1, $2)
@@ -133,7 +133,10 @@ WHERE rolname OPERATOR(pg_catalog.=) $1
   AND EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) $2);
 
 -- name: start_in_this_transaction
-SELECT df.start($1, $2, $3);
+SELECT df.start($1, $2, $3, 'caller',
+                coalesce(($4::pg_catalog.jsonb OPERATOR(pg_catalog.->>) 'max_attempts')::pg_catalog.int4, 1),
+                coalesce(pg_catalog.make_interval(secs => ($4::pg_catalog.jsonb OPERATOR(pg_catalog.->>) 'max_backoff')::pg_catalog.float8), '16s'),
+                'fail');
 
 -- name: runner_of
 SELECT runner::pg_catalog.text FROM df._runners WHERE owner OPERATOR(pg_catalog.=) $1;
@@ -142,9 +145,11 @@ SELECT runner::pg_catalog.text FROM df._runners WHERE owner OPERATOR(pg_catalog.
 SELECT df._set_runner_password($1, $2);
 
 -- name: http_privilege
--- May role $1 run HTTP steps now? EXECUTE on builder $2 (no row: the role is gone).
-SELECT pg_catalog.has_function_privilege(r.oid, $2::pg_catalog.text, 'EXECUTE')
-FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) $1;
+-- May the role of OID $1 run HTTP steps now? EXECUTE on builder $2, and whether it is a
+-- superuser (no row: the role is gone).
+SELECT pg_catalog.has_function_privilege(r.oid, $2::pg_catalog.text, 'EXECUTE') AS allowed,
+       r.rolsuper
+FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid;
 
 -- name: complete_held
 SELECT df._complete_held($1, $2, $3, $4, $5, $6::pg_catalog.jsonb);
@@ -165,3 +170,13 @@ SELECT df._promote_first($1, $2, $3::pg_catalog.jsonb);
 SELECT DISTINCT a.instance_id::pg_catalog.text FROM df._advance a
 WHERE a.instance_id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])
   AND a.requested_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp();
+
+-- name: record_signal
+-- df.signal through pgdurable: store the signal now if the session that logged in as $1
+-- may send it as $2 (catalog control.sql: df._record_signal). True: stored.
+SELECT df._record_signal($1, $2, $3, $4, $5, $6::pg_catalog.jsonb);
+
+-- name: prune_finished
+-- One retention batch (df._prune_finished): $1 = retention window, $2 = finished instances
+-- kept at most (0: no cap), $3 = most instances deleted. No row: another process prunes now.
+SELECT by_age, by_cap FROM df._prune_finished($1::pg_catalog.interval, $2, $3);

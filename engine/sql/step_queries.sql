@@ -28,5 +28,17 @@ WHERE i.id OPERATOR(pg_catalog.=) t.instance_id
         AND c.due_at OPERATOR(pg_catalog.<=) pg_catalog.now()
       FOR UPDATE SKIP LOCKED)
 RETURNING t.instance_id, t.node_id, t.node_type, t.payload, t.lease_token, t.attempts,
-          (SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) i.submitted_by)
-          AS owner, i.database;
+          (SELECT r.rolname FROM pg_catalog.pg_roles r
+           WHERE r.oid OPERATOR(pg_catalog.=) df._instance_owner(t.instance_id)) AS owner,
+          df._instance_owner(t.instance_id)::pg_catalog.oid AS owner_oid, i.database;
+
+-- name: begin_step
+-- A step's BEGIN, with df._step_guard's verdict on its owner in the command tag
+-- (SELECT 2: may run; 1: a superuser now; 0: gone), in one round trip.
+BEGIN; SELECT FROM df._step_guard();
+
+-- name: step_guard_elsewhere
+-- df._step_guard's query, for a step in a database without the catalog (another round trip).
+SELECT FROM pg_catalog.pg_roles r, (VALUES (true), (false)) AS v(any_role)
+WHERE r.oid OPERATOR(pg_catalog.=) pg_catalog.current_setting('df.step_owner')::pg_catalog.oid
+  AND (v.any_role OR NOT r.rolsuper);

@@ -5,7 +5,8 @@ ever looked at, only once the login succeeded, and only when a cheap byte pre-fi
 hits. Everything else, CopyData included, streams through as the original bytes.
 Server→client: bodies are skipped; only ReadyForQuery, BackendKeyData, ParameterStatus
 and ErrorResponse are read, so the relay knows where message boundaries are (to write its
-own messages safely) and the session's transaction status.
+own messages safely) and the session's transaction status; and, on sessions of the catalog's
+database, NoticeResponses, so that pgdurable's own notices are taken out (notice tap).
 
 Measured on the project machine (2 vCPU, CPython 3.11): `ClientFramer.feed` on one
 pgbench `-S` simple Query ≈ 1.1 µs, `ServerTracker.feed` on its 4-message reply ≈ 1.4 µs
@@ -189,16 +190,36 @@ def _reject(msg_type: int, length: int) -> None:
 _Z = ord("Z")
 _K = ord("K")
 _E = ord("E")
+_N = ord("N")
 _TRACKED = frozenset((_Z, _K, _S, _E))
+# With a notice tap, NoticeResponses are read too (they are rare; everything else costs the
+# same membership test as before).
+_TRACKED_TAPPED = _TRACKED | {_N}
+# A NoticeResponse pgdurable may take has a message field starting so (a byte test before
+# any decoding).
+_MARKED = b"Mpgdurable:"
 IDLE = ord("I")
+
+NoticeHandler = Callable[[str, str], None]
+"""Called with (message, detail) of a NoticeResponse the tap took out of the stream."""
 
 
 class ServerTracker:
-    """Follows server→client message boundaries without copying bodies."""
+    """Follows server→client message boundaries without copying bodies.
+
+    With a notice tap (`tap_notices`), NoticeResponses whose message is one of the given
+    markers are taken out of the stream and handed over: that is how a backend asks pgdurable
+    for something from inside a statement (df.signal, df.start(transaction_mode => 'new')),
+    whatever called it (psql, a DO block, a PL/pgSQL function). A notice cut across chunks
+    is held back until whole; every other message is forwarded as it arrives.
+    """
 
     __slots__ = (
+        "_markers",
+        "_on_notice",
         "_partial",
         "_remaining",
+        "_tracked",
         "backend_key",
         "fatal_seen",
         "parameters",
@@ -209,69 +230,111 @@ class ServerTracker:
     def __init__(self) -> None:
         self._remaining = 0  # bytes of the current message not seen yet
         self._partial = bytearray()  # header, or whole tracked message, being assembled
+        self._tracked = _TRACKED
+        self._markers: frozenset[str] = frozenset()
+        self._on_notice: NoticeHandler | None = None
         self.status = 0  # last ReadyForQuery status byte (0 before the first one)
         self.ready_count = 0
         self.backend_key = b""  # BackendKeyData body: pid + secret (3.0 or 3.2 length)
         self.parameters: dict[str, str] = {}
         self.fatal_seen = False
 
+    def tap_notices(self, markers: frozenset[str], on_notice: NoticeHandler) -> None:
+        """From the next chunk on, take out notices whose message is in `markers`."""
+        self._markers = markers
+        self._on_notice = on_notice
+        self._tracked = _TRACKED_TAPPED
+
     @property
     def at_boundary(self) -> bool:
         """True when the bytes seen so far end exactly on a message boundary."""
         return self._remaining == 0 and not self._partial
 
-    def feed(self, data: bytes) -> None:
-        """Observe a chunk from the server (the caller forwards it unchanged)."""
+    def feed(self, data: bytes) -> bytes:
+        """Observe a chunk from the server; return what to forward (`data` itself unless a
+        tapped notice is taken out or held back)."""
+        if self._partial:
+            return self._feed_after_partial(data)
         pos = self._remaining
         n = len(data)
-        if self._partial:
-            pos = self._complete_partial(data)
-        elif pos >= n:
+        if pos >= n:
             self._remaining = pos - n
-            return
+            return data
+        tracked = self._tracked
+        pieces: list[bytes] | None = None
+        origin = 0
         while pos + 5 <= n:
             msg_type = data[pos]
             end = pos + 1 + _unpack_int32(data, pos + 1)[0]
-            if msg_type in _TRACKED:
+            if msg_type in tracked:
                 if end > n:
-                    self._partial += data[pos:]
-                    self._remaining = 0
-                    return
+                    break
                 if msg_type == _Z:
                     self.status = data[pos + 5]
                     self.ready_count += 1
-                else:
+                elif msg_type != _N:
                     self._on_message(msg_type, data[pos + 5 : end])
+                elif self._took(data[pos + 5 : end]):
+                    if pieces is None:
+                        pieces = []
+                    pieces.append(data[origin:pos])
+                    origin = end
             pos = end
         if pos >= n:
             self._remaining = pos - n
+            stop = n
         else:
             self._partial += data[pos:]
             self._remaining = 0
+            # a notice that may be tapped is held back until it is whole
+            stop = pos if data[pos] == _N and tracked is _TRACKED_TAPPED else n
+        if pieces is None:
+            return data if stop == n else data[:stop]
+        pieces.append(data[origin:stop])
+        return b"".join(pieces)
 
-    def _complete_partial(self, data: bytes) -> int:
-        """Extend the held partial message with `data`; return where walking resumes."""
+    def _feed_after_partial(self, data: bytes) -> bytes:
+        """Complete the held partial message with `data`, then walk on (the rare path)."""
         partial = self._partial
+        # Only a notice under a tap has not been forwarded yet.
+        held = bytes(partial) if partial[0] == _N and self._tracked is _TRACKED_TAPPED else b""
+        n = len(data)
+        consumed = 0
         if len(partial) < 5:
-            take = 5 - len(partial)
-            partial += data[:take]
+            consumed = min(5 - len(partial), n)
+            partial += data[:consumed]
             if len(partial) < 5:
-                return len(data)
-            consumed = take
-        else:
-            consumed = 0
+                return b"" if held else data
         msg_type = partial[0]
         total: int = 1 + _unpack_int32(partial, 1)[0]
-        if msg_type not in _TRACKED:
+        if msg_type not in self._tracked:
             self._partial = bytearray()
-            return consumed + total - 5
-        take = min(total - len(partial), len(data) - consumed)
+            self._remaining = consumed + total - 5
+            return self.feed(data)
+        take = min(total - len(partial), n - consumed)
         partial += data[consumed : consumed + take]
         consumed += take
-        if len(partial) == total:
-            self._partial = bytearray()
+        if len(partial) < total:
+            return b"" if held else data
+        self._partial = bytearray()
+        self._remaining = consumed  # where feed() walks on; what precedes it is unchanged
+        if not held:
             self._on_message(msg_type, bytes(partial[5:]))
-        return consumed if not self._partial else len(data)
+            return self.feed(data)
+        if self._took(bytes(partial[5:])):
+            return self.feed(data)[consumed:]
+        return held + self.feed(data)
+
+    def _took(self, body: bytes) -> bool:
+        """Is this NoticeResponse body a tapped one? If so it was handed over."""
+        if _MARKED not in body or self._on_notice is None:
+            return False
+        fields = parse_error_fields(body)
+        message = fields.get("M", "")
+        if message not in self._markers:
+            return False
+        self._on_notice(message, fields.get("D", ""))
+        return True
 
     def _on_message(self, msg_type: int, body: bytes) -> None:
         if msg_type == _Z:

@@ -71,39 +71,3 @@ def _positioned(message: bytes, hints: tuple[tuple[str, int], ...]) -> bytes:
         if code == "M":
             rebuilt["P"] = position
     return frame(b"E", build_error_body(rebuilt))
-
-
-class NoticeTap:
-    """Frames every server message and takes out the NoticeResponses whose message text is
-    `marker`, handing their detail to `on_notice`. Installed on a session only once it has
-    called df.start (a transaction_mode => 'new' request travels as such a notice)."""
-
-    __slots__ = ("_buffer", "_marker", "_on_notice")
-
-    def __init__(self, marker: str, on_notice: Callable[[str], None]) -> None:
-        self._buffer = bytearray()
-        self._marker = marker.encode()
-        self._on_notice = on_notice
-
-    def feed(self, data: bytes) -> bytes:
-        """The bytes to forward now; an incomplete trailing message is held back."""
-        buf = self._buffer
-        buf += data
-        out = bytearray()
-        start = 0
-        pos = 0
-        n = len(buf)
-        while pos + 5 <= n:
-            end = pos + 1 + int.from_bytes(buf[pos + 1 : pos + 5], "big")
-            if end > n:
-                break
-            if buf[pos] == 0x4E and self._marker in buf[pos + 5 : end]:  # 'N'
-                fields = parse_error_fields(bytes(buf[pos + 5 : end]))
-                if fields.get("M") == self._marker.decode():
-                    out += buf[start:pos]
-                    start = end
-                    self._on_notice(fields.get("D", ""))
-            pos = end
-        out += buf[start:pos]
-        del buf[:pos]
-        return bytes(out)

@@ -325,6 +325,7 @@ REVIEWED_DEFINERS = [
     "df._acting_owner(text)",
     "df._apply_as_step(text,text,uuid,jsonb)",
     "df._apply_first(text,uuid,text,jsonb)",
+    "df._claim_signal(uuid)",
     "df._complete_and_load(text,text,uuid,text,text)",
     "df._complete_held(text,text,uuid,text,bigint,jsonb)",
     "df._complete_step(text,text,uuid,text,text)",
@@ -333,7 +334,8 @@ REVIEWED_DEFINERS = [
     "df._request_advance(text)",
     "df._send_signal(text,text,jsonb)",
     "df._setting(text,text)",
-    "df._submit(text)",
+    "df._signal_answer(uuid)",
+    "df._submit(text,integer,interval,text)",
 ]
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from pgdurable_proxy.cluster import Cluster
 from tests.acceptance.conftest import WORKFLOW_ROLE
+from tests.support.clusters import run_psql
 from tests.support.proxy import ProxyProcess
 from tests.support.workflows import await_status
 
@@ -31,6 +32,29 @@ def test_new_survives_the_callers_rollback(wf_dsn: str) -> None:
         assert gone.fetchone() == (0,)
     assert owner == (WORKFLOW_ROLE, "kept")
     assert await_status(wf_dsn, new[0]) == "completed"
+
+
+def test_new_from_a_do_block_and_a_plpgsql_function(wf_dsn: str) -> None:
+    """Called where pgdurable cannot see the df.start (psql, then psycopg), each instance
+    still starts on its own session and survives the caller's ROLLBACK."""
+    label = f"tm-plpgsql-{uuid.uuid4().hex[:8]}"
+    script = f"""
+        CREATE OR REPLACE FUNCTION public.tm_start_new(l text) RETURNS text LANGUAGE plpgsql
+        AS $f$ BEGIN RETURN df.start('SELECT 1', l, transaction_mode => 'new'); END $f$;
+        BEGIN;
+        DO $$ BEGIN PERFORM df.start('SELECT 1', '{label}-do', transaction_mode => 'new'); END $$;
+        SELECT public.tm_start_new('{label}-fn');
+        ROLLBACK;
+    """
+    started = run_psql(wf_dsn, script, "-At")
+    assert started.stderr == ""
+    with psycopg.connect(wf_dsn) as conn:
+        conn.execute("SELECT public.tm_start_new(%s)", (f"{label}-psycopg",))
+        conn.rollback()
+        labels = conn.execute(
+            "SELECT label FROM df.instances WHERE label LIKE %s ORDER BY label", (f"{label}-%",)
+        ).fetchall()
+    assert labels == [(f"{label}-do",), (f"{label}-fn",), (f"{label}-psycopg",)]
 
 
 def test_new_sees_only_committed_variables(wf_dsn: str) -> None:
@@ -100,11 +124,9 @@ def test_a_forged_request_cannot_borrow_another_role(
     detail = json.dumps({"request": str(request), "role": "tm_victim", "fut": "SELECT 1"})
     forged = (
         "DO $$ BEGIN RAISE NOTICE USING MESSAGE = 'pgdurable:new-transaction-start', "
-        f"DETAIL = '{detail}'; PERFORM pg_sleep(0.5); END $$; "
-        "SELECT df.start('SELECT 1') WHERE false"  # makes pgdurable watch this session
+        f"DETAIL = '{detail}'; PERFORM pg_sleep(0.5); END $$"
     )
     with psycopg.connect(wf_dsn, autocommit=True) as conn:
-        conn.execute("SELECT df.start('SELECT 1') WHERE false")
         conn.execute(forged)
     with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
         answer = admin.execute(

@@ -101,7 +101,7 @@ def test_a_failing_workflow_in_key_value_lines(proxy: ProxyProcess, cluster: Clu
     expected = [
         f"event=instance_started instance={failed} owner={ROLE} label=None$",
         f"event=step_failed instance={failed} node=[0-9a-f]{{8}} node_type=SQL "
-        f"sqlstate=22012 message='{DIVISION_BY_ZERO}'$",
+        f"sqlstate=22012 retryable=True message='{DIVISION_BY_ZERO}'$",
         f"event=instance_failed instance={failed} message='{DIVISION_BY_ZERO}'$",
         f"event=instance_completed instance={ids['completed']}$",
         f"event=instance_cancelled instance={ids['cancelled']}$",

@@ -28,7 +28,7 @@ OWNER = "upgrade_owner"
 
 # Rows compared before and after an upgrade: table -> the columns an upgrade may add.
 TABLES = {
-    "instances": [],
+    "instances": ["failure_policy"],
     "nodes": [],
     "vars": [],
     "_instance_vars": [],

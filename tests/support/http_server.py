@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 from aiohttp import BodyPartReader, web
 
 HOST = "127.0.0.2"  # loopback, but not 127.0.0.1: guard tests may use that one
+FLAKY_CALLS = web.AppKey("flaky_calls", dict[str, list[float]])
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"
 
 
@@ -90,6 +92,18 @@ async def json_document(request: web.Request) -> web.Response:
     )
 
 
+async def flaky(request: web.Request) -> web.Response:
+    """`/flaky/<key>?fail=<n>&after=<s>`: the first n calls for a key answer 503 with
+    `Retry-After: s`, the next ones 200 with the times (epoch seconds) of every call."""
+    calls = request.app[FLAKY_CALLS]
+    times = calls.setdefault(request.match_info["key"], [])
+    times.append(time.time())
+    if len(times) <= int(request.query.get("fail", "1")):
+        headers = {"Retry-After": request.query.get("after", "1")}
+        return web.Response(status=503, text="busy", headers=headers)
+    return web.json_response({"calls": times})
+
+
 def make_app() -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/echo", echo)
@@ -100,6 +114,8 @@ def make_app() -> web.Application:
     app.router.add_get("/huge", huge)
     app.router.add_route("*", "/redirect/{n}", redirect)
     app.router.add_get("/json", json_document)
+    app.router.add_get("/flaky/{key}", flaky)
+    app[FLAKY_CALLS] = {}
     return app
 
 

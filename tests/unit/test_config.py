@@ -129,6 +129,15 @@ def test_max_result_bytes_flag_environment_and_default() -> None:
         parse_settings(["--max-result-bytes", "0"], {})
 
 
+def test_step_idle_timeout_flag_environment_and_default() -> None:
+    assert parse_settings([], {}).step_idle_timeout == 4
+    env = {"PGDURABLE_STEP_IDLE_TIMEOUT": "0.5"}
+    assert parse_settings([], env).step_idle_timeout == 0.5
+    assert parse_settings(["--step-idle-timeout", "30"], env).step_idle_timeout == 30
+    with pytest.raises(ConfigError, match="--step-idle-timeout must be positive"):
+        parse_settings(["--step-idle-timeout", "0"], {})
+
+
 def test_pg_durable_0_2_8_settings_default_as_pg_durable_and_are_checked() -> None:
     settings = parse_settings([], {})
     assert settings.execution_acquire_timeout == 30
@@ -143,3 +152,22 @@ def test_pg_durable_0_2_8_settings_default_as_pg_durable_and_are_checked() -> No
     for bad in ("0", "3601"):
         with pytest.raises(ConfigError, match="between 1 and 3600"):
             parse_settings(["--execution-acquire-timeout", bad], {})
+
+
+def test_retention_flags_default_as_pg_durable_and_are_checked() -> None:
+    settings = parse_settings([], {})
+    assert (settings.retention_days, settings.reconcile_interval) == (30, 3600)
+    assert settings.retention_max_instances == 10_000  # pg_durable's fixed cap
+    flags = ["--retention-days", "0", "--reconcile-interval", "0"]
+    settings = parse_settings([*flags, "--retention-max-instances", "0"], {})
+    assert (settings.retention_days, settings.reconcile_interval) == (0, 0)
+    assert settings.retention_max_instances == 0
+    env = {"PGDURABLE_RETENTION_MAX_INSTANCES": "7"}
+    assert parse_settings([], env).retention_max_instances == 7
+    for argv, message in (
+        (["--retention-days", "36501"], "--retention-days"),
+        (["--reconcile-interval", "86401"], "--reconcile-interval"),
+        (["--retention-max-instances", "-1"], "--retention-max-instances cannot be negative"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_settings(argv, {})

@@ -37,6 +37,7 @@ def test_pgdurable_waits_for_a_healthy_postgres_and_points_at_it() -> None:
         app["environment"]["PGDURABLE_PORT"],
         app["environment"]["PGDURABLE_HTTP_PORT"],
     } <= published
+    assert all(p.startswith("127.0.0.1:") for p in app["ports"]), "published on loopback only"
 
 
 def test_scram_everywhere_comes_with_a_runner_secret() -> None:
@@ -52,7 +53,8 @@ def test_healthchecks_and_volume() -> None:
     for name in ("postgres", "pgdurable"):
         assert services[name]["healthcheck"]["test"], name
     http_port = services["pgdurable"]["environment"]["PGDURABLE_HTTP_PORT"]
-    assert f":{http_port}/healthz" in " ".join(services["pgdurable"]["healthcheck"]["test"])
+    # ready, not merely alive: PostgreSQL reachable, catalog current, engine running
+    assert f":{http_port}/readyz" in " ".join(services["pgdurable"]["healthcheck"]["test"])
     volume, target = services["postgres"]["volumes"][0].split(":")
     assert volume in compose["volumes"] and target == "/var/lib/postgresql/data"
 
@@ -63,3 +65,4 @@ def test_dockerfile_installs_the_package_and_runs_pgdurable() -> None:
         assert f"COPY {package} ./{package}" in dockerfile
     assert 'ENTRYPOINT ["pgdurable"]' in dockerfile
     assert "pip install --no-cache-dir ." in dockerfile
+    assert "127.0.0.1:8080/readyz" in dockerfile  # the image's health check is readiness

@@ -48,6 +48,11 @@ BEGIN
 END
 $$;
 
+-- df.signal takes effect at once, independent of the caller's transaction, as pg_durable's
+-- does (it raises the event over a connection of its own): checked here, in the caller's
+-- transaction, with pg_durable's texts; then stored by pgdurable on its own connection when
+-- the session comes through pgdurable (df._signal_at_once), else in the caller's
+-- transaction (a direct session, a workflow step, a refusal: df._send_signal).
 CREATE OR REPLACE FUNCTION df.signal(instance_id text, signal_name text, signal_data text DEFAULT '{}')
 RETURNS text LANGUAGE plpgsql STRICT AS $$
 DECLARE
@@ -59,7 +64,8 @@ BEGIN
     IF signal_name = '' THEN
         RAISE EXCEPTION 'Signal name cannot be empty' USING ERRCODE = '22023';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM df.instances i WHERE i.id = signal.instance_id) THEN
+    IF NOT EXISTS (SELECT 1 FROM df.instances i WHERE i.id = signal.instance_id)
+       OR df._acting_owner(instance_id) IS NULL THEN
         RAISE EXCEPTION 'Instance not found or access denied: %', instance_id
             USING ERRCODE = '42704';
     END IF;
@@ -68,7 +74,9 @@ BEGIN
     EXCEPTION WHEN others THEN
         payload := to_jsonb(signal_data);
     END;
-    PERFORM df._send_signal(instance_id, signal_name, payload);
+    IF NOT df._signal_at_once(instance_id, signal_name, payload) THEN
+        PERFORM df._send_signal(instance_id, signal_name, payload);
+    END IF;
     RETURN 'OK';
 END
 $$;
@@ -84,6 +92,106 @@ BEGIN
     PERFORM df._request_advance(target);
 END
 $$;
+
+-- On a session that came through pgdurable (its relay sets pg_durable.relay = on in the
+-- StartupMessage) in a READ COMMITTED transaction: ask pgdurable, with a NOTICE its relay
+-- takes out of the stream, to store the signal on its own connection now
+-- (engine/signals.py, df._record_signal), and wait up to 2 s for its answer. The detail is
+-- base64, so that no client encoding changes it on the way. True once pgdurable stored the
+-- signal; false when the caller is to store it itself: a direct session (nobody reads the
+-- notice), pgdurable refused (e.g. an instance this transaction started, which it cannot
+-- see yet) or did not answer in time; the request is then claimed, so a late pgdurable
+-- cannot store the signal a second time.
+CREATE OR REPLACE FUNCTION df._signal_at_once(target text, name text, payload jsonb)
+RETURNS boolean LANGUAGE plpgsql SET client_min_messages = notice AS $$
+DECLARE
+    request uuid;
+    answer boolean;
+    deadline timestamptz;
+BEGIN
+    IF coalesce(current_setting('pg_durable.relay', true), '') <> 'on'
+       OR current_setting('transaction_isolation') <> 'read committed' THEN
+        RETURN false;  -- a later snapshot would not see the answer
+    END IF;
+    request := gen_random_uuid();
+    deadline := clock_timestamp() + interval '2 seconds';
+    RAISE NOTICE USING MESSAGE = 'pgdurable:signal',
+        DETAIL = encode(convert_to(jsonb_build_object(
+            'request', request, 'role', current_user, 'instance_id', target,
+            'signal_name', name, 'data', payload::text)::text, 'UTF8'), 'base64');
+    LOOP
+        answer := df._signal_answer(request);
+        EXIT WHEN answer IS NOT NULL OR clock_timestamp() > deadline;
+        PERFORM pg_sleep(0.001);
+    END LOOP;
+    RETURN coalesce(answer, false) OR NOT df._claim_signal(request);
+END
+$$;
+
+-- pgdurable's answer to a signal request: stored (true), refused (false), none yet (NULL).
+-- Request ids are random UUIDs known only to the caller, hence no owner check.
+CREATE OR REPLACE FUNCTION df._signal_answer(p_request uuid)
+RETURNS boolean LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT r.sent FROM df._signal_requests r WHERE r.request = p_request
+$$;
+
+-- The caller is about to store the signal itself: true unless pgdurable stored it meanwhile.
+-- The row claims the request (waiting for a pgdurable transaction that holds it).
+CREATE OR REPLACE FUNCTION df._claim_signal(p_request uuid)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO df._signal_requests (request, sent) VALUES (p_request, false)
+    ON CONFLICT (request) DO NOTHING;
+    RETURN FOUND OR NOT (SELECT r.sent FROM df._signal_requests r WHERE r.request = p_request);
+END
+$$;
+
+-- pgdurable stores a signal requested by a session that logged in as p_login, whose
+-- df.signal ran as p_role, on its own connection (the engine's, which owns the catalog),
+-- with what df.signal checks there: the instance is visible to p_role (its own, or p_role
+-- bypasses row-level security) and the login role is a member of its owner
+-- (df._acting_owner), and p_role may call df.signal. So a hand-raised notice gets no more
+-- than df.signal gives. The answer goes to df._signal_requests (false: refused, or the
+-- caller holds a lock this would wait for, e.g. an uncommitted df.cancel of the instance;
+-- it then stores the signal itself).
+CREATE OR REPLACE FUNCTION df._record_signal(p_login text, p_role text, p_request uuid,
+                                             p_target text, p_name text, p_payload jsonb)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '500ms' AS $$
+DECLARE
+    allowed boolean;
+BEGIN
+    DELETE FROM df._signal_requests r
+    WHERE r.created_at < clock_timestamp() - interval '10 minutes';
+    SELECT pg_has_role(l.oid, i.submitted_by, 'MEMBER')
+           AND (i.submitted_by = r.oid OR r.rolsuper OR r.rolbypassrls
+                OR pg_has_role(r.oid, c.relowner, 'USAGE'))
+           AND has_schema_privilege(r.oid, 'df', 'USAGE')
+           AND has_table_privilege(r.oid, 'df.instances', 'SELECT')
+           AND has_function_privilege(r.oid, 'df.signal(text,text,text)', 'EXECUTE')
+    INTO allowed
+    FROM df.instances i, pg_roles r, pg_roles l, pg_class c
+    WHERE i.id = p_target AND r.rolname = p_role AND l.rolname = p_login
+      AND c.oid = 'df.instances'::regclass;
+    allowed := coalesce(allowed, false);
+    INSERT INTO df._signal_requests (request, sent) VALUES (p_request, allowed)
+    ON CONFLICT (request) DO NOTHING;
+    IF NOT FOUND OR NOT allowed THEN
+        RETURN false;  -- refused, or the caller claimed the request first
+    END IF;
+    BEGIN
+        INSERT INTO df._signals (instance_id, signal_name, data) VALUES (p_target, p_name, p_payload);
+        INSERT INTO df._advance AS a (instance_id) VALUES (p_target)
+        ON CONFLICT (instance_id, node_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
+    EXCEPTION WHEN lock_not_available THEN
+        UPDATE df._signal_requests r SET sent = false WHERE r.request = p_request;
+        RETURN false;
+    END;
+    PERFORM pg_notify('df_wake', '');
+    RETURN true;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._record_signal(text, text, uuid, text, text, jsonb) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION df.await_instance(instance_id text, timeout_seconds integer DEFAULT 30)
 RETURNS text LANGUAGE plpgsql STRICT AS $$

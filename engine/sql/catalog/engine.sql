@@ -1,7 +1,22 @@
 -- pgdurable catalog: the engine's own functions, called on its admin connection: load and
--- apply a plan, the scheduler's poll, and the triggers that forget a deleted instance's
--- engine rows. Times are clock_timestamp(): these run at the end of a step's transaction,
+-- apply a plan, the scheduler's poll, retention, and the triggers that forget a deleted
+-- instance's engine rows. Times are clock_timestamp(): these run at the end of a step's transaction,
 -- whose start may be long before the step finished.
+
+-- Whom an instance's steps run as: the owner fixed when the instance was first loaded (the
+-- first plan applied writes it on the instance's first execution, and each execution
+-- hands it to the next), never df.instances.submitted_by read again, which an
+-- administrator may rewrite while the instance runs (as pg_durable, which loads the graph
+-- with its owner once); for an instance not loaded yet, its submitted_by. An OID: a role
+-- dropped and created again under the same name is another role.
+CREATE OR REPLACE FUNCTION df._instance_owner(p_instance text)
+RETURNS regrole LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT e.submitted_by FROM df._executions e
+                     WHERE e.instance_id = p_instance
+                     ORDER BY e.execution_id DESC LIMIT 1),
+                    (SELECT i.submitted_by FROM df.instances i WHERE i.id = p_instance))
+$$;
+REVOKE EXECUTE ON FUNCTION df._instance_owner(text) FROM PUBLIC;
 
 -- The state to plan from, with the keys of the _advance rows it takes (locked until the
 -- plan is applied); NULL when another transaction holds the instance or nothing is due.
@@ -140,9 +155,10 @@ BEGIN
         version = coalesce((plan ->> 'version')::bigint, e.version + 1)
     WHERE e.instance_id = p_instance AND e.execution_id = (plan ->> 'execution_id')::bigint;
     IF NOT FOUND THEN
+        -- the owner is fixed by the first execution and carried to the next ones
         INSERT INTO df._executions (instance_id, execution_id, submitted_by, status,
                                     event_count, output, completed_at, version)
-        SELECT p_instance, (plan ->> 'execution_id')::bigint, i.submitted_by,
+        SELECT p_instance, (plan ->> 'execution_id')::bigint, df._instance_owner(p_instance),
                coalesce(final_status, 'Running'), (plan ->> 'events')::bigint,
                plan ->> 'output',
                CASE WHEN final_status IN ('Completed', 'Failed') THEN clock_timestamp() END,
@@ -178,21 +194,25 @@ RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
 DECLARE
     inst record;
     ex record;
+    owner record;
 BEGIN
-    SELECT i.*, r.rolname, r.rolsuper, r.rolcanlogin INTO inst
-    FROM df.instances i LEFT JOIN pg_roles r ON r.oid = i.submitted_by
-    WHERE i.id = p_instance;
+    SELECT i.* INTO inst FROM df.instances i WHERE i.id = p_instance;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    SELECT e.execution_id, e.event_count, e.version INTO ex
+    SELECT e.execution_id, e.event_count, e.version, e.submitted_by INTO ex
     FROM df._executions e WHERE e.instance_id = p_instance
     ORDER BY e.execution_id DESC LIMIT 1;
+    -- the owner fixed when the instance was first loaded (df._instance_owner)
+    SELECT coalesce(ex.submitted_by, inst.submitted_by)::oid AS oid, r.rolname, r.rolsuper,
+           r.rolcanlogin
+    INTO owner
+    FROM (SELECT) AS one LEFT JOIN pg_roles r ON r.oid = coalesce(ex.submitted_by, inst.submitted_by);
     RETURN jsonb_build_object(
         'now', extract(epoch FROM clock_timestamp()),
         'id', inst.id, 'label', inst.label, 'root', inst.root_node, 'status', inst.status,
-        'owner', inst.rolname, 'owner_oid', inst.submitted_by::oid, 'superuser', inst.rolsuper,
-        'can_login', inst.rolcanlogin, 'database', inst.database,
+        'owner', owner.rolname, 'owner_oid', owner.oid, 'superuser', owner.rolsuper,
+        'can_login', owner.rolcanlogin, 'database', inst.database,
         'vars', coalesce((SELECT v.vars FROM df._instance_vars v WHERE v.instance_id = p_instance), '{}'),
         'execution_id', ex.execution_id,
         'version', coalesce(ex.version, 0),
@@ -241,6 +261,59 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION df._forget_truncated_instances() FROM PUBLIC;
 
+-- Retention (pg_durable 0.2.4's reconciliation pass), one short batch per call: at most
+-- p_batch finished instances (completed, failed, cancelled; never pending or running), the
+-- oldest first, that are older than p_older_than or beyond the newest p_keep finished ones
+-- (0: no cap). Age is completed_at, else created_at (pg_durable: never updated_at, which
+-- owners may write). Their nodes go here, their engine rows with them (foreign keys
+-- ON DELETE CASCADE and the triggers above). An instance another transaction holds (a
+-- step, df.cancel, df.signal) is skipped, never waited for: the next pass takes it. Both
+-- limits are one key of idx_instances_finished, so a batch reads only what it deletes,
+-- plus the p_keep newest keys when capped. No row: another pgdurable process prunes now.
+CREATE OR REPLACE FUNCTION df._prune_finished(p_older_than interval, p_keep integer,
+                                              p_batch integer)
+RETURNS TABLE (by_age integer, by_cap integer)
+LANGUAGE plpgsql SET enable_seqscan = off SET jit = off AS $$
+DECLARE
+    cutoff timestamptz := clock_timestamp() - p_older_than;
+    upto_at timestamptz := cutoff;  -- prune keys below (upto_at, upto_id)
+    upto_id text := '';
+    kept_at timestamptz;
+    kept_id text;
+    ids text[];
+    aged integer;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(1885824114) THEN  -- ASCII "pgdr"
+        RETURN;
+    END IF;
+    IF p_keep > 0 THEN  -- the oldest of the newest p_keep: older ones are beyond the cap
+        SELECT coalesce(i.completed_at, i.created_at), i.id INTO kept_at, kept_id
+        FROM df.instances i
+        WHERE i.status = ANY ('{completed,failed,cancelled}'::text[])
+        ORDER BY coalesce(i.completed_at, i.created_at) DESC, i.id DESC
+        OFFSET p_keep - 1 LIMIT 1;
+        IF kept_at IS NOT NULL AND (kept_at, kept_id) > (upto_at, upto_id) THEN
+            upto_at := kept_at;
+            upto_id := kept_id;
+        END IF;
+    END IF;
+    SELECT array_agg(d.id), count(*) FILTER (WHERE d.at < cutoff) INTO ids, aged
+    FROM (SELECT i.id, coalesce(i.completed_at, i.created_at) AS at
+          FROM df.instances i
+          WHERE i.status = ANY ('{completed,failed,cancelled}'::text[])
+            AND (coalesce(i.completed_at, i.created_at), i.id) < (upto_at, upto_id)
+          ORDER BY coalesce(i.completed_at, i.created_at), i.id
+          LIMIT p_batch
+          FOR UPDATE SKIP LOCKED) d;
+    IF ids IS NOT NULL THEN
+        DELETE FROM df.nodes n WHERE n.instance_id = ANY (ids);
+        DELETE FROM df.instances i WHERE i.id = ANY (ids);
+    END IF;
+    RETURN QUERY SELECT aged, coalesce(cardinality(ids), 0) - aged;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._prune_finished(interval, integer, integer) FROM PUBLIC;
+
 -- Whether an instance's first step is being taken by this engine now (p_busy) while the
 -- instance is still pending: df._poll leaves its advances out until then.
 CREATE OR REPLACE FUNCTION df._first_step_busy(p_instance text, p_busy text[])
@@ -253,18 +326,22 @@ REVOKE EXECUTE ON FUNCTION df._first_step_busy(text, text[]) FROM PUBLIC;
 -- One round trip per scheduler pass: the instances due for an advance, the due tasks
 -- claimed for this engine (at most p_claims), and the seconds until the next timer or paced
 -- loop (NULL: nothing scheduled). An instance due for its first advance, whose steps run in
--- this database, comes as kind 'new' with its owner and database (the engine may then run
--- its first step in the same transaction as its first advance, on the owner's connection),
--- the first p_documents of them with the state to plan that from (df._first_document);
+-- this database, comes as kind 'new' with its owner (df._instance_owner: OID and name) and
+-- database (the engine may then run its first step in the same transaction as its first
+-- advance, on the owner's connection), the first p_documents of them with the state to
+-- plan that from (df._first_document);
 -- the instances in p_busy (first steps this engine is taking now) are left out while they
 -- are pending (once promoted or cancelled, their advances are due as any). The next due
 -- time leaves out the instances handed out in this pass: the engine is advancing them, and
--- counting them made it poll again at once (twice per df.start).
+-- counting them made it poll again at once (twice per df.start). A claimed task comes with
+-- its instance's owner too. An instance with a failure policy is advanced as usual: a first
+-- step that fails in the first transaction runs again as a task, and that hidden attempt
+-- must not count against (nor add to) its attempts.
 CREATE OR REPLACE FUNCTION df._poll(p_owner uuid, p_lease_seconds double precision,
                          p_advances integer, p_claims integer, p_busy text[],
                          p_documents integer)
 RETURNS TABLE (kind text, instance_id text, node_id text, node_type text, payload text,
-               lease_token uuid, attempts integer, owner name, database text,
+               lease_token uuid, attempts integer, owner name, owner_oid oid, database text,
                due double precision)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -278,15 +355,20 @@ BEGIN
     RETURN QUERY
     SELECT x.kind, x.id, NULL::text, NULL::text,
            CASE WHEN x.kind = 'new' AND x.n <= p_documents THEN df._first_document(x.id) END,
-           NULL::uuid, NULL::integer, x.rolname, x.database, NULL::double precision
+           NULL::uuid, NULL::integer, x.rolname, x.owner_oid, x.database,
+           NULL::double precision
     FROM (SELECT CASE WHEN i.status = 'pending' AND i.database IS NULL
+                           AND i.failure_policy IS NULL
                       THEN 'new' ELSE 'advance' END AS kind,
-                 t.id, r.rolname, i.database,
+                 t.id, r.rolname, o.owner::oid AS owner_oid, i.database,
                  row_number() OVER (PARTITION BY i.status = 'pending' AND i.database IS NULL
+                                                 AND i.failure_policy IS NULL
                                     ORDER BY t.ord) AS n
           FROM unnest(taken) WITH ORDINALITY AS t(id, ord)
                LEFT JOIN df.instances i ON i.id = t.id
-               LEFT JOIN pg_roles r ON r.oid = i.submitted_by) x;
+               CROSS JOIN LATERAL (SELECT CASE WHEN i.status = 'pending' AND i.database IS NULL
+                                               THEN df._instance_owner(t.id) END AS owner) o
+               LEFT JOIN pg_roles r ON r.oid = o.owner) x;
     IF p_claims > 0 THEN
         RETURN QUERY
         WITH claimed AS (
@@ -303,16 +385,17 @@ BEGIN
                   LIMIT p_claims
                   FOR UPDATE SKIP LOCKED)
             RETURNING t.instance_id, t.node_id, t.node_type, t.payload, t.lease_token,
-                      t.attempts, i.submitted_by, i.database)
+                      t.attempts, i.database)
         SELECT 'task', c.instance_id::text, c.node_id::text, c.node_type, c.payload,
-               c.lease_token, c.attempts,
-               (SELECT r.rolname FROM pg_roles r WHERE r.oid = c.submitted_by), c.database,
+               c.lease_token, c.attempts, r.rolname, o.owner::oid, c.database,
                NULL::double precision
-        FROM claimed c;
+        FROM claimed c
+             CROSS JOIN LATERAL (SELECT df._instance_owner(c.instance_id) AS owner) o
+             LEFT JOIN pg_roles r ON r.oid = o.owner;
     END IF;
     RETURN QUERY
     SELECT 'due', NULL::text, NULL::text, NULL::text, NULL::text, NULL::uuid, NULL::integer,
-           NULL::name, NULL::text,
+           NULL::name, NULL::oid, NULL::text,
            extract(epoch FROM least(
                (SELECT min(a.requested_at) FROM df._advance a
                 WHERE NOT df._first_step_busy(a.instance_id, p_busy)

@@ -115,6 +115,7 @@ BEGIN
         ELSIF node IS NOT NULL THEN
             n := n + 1;
             lines[n] := item.prefix || item.connector || df._explain_label(node)
+                        || coalesce(' (' || (node ->> 'attempt') || ')', '')
                         || df._explain_marker(node ->> 'status');
             FOR s IN SELECT * FROM df._explain_sections(node) ORDER BY ord DESC LOOP
                 stack[top + 1] := ROW(s.child, item.child_prefix || '  ', s.connector,
@@ -246,10 +247,15 @@ BEGIN
     SELECT jsonb_object_agg(g.node_id, jsonb_strip_nulls(jsonb_build_object(
                'type', g.node_type, 'query', g.query, 'name', g.result_name,
                'left', g.left_child, 'right', g.right_child, 'cond', g.cond_child,
-               'extras', to_jsonb(nullif(g.extra_children, '{}')), 'status', s.inferred_status)))
+               'extras', to_jsonb(nullif(g.extra_children, '{}')), 'status', s.inferred_status,
+               -- a step retried under its failure policy: the attempt it is at
+               'attempt', CASE WHEN s.inferred_status = 'running' THEN
+                                   'attempt ' || (n.status_details ->> 'attempt') || '/'
+                                   || (n.status_details ->> 'max_attempts') END)))
     INTO plan
     FROM df._inspect_graph(p_instance) g
-    LEFT JOIN df._inferred_statuses(p_instance) s USING (node_id);
+    LEFT JOIN df._inferred_statuses(p_instance) s USING (node_id)
+    LEFT JOIN df.nodes n ON n.instance_id = p_instance AND n.id = g.node_id;
     IF plan IS NULL THEN
         RETURN format('No nodes found for instance ''%s''', p_instance);
     END IF;

@@ -35,8 +35,8 @@ $$;
 REVOKE EXECUTE ON FUNCTION df._first_document(text) FROM PUBLIC;
 
 -- For the engine's own calls on an owner's step connection: the key must be an engine's
--- epoch id (else 42501); true when the session logged in as the instance's owner, or as
--- the owner's runner. Membership is not enough: a superuser is a member of every role.
+-- epoch id (else 42501); true when the session logged in as the instance's owner
+-- (df._instance_owner), or as the owner's runner. Membership is not enough: a superuser is a member of every role.
 CREATE OR REPLACE FUNCTION df._engine_acting_for(p_instance text, p_key uuid)
 RETURNS boolean LANGUAGE plpgsql STABLE AS $$
 BEGIN
@@ -44,8 +44,8 @@ BEGIN
         RAISE EXCEPTION 'pgdurable: not an engine key' USING ERRCODE = '42501';
     END IF;
     RETURN EXISTS (
-        SELECT 1 FROM df.instances i JOIN pg_roles o ON o.oid = i.submitted_by
-        WHERE i.id = p_instance
+        SELECT 1 FROM pg_roles o
+        WHERE o.oid = df._instance_owner(p_instance)
           AND (o.rolname = session_user
                OR EXISTS (SELECT 1 FROM df._runners r
                           WHERE r.owner = o.rolname AND r.runner = session_user)));

@@ -56,10 +56,14 @@ $$;
 -- is 'root', its only problem is its own, and its flattened row is itself. Anything with
 -- children goes through df._graph_rows (graph.sql: walk, check, flatten).
 CREATE OR REPLACE FUNCTION df.start(fut text, label text DEFAULT NULL, database text DEFAULT NULL,
-                                    transaction_mode text DEFAULT 'caller')
+                                    transaction_mode text DEFAULT 'caller',
+                                    max_attempts integer DEFAULT 1,
+                                    max_backoff interval DEFAULT '16s',
+                                    on_failure text DEFAULT 'fail')
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     mode text := lower(coalesce(transaction_mode, 'caller'));
+    policy jsonb := df._failure_policy('df.start()', max_attempts, NULL, max_backoff, on_failure);
     root jsonb;
     instance_id text;
     me regrole := quote_ident(current_user)::regrole;
@@ -75,7 +79,7 @@ BEGIN
             transaction_mode USING ERRCODE = '22023';
     END IF;
     IF mode = 'new' THEN
-        RETURN df._start_new(fut, label, database);
+        RETURN df._start_new(fut, label, database, policy);
     END IF;
     IF fut IS NULL THEN
         RAISE EXCEPTION 'Invalid durable function: fut cannot be NULL' USING ERRCODE = '22004';
@@ -101,12 +105,47 @@ BEGIN
                    u.right_node, me, start.database
             FROM unnest(ids, types, queries, names, lefts, rights)
                  AS u(id, node_type, query, result_name, left_node, right_node);
-            PERFORM df._submit(instance_id);
+            PERFORM df._submit(instance_id, max_attempts, max_backoff, on_failure);
             RETURN instance_id;
         END IF;
     END LOOP;
     RAISE EXCEPTION 'Failed to create instance: exhausted 10 attempts to generate a collision-free ID'
         USING ERRCODE = '23505';
+END
+$$;
+
+-- A failure policy (df.start's instance default, df.retry's for a subgraph) as stored:
+-- NULL for a single attempt, else the attempts and the backoff in seconds (initial_backoff
+-- NULL: 1 s, never above max_backoff). `caller` names the function in the errors.
+CREATE OR REPLACE FUNCTION df._failure_policy(caller text, max_attempts integer,
+                                              initial_backoff interval, max_backoff interval,
+                                              on_failure text)
+RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    cap double precision := extract(epoch FROM max_backoff);
+    first double precision := coalesce(extract(epoch FROM initial_backoff), least(1.0, cap));
+BEGIN
+    IF on_failure IS NULL OR on_failure NOT IN ('fail', 'continue') THEN
+        RAISE EXCEPTION 'invalid on_failure "%" for %: expected ''fail'' or ''continue''',
+            on_failure, caller USING ERRCODE = '22023';
+    ELSIF on_failure = 'continue' THEN
+        RAISE EXCEPTION 'on_failure => ''continue'' is not supported yet: a step that fails after its last attempt fails its workflow'
+            USING ERRCODE = '0A000';
+    ELSIF max_attempts IS NULL OR max_attempts < 1 THEN
+        RAISE EXCEPTION 'invalid max_attempts % for %: expected at least 1',
+            coalesce(max_attempts::text, 'NULL'), caller USING ERRCODE = '22023';
+    ELSIF cap IS NULL OR cap <= 0 THEN
+        RAISE EXCEPTION 'invalid max_backoff "%" for %: expected a positive interval',
+            coalesce(max_backoff::text, 'NULL'), caller USING ERRCODE = '22023';
+    ELSIF first <= 0 THEN
+        RAISE EXCEPTION 'invalid initial_backoff "%" for %: expected a positive interval',
+            initial_backoff, caller USING ERRCODE = '22023';
+    END IF;
+    IF max_attempts = 1 THEN
+        RETURN NULL;
+    END IF;
+    RETURN jsonb_build_object('max_attempts', max_attempts, 'initial_backoff', least(first, cap),
+                              'max_backoff', cap, 'on_failure', on_failure);
 END
 $$;
 
@@ -131,9 +170,6 @@ BEGIN
 END
 $$;
 
--- Hand a freshly inserted instance to the engine: snapshot the owner's variables, queue
--- the first advance and wake the engines (NOTIFY is delivered at commit, so a ROLLBACK
--- means the instance never runs).
 -- The instance's owner when the session's login role may act for it (is, or is a member
 -- of, the owner), else NULL. SECURITY DEFINER functions cannot see the caller's
 -- current_user, so they check the login role instead.
@@ -145,7 +181,39 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION df._submit(new_instance text)
+-- Was this row version (its xmin) written by the current transaction, or one of its
+-- subtransactions? A row another transaction is still writing is invisible, so a visible
+-- row whose writer is in progress was written here. (xmin is 32 bits: its epoch is the one
+-- that puts it within 2^31 of the current top-level transaction's full id, as a
+-- subtransaction's id, larger than its parent's, is.)
+CREATE OR REPLACE FUNCTION df._written_here(row_xmin xid)
+RETURNS boolean LANGUAGE sql VOLATILE AS $$
+    SELECT pg_xact_status((CASE WHEN full_id > current_id + 2147483648 THEN full_id - 4294967296
+                                WHEN full_id < current_id - 2147483648 THEN full_id + 4294967296
+                                ELSE full_id END)::text::xid8) = 'in progress'
+    FROM (SELECT pg_current_xact_id()::text::bigint AS current_id) c,
+         LATERAL (SELECT (c.current_id >> 32 << 32) | row_xmin::text::bigint AS full_id) f
+$$;
+REVOKE EXECUTE ON FUNCTION df._written_here(xid) FROM PUBLIC;
+
+-- Hand a freshly inserted instance to the engine: snapshot the owner's variables, queue
+-- the first advance and wake the engines (NOTIFY is delivered at commit, so a ROLLBACK
+-- means the instance never runs).
+--
+-- Who may hand an instance to the engine: the transaction that wrote its row. Users can
+-- write df.instances rows only with submitted_by = current_user (the policy's WITH CHECK;
+-- they may update no other column than status and updated_at), so a row written by this
+-- transaction was written while it acted as the owner: in a SECURITY DEFINER function
+-- that is the function's owner (pg_durable makes it the workflow's owner, §3.3), and the
+-- caller, whose session_user is not that role, has no other way to act as it. A
+-- SECURITY DEFINER function cannot read its caller's current_user, so asking the caller
+-- for it, or checking the session's login role (which a definer's caller is not), would
+-- not do. Another session's instance, or an earlier transaction's, is refused.
+-- (The failure policy is stored here, as the catalog's owner: users may insert instances but
+-- not write their policy, which only df._failure_policy builds.)
+CREATE OR REPLACE FUNCTION df._submit(new_instance text, max_attempts integer DEFAULT 1,
+                                      max_backoff interval DEFAULT '16s',
+                                      on_failure text DEFAULT 'fail')
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
 DECLARE
@@ -153,10 +221,16 @@ DECLARE
 BEGIN
     SELECT i.submitted_by INTO owner_role
     FROM df.instances i
-    WHERE i.id = new_instance AND pg_has_role(session_user, i.submitted_by, 'MEMBER');
+    WHERE i.id = new_instance AND df._written_here(i.xmin);
     IF NOT FOUND THEN
         RAISE EXCEPTION 'Instance not found or access denied: %', new_instance
             USING ERRCODE = '42501';
+    END IF;
+    IF max_attempts IS DISTINCT FROM 1 THEN
+        UPDATE df.instances
+        SET failure_policy = df._failure_policy('df.start()', max_attempts, NULL, max_backoff,
+                                                on_failure)
+        WHERE id = new_instance;
     END IF;
     INSERT INTO df._instance_vars (instance_id, vars)  -- none: readers see '{}'
     SELECT new_instance, jsonb_object_agg(v.name, v.value)
@@ -169,14 +243,18 @@ BEGIN
 END
 $$;
 
--- transaction_mode => 'new': not available yet (it needs a loopback session as the caller).
-CREATE OR REPLACE FUNCTION df._start_new(fut text, label text, database text)
+-- transaction_mode => 'new': pgdurable opens a session as the caller's role and starts the
+-- instance there (engine/executors/new_transaction.py). Asked with a NOTICE that pgdurable's
+-- relay takes out of the stream of any session connected through it (pg_durable.relay = on,
+-- set in its StartupMessage), whatever called df.start: a statement, a DO block, a function.
+CREATE OR REPLACE FUNCTION df._start_new(fut text, label text, database text, policy jsonb)
 RETURNS text LANGUAGE plpgsql SET client_min_messages = notice AS $$
 DECLARE
     request uuid := gen_random_uuid();
     outcome df._new_starts;
     slot_wait double precision := df._setting('new_transaction_start_timeout', '5')::double precision;
     ack_deadline timestamptz := clock_timestamp() + interval '2 seconds';
+    relayed boolean := coalesce(current_setting('pg_durable.relay', true), '') = 'on';
     -- after the acknowledgement: a launch slot, the login, then a statement bounded at 30 s
     deadline timestamptz := ack_deadline + make_interval(secs => slot_wait + 70);
 BEGIN
@@ -193,17 +271,20 @@ BEGIN
             current_setting('transaction_isolation') USING ERRCODE = '0A000',
             HINT = 'The caller waits for the new transaction to commit, which only READ COMMITTED can see.';
     END IF;
-    RAISE NOTICE USING MESSAGE = 'pgdurable:new-transaction-start',
-        DETAIL = jsonb_build_object('request', request, 'role', current_user, 'fut', fut,
-                                    'label', label, 'database', database)::text;
+    IF relayed THEN  -- else nobody reads the notice: say so at once
+        RAISE NOTICE USING MESSAGE = 'pgdurable:new-transaction-start',
+            DETAIL = jsonb_build_object('request', request, 'role', current_user, 'fut', fut,
+                                        'label', label, 'database', database,
+                                        'failure_policy', policy)::text;
+    END IF;
     LOOP
         outcome := df._new_start_outcome(request);
         IF outcome.error IS NOT NULL THEN
             RAISE EXCEPTION USING MESSAGE = outcome.error, ERRCODE = outcome.sqlstate;
         ELSIF outcome.instance_id IS NOT NULL THEN
             RETURN outcome.instance_id;
-        ELSIF outcome.request IS NULL AND clock_timestamp() > ack_deadline THEN
-            RAISE EXCEPTION 'df.start() with transaction_mode => ''new'' was not taken up by pgdurable: call it in a statement sent through pgdurable''s port'
+        ELSIF outcome.request IS NULL AND (NOT relayed OR clock_timestamp() > ack_deadline) THEN
+            RAISE EXCEPTION 'df.start() with transaction_mode => ''new'' was not taken up by pgdurable: call it in a session connected through pgdurable''s port'
                 USING ERRCODE = '0A000',
                 HINT = 'pgdurable opens the new transaction; sessions connected to PostgreSQL directly cannot.';
         ELSIF clock_timestamp() > deadline THEN

@@ -17,6 +17,25 @@
 -- instance, and only when the rebuild gives it back exactly. The same goes for the output
 -- of a completed execution (df._executions.output).
 
+-- Sent with a step's BEGIN on the step's own connection, before its statement: may the role
+-- the connection was opened for run a step now? Its OID is the startup setting
+-- df.step_owner, which the session reset (RESET ALL) restores before each step. One row per
+-- yes, counted in the command tag the engine reads: 2, the role exists and is not a
+-- superuser; 1, it is a superuser now (refused unless --enable-superuser-instances); 0, it
+-- is gone. A superuser's step would run with every privilege, so the rule df.start and the
+-- first load apply is checked again before every step; riding on BEGIN it costs no round
+-- trip, and the plan of its query is kept with the function for the session.
+CREATE OR REPLACE FUNCTION df._step_guard()
+RETURNS SETOF boolean LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
+    SELECT true FROM pg_catalog.pg_roles r, (VALUES (true), (false)) AS v(any_role)
+    WHERE r.oid OPERATOR(pg_catalog.=)
+          pg_catalog.current_setting('df.step_owner')::pg_catalog.oid
+      AND (v.any_role OR NOT r.rolsuper);
+END
+$$;
+
 -- Record a step's result in the step's own transaction: the statement and its record
 -- commit together, so a crash before COMMIT loses both and the step runs again.
 CREATE OR REPLACE FUNCTION df._complete_step(p_instance text, p_node text, p_token uuid,
@@ -51,6 +70,77 @@ BEGIN
 END
 $$;
 REVOKE EXECUTE ON FUNCTION df._fail_step(text, text, uuid, text, text) FROM PUBLIC;
+
+-- A step failed (its transaction was rolled back; an HTTP step's request may have had its
+-- effect). With attempts left under its failure policy (df._step_policy) and an error
+-- another attempt may not meet again (p_retryable: the engine's classification), its task
+-- row waits for the next attempt: unleased, due after the backoff (the initial backoff
+-- doubled per attempt, capped at max_backoff, with equal jitter: half of it fixed, half
+-- random; an HTTP Retry-After of p_retry_after seconds is waited for, within max_backoff),
+-- a durable timer like a sleep's; the node, still running, shows the attempt to come, its
+-- time and the error. Otherwise the failure is recorded (df._fail_step), except that a
+-- p_final step (an HTTP 429 on its last attempt) is left to the engine to complete with
+-- its response. 'retry', 'failed' or 'final'; NULL when the lease was lost.
+CREATE OR REPLACE FUNCTION df._fail_or_retry(p_instance text, p_node text, p_token uuid,
+                                             p_error text, p_retryable boolean,
+                                             p_retry_after double precision, p_final boolean)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    policy jsonb;
+    attempt integer;
+    base double precision;
+    delay double precision;
+    next_at timestamptz;
+BEGIN
+    PERFORM 1 FROM df._tasks t
+    WHERE t.instance_id = p_instance AND t.node_id = p_node AND t.lease_token = p_token
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF p_retryable THEN
+        policy := df._step_policy(p_instance, p_node);
+        SELECT coalesce((n.status_details ->> 'attempt')::integer, 1) INTO attempt
+        FROM df.nodes n WHERE n.instance_id = p_instance AND n.id = p_node;
+    END IF;
+    IF policy IS NULL OR attempt >= (policy ->> 'max_attempts')::integer THEN
+        IF p_final THEN
+            RETURN 'final';
+        END IF;
+        PERFORM df._fail_step(p_instance, p_node, p_token, p_error);
+        RETURN 'failed';
+    END IF;
+    base := least((policy ->> 'max_backoff')::double precision,
+                  (policy ->> 'initial_backoff')::double precision * 2 ^ least(attempt - 1, 60));
+    delay := base / 2 + random() * base / 2;
+    IF p_retry_after IS NOT NULL THEN
+        delay := least((policy ->> 'max_backoff')::double precision, greatest(delay, p_retry_after));
+    END IF;
+    next_at := clock_timestamp() + make_interval(secs => delay);
+    -- attempts counts the leases of one attempt (more than one: recovered after a crash)
+    UPDATE df._tasks
+    SET lease_owner = NULL, lease_token = NULL, lease_until = NULL, due_at = next_at,
+        attempts = 0
+    WHERE instance_id = p_instance AND node_id = p_node;
+    UPDATE df.nodes
+    SET status_details = coalesce(status_details, '{}')
+                         || jsonb_build_object('attempt', attempt + 1,
+                                               'max_attempts', (policy ->> 'max_attempts')::integer,
+                                               'next_attempt_at', next_at,
+                                               'last_error', p_error),
+        updated_at = clock_timestamp()
+    WHERE instance_id = p_instance AND id = p_node;
+    RETURN 'retry';
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._fail_or_retry(text, text, uuid, text, boolean, double precision, boolean) FROM PUBLIC;
+
+-- The failure policy of a step: its instance's (df.start's arguments); NULL for one attempt.
+CREATE OR REPLACE FUNCTION df._step_policy(p_instance text, p_node text)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT i.failure_policy FROM df.instances i WHERE i.id = p_instance
+$$;
+REVOKE EXECUTE ON FUNCTION df._step_policy(text, text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION df._complete_and_load(p_instance text, p_node text, p_token uuid,
                                                  p_raw text, p_delivery text)

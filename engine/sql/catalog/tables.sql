@@ -49,6 +49,9 @@ CREATE TABLE df.instances (
     created_at   timestamptz DEFAULT now(),
     updated_at   timestamptz DEFAULT now(),
     completed_at timestamptz,
+    -- df.start's failure policy (max_attempts > 1): {"max_attempts", "initial_backoff",
+    -- "max_backoff" (seconds), "on_failure"}; NULL: a failing step fails at once
+    failure_policy jsonb,
     CONSTRAINT instances_id_format_chk CHECK (id ~ '^[0-9a-f]{8}$'),
     CONSTRAINT instances_root_node_format_chk CHECK (root_node ~ '^[0-9a-f]{8}$'),
     CONSTRAINT instances_status_chk
@@ -59,6 +62,9 @@ CREATE INDEX idx_instances_status ON df.instances (status, created_at DESC, id);
 CREATE INDEX idx_instances_created_at ON df.instances (created_at DESC, id);
 CREATE INDEX idx_instances_label ON df.instances (label, created_at DESC, id)
     WHERE label IS NOT NULL;
+-- Retention (df._prune_finished): finished instances by age, oldest first.
+CREATE INDEX idx_instances_finished ON df.instances ((coalesce(completed_at, created_at)), id)
+    WHERE status = ANY ('{completed,failed,cancelled}'::text[]);
 
 CREATE TABLE df.nodes (
     id             varchar(8) NOT NULL,
@@ -96,7 +102,15 @@ CREATE TABLE df.nodes (
     CONSTRAINT nodes_right_node_same_instance_fkey FOREIGN KEY (instance_id, right_node)
         REFERENCES df.nodes (instance_id, id) DEFERRABLE INITIALLY DEFERRED
 );
-CREATE INDEX idx_nodes_instance ON df.nodes (instance_id);
+-- An instance's nodes are found through the primary key. pg_durable's idx_nodes_instance
+-- (instance_id) is left out: the foreign keys' checks of a node by (instance_id, id), run
+-- once per node inserted or deleted, took it instead of the primary key whenever the planner
+-- guessed one node per instance (a fresh database, or mostly one-step workflows), and read
+-- all the instance's nodes each time. The two indexes below serve the checks of a deleted
+-- node's parents. Without them, deleting an instance of 10,000 nodes (retention,
+-- df._prune_finished) took over a minute.
+CREATE INDEX idx_nodes_left_node ON df.nodes (instance_id, left_node) WHERE left_node IS NOT NULL;
+CREATE INDEX idx_nodes_right_node ON df.nodes (instance_id, right_node) WHERE right_node IS NOT NULL;
 
 ALTER TABLE df.instances ADD CONSTRAINT instances_root_node_same_instance_fkey
     FOREIGN KEY (id, root_node) REFERENCES df.nodes (instance_id, id)
@@ -254,6 +268,17 @@ CREATE TABLE df._new_starts (
     sqlstate    text,
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+
+-- df.signal through pgdurable (control.sql: df._signal_at_once): pgdurable stores the signal
+-- on its own connection and answers here, stored (sent) or refused; the caller polls its
+-- row, or claims it (sent = false) when it stores the signal itself, so that a signal is
+-- stored once. Rows go after 10 minutes.
+CREATE TABLE df._signal_requests (
+    request    uuid PRIMARY KEY,
+    sent       boolean NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX idx_signal_requests_created ON df._signal_requests (created_at);
 
 -- Runner roles (decision 4): on password-only clusters the engine cannot log in as a
 -- workflow's owner, so df.grant_usage gives the owner a login role of its own,

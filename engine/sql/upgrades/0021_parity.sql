@@ -10,3 +10,37 @@ SELECT 1;
 -- arguments (and df.loop_prefix_op, behind @>) find. RESTRICT: an object of the
 -- administrator's that depends on the old signature must be changed first.
 DROP FUNCTION IF EXISTS df.loop(text, text);
+
+-- Issue 14, the owner fixed at first load (pg_durable 0.2.8 parity): df._poll hands the
+-- engine each owner's role OID besides its name (a new result column); engine.sql creates
+-- it again.
+DROP FUNCTION IF EXISTS df._poll(uuid, double precision, integer, integer, text[], integer);
+
+-- df.signal takes effect at once (issue 14, item 9): pgdurable's answers to signal requests.
+CREATE TABLE IF NOT EXISTS df._signal_requests (
+    request    uuid PRIMARY KEY,
+    sent       boolean NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX IF NOT EXISTS idx_signal_requests_created ON df._signal_requests (created_at);
+REVOKE ALL ON df._signal_requests FROM PUBLIC;
+
+-- Retries (issue 15, item 1): df.start's failure policy on its instance, and df.start's
+-- new arguments (max_attempts, max_backoff, on_failure): the four-argument df.start goes,
+-- the code files create the seven-argument one (calls with up to four arguments find it).
+ALTER TABLE df.instances ADD COLUMN IF NOT EXISTS failure_policy jsonb;
+DROP FUNCTION IF EXISTS df.start(text, text, text, text);
+DROP FUNCTION IF EXISTS df._start_new(text, text, text);
+DROP FUNCTION IF EXISTS df._submit(text);
+
+-- Bounded growth (issue 17 item 6): retention finds finished instances by age through an
+-- index (engine.sql, df._prune_finished), and deletes their nodes without scanning an
+-- instance's nodes once per node (the foreign keys' checks: tables.sql, df.nodes).
+CREATE INDEX IF NOT EXISTS idx_instances_finished
+    ON df.instances ((coalesce(completed_at, created_at)), id)
+    WHERE status = ANY ('{completed,failed,cancelled}'::text[]);
+DROP INDEX IF EXISTS df.idx_nodes_instance;
+CREATE INDEX IF NOT EXISTS idx_nodes_left_node ON df.nodes (instance_id, left_node)
+    WHERE left_node IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_nodes_right_node ON df.nodes (instance_id, right_node)
+    WHERE right_node IS NOT NULL;
