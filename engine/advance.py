@@ -19,6 +19,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 
@@ -29,8 +30,9 @@ from engine.connections.step_connection import StepConnection
 from engine.dispatch import TaskRunner
 from engine.errors import StepFailed
 from engine.executors.sql import FirstOutcome, FirstResult, run_first_step
+from engine.lifecycle_log import log_applied, log_started
 from engine.planner.held import Planned, Planning, differences
-from engine.planner.kinds import NodeType
+from engine.planner.kinds import PENDING, NodeType
 from engine.planner.plan import PlannedTask
 from engine.records import Owner, Task
 from engine.running import Background, EngineCounters, Running, RunningStep
@@ -116,6 +118,7 @@ class Advancer:
         COMMIT), and hold the state while SQL steps of the instance run here."""
         parts = self.parts
         parts.queue.settled(instance_id)
+        log_applied(instance_id, planned)
         plan = planned.plan
         database = planned.instance["database"] or self.store.catalog_database
         try:
@@ -243,6 +246,8 @@ class Advancer:
             return
         if result.outcome is FirstOutcome.APPLIED:
             self.parts.counters.first_steps_total += first.task is not None
+            if first.task is not None and first.from_pending is not None:  # act_on sees "running"
+                log_started(instance_id, first.from_pending)
         if result.planned is not None:
             await self.applied_in_step(instance_id, result.planned)
 
@@ -327,6 +332,7 @@ class FirstTransaction:
         self.task: Task | None = None  # the step run in the transaction
         self.advance = InStep(advancer.planning, None, (0, ""))  # once promoted
         self.promoted = False
+        self.from_pending: dict[str, Any] | None = None  # the first plan starts the instance
         self._promotion: str | None = None  # the first plan with the step's task row
         self._first: str = ""  # the first plan as applied here, without that task row
 
@@ -334,6 +340,7 @@ class FirstTransaction:
         advancer = self.advancer
         planned = advancer.planning.from_document(state)
         self.planned = planned
+        self.from_pending = planned.instance if planned.instance["status"] == PENDING else None
         plan = planned.plan
         advance_xmin = str(planned.instance["advance_xmin"])
         only = next_sql_step(planned, advancer.owner_id)
@@ -387,6 +394,8 @@ class FirstTransaction:
             return False
         if self.promoted:  # now an ordinary leased step, finished from the held plan
             advancer.parts.counters.first_steps_promoted_total += 1
+            if self.from_pending is not None:
+                log_started(self.instance_id, self.from_pending)
             advancer.planning.hold(self.instance_id, planned)
             running = advancer.parts.running.get(self.instance_id, self.task.node_id)
             if running is not None:

@@ -128,7 +128,7 @@ async def _apply(conn: asyncpg.Connection, version: int, target: int) -> None:
     """Install (version 0) or upgrade the catalog to `target` in one transaction."""
     steps: list[tuple[int, str]]
     if version == 0:
-        log.warning("event=install_catalog version=%d", target)
+        log.info("event=install_catalog version=%d", target)
         script = "\n".join(
             (
                 catalog_sql(STRUCTURE_FILES),
@@ -139,7 +139,7 @@ async def _apply(conn: asyncpg.Connection, version: int, target: int) -> None:
         steps = [(CATALOG_BASE_VERSION, CATALOG_NAME)]
         steps += [(u.version, u.name) for u in load_upgrades() if u.version > CATALOG_BASE_VERSION]
     else:
-        log.warning("event=upgrade_catalog from=%d to=%d", version, target)
+        log.info("event=upgrade_catalog from=%d to=%d", version, target)
         upgrades = [u for u in load_upgrades() if u.version > version]
         script = "\n".join([u.sql for u in upgrades] + [catalog_sql(CODE_FILES)])
         steps = [(u.version, u.name) for u in upgrades]

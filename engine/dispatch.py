@@ -64,12 +64,10 @@ class TaskRunner:
 
     def start_claimed(self, claimed: Claimed) -> None:
         task = claimed.task
-        if claimed.attempts > 1:
+        if claimed.attempts > 1:  # leased before, and that lease expired
             log.info(
-                "event=task_recovered instance=%s node=%s attempt=%d",
-                task.instance_id,
-                task.node_id,
-                claimed.attempts,
+                "event=lease_taken_over instance=%s node=%s node_type=%s attempt=%d",
+                *(task.instance_id, task.node_id, task.node_type, claimed.attempts),
             )
         self.start(task)
 
@@ -304,11 +302,21 @@ class TaskRunner:
         """Record a failed attempt: the step waits for its next attempt when its failure
         policy allows one (the scheduler then looks for the new due time), else it fails
         (or, for a final HTTP 429, completes with that response) and its instance advances."""
-        error = str(failure)
-        log.info(
-            "event=step_failed instance=%s node=%s node_type=%s retryable=%s error=%r",
-            *(task.instance_id, task.node_id, task.node_type, failure.retryable, error),
-        )
+        error = str(failure)  # the node's error text: never the step's SQL (--log-workflow-sql)
+        sqlstate = vars(failure).get("sqlstate")  # set when the failure had one (not XX000)
+        running = self.running.get(task.instance_id, task.node_id)
+        if running is not None and running.cancelled:  # its instance cancelled, a RACE lost
+            log.info(
+                "event=step_cancelled instance=%s node=%s node_type=%s",
+                *(task.instance_id, task.node_id, task.node_type),
+            )
+        else:
+            log.info(
+                "event=step_failed instance=%s node=%s node_type=%s sqlstate=%s "
+                "retryable=%s message=%r",
+                *(task.instance_id, task.node_id, task.node_type, sqlstate),
+                *(failure.retryable, error),
+            )
         try:
             decided = await self.store.fail_or_retry(task, failure)
             if decided == RETRY:

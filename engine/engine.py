@@ -183,6 +183,7 @@ class Engine:
             await self._configure(conn)
             self.version = await migrate(conn)
             await self.store.publish(conn, self._published(), self.version)
+            await self._log_start(conn)
         finally:
             await conn.close()
         self.pool = await asyncpg.create_pool(
@@ -204,12 +205,22 @@ class Engine:
         if settings != self.settings:
             self._build(settings)
 
+    async def _log_start(self, conn: asyncpg.Connection) -> None:
+        """At info: this engine started; and, when it finds instances unfinished (a restart,
+        a crash), how many it resumes, and how many of their steps were leased (to an engine
+        gone after a crash: taken over once the lease expires, event=lease_taken_over)."""
+        instances, leased = await self.store.in_flight(conn)
+        log.info("event=engine_started engine=%s catalog_version=%d", self.owner_id, self.version)
+        if instances:
+            log.info("event=recovery instances=%d leased_steps=%d", instances, leased)
+
     def _published(self) -> dict[str, str]:
         """The settings df.* reads from df._settings."""
         s = self.settings
         return {
             "enable_superuser_instances": "on" if s.enable_superuser_instances else "off",
             "http_enabled": "on" if s.http.enabled else "off",
+            "lease_seconds": str(s.lease_seconds),  # df.instance_activity: engines alive
             "list_instances_max_limit": str(s.list_instances_max_limit),
             "max_user_connections": str(s.max_user_connections),
             "new_transaction_start_timeout": str(s.new_transaction_start_timeout),

@@ -75,6 +75,12 @@ class Store:
                     rows.append(r)
         return tuple(ServerValue(r["name"], r["value"], origins.get(r["name"])) for r in rows)
 
+    @staticmethod
+    async def in_flight(conn: asyncpg.Connection) -> tuple[int, int]:
+        """The instances not finished, and the steps leased to an engine."""
+        instances, leased = await conn.fetchrow(q("in_flight")) or (0, 0)
+        return int(instances), int(leased)
+
     async def heartbeat(self) -> None:
         await self.pool().execute(q("heartbeat"), self.key)
 

@@ -38,14 +38,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pgdurable: error: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     try:  # before anything is touched: a second pgdurable must not disturb the first
         data_dir_lock = lock_data_dir(settings.data_dir) if settings.embedded else None
         for port in (settings.port, settings.http_port):
             if port is not None:
                 check_port_free(settings.host, port)
     except StartupConflict as exc:
-        print(f"pgdurable: error: {exc}", file=sys.stderr)
+        _fatal(settings, exc)
         return 2
     settings = fit_client_limit(settings, raise_fd_limit())
     try:
@@ -53,14 +53,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     except ConfigError as exc:  # a bad pg_durable.* line in the server's configuration
-        print(f"pgdurable: error: {exc}", file=sys.stderr)
+        _fatal(settings, exc)
         return 2
     except Exception as exc:  # one line, not a traceback, for start-up failures
-        print(f"pgdurable: error: {exc}", file=sys.stderr)
+        _fatal(settings, exc)
         return 1
     finally:
         if data_dir_lock is not None:  # held until the embedded PostgreSQL has stopped
             data_dir_lock.close()
+
+
+def _fatal(settings: Settings, exc: BaseException) -> None:
+    """The one line pgdurable says before exiting on an error (a JSON object under
+    --log-format json)."""
+    if settings.log_format == "json":
+        log.error("event=fatal error=%s", exc)
+    else:
+        print(f"pgdurable: error: {exc}", file=sys.stderr)
 
 
 def raise_fd_limit() -> int:
@@ -164,7 +173,7 @@ async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
             engine.readiness,
         )
     try:
-        if await _booted(engine, upstream, stop):
+        if await _booted(engine, upstream, stop, settings.log_format == "json"):
             await _relay(configured, engine, metrics, stop)
     finally:
         await engine.stop()
@@ -174,9 +183,12 @@ async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
         raise engine.failed.result()
 
 
-async def _booted(engine: Engine, upstream: UpstreamDSN, stop: asyncio.Event) -> bool:
+async def _booted(
+    engine: Engine, upstream: UpstreamDSN, stop: asyncio.Event, json_lines: bool
+) -> bool:
     """Wait until the engine has installed the catalog (True), saying on stderr every few
-    seconds why not yet; False when asked to stop or the engine failed first."""
+    seconds why not yet (a warning log line under --log-format json); False when asked to
+    stop or the engine failed first."""
     started = asyncio.ensure_future(engine.started())
     stopped = asyncio.ensure_future(stop.wait())
     try:
@@ -188,6 +200,10 @@ async def _booted(engine: Engine, upstream: UpstreamDSN, stop: asyncio.Event) ->
             if stopped.done() or engine.failed.done():
                 return False
             reason = engine.boot_error or "installing the df catalog"
+            if json_lines:
+                address = _address(upstream)
+                log.warning("event=waiting_for_postgresql address=%s reason=%s", address, reason)
+                continue
             print(
                 f"pgdurable: waiting for PostgreSQL at {_address(upstream)}: {reason}",
                 file=sys.stderr,
@@ -225,7 +241,7 @@ async def _relay(
     waiting: set[asyncio.Future[Any]] = {stopped, engine.failed}
     await asyncio.wait(waiting, return_when="FIRST_COMPLETED")
     stopped.cancel()
-    log.warning("event=shutting_down sessions=%d", len(server.sessions))
+    log.info("event=shutting_down sessions=%d", len(server.sessions))
     await server.shutdown(settings.shutdown_timeout)
 
 

@@ -14,6 +14,7 @@ from engine.executors.ssrf import AllowListError, parse_allow_list
 from engine.settings import DEFAULT_MAX_RESULT_BYTES, MIB, HttpSettings, ServerValue
 from pgdurable_proxy import pg_durable_settings as durable
 from pgdurable_proxy.dsn import DSNError, UpstreamDSN, parse_dsn
+from pgdurable_proxy.logs import LOG_FORMATS
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -31,6 +32,7 @@ class Settings:
     port: int = 6432
     data_dir: Path = Path(".")
     log_level: str = "warning"
+    log_format: str = "text"  # or "json": one object per line (logs.py)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     http_port: int | None = None
@@ -103,6 +105,12 @@ def _parser(
     option("--port", 6432, type=int)
     option("--data-dir", type=Path, help="data directory of the embedded PostgreSQL")
     option("--log-level", "warning", choices=LOG_LEVELS)
+    option(
+        "--log-format",
+        "text",
+        choices=LOG_FORMATS,
+        help="stderr lines as key=value text, or one JSON object per line for log shippers",
+    )
     option("--tls-cert", type=Path)
     option("--tls-key", type=Path)
     option("--http-port", type=int, help="serve /healthz and /metrics on this port (default: off)")
@@ -306,6 +314,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         port=args.port,
         data_dir=args.data_dir or default_data_dir(),
         log_level=args.log_level,
+        log_format=args.log_format,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         http_port=int(args.http_port) if args.http_port is not None else None,

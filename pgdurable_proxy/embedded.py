@@ -23,12 +23,12 @@ def start_embedded(data_dir: Path) -> Cluster:
     sockets = {SOCKETS: str(datadir)} if _socket_fits(datadir) else {}
     cluster = Cluster(bindir=wheel_bindir(), datadir=datadir, port=0, settings=sockets)
     if not cluster.exists():
-        log.warning("event=initdb datadir=%s", datadir)
+        log.info("event=initdb datadir=%s", datadir)
         cluster.init()
     if cluster.is_running():
         cluster.port, running_sockets = _running_address(datadir)
         cluster.settings = {SOCKETS: running_sockets} if running_sockets else {}
-        log.warning("event=embedded_already_running port=%s", cluster.port)
+        log.info("event=embedded_already_running port=%s", cluster.port)
         return cluster
     cluster.port = free_port()
     cluster.start()

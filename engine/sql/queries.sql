@@ -85,6 +85,12 @@ ON CONFLICT (sentinel) DO UPDATE SET schema_version = excluded.schema_version;
 INSERT INTO df._worker_epoch (epoch_id) VALUES ($1)
 ON CONFLICT (epoch_id) DO UPDATE SET last_seen_at = pg_catalog.now();
 
+-- name: in_flight
+-- At start-up: the instances not finished, and the steps leased to an engine (after a
+-- crash, an engine gone: taken over once their lease expires).
+SELECT (SELECT pg_catalog.count(*) FROM df.instances WHERE status IN ('pending', 'running')),
+       (SELECT pg_catalog.count(*) FROM df._tasks WHERE lease_owner IS NOT NULL);
+
 -- name: reset_step_session
 -- Leave a pooled step connection as a fresh login would find it (RESET ALL skips role).
 SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *;

@@ -150,7 +150,7 @@ def test_sigkill_at_random_instants_loses_nothing(crash: Crash, tmp_path: Path) 
     assert len(ids) >= 200
     assert set(statuses.values()) == {"completed"}, _failures(crash.admin, ids)
     _assert_exactly_once(crash.admin, ids)
-    assert "event=task_recovered" in log.read_text(), "no kill landed mid-step"
+    assert "event=lease_taken_over" in log.read_text(), "no kill landed mid-step"
 
 
 def test_postgres_crash_restart_mid_run(crash: Crash, tmp_path: Path) -> None:

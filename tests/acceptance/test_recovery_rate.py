@@ -94,4 +94,4 @@ def test_orphans_are_claimed_as_fast_as_slots_free_up(
     # seconds (30 s); the leases still need up to 2 s to expire
     bound = ORPHANS / SLOTS * POLL
     assert elapsed < bound / 3, f"{ORPHANS} orphans took {elapsed:.1f} s (bound {bound:.0f} s)"
-    assert log.read_text().count("event=task_recovered") >= ORPHANS - SLOTS
+    assert log.read_text().count("event=lease_taken_over") >= ORPHANS - SLOTS

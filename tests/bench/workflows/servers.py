@@ -91,7 +91,8 @@ def proxy_pid(proxy: ProxyProcess) -> int:
     return proxy.process.pid
 
 
-# Logged at WARNING level but expected: the catalog install, the SIGTERM we sent.
+# Expected, and at WARNING level in versions before routine start-up and shutdown lines
+# moved to info: the catalog install, the SIGTERM we sent.
 EXPECTED_LOG_EVENTS = ("event=migrate ", "event=shutting_down ")
 
 
