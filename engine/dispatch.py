@@ -228,6 +228,8 @@ class TaskRunner:
         self.log_sql(task)
         outcome = None
         try:
+            if running is not None and running.cancelled:  # while it waited for a slot
+                raise StepFailed("canceling statement due to user request", sqlstate="57014")
             if task.database == self.settings.catalog_database:
                 in_step = self.advancer.in_step(task.owner, task.database)
                 outcome = await run_sql_step(step, task, None, in_step)

@@ -199,3 +199,33 @@ def test_workflow_sql_is_logged_only_with_log_workflow_sql(
         assert time.monotonic() < deadline, "the step's SQL was not logged"
         time.sleep(0.02)
     assert literal in logged.log_text()
+
+
+def test_a_step_cancelled_while_it_waits_for_a_slot_never_runs(
+    limited: Pgdurable, cluster: Cluster
+) -> None:
+    """Its instance cancelled before a slot came free, the step ran its SQL all the same
+    (only its record was refused): a sequence, which no rollback undoes, tells."""
+    admin_dsn = cluster.dsn(dbname=limited.database)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SEQUENCE IF NOT EXISTS waited_seq")
+        conn.execute(f"GRANT USAGE ON SEQUENCE waited_seq TO {ROLE}")
+        before = conn.execute("SELECT last_value, is_called FROM waited_seq").fetchone()
+    holder = _start(limited.dsn(), "'SELECT 0' ~> 'SELECT 1 AS holds_briefly FROM pg_sleep(0.8)'")
+    _await_backend(cluster, "holds_briefly")
+    waiter = _start(limited.dsn(), "'SELECT nextval(''waited_seq'')'")  # its task waits
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        deadline = time.monotonic() + 5
+        while not conn.execute(  # claimed: it waits for the slot
+            "SELECT 1 FROM df._tasks WHERE instance_id = %s AND lease_token IS NOT NULL",
+            (waiter,),
+        ).fetchone():
+            assert time.monotonic() < deadline, "the waiting step was never claimed"
+            time.sleep(0.01)
+        conn.execute("SELECT df.cancel(%s)", (waiter,))
+    assert await_status(limited.dsn(), holder, 10) == "completed"
+    assert await_status(limited.dsn(), waiter, 10) == "cancelled"
+    time.sleep(0.3)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        after = conn.execute("SELECT last_value, is_called FROM waited_seq").fetchone()
+    assert after == before, "the cancelled step ran its SQL"
