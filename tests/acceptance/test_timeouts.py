@@ -152,3 +152,12 @@ def test_bad_arguments_are_refused(wf_dsn: str, call: str) -> None:
     with psycopg.connect(wf_dsn) as conn, pytest.raises(psycopg.Error) as raised:
         conn.execute(f"SELECT {call}")
     assert raised.value.sqlstate == "22023"
+
+
+@pytest.mark.parametrize("wrapper", ["df.retry(%s, 2)", "df.timeout(%s, 5)"])
+def test_a_broken_step_inside_is_reported_at_df_start(wf_dsn: str, wrapper: str) -> None:
+    sql = "SELECT df.start(" + wrapper % "'SELEC 2'" + ")"
+    with psycopg.connect(wf_dsn) as conn, pytest.raises(psycopg.Error) as raised:
+        conn.execute(sql)
+    assert raised.value.sqlstate == "42601"
+    assert raised.value.diag.statement_position == str(sql.index("SELEC 2") + 1)
