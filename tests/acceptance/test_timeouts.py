@@ -77,6 +77,15 @@ def test_a_composite_times_out_as_a_whole(wf_dsn: str) -> None:
         "canceling statement due to timeout: df.timeout(1.2 s) expired (SQLSTATE 57014)",
     )
     assert nodes["THEN"][0] == "running"  # abandoned with what ran in it, as a RACE loser
+    with psycopg.connect(wf_dsn) as conn:
+        live = conn.execute("SELECT df.explain(%s)", (instance,)).fetchone()
+        listed = conn.execute(
+            "SELECT count(*) FROM df.instance_nodes(%s) WHERE node_type = 'TIMEOUT'"
+            " AND status = 'failed'",
+            (instance,),
+        ).fetchone()
+    assert live is not None and "TIMEOUT 1.2s ✗" in str(live[0])
+    assert listed == (1,)
     await_no_backend(wf_dsn, marker)
 
 
