@@ -26,6 +26,8 @@ STEP_ARGUMENTS = {
     "if_rows": (1, 2),
     "loop": (0, 1),
     "as": (0,),
+    "retry": (0,),
+    "timeout": (0,),
 }
 # Operator -> which operands are steps (|=> names its left operand; ?> and !> keep both).
 STEP_OPERANDS = {

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from engine.errors import OwnerRefused
-from engine.planner import flow, leaves
+from engine.planner import deadlines, flow, leaves
 from engine.planner.kinds import (
     BREAK,
     CANCELLED,
@@ -332,4 +332,6 @@ HANDLERS: dict[str, Callable[[Planner, Node], Outcome]] = {
     NodeType.SLEEP: leaves.sleep,
     NodeType.WAIT_SCHEDULE: leaves.wait_schedule,
     NodeType.SIGNAL: leaves.signal,
+    NodeType.RETRY: deadlines.retry,
+    NodeType.TIMEOUT: deadlines.timeout,
 }

@@ -21,6 +21,8 @@ class NodeType(StrEnum):
     RACE = "RACE"
     LOOP = "LOOP"
     BREAK = "BREAK"
+    RETRY = "RETRY"  # df.retry: a failure policy for its one child's subgraph
+    TIMEOUT = "TIMEOUT"  # df.timeout: a deadline for its one child's subgraph
 
 
 class Status(StrEnum):

@@ -103,6 +103,55 @@ BEGIN
 END;
 $$;
 
+-- A failure policy for one subgraph (pgdurable's own; pg_durable proposes only df.start's):
+-- a failing step in `fut` gets up to max_attempts attempts, the nearest df.retry around a
+-- step deciding over df.start's policy; a df.timeout in it that expires re-runs its whole
+-- subgraph. The config is df._failure_policy's (its checks, its errors).
+CREATE OR REPLACE FUNCTION df.retry(fut text, max_attempts integer,
+                                    initial_backoff interval DEFAULT '1s',
+                                    max_backoff interval DEFAULT '16s') RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    policy jsonb := df._failure_policy('df.retry()', max_attempts, initial_backoff, max_backoff,
+                                       'fail');
+BEGIN
+    IF fut IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'df.retry: fut cannot be NULL';
+    END IF;
+    policy := coalesce(policy, jsonb_build_object(
+        'max_attempts', 1, 'initial_backoff', least(extract(epoch FROM initial_backoff),
+                                                    extract(epoch FROM max_backoff)),
+        'max_backoff', extract(epoch FROM max_backoff), 'on_failure', 'fail'));
+    RETURN df._clean_durofut_text(jsonb_build_object(
+        'node_type', 'RETRY', 'left_node', df._as_node(fut),
+        'query', df._json_compact(policy - 'on_failure')));
+END;
+$$;
+
+-- A deadline for one subgraph: if `fut` has not finished `seconds` after it started, it
+-- fails with SQLSTATE 57014's text and whatever still runs in it is cancelled (SQL through
+-- pg_cancel_backend, HTTP requests dropped).
+CREATE OR REPLACE FUNCTION df.timeout(fut text, seconds double precision) RETURNS text
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF fut IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'df.timeout: fut cannot be NULL';
+    END IF;
+    IF seconds IS NULL OR NOT (seconds > 0 AND seconds < 1e10) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid seconds %s for df.timeout(): expected a number above 0 and below 10000000000',
+                             coalesce(seconds::text, 'NULL'));
+    END IF;
+    RETURN df._clean_durofut_text(jsonb_build_object(
+        'node_type', 'TIMEOUT', 'left_node', df._as_node(fut),
+        'query', json_build_object('seconds', seconds)::text));
+END;
+$$;
+
 -- `value` is a literal carried out of the loop, not SQL: it is never auto-wrapped.
 CREATE OR REPLACE FUNCTION df.break(value text DEFAULT NULL) RETURNS text
 LANGUAGE sql

@@ -7,11 +7,12 @@
 -- qualify df.* calls; built-ins resolve through pg_catalog, which PostgreSQL searches first
 -- unless a caller deliberately places it later.
 
--- The twelve node types, in pg_durable's order (also used in its error messages).
+-- The node types, in pg_durable's order (also used in its error messages), then pgdurable's
+-- own: RETRY (df.retry) and TIMEOUT (df.timeout).
 CREATE OR REPLACE FUNCTION df._node_types() RETURNS text[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN ARRAY['SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP', 'WAIT_SCHEDULE',
-             'HTTP', 'HTTP_MULTIPART', 'SIGNAL'];
+             'HTTP', 'HTTP_MULTIPART', 'SIGNAL', 'RETRY', 'TIMEOUT'];
 
 -- Compact JSON text of any jsonb value (serde_json's output: no spaces, keys in jsonb
 -- order). jsonb::text puts a space after ':' and ',', which pg_durable never emits.

@@ -40,6 +40,10 @@ AS $$
                    ' ''' || df._explain_truncate(c.config ->> 'break_value', 20, 17) || '''', '')
                WHEN 'JOIN'
                    THEN format('JOIN (%s)', 2 + coalesce(jsonb_array_length(node -> 'extras'), 0))
+               WHEN 'RETRY' THEN format('RETRY (%s attempts, backoff %ss to %ss)',
+                                        c.config ->> 'max_attempts',
+                                        c.config ->> 'initial_backoff', c.config ->> 'max_backoff')
+               WHEN 'TIMEOUT' THEN format('TIMEOUT %ss', c.config ->> 'seconds')
            END, node ->> 'type')
            || CASE WHEN node ->> 'type' <> 'THEN' AND node ? 'name'
                    THEN format(' |=> ''%s''', node ->> 'name') ELSE '' END
@@ -50,7 +54,8 @@ AS $$
                     THEN left(cfg.config ->> 'url', 37) || '...'
                     ELSE cfg.config ->> 'url' END AS url
         FROM (SELECT CASE WHEN node ->> 'type' IN ('WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART',
-                                                   'SIGNAL', 'BREAK', 'LOOP')
+                                                   'SIGNAL', 'BREAK', 'LOOP', 'RETRY',
+                                                   'TIMEOUT')
                           THEN df._inspect_jsonb(q.query) END AS config) cfg
     ) c
 $$;
@@ -77,7 +82,8 @@ AS $$
     SELECT s.ord, s.header, node ->> s.field, '└─'
     FROM (VALUES ('IF', 1, '? condition:', 'cond'), ('IF', 2, '✓ then:', 'left'),
                  ('IF', 3, '✗ else:', 'right'), ('LOOP', 1, '↻ body:', 'left'),
-                 ('LOOP', 2, '? while:', 'cond')) AS s(node_type, ord, header, field)
+                 ('LOOP', 2, '? while:', 'cond'), ('RETRY', 1, '↻ retried:', 'left'),
+                 ('TIMEOUT', 1, '⏱ within:', 'left')) AS s(node_type, ord, header, field)
     WHERE s.node_type = node ->> 'type' AND node ? s.field
   UNION ALL
     SELECT b.ord, format('║ branch %s:', b.ord), b.key,

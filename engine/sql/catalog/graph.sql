@@ -256,7 +256,12 @@ BEGIN
             THEN 'IF node requires a condition_node or a condition config in query'
         WHEN t = 'LOOP' AND NOT has_left THEN 'LOOP node requires left_node (the body)'
         WHEN t = 'LOOP' AND has_right THEN 'right_node is not valid for LOOP nodes'
-        WHEN t NOT IN ('THEN', 'JOIN', 'RACE', 'IF', 'LOOP') AND (has_left OR has_right)
+        WHEN t IN ('RETRY', 'TIMEOUT') AND NOT has_left
+            THEN format('%s node requires left_node (the subgraph)', t)
+        WHEN t IN ('RETRY', 'TIMEOUT') AND has_right
+            THEN format('right_node is not valid for %s nodes', t)
+        WHEN t NOT IN ('THEN', 'JOIN', 'RACE', 'IF', 'LOOP', 'RETRY', 'TIMEOUT')
+             AND (has_left OR has_right)
             THEN format('%s nodes cannot have children', t)
         WHEN t NOT IN ('THEN', 'JOIN', 'RACE', 'IF', 'LOOP')
              AND jsonb_typeof(node -> 'query') IS DISTINCT FROM 'string'
@@ -280,7 +285,7 @@ BEGIN
         END IF;
         RETURN NULL;
     END IF;
-    IF t NOT IN ('WAIT_SCHEDULE', 'SIGNAL') THEN
+    IF t NOT IN ('WAIT_SCHEDULE', 'SIGNAL', 'RETRY', 'TIMEOUT') THEN
         RETURN NULL;
     END IF;
     BEGIN
@@ -296,6 +301,14 @@ BEGIN
     END IF;
     IF t = 'SIGNAL' AND jsonb_typeof(config -> 'signal_name') IS DISTINCT FROM 'string' THEN
         RETURN 'SIGNAL node requires a signal_name string in its config';
+    END IF;
+    IF t = 'TIMEOUT' AND (jsonb_typeof(config -> 'seconds') IS DISTINCT FROM 'number'
+                          OR (config ->> 'seconds')::numeric <= 0
+                          OR (config ->> 'seconds')::numeric >= 1e10) THEN
+        RETURN 'TIMEOUT node requires a number of seconds above 0 and below 10000000000 in its config';
+    END IF;
+    IF t = 'RETRY' AND df._retry_policy(config) IS NULL THEN
+        RETURN 'RETRY node requires max_attempts (at least 1), initial_backoff and max_backoff (positive seconds) in its config';
     END IF;
     IF t = 'SIGNAL' AND coalesce(jsonb_typeof(config -> 'timeout_seconds'), 'null') <> 'null'
        AND (jsonb_typeof(config -> 'timeout_seconds') <> 'number'

@@ -231,6 +231,14 @@ BEGIN
         SET failure_policy = df._failure_policy('df.start()', max_attempts, NULL, max_backoff,
                                                 on_failure)
         WHERE id = new_instance;
+    ELSIF EXISTS (SELECT 1 FROM df.nodes n
+                  WHERE n.instance_id = new_instance AND n.node_type = 'RETRY') THEN
+        -- one attempt, said out loud: no first-step shortcut, whose failed attempt would
+        -- go uncounted under the graph's df.retry
+        UPDATE df.instances
+        SET failure_policy = jsonb_build_object('max_attempts', 1, 'initial_backoff', 1,
+                                                'max_backoff', 16, 'on_failure', 'fail')
+        WHERE id = new_instance;
     END IF;
     INSERT INTO df._instance_vars (instance_id, vars)  -- none: readers see '{}'
     SELECT new_instance, jsonb_object_agg(v.name, v.value)

@@ -135,10 +135,54 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION df._fail_or_retry(text, text, uuid, text, boolean, double precision, boolean) FROM PUBLIC;
 
--- The failure policy of a step: its instance's (df.start's arguments); NULL for one attempt.
+-- The failure policy of a step: its nearest RETRY ancestor's (df.retry), else its
+-- instance's (df.start's arguments); NULL for one attempt. A RETRY whose config is not a
+-- policy (node rows may be written by hand) is passed over. The walk goes up through
+-- left/right children and the ids an IF, LOOP or JOIN names in its config.
 CREATE OR REPLACE FUNCTION df._step_policy(p_instance text, p_node text)
 RETURNS jsonb LANGUAGE sql STABLE AS $$
-    SELECT i.failure_policy FROM df.instances i WHERE i.id = p_instance
+    WITH RECURSIVE up(id, depth) AS (
+        SELECT p_node, 0
+      UNION
+        SELECT n.id, up.depth + 1
+        FROM up JOIN df.nodes n
+             ON n.instance_id = p_instance
+            AND (n.left_node = up.id OR n.right_node = up.id
+                 OR (n.node_type IN ('IF', 'LOOP', 'JOIN')
+                     AND strpos(n.query, '"' || up.id || '"') > 0))
+        WHERE up.depth < 100000
+    )
+    SELECT coalesce(
+        (SELECT CASE WHEN (df._retry_policy(df._inspect_jsonb(n.query)) ->> 'max_attempts')::int > 1
+                     THEN df._retry_policy(df._inspect_jsonb(n.query)) END
+         FROM up JOIN df.nodes n ON n.instance_id = p_instance AND n.id = up.id
+         WHERE n.node_type = 'RETRY' AND df._retry_policy(df._inspect_jsonb(n.query)) IS NOT NULL
+         ORDER BY up.depth LIMIT 1),
+        CASE WHEN NOT EXISTS (
+                 SELECT 1 FROM up JOIN df.nodes n ON n.instance_id = p_instance AND n.id = up.id
+                 WHERE n.node_type = 'RETRY'
+                   AND df._retry_policy(df._inspect_jsonb(n.query)) IS NOT NULL)
+             THEN (SELECT i.failure_policy FROM df.instances i WHERE i.id = p_instance) END)
+$$;
+
+-- A RETRY node's config (df.retry) as a failure policy, or NULL when it is not one:
+-- max_attempts an integer of at least 1, initial_backoff and max_backoff positive seconds.
+CREATE OR REPLACE FUNCTION df._retry_policy(config jsonb)
+RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN jsonb_typeof(config -> 'max_attempts') = 'number'
+                     AND jsonb_typeof(config -> 'initial_backoff') = 'number'
+                     AND jsonb_typeof(config -> 'max_backoff') = 'number'
+                     AND (config ->> 'max_attempts')::numeric BETWEEN 1 AND 2147483647
+                     AND (config ->> 'max_attempts')::numeric
+                         = trunc((config ->> 'max_attempts')::numeric)
+                     AND (config ->> 'initial_backoff')::numeric > 0
+                     AND (config ->> 'max_backoff')::numeric > 0
+                THEN jsonb_build_object(
+                    'max_attempts', (config ->> 'max_attempts')::numeric::integer,
+                    'initial_backoff', least((config ->> 'initial_backoff')::double precision,
+                                             (config ->> 'max_backoff')::double precision),
+                    'max_backoff', (config ->> 'max_backoff')::double precision,
+                    'on_failure', 'fail') END
 $$;
 REVOKE EXECUTE ON FUNCTION df._step_policy(text, text) FROM PUBLIC;
 

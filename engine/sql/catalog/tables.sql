@@ -26,6 +26,8 @@ BEGIN
             THEN left_node IS NOT NULL AND right_node IS NOT NULL
         WHEN node_type OPERATOR(pg_catalog.=) 'RACE'
             THEN left_node IS NOT NULL AND right_node IS NOT NULL AND query IS NULL
+        WHEN node_type OPERATOR(pg_catalog.=) ANY ('{RETRY,TIMEOUT}'::text[])
+            THEN left_node IS NOT NULL AND right_node IS NULL AND query IS NOT NULL
     END;
 END
 $$;
@@ -50,7 +52,8 @@ CREATE TABLE df.instances (
     updated_at   timestamptz DEFAULT now(),
     completed_at timestamptz,
     -- df.start's failure policy (max_attempts > 1): {"max_attempts", "initial_backoff",
-    -- "max_backoff" (seconds), "on_failure"}; NULL: a failing step fails at once
+    -- "max_backoff" (seconds), "on_failure"}; NULL: a failing step fails at once (as with
+    -- max_attempts 1, written for a graph with df.retry nodes: no first-step shortcut)
     failure_policy jsonb,
     CONSTRAINT instances_id_format_chk CHECK (id ~ '^[0-9a-f]{8}$'),
     CONSTRAINT instances_root_node_format_chk CHECK (root_node ~ '^[0-9a-f]{8}$'),
@@ -88,7 +91,7 @@ CREATE TABLE df.nodes (
     -- reads a table's CHECK expressions back from their node trees in every statement that
     -- writes the table, and written out they came to 12.6 kB per UPDATE of df.nodes.
     CONSTRAINT nodes_node_type_chk CHECK (node_type = ANY (
-        '{SQL,THEN,IF,JOIN,LOOP,BREAK,RACE,SLEEP,WAIT_SCHEDULE,HTTP,HTTP_MULTIPART,SIGNAL}'::text[])),
+        '{SQL,THEN,IF,JOIN,LOOP,BREAK,RACE,SLEEP,WAIT_SCHEDULE,HTTP,HTTP_MULTIPART,SIGNAL,RETRY,TIMEOUT}'::text[])),
     CONSTRAINT nodes_result_name_chk CHECK (result_name ~ '^[A-Za-z_][A-Za-z0-9_]*$'),
     CONSTRAINT nodes_status_chk CHECK (status = ANY ('{pending,running,completed,failed}'::text[])),
     CONSTRAINT nodes_result_status_chk

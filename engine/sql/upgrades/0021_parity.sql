@@ -44,3 +44,31 @@ CREATE INDEX IF NOT EXISTS idx_nodes_left_node ON df.nodes (instance_id, left_no
     WHERE left_node IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_nodes_right_node ON df.nodes (instance_id, right_node)
     WHERE right_node IS NOT NULL;
+
+-- Per-subgraph retries and timeouts (issue 15: df.retry, df.timeout): node types RETRY and
+-- TIMEOUT (one child, a JSON config in the query).
+CREATE OR REPLACE FUNCTION df._node_structure_ok(node_type text, left_node text, right_node text,
+                                                 query text)
+RETURNS boolean LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN CASE
+        WHEN node_type OPERATOR(pg_catalog.=) ANY ('{SQL,SLEEP,WAIT_SCHEDULE,BREAK,HTTP,HTTP_MULTIPART,SIGNAL}'::text[])
+            THEN left_node IS NULL AND right_node IS NULL AND query IS NOT NULL
+        WHEN node_type OPERATOR(pg_catalog.=) 'THEN'
+            THEN left_node IS NOT NULL AND right_node IS NOT NULL AND query IS NULL
+        WHEN node_type OPERATOR(pg_catalog.=) 'IF'
+            THEN left_node IS NOT NULL AND right_node IS NOT NULL AND query IS NOT NULL
+        WHEN node_type OPERATOR(pg_catalog.=) 'LOOP'
+            THEN left_node IS NOT NULL AND right_node IS NULL
+        WHEN node_type OPERATOR(pg_catalog.=) 'JOIN'
+            THEN left_node IS NOT NULL AND right_node IS NOT NULL
+        WHEN node_type OPERATOR(pg_catalog.=) 'RACE'
+            THEN left_node IS NOT NULL AND right_node IS NOT NULL AND query IS NULL
+        WHEN node_type OPERATOR(pg_catalog.=) ANY ('{RETRY,TIMEOUT}'::text[])
+            THEN left_node IS NOT NULL AND right_node IS NULL AND query IS NOT NULL
+    END;
+END
+$$;
+ALTER TABLE df.nodes DROP CONSTRAINT IF EXISTS nodes_node_type_chk;
+ALTER TABLE df.nodes ADD CONSTRAINT nodes_node_type_chk CHECK (node_type = ANY (
+    '{SQL,THEN,IF,JOIN,LOOP,BREAK,RACE,SLEEP,WAIT_SCHEDULE,HTTP,HTTP_MULTIPART,SIGNAL,RETRY,TIMEOUT}'::text[]));
