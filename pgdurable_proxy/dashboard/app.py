@@ -9,17 +9,17 @@ privileges and row-level security decide. Signed-out visitors get the sign-in pa
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import re
 import secrets
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 from pgdurable_proxy.dashboard.graph import GraphNode, layout
+from pgdurable_proxy.dashboard.guard import Handler, guarded, see_other, set_cookie
 from pgdurable_proxy.dashboard.pages import (
     INSTANCE_STATUSES,
     Pages,
@@ -29,6 +29,7 @@ from pgdurable_proxy.dashboard.pages import (
 )
 from pgdurable_proxy.dashboard.queries import (
     ConnectionLost,
+    InstanceView,
     QueryFailed,
     RoleConnection,
     SignInRefused,
@@ -36,7 +37,6 @@ from pgdurable_proxy.dashboard.queries import (
 from pgdurable_proxy.dashboard.sessions import CookieSigner, Session, SessionStore, TooManySessions
 
 DsnFor = Callable[[str, str | None], str]  # role, password (None: none in the DSN) -> DSN
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SessionHandler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 
 SESSION_COOKIE = "pgdurable_session"
@@ -46,14 +46,6 @@ MAX_FIELD = 1024  # longest role name, password, signal name accepted from a for
 SIGN_INS_AT_ONCE = 8  # sign-ins waiting for PostgreSQL at once; more are refused
 INSTANCE_ID = re.compile(r"[0-9a-f]{8}")
 STATIC_TYPES = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-    "img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-    "base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",  # "no-referrer" makes browsers send Origin: null
-}
 SQLSTATE_HTTP = {"42501": 403, "42704": 404, "22023": 400, "22P02": 400, "57014": 504}
 
 
@@ -85,7 +77,7 @@ class Dashboard:
             ("GET", "/static/{name}", self._static_file),
         ]
         for method, path, handler in routes:
-            app.router.add_route(method, path, self._guarded(handler))
+            app.router.add_route(method, path, guarded(handler, self._bind_host))
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
 
@@ -95,43 +87,7 @@ class Dashboard:
     async def _on_cleanup(self, _: web.Application) -> None:
         await self.sessions.stop()
 
-    # -- what every dashboard request goes through ---------------------------------------
-
-    def _guarded(self, handler: Handler) -> Handler:
-        """Refuse foreign Host headers (DNS rebinding) and cross-site POSTs; add the
-        security headers to every answer."""
-
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            if not self._host_allowed(request.host):
-                response: web.StreamResponse = web.Response(
-                    status=421, text="pgdurable's dashboard answers to an IP address or localhost\n"
-                )
-            elif request.method == "POST" and not _same_origin(request):
-                response = web.Response(status=403, text="cross-site request refused\n")
-            else:
-                response = await handler(request)
-            response.headers.update(SECURITY_HEADERS)
-            response.headers.setdefault("Cache-Control", "no-store")
-            return response
-
-        return guarded
-
-    def _host_allowed(self, host: str) -> bool:
-        """A Host header naming an address, localhost or the address we bind to; a name
-        that resolves here by DNS rebinding is none of these."""
-        try:
-            name = urlsplit("//" + host).hostname
-        except ValueError:
-            return False
-        if name is None:
-            return False
-        if name in ("localhost", self._bind_host.lower()):
-            return True
-        try:
-            ipaddress.ip_address(name)
-        except ValueError:
-            return False
-        return True
+    # -- what a dashboard request needs ----------------------------------------------------
 
     def _signed_in(
         self, handler: SessionHandler, *, api: bool = False, form: bool = False
@@ -146,7 +102,7 @@ class Dashboard:
             if session is None:
                 if api:
                     return web.json_response({"error": "sign in first"}, status=401)
-                return _see_other("/signin")
+                return see_other("/signin")
             if form:
                 data = await request.post()
                 token = data.get("csrf")
@@ -158,7 +114,7 @@ class Dashboard:
                 await self.sessions.end(session)
                 if api:
                     return web.json_response({"error": "connection lost"}, status=401)
-                return _see_other("/signin?lost=1")
+                return see_other("/signin?lost=1")
 
         return signed_in
 
@@ -167,7 +123,7 @@ class Dashboard:
     async def _signin_page(self, request: web.Request) -> web.StreamResponse:
         signed = request.cookies.get(SESSION_COOKIE)
         if await self.sessions.find(self._signer.unsign("session", signed)) is not None:
-            return _see_other("/")
+            return see_other("/")
         notes = {"lost": "The connection to PostgreSQL was lost; sign in again."}
         flash = next((text for key, text in notes.items() if key in request.query), None)
         return self._signin_form(request, flash=flash)
@@ -180,7 +136,7 @@ class Dashboard:
         response = self._pages.render(
             "signin.html", status, signin_token=token, role_name=role, **context
         )
-        _set_cookie(request, response, SIGNIN_COOKIE, self._signer.sign("signin", token))
+        set_cookie(request, response, SIGNIN_COOKIE, self._signer.sign("signin", token))
         return response
 
     async def _signin(self, request: web.Request) -> web.StreamResponse:
@@ -205,14 +161,14 @@ class Dashboard:
         except TooManySessions as exc:
             await connection.close()
             return self._signin_form(request, 503, role, error=str(exc))
-        response = _see_other("/")
-        _set_cookie(request, response, SESSION_COOKIE, self._signer.sign("session", session.sid))
+        response = see_other("/")
+        set_cookie(request, response, SESSION_COOKIE, self._signer.sign("session", session.sid))
         response.del_cookie(SIGNIN_COOKIE, path="/")
         return response
 
     async def _signout(self, request: web.Request, session: Session) -> web.StreamResponse:
         await self.sessions.end(session)
-        response = _see_other("/signin")
+        response = see_other("/signin")
         response.del_cookie(SESSION_COOKIE, path="/")
         return response
 
@@ -258,12 +214,11 @@ class Dashboard:
     async def _instance_page(self, request: web.Request, session: Session) -> web.StreamResponse:
         instance_id = request.match_info["instance_id"]
         try:
-            found = await _instance_view(session.connection, instance_id)
+            view = await _view(session.connection, instance_id)
         except QueryFailed as exc:
             return self._message(session, _http_status(exc), str(exc))
-        if found is None:
+        if view is None:
             return self._message(session, 404, "No such instance")
-        instance, nodes, executions, explain = found
         graph = [
             GraphNode(
                 n.node_id,
@@ -274,27 +229,27 @@ class Dashboard:
                 n.right_node,
                 n.inferred_status,
             )
-            for n in nodes
+            for n in view.nodes
         ]
         return self._pages.render(
             "instance.html",
             session=session,
             flash=session.take_flash(),
-            instance=instance,
-            nodes=nodes,
-            executions=executions,
-            explain=explain,
-            **diagram_context(layout(graph, instance.root_node)),
+            instance=view.instance,
+            nodes=view.nodes,
+            executions=view.executions,
+            explain=view.explain,
+            **diagram_context(layout(graph, view.instance.root_node)),
         )
 
     async def _instance_json(self, request: web.Request, session: Session) -> web.StreamResponse:
         try:
-            found = await _instance_view(session.connection, request.match_info["instance_id"])
+            view = await _view(session.connection, request.match_info["instance_id"])
         except QueryFailed as exc:
             return web.json_response({"error": str(exc)}, status=_http_status(exc))
-        if found is None:
+        if view is None:
             return web.json_response({"error": "no such instance"}, status=404)
-        return web.json_response(instance_json(*found))
+        return web.json_response(instance_json(view))
 
     def _message(self, session: Session, status: int, heading: str) -> web.Response:
         return self._pages.render("message.html", status, session=session, heading=heading)
@@ -333,7 +288,7 @@ class Dashboard:
             session.flash = prefix + await action()
         except QueryFailed as exc:
             session.flash = f"PostgreSQL refused: {exc}"
-        return _see_other(f"/instances/{instance_id}")
+        return see_other(f"/instances/{instance_id}")
 
     async def _static_file(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -344,17 +299,9 @@ class Dashboard:
         return response
 
 
-async def _instance_view(connection: RoleConnection, instance_id: str) -> Any:
-    """An instance with its nodes, executions and explain text; None when the role cannot
-    see it (or it does not exist: the two look the same)."""
-    if not INSTANCE_ID.fullmatch(instance_id):
-        return None
-    instance = await connection.instance(instance_id)
-    if instance is None:
-        return None
-    nodes = await connection.nodes(instance_id)
-    executions = await connection.executions(instance_id)
-    return instance, nodes, executions, await connection.explain(instance_id)
+async def _view(connection: RoleConnection, instance_id: str) -> InstanceView | None:
+    """The instance's view; None for an id that cannot be an instance's."""
+    return await connection.view(instance_id) if INSTANCE_ID.fullmatch(instance_id) else None
 
 
 def _list_filters(request: web.Request) -> tuple[str | None, str | None, str | None]:
@@ -371,22 +318,3 @@ def _opt(key: str, value: str | None) -> dict[str, str]:
 
 def _http_status(exc: QueryFailed) -> int:
     return SQLSTATE_HTTP.get(exc.sqlstate, 500)
-
-
-def _same_origin(request: web.Request) -> bool:
-    """False for a POST a browser says comes from another site."""
-    origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
-        return False
-    return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
-
-
-def _see_other(location: str) -> web.Response:
-    return web.Response(status=303, headers={"Location": location})
-
-
-def _set_cookie(request: web.Request, response: web.StreamResponse, name: str, value: str) -> None:
-    """HttpOnly, SameSite=Strict, and Secure when the request came over TLS."""
-    response.set_cookie(
-        name, value, path="/", httponly=True, samesite="Strict", secure=request.secure
-    )

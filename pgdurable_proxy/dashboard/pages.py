@@ -13,9 +13,8 @@ from aiohttp import web
 from pgdurable_proxy.dashboard.graph import Diagram
 from pgdurable_proxy.dashboard.queries import (
     SHOWN_CHARACTERS,
-    ExecutionRow,
-    Instance,
     InstanceRow,
+    InstanceView,
     NodeRow,
 )
 
@@ -78,13 +77,9 @@ def instance_row_json(row: InstanceRow) -> dict[str, Any]:
     }
 
 
-def instance_json(
-    instance: Instance,
-    nodes: tuple[NodeRow, ...],
-    executions: tuple[ExecutionRow, ...],
-    explain: str,
-) -> dict[str, Any]:
+def instance_json(view: InstanceView) -> dict[str, Any]:
     """An instance page's changing parts, for the live refresh."""
+    instance, nodes, executions = view.instance, view.nodes, view.executions
     return {
         "instance_id": instance.instance_id,
         "label": instance.label,
@@ -117,7 +112,7 @@ def instance_json(
             }
             for e in executions
         ],
-        "explain": explain,
+        "explain": view.explain,
     }
 
 

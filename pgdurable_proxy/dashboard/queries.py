@@ -114,6 +114,16 @@ class ExecutionRow:
     output: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceView:
+    """All an instance's page shows."""
+
+    instance: Instance
+    nodes: tuple[NodeRow, ...]
+    executions: tuple[ExecutionRow, ...]
+    explain: str
+
+
 class RoleConnection:
     """One signed-in role's own connection: everything runs as that role, one query at a
     time (a browser may ask for several pages at once)."""
@@ -174,6 +184,16 @@ class RoleConnection:
         """The instance, or None when it does not exist or the role may not see it."""
         rows = await self._fetch("instance", instance_id)
         return Instance(**dict(rows[0])) if rows else None
+
+    async def view(self, instance_id: str) -> InstanceView | None:
+        """The instance with its nodes, executions and explain text; None when the role
+        cannot see it (or it does not exist: the two look the same)."""
+        instance = await self.instance(instance_id)
+        if instance is None:
+            return None
+        nodes = await self.nodes(instance_id)
+        executions = await self.executions(instance_id)
+        return InstanceView(instance, nodes, executions, await self.explain(instance_id))
 
     async def nodes(self, instance_id: str) -> tuple[NodeRow, ...]:
         """The instance's nodes."""
