@@ -270,3 +270,7 @@ def _announce(settings: Settings, upstream: UpstreamDSN, port: int) -> None:
     uri = f"postgresql://{user}@{host}:{port}/{upstream.dbname}"
     print(f"pgdurable ready on {settings.host}:{port}", flush=True)
     print(f'connect with: psql "{uri}"', flush=True)
+    if settings.http_port is not None:
+        web = settings.http_host if settings.http_host not in ("0.0.0.0", "::") else "127.0.0.1"
+        web = f"[{web}]" if ":" in web else web
+        print(f"dashboard: http://{web}:{settings.http_port}/", flush=True)

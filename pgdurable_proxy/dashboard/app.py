@@ -252,7 +252,9 @@ class Dashboard:
         return web.json_response(instance_json(view))
 
     def _message(self, session: Session, status: int, heading: str) -> web.Response:
-        return self._pages.render("message.html", status, session=session, heading=heading)
+        return self._pages.render(
+            "message.html", status, session=session, heading=heading, flash=session.take_flash()
+        )
 
     # -- what changes an instance ----------------------------------------------------------
 

@@ -135,8 +135,7 @@ class SessionStore:
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.wait([self._reaper])
-        for session in list(self._sessions.values()):
-            await self.end(session)
+        await asyncio.gather(*(self.end(s) for s in list(self._sessions.values())))
 
     async def _reap(self) -> None:
         while True:

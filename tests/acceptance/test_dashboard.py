@@ -119,7 +119,7 @@ def test_a_user_sees_only_their_own_instances(people: People) -> None:
     reply = alice.request("POST", f"/instances/{people.bob_instance}/cancel", {"csrf": token})
     assert reply.status == 303
     answer = alice.request("GET", reply.headers["Location"])
-    assert answer.status == 404
+    assert answer.status == 404 and "Instance not found or access denied" in answer.body
     assert status_of(people.dsn(ADMIN), people.bob_instance) == "running"
     # a role without df usage signs in, and PostgreSQL's refusal is all it sees
     nobody = people.signed_in(NOBODY)
