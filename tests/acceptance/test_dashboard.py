@@ -359,6 +359,7 @@ def test_in_a_browser_the_admin_sees_every_owners_instances(people: People, brow
     listed = {row.get_attribute("data-instance") for row in rows}
     assert {people.alice_instance, people.bob_instance} <= listed
     assert browser.find_element(By.ID, "role").text == ADMIN
+    _shot(browser, "instances-admin")
     browser.find_element(By.ID, "sign-out").click()
     _until(browser, lambda b: b.find_elements(By.ID, "signin-form"))
     browser.get(f"{base}/")
