@@ -29,6 +29,7 @@ from pgdurable_proxy.dashboard.pages import (
 )
 from pgdurable_proxy.dashboard.queries import (
     ConnectionLost,
+    InstancePage,
     InstanceView,
     QueryFailed,
     RoleConnection,
@@ -156,6 +157,9 @@ class Dashboard:
             return self._signin_form(
                 request, 401, role, error=f"PostgreSQL refused the sign-in: {exc}"
             )
+        previous = request.cookies.get(SESSION_COOKIE)  # one browser, one session
+        if (old := await self.sessions.find(self._signer.unsign("session", previous))) is not None:
+            await self.sessions.end(old)
         try:
             session = self.sessions.add(connection)
         except TooManySessions as exc:
@@ -190,11 +194,10 @@ class Dashboard:
         try:
             page = await session.connection.instances(status, label, after, PAGE_SIZE)
         except QueryFailed as exc:
-            empty = {"rows": (), "next_cursor": None}
             return self._pages.render(
                 "instances.html",
                 _http_status(exc),
-                page=empty,
+                page=InstancePage((), None),
                 next_url="",
                 error=str(exc),
                 **context,

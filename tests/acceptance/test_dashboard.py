@@ -200,6 +200,15 @@ def test_labels_queries_and_results_are_escaped(people: People) -> None:
 
 def test_signing_out_ends_the_session_and_its_connection(people: People) -> None:
     alice = people.signed_in(ALICE)
+    first = dict(alice.cookies)
+    # signing in again from a form left open in another tab replaces the session
+    tab = people.visitor()
+    form = {"role": ALICE, "password": user_password(ALICE), "csrf": tab.csrf("/signin")}
+    alice.cookies["pgdurable_signin"] = tab.cookies["pgdurable_signin"]
+    assert alice.request("POST", "/signin", form).status == 303
+    replayed = people.visitor()
+    replayed.cookies = first
+    assert replayed.request("GET", "/api/instances").status == 401
     old = dict(alice.cookies)
     assert _dashboard_connections(people, ALICE) >= 1
     before = _dashboard_connections(people, ALICE)
