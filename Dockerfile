@@ -13,6 +13,7 @@ EXPOSE 6432 8080
 ENV PGDURABLE_HOST=0.0.0.0 \
     PGDURABLE_PORT=6432 \
     PGDURABLE_HTTP_PORT=8080 \
+    PGDURABLE_HTTP_HOST=0.0.0.0 \
     PGDURABLE_LOG_LEVEL=info
 HEALTHCHECK --interval=5s --timeout=3s --retries=10 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=2)"

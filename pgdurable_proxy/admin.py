@@ -1,5 +1,5 @@
-"""The admin HTTP endpoint: /healthz (alive), /readyz (ready to serve) and /metrics
-(aiohttp)."""
+"""The admin HTTP endpoint: /healthz (alive), /readyz (ready to serve), /metrics and, when
+mounted, the dashboard (aiohttp)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ async def start_admin(
     metrics: Metrics,
     more: Callable[[], str] = str,
     readiness: Readiness | None = None,
+    mount: Callable[[web.Application], None] | None = None,
 ) -> web.AppRunner:
     """Serve /healthz, /readyz (each of `readiness()`'s checks "ok", else 503 naming what
     is wrong) and /metrics (the relay's counters, then `more()`); returns the runner to
@@ -39,6 +40,8 @@ async def start_admin(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
+    if mount is not None:  # the dashboard's routes (pgdurable_proxy/dashboard)
+        mount(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -41,9 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format)
     try:  # before anything is touched: a second pgdurable must not disturb the first
         data_dir_lock = lock_data_dir(settings.data_dir) if settings.embedded else None
-        for port in (settings.port, settings.http_port):
-            if port is not None:
-                check_port_free(settings.host, port)
+        check_port_free(settings.host, settings.port)
+        if settings.http_port is not None:
+            check_port_free(settings.http_host, settings.http_port)
     except StartupConflict as exc:
         _fatal(settings, exc)
         return 2
@@ -164,13 +164,15 @@ async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
     admin = None
     if settings.http_port is not None:  # /healthz and /readyz answer while PostgreSQL is away
         from pgdurable_proxy.admin import start_admin
+        from pgdurable_proxy.dashboard import Dashboard
 
         admin = await start_admin(
-            settings.host,
+            settings.http_host,
             settings.http_port,
             metrics,
             lambda: render_counters(engine.counters),
             engine.readiness,
+            Dashboard(upstream.with_user, settings.http_host).mount,
         )
     try:
         if await _booted(engine, upstream, stop, settings.log_format == "json"):
@@ -289,3 +291,7 @@ def _announce(settings: Settings, upstream: UpstreamDSN, port: int) -> None:
     uri = f"postgresql://{user}@{host}:{port}/{upstream.dbname}"
     print(f"pgdurable ready on {settings.host}:{port}", flush=True)
     print(f'connect with: psql "{uri}"', flush=True)
+    if settings.http_port is not None:
+        web = settings.http_host if settings.http_host not in ("0.0.0.0", "::") else "127.0.0.1"
+        web = f"[{web}]" if ":" in web else web
+        print(f"dashboard: http://{web}:{settings.http_port}/", flush=True)

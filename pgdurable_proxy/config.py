@@ -36,6 +36,7 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     http_port: int | None = None
+    http_host: str = "127.0.0.1"  # the admin port (dashboard): loopback unless asked
     shutdown_timeout: float = 30.0
     enable_superuser_instances: bool = False
     max_user_connections: int = 10
@@ -113,7 +114,12 @@ def _parser(
     )
     option("--tls-cert", type=Path)
     option("--tls-key", type=Path)
-    option("--http-port", type=int, help="serve /healthz and /metrics on this port (default: off)")
+    option(
+        "--http-port",
+        type=int,
+        help="serve /healthz, /readyz, /metrics and the dashboard on this port (default: off)",
+    )
+    option("--http-host", "127.0.0.1", help="address the --http-port listens on")
     option(
         "--shutdown-timeout",
         30.0,
@@ -318,6 +324,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         http_port=int(args.http_port) if args.http_port is not None else None,
+        http_host=args.http_host,
         shutdown_timeout=args.shutdown_timeout,
         enable_superuser_instances=args.enable_superuser_instances,
         max_user_connections=args.max_user_connections,

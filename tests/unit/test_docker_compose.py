@@ -40,6 +40,16 @@ def test_pgdurable_waits_for_a_healthy_postgres_and_points_at_it() -> None:
     assert all(p.startswith("127.0.0.1:") for p in app["ports"]), "published on loopback only"
 
 
+def test_the_admin_port_is_published_on_the_hosts_loopback_only() -> None:
+    """Inside the container it listens on every interface (else Docker cannot reach it);
+    outside, only the host itself reaches the dashboard."""
+    app = _compose()["services"]["pgdurable"]
+    assert app["environment"]["PGDURABLE_HTTP_HOST"] == "0.0.0.0"
+    http_port = app["environment"]["PGDURABLE_HTTP_PORT"]
+    mappings = [p for p in app["ports"] if p.rsplit(":", 1)[-1] == http_port]
+    assert mappings and all(p.startswith("127.0.0.1:") for p in mappings)
+
+
 def test_scram_everywhere_comes_with_a_runner_secret() -> None:
     """Password-only upstream: steps can only log in through runner roles."""
     services = _compose()["services"]
