@@ -54,11 +54,11 @@ class Store:
     async def publish(
         self, conn: asyncpg.Connection, settings: dict[str, str], version: int
     ) -> None:
-        """Publish the settings df.* reads, this engine's catalog version and heartbeat."""
+        """Publish the settings df.* reads and this engine's catalog version (the engine
+        has initialised the catalog: _duroxide._worker_ready, as pg_durable's worker)."""
         for name, value in settings.items():
             await conn.execute(q("publish_setting"), name, value)
         await conn.execute(q("worker_ready"), version)
-        await conn.execute(q("heartbeat"), self.key)
 
     @staticmethod
     async def server_values(
@@ -74,9 +74,6 @@ class Store:
                 if r["name"] not in names:
                     rows.append(r)
         return tuple(ServerValue(r["name"], r["value"], origins.get(r["name"])) for r in rows)
-
-    async def heartbeat(self) -> None:
-        await self.pool().execute(q("heartbeat"), self.key)
 
     # -- the scheduler ------------------------------------------------------------------------
     async def poll(self, claims: int, first_steps: list[str], documents: int) -> list[PollRow]:
