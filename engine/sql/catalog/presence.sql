@@ -46,14 +46,15 @@ REVOKE EXECUTE ON FUNCTION df._heartbeat(uuid) FROM PUBLIC;
 -- itself was down does not count against the engine, which cannot write then.
 CREATE OR REPLACE FUNCTION df._require_engine()
 RETURNS void LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    lease interval := make_interval(secs => coalesce(
-        (SELECT s.value FROM df._settings s WHERE s.name = 'lease_seconds'), '30')::double precision);
 BEGIN
-    IF NOT EXISTS (SELECT FROM _duroxide._worker_ready r WHERE r.schema_version >= 1)
-       OR NOT EXISTS (SELECT FROM df._worker_epoch w
-                      WHERE greatest(w.last_seen_at, pg_postmaster_start_time())
-                            > statement_timestamp() - lease) THEN
+    PERFORM FROM _duroxide._worker_ready r, df._worker_epoch w
+    WHERE r.schema_version >= 1
+      AND greatest(w.last_seen_at, pg_postmaster_start_time())
+          > statement_timestamp() - make_interval(secs => coalesce(
+              (SELECT s.value FROM df._settings s WHERE s.name = 'lease_seconds'),
+              '30')::double precision)
+    LIMIT 1;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'failed to start durable function: pg_durable background worker not yet initialized — try again in a moment'
             USING ERRCODE = '55000';
     END IF;
