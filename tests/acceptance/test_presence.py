@@ -15,7 +15,7 @@ from tests.support.catalog import create_database, install_catalog
 from tests.support.proxy import ProxyProcess
 from tests.support.workflows import await_status
 
-LEASE = 2.0  # heartbeats every LEASE / 3 seconds
+LEASE = 3.0  # heartbeats every LEASE / 3 seconds
 ARGS = ["--lease-seconds", str(LEASE), "--poll-interval", "0.2"]
 OWNER = "presence_user"
 NOT_READY = (
