@@ -192,11 +192,19 @@ def _literal(text: str) -> str:
 
 
 # What `CREATE EXTENSION [IF NOT EXISTS] pg_durable` becomes: the catalog is installed by
-# pgdurable itself, so the statement only checks that it is there.
+# pgdurable itself, so the statement only checks that it is there. It ends by raising the
+# notice EXTENSION_MARKER (whatever the session's client_min_messages), which the relay
+# takes out of the stream as it gives the DO's CommandComplete the tag CREATE EXTENSION.
+EXTENSION_MARKER = "pgdurable:create-extension"
+EXTENSION_TAG = "CREATE EXTENSION"
 EXTENSION_NOOP = (
-    "DO $pgdurable$BEGIN IF to_regclass('df._migrations') IS NULL THEN RAISE EXCEPTION "
+    "DO $pgdurable$DECLARE level text := current_setting('client_min_messages'); BEGIN "
+    "IF to_regclass('df._migrations') IS NULL THEN RAISE EXCEPTION "
     "'pg_durable background worker not yet initialized — try again in a moment' "
-    "USING ERRCODE = '55000'; END IF; END$pgdurable$"
+    "USING ERRCODE = '55000'; END IF; "
+    "PERFORM set_config('client_min_messages', 'notice', true); "
+    f"RAISE NOTICE '{EXTENSION_MARKER}'; "
+    "PERFORM set_config('client_min_messages', level, true); END$pgdurable$"
 )
 
 

@@ -38,6 +38,7 @@ CODE_FILES = (
     "inspect",
     "explain",
     "engine",
+    "presence",
     "first_step",
     "step_results",
 )

@@ -3,6 +3,7 @@
 * scheduler.py: when to work (wake-ups, polls, the advance queue, lease renewal);
 * advance.py: how an instance advances (the ordinary, in-step and first-step paths);
 * dispatch.py: running leaf tasks, and the step connection passed from a step to the next;
+* presence.py: wake-ups and the heartbeat, on a connection of their own;
 * cancel.py: cancelling running steps;
 * retention.py: deleting finished instances past their retention;
 * executors/: how a step runs (SQL, HTTP), new-transaction starts;
@@ -30,6 +31,7 @@ from engine.executors.new_transaction import NOTICE_MARKER as NEW_START_MARKER
 from engine.executors.new_transaction import NewStartRequest, NewTransactionStarts
 from engine.planner.held import Planning
 from engine.planner.plan import TaskLease
+from engine.presence import Presence, heartbeat_interval
 from engine.retention import Retention
 from engine.running import Background, EngineCounters, Running
 from engine.scheduler import AdvanceQueue, Scheduler, SchedulerParts
@@ -60,7 +62,7 @@ class Engine:
         self.background = Background()
         self.outage = self.background.outage
         self.pool: asyncpg.Pool | None = None
-        self._listener: asyncpg.Connection | None = None
+        self.presence = Presence(settings.admin_dsn, uuid.UUID(self.owner_id), self.wake)
         self._server_config = server_config
         self._build(settings)
         self._loops: list[asyncio.Task[None]] = []
@@ -127,7 +129,7 @@ class Engine:
                 canceller,
                 self.running,
                 self.background,
-                self._ensure_listener,
+                self.presence.ensure,
             ),
         )
         self.retention = Retention(settings, store, self.background, self.scheduler.stop)
@@ -167,6 +169,7 @@ class Engine:
             asyncio.create_task(scheduler.schedule(), name="pgdurable-scheduler"),
             asyncio.create_task(scheduler.advance(), name="pgdurable-advancer"),
             asyncio.create_task(scheduler.keep_leases(), name="pgdurable-leases"),
+            asyncio.create_task(self._keep_beating(), name="pgdurable-heartbeat"),
         ]
         if self.retention.enabled:
             loops.append(asyncio.create_task(self.retention.run(), name="pgdurable-retention"))
@@ -182,6 +185,7 @@ class Engine:
         try:
             await self._configure(conn)
             self.version = await migrate(conn)
+            await self.presence.ensure()  # this engine's heartbeat row, its predecessor's gone
             await self.store.publish(conn, self._published(), self.version)
             await self._log_start(conn)
         finally:
@@ -193,7 +197,6 @@ class Engine:
             reset=_keep_session,
             server_settings=ENGINE_SESSION,
         )
-        await self._listen()
 
     async def _configure(self, conn: asyncpg.Connection) -> None:
         """Once, before anything runs: settings the server's configuration gives."""
@@ -227,18 +230,15 @@ class Engine:
             "runner_roles": "on" if s.runner_secret is not None else "off",
         }
 
-    async def _listen(self) -> None:
-        self._listener = await asyncpg.connect(self.settings.admin_dsn)
-        await self._listener.add_listener("df_wake", self._notified)
-
-    async def _ensure_listener(self) -> None:
-        if not self._listening():
-            await self._listen()
-
-    def _notified(self, *args: object) -> None:
-        """A df_wake notification: look for work now. Its payload is ignored (any role may
-        NOTIFY df_wake): what to advance, and as whom, is read from the catalog."""
-        self.wake()
+    async def _keep_beating(self) -> None:
+        """The heartbeat: every few seconds on the presence connection (pg_durable: ~5 s)."""
+        interval = heartbeat_interval(self.settings.lease_seconds)
+        while not self.scheduler.stop.is_set():
+            await asyncio.sleep(interval)
+            try:
+                await self.presence.beat()
+            except DB_ERRORS as exc:
+                self.background.warn(exc, "heartbeat", "event=heartbeat_failed error=%r")
 
     async def stop(self) -> None:
         """Stop the loops; in-flight steps are abandoned (their leases expire)."""
@@ -248,8 +248,7 @@ class Engine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._listener is not None:
-            self._listener.terminate()
+        self.presence.close()
         await self.steps.close()
         await self.http.close()
         if self.pool is not None:
@@ -261,7 +260,7 @@ class Engine:
             "postgres": await self._postgres_state(),
             "catalog": self._catalog_state(),
             "engine": self._engine_state(),
-            "listener": "ok" if self._listening() else "not connected to PostgreSQL",
+            "listener": "ok" if self.presence.listening else "not connected to PostgreSQL",
         }
 
     async def _postgres_state(self) -> str:
@@ -289,9 +288,6 @@ class Engine:
         if not self._loops or self._loops[0].done():
             return "stopped"
         return "ok"
-
-    def _listening(self) -> bool:
-        return self._listener is not None and not self._listener.is_closed()
 
     def wake(self) -> None:
         """Look for work now."""
@@ -356,5 +352,5 @@ class Engine:
     def started_through_proxy(self) -> None:
         """A df.start committed through the proxy: its NOTIFY advances it, unless the
         listener is down, in which case the scheduler looks now."""
-        if not self._listening():
+        if not self.presence.listening:
             self.wake()

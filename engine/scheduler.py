@@ -202,7 +202,6 @@ class Scheduler:
                 if tokens:
                     kept = await self.store.renew_leases(tokens)
                     await parts.canceller.cancel_lost({str(t) for t in tokens} - kept)
-                await self.store.heartbeat()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 parts.background.warn(exc, "leases", "event=lease_renewal_failed error=%r")
 

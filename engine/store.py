@@ -54,11 +54,11 @@ class Store:
     async def publish(
         self, conn: asyncpg.Connection, settings: dict[str, str], version: int
     ) -> None:
-        """Publish the settings df.* reads, this engine's catalog version and heartbeat."""
+        """Publish the settings df.* reads and this engine's catalog version (the engine
+        has initialised the catalog: _duroxide._worker_ready, as pg_durable's worker)."""
         for name, value in settings.items():
             await conn.execute(q("publish_setting"), name, value)
         await conn.execute(q("worker_ready"), version)
-        await conn.execute(q("heartbeat"), self.key)
 
     @staticmethod
     async def server_values(
@@ -80,9 +80,6 @@ class Store:
         """The instances not finished, and the steps leased to an engine."""
         instances, leased = await conn.fetchrow(q("in_flight")) or (0, 0)
         return int(instances), int(leased)
-
-    async def heartbeat(self) -> None:
-        await self.pool().execute(q("heartbeat"), self.key)
 
     # -- the scheduler ------------------------------------------------------------------------
     async def poll(self, claims: int, first_steps: list[str], documents: int) -> list[PollRow]:

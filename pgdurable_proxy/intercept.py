@@ -33,6 +33,7 @@ class Decision:
     starts_workflow: bool = False
     positions_errors: bool = False  # errors of this statement may need a position added
     position_hints: tuple[tuple[str, int], ...] = ()
+    creates_extension: bool = False  # CREATE EXTENSION pg_durable: its tag is renamed
 
 
 PASS = Decision()
@@ -137,7 +138,8 @@ class Interceptor:
             replacement = replace_sql(msg_type, message, verdict.rewritten.encode())
         hints = tuple((p.message_prefix, p.position) for p in verdict.literal_positions)
         positions = verdict.step_error is not None or bool(hints)
-        return Decision(replacement, verdict.starts_workflow, positions, hints)
+        creates = verdict.kind is StatementKind.CREATE_EXTENSION and replacement is not None
+        return Decision(replacement, verdict.starts_workflow, positions, hints, creates)
 
 
 def _lexable(parameters: Mapping[str, str]) -> bool:

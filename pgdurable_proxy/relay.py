@@ -25,7 +25,7 @@ from pgdurable_proxy.wire import startup
 from pgdurable_proxy.wire.errors import ProtocolViolation
 from pgdurable_proxy.wire.frames import IDLE, ClientFramer, ServerTracker
 from pgdurable_proxy.wire.messages import TERMINATE, error_response, strip_channel_binding
-from pgdurable_proxy.wire.rewrite import UntilReady, error_positioner
+from pgdurable_proxy.wire.rewrite import TagRenamer, UntilReady, error_positioner
 
 log = logging.getLogger("pgdurable.relay")
 
@@ -281,6 +281,7 @@ class UpstreamLink(asyncio.Protocol):
         self.tracker = ServerTracker()
         self._auth: UntilReady | None = None  # set while auth messages need rewriting
         self._positioner: UntilReady | None = None
+        self._renamer: TagRenamer | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -297,6 +298,13 @@ class UpstreamLink(asyncio.Protocol):
         if self._positioner is None or self._positioner.done:
             self._positioner = error_positioner(hints)
 
+    def rename_tags(self, marker: str, tag: str) -> None:
+        """From now on, the CommandComplete after a notice whose text is `marker` (taken
+        out) carries `tag`: the statement was rewritten into one with another tag."""
+        if self._renamer is None:
+            skip, sent = self.tracker.unfinished()  # the renamer follows the tracker
+            self._renamer = TagRenamer(marker, tag, skip, sent)
+
     def data_received(self, data: bytes) -> None:
         if self._auth is not None:
             data = self._auth.feed(data)
@@ -309,6 +317,8 @@ class UpstreamLink(asyncio.Protocol):
                 self._positioner = None
         tracker = self.tracker
         data = tracker.feed(data)  # less pgdurable's own notices, on a catalog session
+        if self._renamer is not None:
+            data = self._renamer.feed(data)
         client = self.client
         if client.wake_on_idle and tracker.status == IDLE and tracker.at_boundary:
             client.wake_on_idle = False

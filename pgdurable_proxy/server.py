@@ -7,6 +7,7 @@ import logging
 import ssl
 from collections.abc import Callable
 
+from dsl import EXTENSION_MARKER, EXTENSION_TAG
 from pgdurable_proxy.dsn import UpstreamDSN
 from pgdurable_proxy.intercept import Interceptor
 from pgdurable_proxy.metrics import Metrics
@@ -138,6 +139,8 @@ class ProxyServer:
         decision = self.interceptor.inspect(parameters, msg_type, message)
         if decision.starts_workflow:
             session.wake_on_idle = True
+        if decision.creates_extension and link is not None:
+            link.rename_tags(EXTENSION_MARKER, EXTENSION_TAG)
         if decision.positions_errors and link is not None and link.tracker.at_boundary:
             link.position_errors(decision.position_hints)
         return decision.replacement

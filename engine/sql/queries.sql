@@ -81,9 +81,13 @@ ORDER BY name, seqno DESC;
 INSERT INTO _duroxide._worker_ready (sentinel, schema_version) VALUES (true, $1)
 ON CONFLICT (sentinel) DO UPDATE SET schema_version = excluded.schema_version;
 
+-- name: hold_epoch
+-- On the presence connection: hold this engine's epoch lock while the session lives.
+SELECT df._hold_epoch($1);
+
 -- name: heartbeat
-INSERT INTO df._worker_epoch (epoch_id) VALUES ($1)
-ON CONFLICT (epoch_id) DO UPDATE SET last_seen_at = pg_catalog.now();
+-- On the presence connection: refresh this engine's df._worker_epoch row, remove dead ones.
+SELECT df._heartbeat($1);
 
 -- name: in_flight
 -- At start-up: the instances not finished, and the steps leased to an engine (after a

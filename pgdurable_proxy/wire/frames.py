@@ -250,6 +250,15 @@ class ServerTracker:
         """True when the bytes seen so far end exactly on a message boundary."""
         return self._remaining == 0 and not self._partial
 
+    def unfinished(self) -> tuple[int, bytes]:
+        """Where the forwarded stream is inside a message: bytes of it still to come, or (a
+        header or tracked message cut by a chunk) its start, forwarded already. A tapped
+        notice held back until whole is not forwarded yet: the stream is between messages."""
+        partial = self._partial
+        if partial and partial[0] == _N and self._tracked is _TRACKED_TAPPED:
+            return 0, b""
+        return self._remaining, bytes(partial)
+
     def feed(self, data: bytes) -> bytes:
         """Observe a chunk from the server; return what to forward (`data` itself unless a
         tapped notice is taken out or held back)."""

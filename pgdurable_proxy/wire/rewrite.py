@@ -1,8 +1,9 @@
-"""Rewrite server→client messages until the next ReadyForQuery (sans-I/O).
+"""Rewrite server→client messages (sans-I/O).
 
-Used while authentication needs a channel-binding offer removed, and after the relay
-rewrote a statement whose errors need a position; it then steps aside, so ordinary traffic
-never pays for it.
+Until the next ReadyForQuery: while authentication needs a channel-binding offer removed,
+and after the relay rewrote a statement whose errors need a position; it then steps aside,
+so ordinary traffic never pays for it. For the rest of a session that sent CREATE
+EXTENSION pg_durable: that statement's tag (TagRenamer).
 """
 
 from __future__ import annotations
@@ -71,3 +72,62 @@ def _positioned(message: bytes, hints: tuple[tuple[str, int], ...]) -> bytes:
         if code == "M":
             rebuilt["P"] = position
     return frame(b"E", build_error_body(rebuilt))
+
+
+class TagRenamer:
+    """Frames every server message, takes out the NoticeResponses whose message text is
+    `marker` and gives the CommandComplete right after each the tag `tag`. Installed on a
+    session once it sent CREATE EXTENSION pg_durable, which the server runs as a DO block
+    that raises that notice last (dsl/classify.py): its `DO` becomes `CREATE EXTENSION`.
+
+    It may be installed while the server is inside a message (a pipeline's earlier
+    results): `skip` bytes of that message are still to come, or its start `sent` was
+    forwarded already (ServerTracker.unfinished()). That message passes unchanged."""
+
+    __slots__ = ("_buffer", "_marked", "_marker", "_sent", "_skip", "_tag")
+
+    def __init__(self, marker: str, tag: str, skip: int = 0, sent: bytes = b"") -> None:
+        self._marker = marker.encode()
+        self._tag = frame(b"C", tag.encode() + b"\0")
+        self._skip = skip
+        self._buffer = bytearray(sent)
+        self._sent = len(sent)  # bytes at the start of the buffer forwarded already
+        self._marked = False  # the last message was the marker notice
+
+    def feed(self, data: bytes) -> bytes:
+        """The bytes to forward now; an incomplete trailing message is held back."""
+        out = bytearray()
+        if self._skip:
+            passed = min(self._skip, len(data))
+            out += data[:passed]
+            self._skip -= passed
+            data = data[passed:]
+        buf = self._buffer
+        buf += data
+        pos = 0
+        n = len(buf)
+        while pos + 5 <= n:
+            end = pos + 1 + int.from_bytes(buf[pos + 1 : pos + 5], "big")
+            if end > n:
+                break
+            if self._sent:  # the message begun before: its rest passes
+                out += buf[pos + self._sent : end]
+                self._sent = 0
+            else:
+                out += self._renamed(buf, pos, end)
+            pos = end
+        del buf[:pos]
+        return bytes(out)
+
+    def _renamed(self, buf: bytearray, pos: int, end: int) -> bytes:
+        msg_type = buf[pos]
+        if self._marked:
+            self._marked = False
+            if msg_type == 0x43:  # 'C'
+                return self._tag
+        if msg_type == 0x4E and self._marker in buf[pos + 5 : end]:  # 'N'
+            fields = parse_error_fields(bytes(buf[pos + 5 : end]))
+            if fields.get("M") == self._marker.decode():
+                self._marked = True
+                return b""
+        return bytes(buf[pos:end])

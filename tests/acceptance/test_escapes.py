@@ -332,6 +332,7 @@ REVIEWED_DEFINERS = [
     "df._delete_vars(regrole,text)",
     "df._new_start_outcome(uuid)",
     "df._request_advance(text)",
+    "df._require_engine()",  # tells only whether an engine is ready (as _worker_ready does)
     "df._send_signal(text,text,jsonb)",
     "df._setting(text,text)",
     "df._signal_answer(uuid)",

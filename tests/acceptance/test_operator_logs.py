@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 
 from pgdurable_proxy.cluster import Cluster
-from tests.support.catalog import create_database, install_catalog
+from tests.support.catalog import create_database, engine_presence, install_catalog
 from tests.support.proxy import ProxyProcess
 from tests.support.workflows import await_status
 
@@ -48,11 +48,14 @@ def _grant(cluster: Cluster, dsn: str) -> None:
 
 def _json_proxy(cluster: Cluster, log: Path) -> ProxyProcess:
     """pgdurable at info with --log-format json, started on a catalog where an instance
-    waits (started with no engine running): what it recovers."""
-    install_catalog(create_database(cluster, DATABASE))
+    waits (started while another engine was present, which then went away): what it
+    recovers."""
+    dsn = create_database(cluster, DATABASE)
+    install_catalog(dsn)
     _grant(cluster, cluster.dsn(dbname=DATABASE))
-    with psycopg.connect(cluster.dsn(ROLE, DATABASE), autocommit=True) as conn:
+    with engine_presence(dsn), psycopg.connect(cluster.dsn(ROLE, DATABASE)) as conn:
         conn.execute("SELECT df.start('SELECT 1')")
+        conn.commit()
     args = ["--log-format", "json"]
     return ProxyProcess(cluster.dsn(dbname=DATABASE), extra_args=args, log_path=log).start()
 

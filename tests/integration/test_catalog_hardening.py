@@ -1,4 +1,5 @@
-"""The catalog's own defences, checked against a migrated database (no engine running).
+"""The catalog's own defences, checked against a migrated database (no engine running but
+its presence, engine/presence.py: df.start wants an engine ready; the tests play the rest).
 
 Each test reproduces a step of an attack an adversarial run made through pgdurable, at the
 catalog level, with ordinary roles hostile to each other.
@@ -20,13 +21,14 @@ from psycopg import errors
 from engine.connections.step_connection import BOOKKEEPING
 from engine.queries import queries
 from pgdurable_proxy.cluster import Cluster
+from tests.support.catalog import engine_presence
 
 ROLES = ("hard_alice", "hard_bob")
 
 
 @pytest.fixture(scope="module")
 def admin(catalog_dsn: str, cluster: Cluster) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(catalog_dsn, autocommit=True) as conn:
+    with engine_presence(catalog_dsn), psycopg.connect(catalog_dsn, autocommit=True) as conn:
         for role in ROLES:
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
                 continue

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.support.clusters import pgbench_path, run_psql
+from tests.support.clusters import pgbench_path, psql_path, run_psql
 from tests.support.proxy import ProxyProcess
 
 
@@ -55,3 +55,36 @@ def test_pgbench_select_only(pgbench_db: str, mode: str) -> None:
     assert failed is not None and failed.group(1) == "0"
     tps = re.search(r"tps = ([\d.]+)", result.stdout)
     assert tps is not None and float(tps.group(1)) > 100
+
+
+def test_create_extension_pg_durable_answers_create_extension(proxy: ProxyProcess) -> None:
+    """The catalog is pgdurable's: CREATE EXTENSION pg_durable never reaches PostgreSQL as
+    such, and psql shows its tag, not the DO block's that checks the catalog is there."""
+    script = (
+        "CREATE EXTENSION pg_durable;\n"
+        "SET client_min_messages = error;\n"
+        "CREATE EXTENSION IF NOT EXISTS pg_durable WITH SCHEMA df CASCADE;\n"
+        "RESET client_min_messages;\n"
+        "BEGIN;\n"
+        "CREATE EXTENSION pg_durable;\n"
+        "SHOW client_min_messages;\n"
+        "COMMIT;\n"
+    )
+    command = [str(psql_path()), proxy.dsn(), "-X", "-At", "-v", "ON_ERROR_STOP=1"]
+    result = subprocess.run(command, input=script, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == [
+        "CREATE EXTENSION",
+        "SET",
+        "CREATE EXTENSION",
+        "RESET",
+        "BEGIN",
+        "CREATE EXTENSION",
+        "notice",  # the session's message level is as it was
+        "COMMIT",
+    ]
+    # several statements in one Query: only the extension's tag changes
+    many = "SELECT 1 AS one; CREATE EXTENSION pg_durable; DO $$BEGIN END$$"
+    result = subprocess.run([*command, "-c", many], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == ["1", "CREATE EXTENSION", "DO"]

@@ -166,3 +166,20 @@ async def test_asyncpg_error_then_continue(proxy: ProxyProcess) -> None:
             assert await conn.fetchval("SELECT 3") == 3
     finally:
         await conn.close()
+
+
+def test_create_extension_pg_durable_tag_over_the_extended_protocol(proxy: ProxyProcess) -> None:
+    """Prepared (executed again and again), and in a pipeline with a DO of the user's own."""
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        notices: list[str] = []
+        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+        for _ in range(3):
+            cur = conn.execute("CREATE EXTENSION pg_durable", prepare=True)
+            assert cur.statusmessage == "CREATE EXTENSION"
+        with conn.pipeline():
+            big = conn.execute("SELECT repeat('x', 1000000)")
+            created = conn.execute("CREATE EXTENSION IF NOT EXISTS pg_durable", prepare=False)
+            done = conn.execute("DO $$BEGIN RAISE NOTICE 'mine'; END$$")
+        assert big.fetchone() == ("x" * 1_000_000,)
+        assert (created.statusmessage, done.statusmessage) == ("CREATE EXTENSION", "DO")
+        assert notices == ["mine"]

@@ -140,3 +140,28 @@ def test_df_calls_are_classified_as_workflow(proxy: ProxyProcess, statement: str
     conn.close()
     after = read_metrics(proxy.http_port)
     assert after["workflow_statements_total"] - before["workflow_statements_total"] == 1
+
+
+def test_create_extension_sent_while_a_result_streams_gets_its_tag(proxy: ProxyProcess) -> None:
+    """The relay learns of CREATE EXTENSION pg_durable while it is inside an earlier
+    result's DataRow: the rest of that row passes untouched, the extension gets its tag."""
+    conn = RawConnection(proxy.port, timeout=30)
+    conn.login()
+    size = 16 * MiB  # more than the socket buffers hold: the relay stops mid-row
+    conn.send(query(f"SELECT repeat('x', {size})"))
+    received = bytearray()
+    while len(received) < 64 * 1024:  # the row has begun
+        received += conn.sock.recv(65536)
+    conn.send(query("CREATE EXTENSION pg_durable"))
+    ready = b"Z\x00\x00\x00\x05I"
+    while not (received.endswith(ready) and received.count(ready, len(received) - 64) == 2):
+        received += conn.sock.recv(1 << 20)
+    conn.close()
+    messages, pos = [], 0
+    while pos < len(received):
+        end = pos + 1 + int.from_bytes(received[pos + 1 : pos + 5], "big")
+        messages.append((chr(received[pos]), bytes(received[pos + 5 : end])))
+        pos = end
+    assert [kind for kind, _ in messages] == ["T", "D", "C", "Z", "C", "Z"]
+    assert messages[1][1] == b"\x00\x01" + size.to_bytes(4, "big") + b"x" * size
+    assert (messages[2][1], messages[4][1]) == (b"SELECT 1\0", b"CREATE EXTENSION\0")

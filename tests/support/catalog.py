@@ -1,13 +1,20 @@
-"""A database with the df catalog installed by engine.catalog (no engine running)."""
+"""A database with the df catalog installed by engine.catalog (no engine running), and the
+engine's presence alone for tests that play the rest of the engine."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import asyncpg
 import psycopg
 
 from pgdurable_proxy.cluster import Cluster
+
+LEASE_SECONDS = 30.0  # df.start's default when no engine published its lease
 
 
 def create_database(cluster: Cluster, name: str) -> str:
@@ -30,3 +37,49 @@ def install_catalog(dsn: str) -> int:
             await conn.close()
 
     return asyncio.run(run())
+
+
+@contextmanager
+def engine_presence(dsn: str) -> Iterator[None]:
+    """The engine's presence (engine/presence.py) on `dsn` while the block runs, in a thread
+    of its own, for tests that play the rest of the engine by hand: as an engine's boot, it
+    marks the catalog initialised (_duroxide._worker_ready) and keeps a heartbeat, so
+    df.start finds an engine ready."""
+    from engine.catalog import catalog_version
+    from engine.presence import Presence, heartbeat_interval
+    from engine.queries import q
+
+    presence = Presence(dsn, uuid.uuid4(), lambda: None)
+
+    async def boot() -> asyncio.Task[None]:
+        await presence.ensure()
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(q("worker_ready"), catalog_version())
+        finally:
+            await conn.close()
+        return asyncio.create_task(beat())
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(heartbeat_interval(LEASE_SECONDS))
+            await presence.beat()
+
+    async def stop(beating: asyncio.Task[None]) -> None:
+        beating.cancel()
+        await asyncio.gather(beating, return_exceptions=True)
+        presence.close()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="engine-presence", daemon=True)
+    thread.start()
+    try:
+        beating = asyncio.run_coroutine_threadsafe(boot(), loop).result(30)
+        try:
+            yield
+        finally:
+            asyncio.run_coroutine_threadsafe(stop(beating), loop).result(30)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()

@@ -226,6 +226,7 @@ BEGIN
         RAISE EXCEPTION 'Instance not found or access denied: %', new_instance
             USING ERRCODE = '42501';
     END IF;
+    PERFORM df._require_engine();  -- no engine ready: the start fails, its rows with it
     IF max_attempts IS DISTINCT FROM 1 THEN
         UPDATE df.instances
         SET failure_policy = df._failure_policy('df.start()', max_attempts, NULL, max_backoff,
@@ -279,6 +280,7 @@ BEGIN
             current_setting('transaction_isolation') USING ERRCODE = '0A000',
             HINT = 'The caller waits for the new transaction to commit, which only READ COMMITTED can see.';
     END IF;
+    PERFORM df._require_engine();  -- no engine to take the request up: fail now
     IF relayed THEN  -- else nobody reads the notice: say so at once
         RAISE NOTICE USING MESSAGE = 'pgdurable:new-transaction-start',
             DETAIL = jsonb_build_object('request', request, 'role', current_user, 'fut', fut,
