@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -31,11 +32,12 @@ from engine.dispatch import TaskRunner
 from engine.errors import StepFailed
 from engine.executors.sql import FirstOutcome, FirstResult, run_first_step
 from engine.lifecycle_log import log_applied, log_started
+from engine.metrics import EngineMetrics, StepEnd
 from engine.planner.held import Planned, Planning, differences
-from engine.planner.kinds import PENDING, NodeType
+from engine.planner.kinds import COMPLETED, FAILED, PENDING, NodeType
 from engine.planner.plan import PlannedTask
 from engine.records import Owner, Task
-from engine.running import Background, EngineCounters, Running, RunningStep
+from engine.running import Background, Running, RunningStep
 from engine.scheduler import AdvanceQueue
 from engine.store import Store
 
@@ -120,6 +122,8 @@ class Advancer:
         parts.queue.settled(instance_id)
         log_applied(instance_id, planned)
         plan = planned.plan
+        if plan.instance_status in (COMPLETED, FAILED):
+            parts.metrics.instance_finished(plan.instance_status, _age(planned))
         database = planned.instance["database"] or self.store.catalog_database
         try:
             if plan.cancel_nodes:
@@ -206,6 +210,7 @@ class Advancer:
 
     async def _take_first_step(self, instance_id: str, owner: Owner, state: str) -> None:
         parts, database = self.parts, self.store.catalog_database
+        started = time.monotonic()
         try:
             step = await parts.tasks.step_connection(owner, database, instance_id)
         except (StepFailed, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -218,6 +223,9 @@ class Advancer:
             first.backend_pid = step.conn.get_server_pid()
             key = uuid.UUID(self.owner_id)
             result = await run_first_step(step, instance_id, key, first, state)
+            if result.outcome is not FirstOutcome.NOTHING and first.task is not None:
+                seconds = time.monotonic() - started
+                parts.metrics.step_finished(NodeType.SQL, StepEnd.COMPLETED, seconds)
             await self._after_first_step(instance_id, first, result)
         except (StepFailed, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.info("event=first_step_deferred instance=%s error=%r", instance_id, exc)
@@ -260,17 +268,27 @@ class AdvanceParts:
         tasks: TaskRunner,
         canceller: Canceller,
         running: Running,
-        counters: EngineCounters,
+        metrics: EngineMetrics,
         queue: AdvanceQueue,
         background: Background,
     ) -> None:
         self.tasks = tasks
         self.canceller = canceller
         self.running = running
-        self.counters = counters
+        self.metrics = metrics
+        self.counters = metrics.counters
         self.queue = queue
         self.background = background
         self.slots: StepSlots = tasks.steps.slots
+
+
+def _age(planned: Planned) -> float | None:
+    """Seconds since the instance was started (df.instances.created_at), on the database's
+    clock; None when the state did not say."""
+    created = planned.instance.get("created")
+    if created is None:
+        return None
+    return time.time() + planned.clock_offset - float(created)
 
 
 def owner_of(planned: Planned) -> Owner:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -21,9 +22,10 @@ from engine.connections.step_connection import StepConnection
 from engine.errors import OwnerRefused, SlotWaitTimedOut, StepFailed, StepNotRun
 from engine.executors.http import HttpClient, run_http_step
 from engine.executors.sql import StepOutcome, run_sql_step
+from engine.metrics import EngineMetrics, StepEnd
 from engine.planner.kinds import HTTP_TYPES, TIMER_TYPES, NodeType
 from engine.records import Claimed, Owner, Task
-from engine.running import Background, EngineCounters, Running, RunningStep
+from engine.running import Background, Running, RunningStep
 from engine.scheduler import AdvanceQueue
 from engine.settings import EngineSettings
 from engine.store import Store
@@ -49,7 +51,7 @@ class TaskRunner:
         steps: StepConnections,
         http: HttpClient,
         running: Running,
-        counters: EngineCounters,
+        metrics: EngineMetrics,
         queue: AdvanceQueue,
         background: Background,
     ) -> None:
@@ -58,13 +60,15 @@ class TaskRunner:
         self.steps = steps
         self.http = http
         self.running = running
-        self.counters = counters
+        self.metrics = metrics
+        self.counters = metrics.counters
         self.queue = queue
         self.background = background
 
     def start_claimed(self, claimed: Claimed) -> None:
         task = claimed.task
         if claimed.attempts > 1:  # leased before, and that lease expired
+            self.metrics.lease_recovered()
             log.info(
                 "event=lease_taken_over instance=%s node=%s node_type=%s attempt=%d",
                 *(task.instance_id, task.node_id, task.node_type, claimed.attempts),
@@ -86,10 +90,11 @@ class TaskRunner:
         """
         outage = self.background.outage
         attempt = losses = 0
+        started = time.monotonic()
         try:
             while True:
                 try:
-                    await self._run_once(task, carried)
+                    await self._run_once(task, carried, started)
                     outage.answered()
                     return
                 except Exception as exc:
@@ -108,7 +113,7 @@ class TaskRunner:
                 if not await self._still_leased(task, attempt):
                     return
         except StepFailed as exc:
-            await self._fail(task, exc)
+            await self._fail(task, exc, started)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning(
                 "event=task_error instance=%s node=%s error=%r", task.instance_id, task.node_id, exc
@@ -160,10 +165,14 @@ class TaskRunner:
         for one in claimed:
             self.start_claimed(one)
 
-    async def _run_once(self, task: Task, carried: StepConnection | None) -> None:
-        """One attempt at a leaf task, then the instance's advance."""
+    def _finished(self, task: Task, end: StepEnd, started: float) -> None:
+        self.metrics.step_finished(task.node_type, end, time.monotonic() - started)
+
+    async def _run_once(self, task: Task, carried: StepConnection | None, started: float) -> None:
+        """One attempt at a leaf task (begun at `started`), then the instance's advance."""
         if task.node_type == NodeType.SQL:
             outcome, carried = await self._run_sql(task, carried)
+            self._finished(task, StepEnd.COMPLETED, started)  # recorded (committed)
             planned = outcome.planned
             if planned is not None:  # advanced inside the step's own transaction
                 if planned.from_memory:
@@ -179,8 +188,12 @@ class TaskRunner:
                 else SLEEP_RESULT.format(seconds=int(task.payload or 0))
             )
             await self.store.complete_step(task, raw, "exactly-once")  # a timer has no effect
-        elif task.node_type in HTTP_TYPES and not await self._run_http(task):
-            return  # abandoned: whoever abandoned it advanced the instance
+            self._finished(task, StepEnd.COMPLETED, started)
+        elif task.node_type in HTTP_TYPES:
+            if not await self._run_http(task):
+                self._finished(task, StepEnd.CANCELLED, started)
+                return  # abandoned: whoever abandoned it advanced the instance
+            self._finished(task, StepEnd.COMPLETED, started)
         await self.advancer.advance(task.instance_id)
 
     async def step_connection(
@@ -300,14 +313,16 @@ class TaskRunner:
                 *(task.instance_id, task.node_id, task.payload),
             )
 
-    async def _fail(self, task: Task, failure: StepFailed) -> None:
-        """Record a failed attempt: the step waits for its next attempt when its failure
-        policy allows one (the scheduler then looks for the new due time), else it fails
-        (or, for a final HTTP 429, completes with that response) and its instance advances."""
+    async def _fail(self, task: Task, failure: StepFailed, started: float) -> None:
+        """Record a failed attempt (begun at `started`): the step waits for its next attempt
+        when its failure policy allows one (the scheduler then looks for the new due time),
+        else it fails (or, for a final HTTP 429, completes with that response) and its
+        instance advances."""
         error = str(failure)  # the node's error text: never the step's SQL (--log-workflow-sql)
         sqlstate = vars(failure).get("sqlstate")  # set when the failure had one (not XX000)
         running = self.running.get(task.instance_id, task.node_id)
-        if running is not None and running.cancelled:  # its instance cancelled, a RACE lost
+        cancelled = running is not None and running.cancelled
+        if cancelled:  # its instance cancelled, a RACE lost
             log.info(
                 "event=step_cancelled instance=%s node=%s node_type=%s",
                 *(task.instance_id, task.node_id, task.node_type),
@@ -319,6 +334,7 @@ class TaskRunner:
                 *(task.instance_id, task.node_id, task.node_type, sqlstate),
                 *(failure.retryable, error),
             )
+        decided = None
         try:
             decided = await self.store.fail_or_retry(task, failure)
             if decided == RETRY:
@@ -332,3 +348,17 @@ class TaskRunner:
             # the lease expires and the step runs again, to fail again
             message = f"event=fail_record_error instance={task.instance_id} error=%r"
             self.background.warn(exc, "step", message)
+        finally:
+            self._finished(task, _failed_end(cancelled, decided, failure), started)
+
+
+def _failed_end(cancelled: bool, decided: str | None, failure: StepFailed) -> StepEnd:
+    """How a failed attempt ends on /metrics: cancelled by this engine, retried later (its
+    failure policy), completed (a final HTTP 429 keeps its response), else failed."""
+    if cancelled:
+        return StepEnd.CANCELLED
+    if decided == RETRY:
+        return StepEnd.RETRIED
+    if decided == FINAL and failure.result is not None:
+        return StepEnd.COMPLETED
+    return StepEnd.FAILED

@@ -19,6 +19,7 @@ import uuid
 from typing import cast
 
 import asyncpg
+from prometheus_client import CollectorRegistry
 
 from engine.advance import AdvanceParts, Advancer
 from engine.cancel import Canceller
@@ -29,11 +30,12 @@ from engine.dispatch import TaskRunner
 from engine.executors.http import HttpClient
 from engine.executors.new_transaction import NOTICE_MARKER as NEW_START_MARKER
 from engine.executors.new_transaction import NewStartRequest, NewTransactionStarts
+from engine.metrics import EngineMetrics
 from engine.planner.held import Planning
 from engine.planner.plan import TaskLease
 from engine.presence import Presence, heartbeat_interval
 from engine.retention import Retention
-from engine.running import Background, EngineCounters, Running
+from engine.running import Background, Running
 from engine.scheduler import AdvanceQueue, Scheduler, SchedulerParts
 from engine.settings import EngineSettings, ServerConfig
 from engine.signals import SIGNAL_MARKER, SignalRequest
@@ -56,9 +58,16 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 class Engine:
     """One engine per pgdurable process; several processes may share a database."""
 
-    def __init__(self, settings: EngineSettings, server_config: ServerConfig | None = None) -> None:
+    def __init__(
+        self,
+        settings: EngineSettings,
+        server_config: ServerConfig | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        """`registry`: where the engine's metrics go (the process's /metrics registry)."""
         self.owner_id = str(uuid.uuid4())
-        self.counters = EngineCounters()
+        self.metrics = EngineMetrics(registry)
+        self.counters = self.metrics.counters
         self.background = Background()
         self.outage = self.background.outage
         self.pool: asyncpg.Pool | None = None
@@ -83,7 +92,7 @@ class Engine:
         if settings.runner_secret is not None:
             runners = Runners(settings.runner_secret, self._require_pool)
         self.steps = StepConnections(settings, runners)
-        self.http = HttpClient(settings.http)
+        self.http = HttpClient(settings.http, on_outcome=self.metrics.http_outcome)
         self._assemble()
         self.new_starts = NewTransactionStarts(
             self.store,
@@ -108,12 +117,12 @@ class Engine:
             self.steps,
             self.http,
             self.running,
-            self.counters,
+            self.metrics,
             self.queue,
             self.background,
         )
         parts = AdvanceParts(
-            self.tasks, canceller, self.running, self.counters, self.queue, self.background
+            self.tasks, canceller, self.running, self.metrics, self.queue, self.background
         )
         verify = self._held_state_mismatch if settings.verify_held_state else None
         self.advancer = Advancer(store, self.planning, parts, verify)
@@ -249,6 +258,7 @@ class Engine:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.presence.close()
+        await self.metrics.catalog.close()
         await self.steps.close()
         await self.http.close()
         if self.pool is not None:
@@ -288,6 +298,10 @@ class Engine:
         if not self._loops or self._loops[0].done():
             return "stopped"
         return "ok"
+
+    async def read_catalog_gauges(self) -> None:
+        """Read the catalog's gauges for /metrics (at most once a second)."""
+        await self.metrics.catalog.refresh(self.pool)
 
     def wake(self) -> None:
         """Look for work now."""

@@ -1,4 +1,4 @@
-"""The steps this engine runs right now, what it counts, and its background tasks."""
+"""The steps this engine runs right now, and its background tasks."""
 
 from __future__ import annotations
 
@@ -25,19 +25,6 @@ class RunningStep:
     request: asyncio.Future[str] | None = None  # an HTTP step's request in flight
     leased: bool = True  # False: a first step, which has no task row (no lease to renew)
     cancelled: bool = False  # this engine cancelled it (a RACE loser, a cancelled instance)
-
-
-@dataclass(slots=True)
-class EngineCounters:
-    """What the engine did since it started (exposed on /metrics)."""
-
-    advances_total: int = 0  # on the engine's own connections
-    in_step_advances_held_total: int = 0  # in a step's transaction, from held state
-    in_step_advances_loaded_total: int = 0  # in a step's transaction, from a fresh load
-    first_steps_total: int = 0  # new instances advanced in their first step's transaction
-    first_steps_promoted_total: int = 0  # of those tried, first plans committed apart (slow)
-    chained_steps_total: int = 0  # SQL steps begun by their instance's previous COMMIT
-    handed_over_steps_total: int = 0  # SQL steps begun by another instance's step's COMMIT
 
 
 class Running:

@@ -6,23 +6,28 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-
-from pgdurable_proxy.metrics import Metrics
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 Readiness = Callable[[], Awaitable[dict[str, str]]]
+BeforeScrape = Callable[[], Awaitable[None]]
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def start_admin(
     host: str,
     port: int,
-    metrics: Metrics,
-    more: Callable[[], str] = str,
+    registry: CollectorRegistry,
+    before_scrape: BeforeScrape = _nothing,
     readiness: Readiness | None = None,
     mount: Callable[[web.Application], None] | None = None,
 ) -> web.AppRunner:
     """Serve /healthz, /readyz (each of `readiness()`'s checks "ok", else 503 naming what
-    is wrong) and /metrics (the relay's counters, then `more()`); returns the runner to
-    clean up at shutdown."""
+    is wrong) and /metrics (`registry` in Prometheus text format, after `before_scrape()`
+    has read what collectors cannot read synchronously); returns the runner to clean up at
+    shutdown."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -34,7 +39,10 @@ async def start_admin(
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_page(_: web.Request) -> web.Response:
-        return web.Response(text=metrics.render() + more(), content_type="text/plain")
+        await before_scrape()
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)

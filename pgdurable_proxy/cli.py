@@ -21,7 +21,7 @@ from pgdurable_proxy import pg_durable_settings as durable
 from pgdurable_proxy.config import ConfigError, Settings, apply_server_config, parse_settings
 from pgdurable_proxy.dsn import UpstreamDSN, parse_dsn
 from pgdurable_proxy.intercept import Interceptor
-from pgdurable_proxy.metrics import Metrics, render_counters
+from pgdurable_proxy.metrics import Metrics, process_registry
 from pgdurable_proxy.preflight import StartupConflict, check_port_free, lock_data_dir
 from pgdurable_proxy.server import ProxyServer, server_tls_context
 
@@ -157,9 +157,10 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
 
 async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
     metrics = Metrics()
+    registry = process_registry(metrics)
     stop = _stop_on_signals()
     configured = _ServerConfigured(settings, upstream)
-    engine = Engine(engine_settings(settings, upstream), configured.server_config())
+    engine = Engine(engine_settings(settings, upstream), configured.server_config(), registry)
     await engine.start()
     admin = None
     if settings.http_port is not None:  # /healthz and /readyz answer while PostgreSQL is away
@@ -169,8 +170,8 @@ async def _serve_upstream(settings: Settings, upstream: UpstreamDSN) -> None:
         admin = await start_admin(
             settings.http_host,
             settings.http_port,
-            metrics,
-            lambda: render_counters(engine.counters),
+            registry,
+            engine.read_catalog_gauges,
             engine.readiness,
             Dashboard(upstream.with_user, settings.http_host).mount,
         )

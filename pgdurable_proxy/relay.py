@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 from pgdurable_proxy.dsn import UpstreamDSN
+from pgdurable_proxy.metrics import Metrics
 from pgdurable_proxy.pg_durable_settings import PREFIX
 from pgdurable_proxy.upstream import (
     UpstreamUnavailable,
@@ -37,6 +38,7 @@ class SessionHost(Protocol):
     tls_context: ssl.SSLContext | None
     wake: Callable[[], None]
     authentication_timeout: float
+    metrics: Metrics
 
     def register(self, session: ClientSession) -> bool: ...
     def startup_parameters(self, session: ClientSession) -> bytes: ...
@@ -49,6 +51,7 @@ class ClientSession(asyncio.Protocol):
 
     def __init__(self, host: SessionHost) -> None:
         self.host = host
+        self.metrics = host.metrics
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamLink | None = None
         self.upstream_transport: asyncio.Transport | None = None
@@ -125,12 +128,13 @@ class ClientSession(asyncio.Protocol):
 
     # -- data ------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        self.metrics.client_bytes += len(data)  # per chunk, not per message: the hot path
         upstream = self.upstream_transport
         if upstream is not None:
             try:
                 out = self.framer.feed(data)
             except ProtocolViolation as exc:
-                self.fail(exc.sqlstate, str(exc))
+                self._violated(exc)
                 return
             if out:
                 upstream.write(out)
@@ -139,7 +143,11 @@ class ClientSession(asyncio.Protocol):
         try:
             self._drain_startup()
         except ProtocolViolation as exc:
-            self.fail(exc.sqlstate, str(exc))
+            self._violated(exc)
+
+    def _violated(self, exc: ProtocolViolation) -> None:
+        self.metrics.protocol_violations_total += 1
+        self.fail(exc.sqlstate, str(exc))
 
     def _drain_startup(self) -> None:
         """Handle complete first packets: SSL/GSS answers, cancel, StartupMessage."""
@@ -277,6 +285,7 @@ class UpstreamLink(asyncio.Protocol):
 
     def __init__(self, client: ClientSession) -> None:
         self.client = client
+        self.metrics = client.metrics
         self.transport: asyncio.Transport | None = None
         self.tracker = ServerTracker()
         self._auth: UntilReady | None = None  # set while auth messages need rewriting
@@ -306,6 +315,7 @@ class UpstreamLink(asyncio.Protocol):
             self._renamer = TagRenamer(marker, tag, skip, sent)
 
     def data_received(self, data: bytes) -> None:
+        self.metrics.server_bytes += len(data)  # per chunk, as received
         if self._auth is not None:
             data = self._auth.feed(data)
             if self._auth.done:

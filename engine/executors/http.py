@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -100,6 +101,16 @@ class Hop:
     body: bytes | None
     redirects: int = 0
     came_from: str | None = None  # the previous hop's URL, redacted
+    status: int | None = None  # this hop's answer's status code
+    failure: str | None = None  # timeout, blocked, cancelled
+
+    @property
+    def outcome(self) -> str:
+        """How the request ended (HttpClient's on_outcome): timeout, blocked or cancelled,
+        else the status class of the last answer (a body too large included), else error."""
+        if self.failure is not None:
+            return self.failure
+        return "error" if self.status is None else f"{self.status // 100}xx"
 
     @property
     def shown(self) -> str:
@@ -120,13 +131,22 @@ class Hop:
             self.headers = [h for h in self.headers if h[0].lower() not in ORIGIN_BOUND]
         self.came_from, self.url, self.text = self.shown, target, str(target)
         self.redirects += 1
+        self.status = None
 
 
 class HttpClient:
-    """Executes HTTP requests for steps; one per engine."""
+    """Executes HTTP requests for steps; one per engine. `on_outcome` hears how each
+    request ended: the status class of its last answer ("2xx", ...), "timeout", "blocked"
+    (a destination not allowed) or "error" (no answer)."""
 
-    def __init__(self, settings: HttpSettings, resolver: AbstractResolver | None = None) -> None:
+    def __init__(
+        self,
+        settings: HttpSettings,
+        resolver: AbstractResolver | None = None,
+        on_outcome: Callable[[str], None] = lambda outcome: None,
+    ) -> None:
         self.settings = settings
+        self.on_outcome = on_outcome
         self.guard = Guard(settings.allow)
         self._inner = resolver
         self._resolver: GuardedResolver | None = None
@@ -153,8 +173,18 @@ class HttpClient:
             await self._resolver.close()
 
     async def fetch(self, request: HttpRequest) -> str:
-        limit = min(request.timeout, self.settings.max_timeout)
         hop = Hop(request.method, URL(), request.url, list(request.headers), request.body)
+        try:
+            result = await self._fetch(request, hop)
+        except asyncio.CancelledError:
+            hop.failure = "cancelled"  # abandoned: a RACE lost, its instance cancelled
+            raise
+        finally:
+            self.on_outcome(hop.outcome)
+        return result
+
+    async def _fetch(self, request: HttpRequest, hop: Hop) -> str:
+        limit = min(request.timeout, self.settings.max_timeout)
         started = time.monotonic()
         try:
             async with asyncio.timeout(limit):
@@ -162,9 +192,11 @@ class HttpClient:
         except StepFailed:
             raise
         except TimeoutError:
+            hop.failure = "timeout"
             message = f"HTTP timeout after {_seconds(limit)}s: {hop.shown}"
             raise StepFailed(message, retryable=True) from None
         except Blocked as exc:
+            hop.failure = "blocked"
             raise StepFailed(_after_redirect(str(exc), hop)) from None
         except aiohttp.ClientConnectorError as exc:
             message = f"HTTP connection failed: {hop.shown} - {_said(exc)}"
@@ -199,6 +231,7 @@ class HttpClient:
                 allow_redirects=False,
                 skip_auto_headers=SKIP_AUTO_HEADERS,
             ) as resp:
+                hop.status = resp.status
                 location = resp.headers.get("Location")
                 if resp.status in REDIRECTS and location is not None:
                     if hop.redirects < self.settings.max_redirects:

@@ -184,3 +184,36 @@ SELECT df._record_signal($1, $2, $3, $4, $5, $6::pg_catalog.jsonb);
 -- One retention batch (df._prune_finished): $1 = retention window, $2 = finished instances
 -- kept at most (0: no cap), $3 = most instances deleted. No row: another process prunes now.
 SELECT by_age, by_cap FROM df._prune_finished($1::pg_catalog.interval, $2, $3);
+
+-- name: catalog_gauges
+-- /metrics' view of the catalog (engine/catalog_gauges.py), read at most once a second.
+-- Each count walks one index range and stops at $1 rows, so that a scrape costs the same
+-- with a million finished instances as with none: unfinished instances by status
+-- (idx_instances_status), due tasks no engine holds (idx_tasks_due) or whose lease expired
+-- (idx_tasks_lease), due advances (idx_advance_due); each oldest is the first entry of the
+-- same range. The size of df.instances is PostgreSQL's estimate, not a count.
+SELECT
+    (SELECT pg_catalog.count(*) FROM (SELECT FROM df.instances i
+         WHERE i.status OPERATOR(pg_catalog.=) 'pending' LIMIT $1) s) AS pending,
+    (SELECT pg_catalog.count(*) FROM (SELECT FROM df.instances i
+         WHERE i.status OPERATOR(pg_catalog.=) 'running' LIMIT $1) s) AS running,
+    (SELECT pg_catalog.count(*) FROM (SELECT FROM df._tasks t
+         WHERE t.lease_owner IS NULL AND t.due_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+         LIMIT $1) s) AS tasks_unclaimed,
+    (SELECT pg_catalog.count(*) FROM (SELECT FROM df._tasks t
+         WHERE t.lease_owner IS NOT NULL AND t.lease_until OPERATOR(pg_catalog.<) pg_catalog.now()
+         LIMIT $1) s) AS tasks_lease_expired,
+    pg_catalog.date_part('epoch', pg_catalog.now() OPERATOR(pg_catalog.-) least(
+        (SELECT pg_catalog.min(t.due_at) FROM df._tasks t
+         WHERE t.lease_owner IS NULL AND t.due_at OPERATOR(pg_catalog.<=) pg_catalog.now()),
+        (SELECT pg_catalog.min(t.lease_until) FROM df._tasks t
+         WHERE t.lease_owner IS NOT NULL
+           AND t.lease_until OPERATOR(pg_catalog.<) pg_catalog.now()))) AS tasks_oldest_seconds,
+    (SELECT pg_catalog.count(*) FROM (SELECT FROM df._advance a
+         WHERE a.requested_at OPERATOR(pg_catalog.<=) pg_catalog.now() LIMIT $1) s) AS advances_due,
+    pg_catalog.date_part('epoch', pg_catalog.now() OPERATOR(pg_catalog.-)
+        (SELECT pg_catalog.min(a.requested_at) FROM df._advance a
+         WHERE a.requested_at OPERATOR(pg_catalog.<=) pg_catalog.now())) AS advances_oldest_seconds,
+    (SELECT c.reltuples FROM pg_catalog.pg_class c
+     WHERE c.oid OPERATOR(pg_catalog.=) 'df.instances'::pg_catalog.regclass)::pg_catalog.float8
+        AS instances_estimate;

@@ -210,3 +210,28 @@ async def test_errors_show_the_url_with_its_secrets_redacted(server: ServerThrea
     shown = f"http://REDACTED@{server.host}:{port}/p?token=REDACTED#REDACTED"
     assert message.startswith(f"HTTP connection failed: {shown} - ")
     assert "secret" not in message and "abc" not in message and "frag" not in message
+
+
+async def test_each_request_reports_its_outcome(server: ServerThread, other: ServerThread) -> None:
+    """/metrics' pgdurable_http_step_requests_total: the last answer's status class, else
+    why there was none."""
+    heard: list[str] = []
+    settings = _settings(server, max_timeout=0.2, max_redirects=1)
+    http = HttpClient(settings, on_outcome=heard.append)
+    refused = f"http://{server.host}:{free_port()}/"
+    try:
+        await http.fetch(_request(server.url("/redirect/1")))  # 302, then 200
+        await http.fetch(_request(server.url("/status/404")))
+        await http.fetch(_request(server.url("/redirect/3")))  # a redirect not followed
+        await _fails(http, _request(server.url("/status/503")))
+        await _fails(http, _request(server.url(f"/redirect/1?to={other.url('/echo')}")))
+        await _fails(http, _request(server.url("/slow?s=5")))
+    finally:
+        await http.close()
+    assert heard == ["2xx", "4xx", "3xx", "5xx", "blocked", "timeout"]
+    allowed = HttpClient(HttpSettings(allow=parse_allow_list(server.host)), None, heard.append)
+    try:
+        await _fails(allowed, _request(refused))
+    finally:
+        await allowed.close()
+    assert heard[-1] == "error"

@@ -211,6 +211,7 @@ BEGIN
     RETURN jsonb_build_object(
         'now', extract(epoch FROM clock_timestamp()),
         'id', inst.id, 'label', inst.label, 'root', inst.root_node, 'status', inst.status,
+        'created', extract(epoch FROM inst.created_at),
         'owner', owner.rolname, 'owner_oid', owner.oid, 'superuser', owner.rolsuper,
         'can_login', owner.rolcanlogin, 'database', inst.database,
         'vars', coalesce((SELECT v.vars FROM df._instance_vars v WHERE v.instance_id = p_instance), '{}'),
