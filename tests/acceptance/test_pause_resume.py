@@ -99,17 +99,32 @@ def test_a_timer_due_while_paused_fires_after_resume(dsn: str) -> None:
     assert _effects(dsn, instance) == [1]
 
 
+def test_an_instance_paused_before_it_began_begins_once_resumed(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(f"SELECT df.start({_insert(1)})").fetchone()
+        assert row is not None
+        instance = str(row[0])
+        conn.execute("SELECT df.pause(%s)", (instance,))
+    time.sleep(0.3)
+    assert _one(dsn, "SELECT df.status(%s)", instance) == "paused"
+    assert _effects(dsn, instance) == []
+    assert _one(dsn, "SELECT df.resume(%s)", instance) == f"Instance {instance} resumed"
+    assert await_status(dsn, instance, 10) == "completed"
+    assert _effects(dsn, instance) == [1]
+
+
 def test_resume_after_a_failure_runs_only_the_failed_node(dsn: str) -> None:
     table = f"pause_missing_{int(time.time() * 1000)}"
-    graph = f"{_insert(1)} ~> 'INSERT INTO {table} VALUES (1)' ~> {_insert(3)}"
+    failing = f"'INSERT INTO {table} VALUES (1)'"
+    graph = f"{_insert(1)} ~> ({failing} & {_insert(2)}) ~> {_insert(3)}"
     instance = _start(dsn, graph)
     assert await_status(dsn, instance, 10) == "failed"
-    assert _effects(dsn, instance) == [1]
+    assert _effects(dsn, instance) == [1, 2]
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (x integer)")
         conn.execute("SELECT df.resume(%s)", (instance,))
     assert await_status(dsn, instance, 10) == "completed"
-    assert _effects(dsn, instance) == [1, 3]  # the first step did not run again
+    assert _effects(dsn, instance) == [1, 2, 3]  # the completed steps did not run again
     assert _one(dsn, f"SELECT count(*) FROM {table}") == 1
     executions = _one(
         dsn,
