@@ -95,11 +95,12 @@ $$;
 
 -- A failed instance runs again: the nodes its failure went through, from the root down
 -- (failed nodes, and running ones it left behind, e.g. a RACE's loser, whose tasks are
--- gone) are reset, leaves to pending and compound nodes to running (a loop keeps its
--- iteration); completed nodes keep their results and never run again. The instance goes
--- on in a new execution (df.instance_executions), whose stamp the kept nodes take too
--- (they are not superseded, §5.5); the version goes on growing, so no held state
--- (engine/planner/held.py) is taken for the stored one.
+-- gone) are reset, leaves to pending and compound nodes (those with children) to
+-- running, as they were before the failure reached them (a loop keeps its iteration);
+-- completed nodes keep their results and never run again. The instance goes on in a new
+-- execution (df.instance_executions), whose stamp the kept nodes take too (they are not
+-- superseded, §5.5); the version goes on growing, so no held state (engine/planner/held.py)
+-- is taken for the stored one.
 CREATE OR REPLACE FUNCTION df._resume_failed(target text)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -127,8 +128,7 @@ BEGIN
         WHERE c.status IN ('failed', 'running')
     ), reset AS (
         UPDATE df.nodes n
-        SET status = CASE WHEN n.node_type IN ('THEN', 'IF', 'JOIN', 'RACE', 'LOOP')
-                          THEN 'running' ELSE 'pending' END,
+        SET status = CASE WHEN n.left_node IS NULL THEN 'pending' ELSE 'running' END,
             result = NULL,
             status_details = n.status_details
                              - '{attempt,max_attempts,next_attempt_at,last_error}'::text[],
