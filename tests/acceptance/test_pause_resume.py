@@ -77,6 +77,8 @@ def test_a_paused_instance_starts_no_step_until_resumed(dsn: str) -> None:
             (instance,),
         ).fetchall()
         assert listed == [(instance,)]
+        explained = conn.execute("SELECT df.explain(%s)", (instance,)).fetchone()
+        assert explained is not None and "\nStatus:   ⏸ Paused\n" in str(explained[0])
         assert _effects(dsn, instance) == [1]
         resumed = conn.execute("SELECT df.resume(%s)", (instance,)).fetchone()
         assert resumed == (f"Instance {instance} resumed",)
