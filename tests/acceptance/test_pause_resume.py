@@ -66,8 +66,10 @@ def test_a_paused_instance_starts_no_step_until_resumed(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         await_running(conn, instance)
         deadline = time.monotonic() + 5
-        while _effects(dsn, instance) != [1] and time.monotonic() < deadline:
-            time.sleep(0.01)  # the first step committed: the sleep runs now
+        count = "SELECT count(*) FROM pause_effects WHERE instance_id = %s"
+        while conn.execute(count, (instance,)).fetchone() != (1,):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)  # the first step committed: the sleep runs now
         paused = conn.execute("SELECT df.pause(%s)", (instance,)).fetchone()
         assert paused == (f"Instance {instance} paused",)
         time.sleep(1.0)  # the sleep ended meanwhile; the last INSERT must not start
