@@ -77,12 +77,8 @@ BEGIN
     IF current_status = 'failed' THEN
         PERFORM df._resume_failed(instance_id);
     ELSIF current_status = 'paused' THEN
-        -- back to pending when the engine never started it (its first advance checks the owner)
-        UPDATE df.instances i
-        SET status = CASE WHEN n.status = 'pending' THEN 'pending' ELSE 'running' END,
-            updated_at = now()
-        FROM df.nodes n
-        WHERE i.id = resume.instance_id AND n.instance_id = i.id AND n.id = i.root_node;
+        UPDATE df.instances i SET status = df._resumed_status(i.id), updated_at = now()
+        WHERE i.id = resume.instance_id;
     ELSE
         RAISE EXCEPTION 'Cannot resume instance % with status ''%''', instance_id, current_status
             USING ERRCODE = '55000',
@@ -93,14 +89,23 @@ BEGIN
 END
 $$;
 
+-- The status a resumed instance goes on in: pending while none of its nodes ever started
+-- (its first advance checks the owner and starts it), else running.
+CREATE OR REPLACE FUNCTION df._resumed_status(target text)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM df.nodes n
+                             WHERE n.instance_id = target AND n.status <> 'pending')
+                THEN 'running' ELSE 'pending' END
+$$;
+
 -- A failed instance runs again: the nodes its failure went through, from the root down
 -- (failed nodes, and running ones it left behind, e.g. a RACE's loser, whose tasks are
--- gone) are reset, leaves to pending and compound nodes (those with children) to
--- running, as they were before the failure reached them (a loop keeps its iteration);
--- completed nodes keep their results and never run again. The instance goes on in a new
--- execution (df.instance_executions), whose stamp the kept nodes take too (they are not
--- superseded, §5.5); the version goes on growing, so no held state (engine/planner/held.py)
--- is taken for the stored one.
+-- gone) are reset to pending, so that each starts afresh (a TIMEOUT's deadline, a RETRY's
+-- attempts, a signal wait's timeout), except a loop, which goes on running in its
+-- iteration; completed nodes keep their results and never run again. The instance goes on
+-- in a new execution (df.instance_executions), whose stamp the kept nodes take too (they
+-- are not superseded, §5.5); the version goes on growing, so no held state
+-- (engine/planner/held.py) is taken for the stored one.
 CREATE OR REPLACE FUNCTION df._resume_failed(target text)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -128,7 +133,7 @@ BEGIN
         WHERE c.status IN ('failed', 'running')
     ), reset AS (
         UPDATE df.nodes n
-        SET status = CASE WHEN n.left_node IS NULL THEN 'pending' ELSE 'running' END,
+        SET status = CASE WHEN n.node_type = 'LOOP' THEN 'running' ELSE 'pending' END,
             result = NULL,
             status_details = n.status_details
                              - '{attempt,max_attempts,next_attempt_at,last_error}'::text[],
@@ -137,9 +142,12 @@ BEGIN
         WHERE n.instance_id = target AND n.id = w.node_id
           AND NOT EXISTS (SELECT 1 FROM df._tasks t
                           WHERE t.instance_id = target AND t.node_id = n.id)
-        RETURNING n.id
+        RETURNING n.id, n.node_type
     )
-    UPDATE df._node_state s SET raw_result = NULL, result_columns = NULL, delivery = NULL
+    UPDATE df._node_state s
+    SET raw_result = NULL, result_columns = NULL, delivery = NULL,
+        iteration = CASE WHEN r.node_type = 'LOOP' THEN s.iteration ELSE 0 END,
+        iteration_started_at = CASE WHEN r.node_type = 'LOOP' THEN s.iteration_started_at END
     FROM reset r WHERE s.instance_id = target AND s.node_id = r.id;
 
     SELECT e.execution_id, e.version, e.submitted_by INTO previous
@@ -157,10 +165,8 @@ BEGIN
     WHERE n.instance_id = target
       AND n.status_details ->> 'execution_id' ~ format('^%s::%s(::|$)', target, previous.execution_id);
     UPDATE df.instances i
-    SET status = CASE WHEN n.status = 'pending' THEN 'pending' ELSE 'running' END,
-        completed_at = NULL, updated_at = clock_timestamp()
-    FROM df.nodes n
-    WHERE i.id = target AND n.instance_id = i.id AND n.id = i.root_node;
+    SET status = df._resumed_status(target), completed_at = NULL, updated_at = clock_timestamp()
+    WHERE i.id = target;
 END
 $$;
 
