@@ -59,6 +59,10 @@ BEGIN
     END IF;
     UPDATE df.instances i SET status = 'paused', updated_at = now()
     WHERE i.id = pause.instance_id AND i.status <> 'paused';
+    -- a change the engine must see, as df.cancel's: an engine holding the instance's state
+    -- in memory (df._complete_held) loads it again, and the advance that plans nothing for a
+    -- paused instance drops that copy
+    PERFORM df._request_advance(instance_id);
     RETURN format('Instance %s paused', instance_id);
 END
 $$;
