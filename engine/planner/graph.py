@@ -23,6 +23,7 @@ from engine.planner.kinds import (
     IF,
     JOIN,
     LOOP,
+    PAUSED,
     PENDING,
     RUNNING,
     NodeType,
@@ -81,8 +82,8 @@ class Planner:
     # -- entry point ----------------------------------------------------------------------
     def run(self) -> Plan:
         status = self.instance["status"]
-        if status in (COMPLETED, FAILED):
-            return self.plan
+        if status in (COMPLETED, FAILED, PAUSED):
+            return self.plan  # a paused instance: results recorded meanwhile wait for df.resume
         if status == CANCELLED:
             return self._cancel()
         if status == PENDING:

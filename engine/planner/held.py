@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.planner.graph import Planner
-from engine.planner.kinds import COMPLETED, RUNNING, SQL, TERMINAL
+from engine.planner.kinds import COMPLETED, PAUSED, RUNNING, SQL, TERMINAL
 from engine.planner.outcomes import Node
 from engine.planner.plan import Plan, TaskLease
 
@@ -79,9 +79,10 @@ class Planning:
         return Planned(instance, planner.nodes, plan, offset)
 
     def hold(self, instance_id: str, planned: Planned) -> None:
-        """Keep the state an applied plan left (dropped once the instance is finished)."""
+        """Keep the state an applied plan left (dropped once the instance is finished or
+        paused: df.resume changes the stored state)."""
         after = planned.after()
-        if after.instance["status"] in TERMINAL:
+        if after.instance["status"] in TERMINAL or after.instance["status"] == PAUSED:
             self._held.pop(instance_id, None)
         else:
             self._held[instance_id] = after

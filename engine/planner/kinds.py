@@ -30,6 +30,7 @@ class Status(StrEnum):
 
     PENDING = "pending"
     RUNNING = "running"
+    PAUSED = "paused"  # an instance only (df.pause): no new step starts
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -44,6 +45,7 @@ TIMER_TYPES = (NodeType.SLEEP, NodeType.WAIT_SCHEDULE)
 # types for every node of every advance.
 PENDING = Status.PENDING
 RUNNING = Status.RUNNING
+PAUSED = Status.PAUSED
 COMPLETED = Status.COMPLETED
 FAILED = Status.FAILED
 CANCELLED = Status.CANCELLED

@@ -126,6 +126,7 @@ COLUMN_VALUES = [
     ("nodes", "result_name", "9no", "nodes_result_name_chk"),
     ("nodes", "id", "ABCDEF01", "nodes_id_format_chk"),
     ("instances", "status", "cancelled", None),
+    ("instances", "status", "paused", None),  # pgdurable's df.pause
     ("instances", "status", "skipped", "instances_status_chk"),
     ("instances", "id", "1234567", "instances_id_format_chk"),
     ("instances", "root_node", "xyz", "instances_root_node_format_chk"),

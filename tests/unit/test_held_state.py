@@ -192,3 +192,13 @@ def test_plans_with_tasks_or_timers_are_not_continued() -> None:
         {"wake_at": 5.0},
     ):
         assert not Plan(**change).can_continue(), change  # type: ignore[arg-type]
+
+
+def test_the_state_of_a_paused_instance_is_not_held() -> None:
+    planning = Planning(LEASE, allow_superuser=False, min_iteration=0.0)
+    doc = _document("r", _sequence())
+    planning.hold(doc["id"], planning.from_document(json.dumps(doc)))
+    assert planning.holds(doc["id"])
+    doc["status"] = "paused"  # df.resume will change the stored state: nothing kept
+    planning.hold(doc["id"], planning.from_document(json.dumps(doc)))
+    assert not planning.holds(doc["id"])

@@ -300,3 +300,17 @@ def test_a_loop_continuing_on_failure_records_the_failed_iteration_and_goes_on()
 
 
 LOSING_LOOP = "Loop branch cancelled after losing RACE"
+
+
+def test_a_paused_instance_starts_nothing_and_goes_on_once_running_again() -> None:
+    store = Store("t", [_node("t", "THEN", left="a", right="b"), _sql("a"), _sql("b")])
+    store.advance()
+    store.doc["status"] = "paused"  # df.pause while step a runs
+    plan = store.finish("a", _rows(1))
+    assert plan.nodes == {} and plan.tasks == [] and plan.instance_status is None
+    assert store.tasks == {} and store.node("b")["status"] == "pending"
+    store.doc["status"] = "running"  # df.resume
+    store.advance()
+    assert list(store.tasks) == ["b"]
+    store.finish("b", _rows(2))
+    assert store.doc["status"] == "completed" and store.output == _rows(2)

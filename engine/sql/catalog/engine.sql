@@ -324,6 +324,13 @@ RETURNS boolean LANGUAGE sql STABLE AS $$
 $$;
 REVOKE EXECUTE ON FUNCTION df._first_step_busy(text, text[]) FROM PUBLIC;
 
+-- Is the instance paused (df.pause)? Its tasks wait.
+CREATE OR REPLACE FUNCTION df._paused(p_instance text)
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM df.instances i WHERE i.id = p_instance AND i.status = 'paused')
+$$;
+REVOKE EXECUTE ON FUNCTION df._paused(text) FROM PUBLIC;
+
 -- One round trip per scheduler pass: the instances due for an advance, the due tasks
 -- claimed for this engine (at most p_claims), and the seconds until the next timer or paced
 -- loop (NULL: nothing scheduled). An instance due for its first advance, whose steps run in
@@ -337,7 +344,9 @@ REVOKE EXECUTE ON FUNCTION df._first_step_busy(text, text[]) FROM PUBLIC;
 -- counting them made it poll again at once (twice per df.start). A claimed task comes with
 -- its instance's owner too. An instance with a failure policy is advanced as usual: a first
 -- step that fails in the first transaction runs again as a task, and that hidden attempt
--- must not count against (nor add to) its attempts.
+-- must not count against (nor add to) its attempts. The tasks of a paused instance are
+-- neither claimed nor counted as due (df.pause); while no instance is paused, which one
+-- probe of idx_instances_status tells, that costs the claims nothing more.
 CREATE OR REPLACE FUNCTION df._poll(p_owner uuid, p_lease_seconds double precision,
                          p_advances integer, p_claims integer, p_busy text[],
                          p_documents integer)
@@ -348,6 +357,7 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     taken text[];  -- instances handed out now: not due again for the next pass
+    paused boolean := EXISTS (SELECT 1 FROM df.instances p WHERE p.status = 'paused');
 BEGIN
     SELECT coalesce(array_agg(d.instance_id), '{}') INTO taken
     FROM (SELECT a.instance_id FROM df._advance a
@@ -382,6 +392,7 @@ BEGIN
               AND (t.instance_id, t.node_id) IN (
                   SELECT c.instance_id, c.node_id FROM df._tasks c
                   WHERE c.due_at <= now() AND (c.lease_owner IS NULL OR c.lease_until < now())
+                    AND NOT (paused AND df._paused(c.instance_id))
                   ORDER BY c.due_at
                   LIMIT p_claims
                   FOR UPDATE SKIP LOCKED)
@@ -401,7 +412,8 @@ BEGIN
                (SELECT min(a.requested_at) FROM df._advance a
                 WHERE NOT df._first_step_busy(a.instance_id, p_busy)
                   AND a.instance_id <> ALL (taken)),
-               (SELECT min(t.due_at) FROM df._tasks t WHERE t.lease_owner IS NULL))
+               (SELECT min(t.due_at) FROM df._tasks t
+                WHERE t.lease_owner IS NULL AND NOT (paused AND df._paused(t.instance_id))))
                - clock_timestamp())::double precision;
 END
 $$;

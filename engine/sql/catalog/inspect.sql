@@ -182,7 +182,7 @@ RETURNS TABLE (total_instances bigint, running_instances bigint, completed_insta
                failed_instances bigint, total_executions bigint, total_events bigint)
 LANGUAGE sql VOLATILE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT (SELECT count(*) FROM df.instances),
-           (SELECT count(*) FROM df.instances WHERE status IN ('pending', 'running')),
+           (SELECT count(*) FROM df.instances WHERE status IN ('pending', 'running', 'paused')),
            (SELECT count(*) FROM df.instances WHERE status = 'completed'),
            (SELECT count(*) FROM df.instances WHERE status IN ('failed', 'cancelled')),
            (SELECT count(*) FROM df._executions),

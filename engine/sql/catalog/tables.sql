@@ -58,7 +58,7 @@ CREATE TABLE df.instances (
     CONSTRAINT instances_id_format_chk CHECK (id ~ '^[0-9a-f]{8}$'),
     CONSTRAINT instances_root_node_format_chk CHECK (root_node ~ '^[0-9a-f]{8}$'),
     CONSTRAINT instances_status_chk
-        CHECK (status = ANY ('{pending,running,completed,failed,cancelled}'::text[])),
+        CHECK (status = ANY ('{pending,running,paused,completed,failed,cancelled}'::text[])),
     CONSTRAINT instances_identity_key UNIQUE (id, submitted_by)
 );
 CREATE INDEX idx_instances_status ON df.instances (status, created_at DESC, id);

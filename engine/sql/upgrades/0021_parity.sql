@@ -72,3 +72,8 @@ $$;
 ALTER TABLE df.nodes DROP CONSTRAINT IF EXISTS nodes_node_type_chk;
 ALTER TABLE df.nodes ADD CONSTRAINT nodes_node_type_chk CHECK (node_type = ANY (
     '{SQL,THEN,IF,JOIN,LOOP,BREAK,RACE,SLEEP,WAIT_SCHEDULE,HTTP,HTTP_MULTIPART,SIGNAL,RETRY,TIMEOUT}'::text[]));
+
+-- Pause, resume, resume from failure (issue 15, item 4): an instance may be 'paused'.
+ALTER TABLE df.instances DROP CONSTRAINT IF EXISTS instances_status_chk;
+ALTER TABLE df.instances ADD CONSTRAINT instances_status_chk
+    CHECK (status = ANY ('{pending,running,paused,completed,failed,cancelled}'::text[]));
