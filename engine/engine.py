@@ -71,7 +71,9 @@ class Engine:
         self.background = Background()
         self.outage = self.background.outage
         self.pool: asyncpg.Pool | None = None
-        self.presence = Presence(settings.admin_dsn, uuid.UUID(self.owner_id), self.wake)
+        self.presence = Presence(
+            settings.admin_dsn, uuid.UUID(self.owner_id), settings.lease_seconds, self.wake
+        )
         self._server_config = server_config
         self._build(settings)
         self._loops: list[asyncio.Task[None]] = []
@@ -216,6 +218,7 @@ class Engine:
         self._server_config = None
         if settings != self.settings:
             self._build(settings)
+            self.presence.lease_seconds = settings.lease_seconds
 
     async def _log_start(self, conn: asyncpg.Connection) -> None:
         """At info: this engine started; and, when it finds instances unfinished (a restart,
@@ -232,7 +235,6 @@ class Engine:
         return {
             "enable_superuser_instances": "on" if s.enable_superuser_instances else "off",
             "http_enabled": "on" if s.http.enabled else "off",
-            "lease_seconds": str(s.lease_seconds),  # df.instance_activity: engines alive
             "list_instances_max_limit": str(s.list_instances_max_limit),
             "max_user_connections": str(s.max_user_connections),
             "new_transaction_start_timeout": str(s.new_transaction_start_timeout),

@@ -32,9 +32,12 @@ def heartbeat_interval(lease_seconds: float) -> float:
 class Presence:
     """The presence connection of the engine whose epoch id is `key`."""
 
-    def __init__(self, dsn: str, key: uuid.UUID, on_wake: Callable[[], None]) -> None:
+    def __init__(
+        self, dsn: str, key: uuid.UUID, lease_seconds: float, on_wake: Callable[[], None]
+    ) -> None:
         self.dsn = dsn
         self.key = key
+        self.lease_seconds = lease_seconds  # written with each heartbeat (df.start reads it)
         self._on_wake = on_wake
         self._conn: asyncpg.Connection | None = None
         self._connecting = asyncio.Lock()
@@ -53,7 +56,7 @@ class Presence:
             try:
                 await conn.add_listener(WAKE_CHANNEL, self._notified)
                 await conn.execute(q("hold_epoch"), self.key)
-                await conn.execute(q("heartbeat"), self.key)
+                await conn.execute(q("heartbeat"), self.key, self.lease_seconds)
             except BaseException:
                 conn.terminate()
                 raise
@@ -65,7 +68,7 @@ class Presence:
         if conn is None or conn.is_closed():
             await self.ensure()  # its own heartbeat included
             return
-        await conn.execute(q("heartbeat"), self.key)
+        await conn.execute(q("heartbeat"), self.key, self.lease_seconds)
 
     def _notified(self, *args: object) -> None:
         """A df_wake notification: look for work now. Its payload is ignored (any role may

@@ -87,7 +87,7 @@ SELECT df._hold_epoch($1);
 
 -- name: heartbeat
 -- On the presence connection: refresh this engine's df._worker_epoch row, remove dead ones.
-SELECT df._heartbeat($1);
+SELECT df._heartbeat($1, $2);
 
 -- name: in_flight
 -- At start-up: the instances not finished, and the steps leased to an engine (after a

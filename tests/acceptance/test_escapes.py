@@ -330,9 +330,11 @@ REVIEWED_DEFINERS = [
     "df._complete_held(text,text,uuid,text,bigint,jsonb)",
     "df._complete_step(text,text,uuid,text,text)",
     "df._delete_vars(regrole,text)",
+    "df._instance_waits(text[])",  # answers only for owners the session user is a member of
     "df._new_start_outcome(uuid)",
     "df._request_advance(text)",
     "df._require_engine()",  # tells only whether an engine is ready (as _worker_ready does)
+    "df._resume_failed(text)",  # owner-only (df._acting_owner), as df.resume itself
     "df._send_signal(text,text,jsonb)",
     "df._setting(text,text)",
     "df._signal_answer(uuid)",

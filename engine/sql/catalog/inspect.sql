@@ -372,8 +372,8 @@ JOIN LATERAL (
 -- signal wait, else the advance it waits for. SECURITY DEFINER, since the engine's tables
 -- are private: it answers only for instances of roles the session user is a member of (as
 -- df._acting_owner does), and df.instance_activity hands it only the instances row-level
--- security shows the caller. An engine is alive while its heartbeat (every third of
--- --lease-seconds) is younger than --lease-seconds.
+-- security shows the caller. An engine is alive while its heartbeat (every third of its
+-- --lease-seconds, at most 5 s) is younger than its --lease-seconds.
 CREATE OR REPLACE FUNCTION df._instance_waits(p_instances text[])
 RETURNS TABLE (instance_id text, node_id text, node_type text, wait_kind text,
                waiting_for text, since timestamptz)
@@ -382,8 +382,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         SELECT i.id, i.status, i.created_at FROM df.instances i
         WHERE i.id = ANY (p_instances) AND pg_has_role(session_user, i.submitted_by, 'MEMBER')
     ), engine AS MATERIALIZED (
-        SELECT coalesce(max(e.last_seen_at) > now() - make_interval(
-                   secs => df._setting('lease_seconds', '30')::double precision), false) AS alive,
+        SELECT coalesce(bool_or(e.last_seen_at > now() - make_interval(secs => e.lease_seconds)),
+                        false) AS alive,
                CASE WHEN max(e.last_seen_at) IS NULL THEN 'an engine: none has run here'
                     ELSE format('an engine: none seen since %s', max(e.last_seen_at)::timestamptz(0))
                END AS none

@@ -26,22 +26,22 @@ REVOKE EXECUTE ON FUNCTION df._hold_epoch(uuid) FROM PUBLIC;
 -- engine's row, written again if a sibling took it for dead while this engine was
 -- reconnecting, and the rows of engines whose lock is free removed (a free lock is taken
 -- until the commit, so two heartbeats never both decide about the same row).
-CREATE OR REPLACE FUNCTION df._heartbeat(p_epoch uuid)
+CREATE OR REPLACE FUNCTION df._heartbeat(p_epoch uuid, p_lease_seconds double precision)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     DELETE FROM df._worker_epoch w
     WHERE w.epoch_id <> p_epoch
       AND pg_try_advisory_xact_lock(1885824101, df._epoch_lock_key(w.epoch_id));
-    INSERT INTO df._worker_epoch (epoch_id) VALUES (p_epoch)
-    ON CONFLICT (epoch_id) DO UPDATE SET last_seen_at = now();
+    INSERT INTO df._worker_epoch (epoch_id, lease_seconds) VALUES (p_epoch, p_lease_seconds)
+    ON CONFLICT (epoch_id) DO UPDATE SET last_seen_at = now(), lease_seconds = p_lease_seconds;
 END
 $$;
-REVOKE EXECUTE ON FUNCTION df._heartbeat(uuid) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION df._heartbeat(uuid, double precision) FROM PUBLIC;
 
 -- df.start's readiness check (§3.3 step 8): an engine is ready when it has initialised
 -- the catalog (_duroxide._worker_ready, the row pg_durable's own check reads) and one was
--- alive within the lease: a heartbeat younger than the lease, the time after which a
--- silent process's tasks are taken over. A pgdurable killed and restarted within its lease
+-- alive within its lease: a heartbeat younger than that process's lease, the time after
+-- which a silent process's tasks are taken over. A pgdurable killed and restarted within its lease
 -- therefore never makes a start fail, and one gone for longer does. The time PostgreSQL
 -- itself was down does not count against the engine, which cannot write then.
 CREATE OR REPLACE FUNCTION df._require_engine()
@@ -50,9 +50,7 @@ BEGIN
     PERFORM FROM _duroxide._worker_ready r, df._worker_epoch w
     WHERE r.schema_version >= 1
       AND greatest(w.last_seen_at, pg_postmaster_start_time())
-          > statement_timestamp() - make_interval(secs => coalesce(
-              (SELECT s.value FROM df._settings s WHERE s.name = 'lease_seconds'),
-              '30')::double precision)
+          > statement_timestamp() - make_interval(secs => w.lease_seconds)
     LIMIT 1;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'failed to start durable function: pg_durable background worker not yet initialized — try again in a moment'

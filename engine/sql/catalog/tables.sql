@@ -127,9 +127,12 @@ CREATE TABLE df.vars (
 );
 
 CREATE TABLE df._worker_epoch (
-    epoch_id     uuid PRIMARY KEY,
-    started_at   timestamptz NOT NULL DEFAULT now(),
-    last_seen_at timestamptz NOT NULL DEFAULT now()
+    epoch_id      uuid PRIMARY KEY,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    last_seen_at  timestamptz NOT NULL DEFAULT now(),
+    -- the process's --lease-seconds: how long its silence may last before it counts as gone
+    -- (each process its own, since processes on one database may differ)
+    lease_seconds double precision NOT NULL DEFAULT 30
 );
 
 CREATE TABLE _duroxide._worker_ready (

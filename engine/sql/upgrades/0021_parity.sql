@@ -77,3 +77,10 @@ ALTER TABLE df.nodes ADD CONSTRAINT nodes_node_type_chk CHECK (node_type = ANY (
 ALTER TABLE df.instances DROP CONSTRAINT IF EXISTS instances_status_chk;
 ALTER TABLE df.instances ADD CONSTRAINT instances_status_chk
     CHECK (status = ANY ('{pending,running,paused,completed,failed,cancelled}'::text[]));
+
+-- Each pgdurable's heartbeat row carries its own --lease-seconds (issue 14, item 13): how
+-- long its silence may last before df.start counts it gone (processes on one database may
+-- have different leases; a published setting would be the last one's).
+ALTER TABLE df._worker_epoch ADD COLUMN IF NOT EXISTS lease_seconds double precision
+    NOT NULL DEFAULT 30;
+DROP FUNCTION IF EXISTS df._heartbeat(uuid);
