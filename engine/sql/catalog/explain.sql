@@ -44,6 +44,7 @@ AS $$
                                         c.config ->> 'max_attempts',
                                         c.config ->> 'initial_backoff', c.config ->> 'max_backoff')
                WHEN 'TIMEOUT' THEN format('TIMEOUT %ss', c.config ->> 'seconds')
+               WHEN 'COMPENSATED' THEN 'WITH UNDO'
            END, node ->> 'type')
            || CASE WHEN node ->> 'type' <> 'THEN' AND node ? 'name'
                    THEN format(' |=> ''%s''', node ->> 'name') ELSE '' END
@@ -83,7 +84,8 @@ AS $$
     FROM (VALUES ('IF', 1, '? condition:', 'cond'), ('IF', 2, '✓ then:', 'left'),
                  ('IF', 3, '✗ else:', 'right'), ('LOOP', 1, '↻ body:', 'left'),
                  ('LOOP', 2, '? while:', 'cond'), ('RETRY', 1, '↻ retried:', 'left'),
-                 ('TIMEOUT', 1, '⏱ within:', 'left')) AS s(node_type, ord, header, field)
+                 ('TIMEOUT', 1, '⏱ within:', 'left'), ('COMPENSATED', 1, '→ forward:', 'left'),
+                 ('COMPENSATED', 2, '↶ undo:', 'right')) AS s(node_type, ord, header, field)
     WHERE s.node_type = node ->> 'type' AND node ? s.field
   UNION ALL
     SELECT b.ord, format('║ branch %s:', b.ord), b.key,

@@ -184,7 +184,7 @@ LANGUAGE sql VOLATILE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_t
     SELECT (SELECT count(*) FROM df.instances),
            (SELECT count(*) FROM df.instances WHERE status IN ('pending', 'running')),
            (SELECT count(*) FROM df.instances WHERE status = 'completed'),
-           (SELECT count(*) FROM df.instances WHERE status IN ('failed', 'cancelled')),
+           (SELECT count(*) FROM df.instances WHERE status IN ('failed', 'cancelled', 'compensated')),
            (SELECT count(*) FROM df._executions),
            (SELECT coalesce(sum(event_count), 0)::bigint FROM df._executions)
 $$;

@@ -19,3 +19,7 @@ CREATE OPERATOR public.| (LEFTARG = text, RIGHTARG = text, FUNCTION = df.race);
 CREATE OPERATOR public.?> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.if_then_op);
 CREATE OPERATOR public.!> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.if_else_op);
 CREATE OPERATOR public.@> (RIGHTARG = text, FUNCTION = df.loop_prefix_op);
+-- Compensation (pg_durable's proposal). There is no built-in text <-> text (the geometric
+-- and tsquery ones keep their types); pg_trgm's text <-> text, if installed in public, is
+-- the one thing it clashes with.
+CREATE OPERATOR public.<-> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.with_undo);
