@@ -9,7 +9,9 @@ from __future__ import annotations
 import uuid
 
 import psycopg
+import pytest
 
+from tests.acceptance.test_retries import effects, make_counter
 from tests.support.workflows import await_status, start_and_await
 
 SAGA = (
@@ -123,3 +125,24 @@ def test_the_operators_group_left_to_right_at_one_level(wf_dsn: str) -> None:
     assert explain_first_line(wf_dsn, "df.with_undo('SELECT 1', 'SELECT 2')") == explain_first_line(
         wf_dsn, "'SELECT 1' <-> 'SELECT 2'"
     )
+
+
+def test_an_undo_follows_the_retry_policy(wf_dsn: str) -> None:
+    table = saga_table(wf_dsn)
+    counter = make_counter(wf_dsn)
+    graph = (
+        f"('INSERT INTO {table} VALUES (1)' <-> df.retry(%s, 2, '0.05 s', '0.1 s'))"
+        f" ~> 'INSERT INTO {table} VALUES (3)'"
+    )
+    instance, status = start_and_await(wf_dsn, graph, counter.step(1, tag="undo"))
+    assert status == "compensated"
+    assert counter.attempts() == 2
+    assert effects(wf_dsn, instance) == ["undo"]
+
+
+def test_a_broken_step_in_either_operand_fails_df_start(wf_dsn: str) -> None:
+    """The relay checks the SQL of both operands of <-> (and of df.with_undo) at df.start."""
+    for graph in ("'SELECT 1' <-> 'SELEC 2'", "df.with_undo('SELEC 1', 'SELECT 2')"):
+        with psycopg.connect(wf_dsn, autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.SyntaxError, match="SELEC"):
+                conn.execute(f"SELECT df.start({graph})")
