@@ -122,9 +122,10 @@ def test_the_operators_group_left_to_right_at_one_level(wf_dsn: str) -> None:
     assert "WITH UNDO |=> 'x'" in named
     joined = explain_first_line(wf_dsn, "'SELECT 1' <-> 'SELECT 2' & 'SELECT 3'")
     assert "JOIN" in joined
-    assert explain_first_line(wf_dsn, "df.with_undo('SELECT 1', 'SELECT 2')") == explain_first_line(
-        wf_dsn, "'SELECT 1' <-> 'SELECT 2'"
-    )
+    ((tree,),) = rows(wf_dsn, "SELECT df.explain('SELECT 1' <-> 'SELECT 2')")
+    assert "→ forward:" in str(tree) and "↶ undo:" in str(tree) and "SQL: SELECT 2" in str(tree)
+    ((same,),) = rows(wf_dsn, "SELECT df.explain(df.with_undo('SELECT 1', 'SELECT 2'))")
+    assert same == tree
 
 
 def test_an_undo_follows_the_retry_policy(wf_dsn: str) -> None:
