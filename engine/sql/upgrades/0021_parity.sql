@@ -90,9 +90,12 @@ CREATE OR REPLACE FUNCTION df.with_undo(forward text, undo text) RETURNS text
 LANGUAGE plpgsql STRICT AS $$ BEGIN RETURN df._pair('COMPENSATED', forward, undo); END $$;
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_operator o
-                   WHERE o.oprname = '<->' AND o.oprnamespace = 'public'::regnamespace
-                     AND o.oprleft = 'text'::regtype AND o.oprright = 'text'::regtype) THEN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_operator o
+               WHERE o.oprname = '<->' AND o.oprnamespace = 'public'::regnamespace
+                 AND o.oprleft = 'text'::regtype AND o.oprright = 'text'::regtype) THEN
+        -- ours from an earlier run, or pg_trgm's: df.with_undo does the same
+        RAISE NOTICE 'public.<->(text, text) exists already: <-> is not (re)created';
+    ELSE
         CREATE OPERATOR public.<-> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.with_undo);
     END IF;
 END
