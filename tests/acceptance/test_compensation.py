@@ -6,6 +6,7 @@ or `failed` naming the undo that failed and carrying both errors."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import psycopg
@@ -147,3 +148,26 @@ def test_a_broken_step_in_either_operand_fails_df_start(wf_dsn: str) -> None:
         with psycopg.connect(wf_dsn, autocommit=True) as conn:
             with pytest.raises(psycopg.errors.SyntaxError, match="SELEC"):
                 conn.execute(f"SELECT df.start({graph})")
+
+
+def test_a_running_undo_shows_running_not_skipped(wf_dsn: str) -> None:
+    table = saga_table(wf_dsn)
+    graph = (
+        f"('INSERT INTO {table} VALUES (1)' <-> 'SELECT pg_sleep(0.6)')"
+        f" ~> 'INSERT INTO {table} VALUES (3)'"
+    )
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        row = conn.execute(f"SELECT df.start({graph})").fetchone()
+        assert row is not None
+        instance = str(row[0])
+        inferred = (
+            "SELECT inferred_status FROM df.instance_nodes(%s) WHERE query LIKE 'SELECT pg_s%%'"
+        )
+        deadline = time.monotonic() + 5
+        seen = None
+        while time.monotonic() < deadline and seen != "running":
+            seen = conn.execute(inferred, (instance,)).fetchone()[0]  # type: ignore[index]
+            time.sleep(0.02)
+        assert seen == "running"
+    assert await_status(wf_dsn, instance) == "compensated"
+    assert rows(wf_dsn, inferred, instance) == [("completed",)]
