@@ -59,6 +59,8 @@ def test_a_failed_saga_undoes_its_completed_steps_in_reverse_order(wf_dsn: str) 
     assert info_status == "compensated"
     assert "violates check constraint" in str(output)
     assert rows(wf_dsn, "SELECT df.status(%s)", instance) == [("compensated",)]
+    ((explained,),) = rows(wf_dsn, "SELECT df.explain(%s)", instance)
+    assert "\nStatus:   ↶ Compensated\nOutput:   " in str(explained)
     listed = rows(wf_dsn, "SELECT instance_id FROM df.list_instances('compensated', 1000)")
     assert (instance,) in listed
     # the failed forward's undo never ran: only completed forwards are undone

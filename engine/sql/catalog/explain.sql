@@ -269,12 +269,14 @@ BEGIN
     END IF;
     SELECT e.status, df._output_text(e, inst.root) AS output INTO run FROM df._executions e
     WHERE e.instance_id = p_instance ORDER BY e.execution_id DESC LIMIT 1;
-    shown := coalesce(run.status, inst.status);
+    shown := CASE WHEN inst.status = 'compensated' THEN 'Compensated'  -- its execution Failed
+                  ELSE coalesce(run.status, inst.status) END;
     RETURN 'Instance: ' || p_instance || coalesce(' (' || inst.label || ')', '')
         || E'\nStatus:   ' || CASE
                WHEN lower(shown) IN ('completed', 'continuedasnew') THEN '✓'
                WHEN lower(shown) IN ('failed', 'canceled', 'cancelled') THEN '✗'
                WHEN lower(shown) = 'running' THEN '⏳'
+               WHEN shown = 'Compensated' THEN '↶'
                ELSE '○' END || ' ' || shown
         || coalesce(E'\nOutput:   ' || df._explain_truncate(run.output, 60, 57), '')
         || E'\n\n' || df._explain_pad(df._explain_tree(plan, inst.root));
