@@ -29,7 +29,7 @@ from dsl.steps import (
 )
 from dsl.tree import df_function_name, nodes_of
 
-DSL_OPERATORS = frozenset({"~>", "|=>", "?>", "!>", "@>", "&", "|"})
+DSL_OPERATORS = frozenset({"~>", "|=>", "?>", "!>", "@>", "&", "|", "<->"})
 EXTENSION_NAME = "pg_durable"
 # The relay classifies on its event loop, and the densest statements cost ~6 µs a byte to
 # parse, decode and walk (`SELECT df.version(), 1,1,…` of 2 MB: 12 s, every session

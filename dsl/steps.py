@@ -28,6 +28,7 @@ STEP_ARGUMENTS = {
     "as": (0,),
     "retry": (0,),
     "timeout": (0,),
+    "with_undo": (0, 1),
 }
 # Operator -> which operands are steps (|=> names its left operand; ?> and !> keep both).
 STEP_OPERANDS = {
@@ -38,6 +39,7 @@ STEP_OPERANDS = {
     "!>": (0, 1),
     "|=>": (0,),
     "@>": (1,),
+    "<->": (0, 1),
 }
 
 

@@ -1,4 +1,4 @@
-"""What the log says, at info, about an instance's life: started, completed, failed,
+"""What the log says, at info, about an instance's life: started, completed, failed, compensated,
 cancelled, each once the plan that says so has committed.
 
 An instance starts at its first advance (its status leaves `pending`); it ends when a plan
@@ -12,7 +12,9 @@ import logging
 from typing import Any
 
 from engine.planner.held import Planned
-from engine.planner.kinds import CANCELLED, COMPLETED, FAILED, PENDING
+from engine.planner.kinds import CANCELLED, COMPLETED, FAILED, PENDING, Status
+
+COMPENSATED = Status.COMPENSATED
 
 log = logging.getLogger("pgdurable.engine")
 
@@ -32,6 +34,10 @@ def log_applied(instance_id: str, planned: Planned) -> None:
         log_started(instance_id, planned.instance)
     if now == COMPLETED:
         log.info("event=instance_completed instance=%s", instance_id)
+    elif now == COMPENSATED:
+        log.info(
+            "event=instance_compensated instance=%s message=%r", instance_id, planned.plan.output
+        )
     elif now == FAILED:
         log.info("event=instance_failed instance=%s message=%r", instance_id, planned.plan.output)
     elif was == CANCELLED:

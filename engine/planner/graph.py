@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from engine.errors import OwnerRefused
-from engine.planner import deadlines, flow, leaves
+from engine.planner import compensate, deadlines, flow, leaves
 from engine.planner.kinds import (
     BREAK,
     CANCELLED,
@@ -82,7 +82,7 @@ class Planner:
     # -- entry point ----------------------------------------------------------------------
     def run(self) -> Plan:
         status = self.instance["status"]
-        if status in (COMPLETED, FAILED, PAUSED):
+        if status in (COMPLETED, FAILED, PAUSED, Status.COMPENSATED):
             return self.plan  # a paused instance: results recorded meanwhile wait for df.resume
         if status == CANCELLED:
             return self._cancel()
@@ -97,7 +97,22 @@ class Planner:
             return self._unplannable(exc)
         if isinstance(outcome, Broke):
             outcome = Failed(BREAK_OUTSIDE_LOOP)
+        if isinstance(outcome, Failed) and compensate.has_forwards(self):
+            return self._compensate(outcome)
         if outcome is not None:
+            self._finish(outcome)
+        return self.plan
+
+    def _compensate(self, failure: Failed) -> Plan:
+        """The root failed after forwards completed: undo them, then end compensated."""
+        try:
+            outcome = compensate.undo(self, failure)
+        except Exception as exc:  # a planner bug: fail once, as for any unplannable graph
+            return self._unplannable(exc)
+        if isinstance(outcome, compensate.Undone):
+            self._finish(Failed(outcome.error))
+            self.plan.instance_status = Status.COMPENSATED
+        elif outcome is not None:
             self._finish(outcome)
         return self.plan
 
@@ -335,4 +350,5 @@ HANDLERS: dict[str, Callable[[Planner, Node], Outcome]] = {
     NodeType.SIGNAL: leaves.signal,
     NodeType.RETRY: deadlines.retry,
     NodeType.TIMEOUT: deadlines.timeout,
+    NodeType.COMPENSATED: compensate.compensated,
 }

@@ -23,6 +23,7 @@ class NodeType(StrEnum):
     BREAK = "BREAK"
     RETRY = "RETRY"  # df.retry: a failure policy for its one child's subgraph
     TIMEOUT = "TIMEOUT"  # df.timeout: a deadline for its one child's subgraph
+    COMPENSATED = "COMPENSATED"  # forward <-> undo: the undo runs if the instance fails
 
 
 class Status(StrEnum):
@@ -34,9 +35,11 @@ class Status(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    COMPENSATED = "compensated"  # an instance that failed and whose forwards were undone
 
 
-TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)  # an instance's last status
+# an instance's last status
+TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.COMPENSATED)
 HTTP_TYPES = (NodeType.HTTP, NodeType.HTTP_MULTIPART)
 TIMER_TYPES = (NodeType.SLEEP, NodeType.WAIT_SCHEDULE)
 

@@ -97,7 +97,8 @@ def _wide(nodes: int) -> str:
             (),
             "22023",
             "Invalid durable function: Unknown node_type 'NOPE'. Valid types: SQL, THEN, IF, JOIN, "
-            "LOOP, BREAK, RACE, SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL, RETRY, TIMEOUT",
+            "LOOP, BREAK, RACE, SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, SIGNAL, RETRY, "
+            "TIMEOUT, COMPENSATED",
         ),
         (
             "SELECT df.start('SELECT 1', database => 'no_such_db')",

@@ -309,6 +309,7 @@ def test_operators_live_in_public_with_functions_in_df(conn: Conn) -> None:
     assert rows == [
         ("!>", "b", "text", "text", "df.if_else_op"),
         ("&", "b", "text", "text", "df.join"),
+        ("<->", "b", "text", "text", "df.with_undo"),
         ("?>", "b", "text", "text", "df.if_then_op"),
         ("@>", "l", "-", "text", "df.loop_prefix_op"),
         ("|", "b", "text", "text", "df.race"),
@@ -458,7 +459,7 @@ def test_every_valid_node_type_is_used_as_a_node(conn: Conn) -> None:
     types = value(conn, "SELECT df._node_types()")
     assert types == [
         "SQL", "THEN", "IF", "JOIN", "LOOP", "BREAK", "RACE", "SLEEP", "WAIT_SCHEDULE",
-        "HTTP", "HTTP_MULTIPART", "SIGNAL", "RETRY", "TIMEOUT",
+        "HTTP", "HTTP_MULTIPART", "SIGNAL", "RETRY", "TIMEOUT", "COMPENSATED",
     ]  # fmt: skip
     for node_type in types:
         child = value(conn, "SELECT df.loop(%s)", (json.dumps({"node_type": node_type}),))

@@ -317,7 +317,7 @@ def test_validation_errors_are_returned(conn: psycopg.Connection) -> None:
     assert explain_text(conn, '{"node_type":"NOT_A_NODE"}') == (
         "Invalid durable function graph: root: Unknown node_type 'NOT_A_NODE'. Valid types: "
         "SQL, THEN, IF, JOIN, LOOP, BREAK, RACE, SLEEP, WAIT_SCHEDULE, HTTP, HTTP_MULTIPART, "
-        "SIGNAL, RETRY, TIMEOUT"
+        "SIGNAL, RETRY, TIMEOUT, COMPENSATED"
     )
     bad_child = (
         '{"node_type":"THEN","left_node":{"node_type":"SQL","query":"SELECT 1"},'

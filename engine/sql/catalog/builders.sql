@@ -152,6 +152,13 @@ BEGIN
 END;
 $$;
 
+-- Compensation (pg_durable's proposal, spec-compensation.md): `forward` runs as usual and
+-- its outcome is the node's; if the instance then fails, `undo` runs (forwards that
+-- completed are undone in reverse order of completion) and the instance ends compensated.
+-- Plain SQL strings are wrapped in both positions. Behind the operator <->.
+CREATE OR REPLACE FUNCTION df.with_undo(forward text, undo text) RETURNS text
+LANGUAGE plpgsql STRICT AS $$ BEGIN RETURN df._pair('COMPENSATED', forward, undo); END $$;
+
 -- `value` is a literal carried out of the loop, not SQL: it is never auto-wrapped.
 CREATE OR REPLACE FUNCTION df.break(value text DEFAULT NULL) RETURNS text
 LANGUAGE sql

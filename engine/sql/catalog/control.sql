@@ -29,7 +29,7 @@ BEGIN
             USING ERRCODE = '42704';
     END IF;
     UPDATE df.instances i SET status = 'cancelled', updated_at = now()
-    WHERE i.id = cancel.instance_id AND i.status NOT IN ('completed', 'failed', 'cancelled');
+    WHERE i.id = cancel.instance_id AND i.status NOT IN ('completed', 'failed', 'cancelled', 'compensated');
     PERFORM df._request_advance(instance_id);
     RETURN format('Instance %s cancelled: %s', instance_id, reason);
 END
@@ -353,7 +353,7 @@ BEGIN
         IF current_status IS NULL THEN
             RAISE EXCEPTION 'Instance not found: %', instance_id USING ERRCODE = '42704';
         END IF;
-        IF current_status IN ('completed', 'failed', 'cancelled') THEN
+        IF current_status IN ('completed', 'failed', 'cancelled', 'compensated') THEN
             PERFORM df._mark_helper_result('df.await_instance', current_status);
             RETURN current_status;
         END IF;

@@ -144,7 +144,7 @@ BEGIN
         UPDATE df.instances
         SET status = plan ->> 'instance_status', updated_at = clock_timestamp(),
             completed_at = CASE WHEN plan ->> 'instance_status' = 'completed' THEN clock_timestamp() END
-        WHERE id = p_instance AND status NOT IN ('completed', 'failed', 'cancelled');
+        WHERE id = p_instance AND status NOT IN ('completed', 'failed', 'cancelled', 'compensated');
     END IF;
 
     UPDATE df._executions e
@@ -290,7 +290,7 @@ BEGIN
     IF p_keep > 0 THEN  -- the oldest of the newest p_keep: older ones are beyond the cap
         SELECT coalesce(i.completed_at, i.created_at), i.id INTO kept_at, kept_id
         FROM df.instances i
-        WHERE i.status = ANY ('{completed,failed,cancelled}'::text[])
+        WHERE i.status = ANY ('{completed,failed,cancelled,compensated}'::text[])
         ORDER BY coalesce(i.completed_at, i.created_at) DESC, i.id DESC
         OFFSET p_keep - 1 LIMIT 1;
         IF kept_at IS NOT NULL AND (kept_at, kept_id) > (upto_at, upto_id) THEN
@@ -301,7 +301,7 @@ BEGIN
     SELECT array_agg(d.id), count(*) FILTER (WHERE d.at < cutoff) INTO ids, aged
     FROM (SELECT i.id, coalesce(i.completed_at, i.created_at) AS at
           FROM df.instances i
-          WHERE i.status = ANY ('{completed,failed,cancelled}'::text[])
+          WHERE i.status = ANY ('{completed,failed,cancelled,compensated}'::text[])
             AND (coalesce(i.completed_at, i.created_at), i.id) < (upto_at, upto_id)
           ORDER BY coalesce(i.completed_at, i.created_at), i.id
           LIMIT p_batch

@@ -44,6 +44,7 @@ AS $$
                                         c.config ->> 'max_attempts',
                                         c.config ->> 'initial_backoff', c.config ->> 'max_backoff')
                WHEN 'TIMEOUT' THEN format('TIMEOUT %ss', c.config ->> 'seconds')
+               WHEN 'COMPENSATED' THEN 'WITH UNDO'
            END, node ->> 'type')
            || CASE WHEN node ->> 'type' <> 'THEN' AND node ? 'name'
                    THEN format(' |=> ''%s''', node ->> 'name') ELSE '' END
@@ -83,7 +84,8 @@ AS $$
     FROM (VALUES ('IF', 1, '? condition:', 'cond'), ('IF', 2, '✓ then:', 'left'),
                  ('IF', 3, '✗ else:', 'right'), ('LOOP', 1, '↻ body:', 'left'),
                  ('LOOP', 2, '? while:', 'cond'), ('RETRY', 1, '↻ retried:', 'left'),
-                 ('TIMEOUT', 1, '⏱ within:', 'left')) AS s(node_type, ord, header, field)
+                 ('TIMEOUT', 1, '⏱ within:', 'left'), ('COMPENSATED', 1, '→ forward:', 'left'),
+                 ('COMPENSATED', 2, '↶ undo:', 'right')) AS s(node_type, ord, header, field)
     WHERE s.node_type = node ->> 'type' AND node ? s.field
   UNION ALL
     SELECT b.ord, format('║ branch %s:', b.ord), b.key,
@@ -268,6 +270,7 @@ BEGIN
     SELECT e.status, df._output_text(e, inst.root) AS output INTO run FROM df._executions e
     WHERE e.instance_id = p_instance ORDER BY e.execution_id DESC LIMIT 1;
     shown := CASE WHEN inst.status = 'paused' THEN 'Paused'  -- df.pause: its execution runs on
+                  WHEN inst.status = 'compensated' THEN 'Compensated'  -- its execution Failed
                   ELSE coalesce(run.status, inst.status) END;
     RETURN 'Instance: ' || p_instance || coalesce(' (' || inst.label || ')', '')
         || E'\nStatus:   ' || CASE
@@ -275,6 +278,7 @@ BEGIN
                WHEN lower(shown) IN ('failed', 'canceled', 'cancelled') THEN '✗'
                WHEN lower(shown) = 'running' THEN '⏳'
                WHEN shown = 'Paused' THEN '⏸'
+               WHEN shown = 'Compensated' THEN '↶'
                ELSE '○' END || ' ' || shown
         || coalesce(E'\nOutput:   ' || df._explain_truncate(run.output, 60, 57), '')
         || E'\n\n' || df._explain_pad(df._explain_tree(plan, inst.root));

@@ -162,7 +162,7 @@ BEGIN
         types[i] := kind;
         names[i] := node ->> 'result_name';
         queries[i] := CASE
-            WHEN kind IN ('THEN', 'RACE') THEN NULL
+            WHEN kind IN ('THEN', 'RACE', 'COMPENSATED') THEN NULL
             WHEN kind = 'LOOP' AND df._loop_continues_on_failure(node ->> 'query')
                 THEN CASE WHEN node ? 'condition_node'
                           THEN json_build_object('condition_node', condition_ids[i],
@@ -250,6 +250,8 @@ BEGIN
     problem := CASE
         WHEN t IN ('THEN', 'JOIN', 'RACE') AND NOT (has_left AND has_right)
             THEN format('%s node requires left_node and right_node', t)
+        WHEN t = 'COMPENSATED' AND NOT (has_left AND has_right)
+            THEN 'COMPENSATED node requires left_node (the forward) and right_node (the undo)'
         WHEN t = 'IF' AND NOT (has_left AND has_right)
             THEN 'IF node requires left_node (then) and right_node (else)'
         WHEN t = 'IF' AND NOT has_condition AND jsonb_typeof(node -> 'query') IS DISTINCT FROM 'string'
@@ -260,10 +262,10 @@ BEGIN
             THEN format('%s node requires left_node (the subgraph)', t)
         WHEN t IN ('RETRY', 'TIMEOUT') AND has_right
             THEN format('right_node is not valid for %s nodes', t)
-        WHEN t NOT IN ('THEN', 'JOIN', 'RACE', 'IF', 'LOOP', 'RETRY', 'TIMEOUT')
+        WHEN t NOT IN ('THEN', 'JOIN', 'RACE', 'IF', 'LOOP', 'RETRY', 'TIMEOUT', 'COMPENSATED')
              AND (has_left OR has_right)
             THEN format('%s nodes cannot have children', t)
-        WHEN t NOT IN ('THEN', 'JOIN', 'RACE', 'IF', 'LOOP')
+        WHEN t NOT IN ('THEN', 'JOIN', 'RACE', 'IF', 'LOOP', 'COMPENSATED')
              AND jsonb_typeof(node -> 'query') IS DISTINCT FROM 'string'
             THEN format('%s node requires a query', t)
     END;

@@ -184,7 +184,7 @@ LANGUAGE sql VOLATILE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_t
     SELECT (SELECT count(*) FROM df.instances),
            (SELECT count(*) FROM df.instances WHERE status IN ('pending', 'running', 'paused')),
            (SELECT count(*) FROM df.instances WHERE status = 'completed'),
-           (SELECT count(*) FROM df.instances WHERE status IN ('failed', 'cancelled')),
+           (SELECT count(*) FROM df.instances WHERE status IN ('failed', 'cancelled', 'compensated')),
            (SELECT count(*) FROM df._executions),
            (SELECT coalesce(sum(event_count), 0)::bigint FROM df._executions)
 $$;
@@ -286,7 +286,12 @@ AS $$
         SELECT i.node_id, NULL::text, NULL::text, NULL::bigint[] FROM info i WHERE i.is_root
       UNION ALL
         SELECT c.child,
-               CASE WHEN p.terminal AND NOT p.superseded THEN p.node_id ELSE w.term_id END,
+               -- an undo that started (planner/compensate.py) runs after its instance's failure:
+               -- nothing above it makes it skipped
+               CASE WHEN p.node_type = 'COMPENSATED' AND c.child = p.right_child
+                         AND c.child IN (SELECT u.node_id FROM info u WHERE u.status <> 'pending')
+                    THEN NULL
+                    WHEN p.terminal AND NOT p.superseded THEN p.node_id ELSE w.term_id END,
                CASE WHEN p.gens > w.best_gens OR w.best_gens IS NULL AND p.gens IS NOT NULL
                     THEN p.node_id ELSE w.best_id END,
                CASE WHEN p.gens > w.best_gens OR w.best_gens IS NULL AND p.gens IS NOT NULL

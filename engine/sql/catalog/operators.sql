@@ -19,3 +19,17 @@ CREATE OPERATOR public.| (LEFTARG = text, RIGHTARG = text, FUNCTION = df.race);
 CREATE OPERATOR public.?> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.if_then_op);
 CREATE OPERATOR public.!> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.if_else_op);
 CREATE OPERATOR public.@> (RIGHTARG = text, FUNCTION = df.loop_prefix_op);
+-- Compensation (pg_durable's proposal). There is no built-in text <-> text (the geometric
+-- and tsquery ones keep their types); pg_trgm's similarity distance is one, and when it is
+-- installed in public already the operator is left out (df.with_undo does the same).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_operator o
+               WHERE o.oprname = '<->' AND o.oprnamespace = 'public'::regnamespace
+                 AND o.oprleft = 'text'::regtype AND o.oprright = 'text'::regtype) THEN
+        RAISE NOTICE 'public.<->(text, text) exists already (pg_trgm?): write df.with_undo(forward, undo) instead of <->';
+    ELSE
+        CREATE OPERATOR public.<-> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.with_undo);
+    END IF;
+END
+$$;

@@ -28,6 +28,8 @@ BEGIN
             THEN left_node IS NOT NULL AND right_node IS NOT NULL AND query IS NULL
         WHEN node_type OPERATOR(pg_catalog.=) ANY ('{RETRY,TIMEOUT}'::text[])
             THEN left_node IS NOT NULL AND right_node IS NULL AND query IS NOT NULL
+        WHEN node_type OPERATOR(pg_catalog.=) 'COMPENSATED'
+            THEN left_node IS NOT NULL AND right_node IS NOT NULL AND query IS NULL
     END;
 END
 $$;
@@ -58,7 +60,7 @@ CREATE TABLE df.instances (
     CONSTRAINT instances_id_format_chk CHECK (id ~ '^[0-9a-f]{8}$'),
     CONSTRAINT instances_root_node_format_chk CHECK (root_node ~ '^[0-9a-f]{8}$'),
     CONSTRAINT instances_status_chk
-        CHECK (status = ANY ('{pending,running,paused,completed,failed,cancelled}'::text[])),
+        CHECK (status = ANY ('{pending,running,paused,completed,failed,cancelled,compensated}'::text[])),
     CONSTRAINT instances_identity_key UNIQUE (id, submitted_by)
 );
 CREATE INDEX idx_instances_status ON df.instances (status, created_at DESC, id);
@@ -67,7 +69,7 @@ CREATE INDEX idx_instances_label ON df.instances (label, created_at DESC, id)
     WHERE label IS NOT NULL;
 -- Retention (df._prune_finished): finished instances by age, oldest first.
 CREATE INDEX idx_instances_finished ON df.instances ((coalesce(completed_at, created_at)), id)
-    WHERE status = ANY ('{completed,failed,cancelled}'::text[]);
+    WHERE status = ANY ('{completed,failed,cancelled,compensated}'::text[]);
 
 CREATE TABLE df.nodes (
     id             varchar(8) NOT NULL,
@@ -91,7 +93,7 @@ CREATE TABLE df.nodes (
     -- reads a table's CHECK expressions back from their node trees in every statement that
     -- writes the table, and written out they came to 12.6 kB per UPDATE of df.nodes.
     CONSTRAINT nodes_node_type_chk CHECK (node_type = ANY (
-        '{SQL,THEN,IF,JOIN,LOOP,BREAK,RACE,SLEEP,WAIT_SCHEDULE,HTTP,HTTP_MULTIPART,SIGNAL,RETRY,TIMEOUT}'::text[])),
+        '{SQL,THEN,IF,JOIN,LOOP,BREAK,RACE,SLEEP,WAIT_SCHEDULE,HTTP,HTTP_MULTIPART,SIGNAL,RETRY,TIMEOUT,COMPENSATED}'::text[])),
     CONSTRAINT nodes_result_name_chk CHECK (result_name ~ '^[A-Za-z_][A-Za-z0-9_]*$'),
     CONSTRAINT nodes_status_chk CHECK (status = ANY ('{pending,running,completed,failed}'::text[])),
     CONSTRAINT nodes_result_status_chk

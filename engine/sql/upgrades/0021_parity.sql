@@ -46,7 +46,8 @@ CREATE INDEX IF NOT EXISTS idx_nodes_right_node ON df.nodes (instance_id, right_
     WHERE right_node IS NOT NULL;
 
 -- Per-subgraph retries and timeouts (issue 15: df.retry, df.timeout): node types RETRY and
--- TIMEOUT (one child, a JSON config in the query).
+-- TIMEOUT (one child, a JSON config in the query); and compensation's COMPENSATED (issue 15,
+-- item 3: a forward and its undo, no query).
 CREATE OR REPLACE FUNCTION df._node_structure_ok(node_type text, left_node text, right_node text,
                                                  query text)
 RETURNS boolean LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
@@ -66,17 +67,20 @@ BEGIN
             THEN left_node IS NOT NULL AND right_node IS NOT NULL AND query IS NULL
         WHEN node_type OPERATOR(pg_catalog.=) ANY ('{RETRY,TIMEOUT}'::text[])
             THEN left_node IS NOT NULL AND right_node IS NULL AND query IS NOT NULL
+        WHEN node_type OPERATOR(pg_catalog.=) 'COMPENSATED'
+            THEN left_node IS NOT NULL AND right_node IS NOT NULL AND query IS NULL
     END;
 END
 $$;
 ALTER TABLE df.nodes DROP CONSTRAINT IF EXISTS nodes_node_type_chk;
 ALTER TABLE df.nodes ADD CONSTRAINT nodes_node_type_chk CHECK (node_type = ANY (
-    '{SQL,THEN,IF,JOIN,LOOP,BREAK,RACE,SLEEP,WAIT_SCHEDULE,HTTP,HTTP_MULTIPART,SIGNAL,RETRY,TIMEOUT}'::text[]));
+    '{SQL,THEN,IF,JOIN,LOOP,BREAK,RACE,SLEEP,WAIT_SCHEDULE,HTTP,HTTP_MULTIPART,SIGNAL,RETRY,TIMEOUT,COMPENSATED}'::text[]));
 
--- Pause, resume, resume from failure (issue 15, item 4): an instance may be 'paused'.
+-- Pause, resume, resume from failure (issue 15, item 4): an instance may be 'paused';
+-- compensation (issue 15, item 3): or 'compensated'.
 ALTER TABLE df.instances DROP CONSTRAINT IF EXISTS instances_status_chk;
 ALTER TABLE df.instances ADD CONSTRAINT instances_status_chk
-    CHECK (status = ANY ('{pending,running,paused,completed,failed,cancelled}'::text[]));
+    CHECK (status = ANY ('{pending,running,paused,completed,failed,cancelled,compensated}'::text[]));
 
 -- Each pgdurable's heartbeat row carries its own --lease-seconds (issue 14, item 13): how
 -- long its silence may last before df.start counts it gone (processes on one database may
@@ -84,3 +88,24 @@ ALTER TABLE df.instances ADD CONSTRAINT instances_status_chk
 ALTER TABLE df._worker_epoch ADD COLUMN IF NOT EXISTS lease_seconds double precision
     NOT NULL DEFAULT 30;
 DROP FUNCTION IF EXISTS df._heartbeat(uuid);
+
+-- Compensation (issue 15, item 3: `forward <-> undo`, df.with_undo): compensated counts as
+-- finished for retention; and the operator <->, whose function the code files create again
+-- right after this file.
+DROP INDEX IF EXISTS df.idx_instances_finished;
+CREATE INDEX idx_instances_finished ON df.instances ((coalesce(completed_at, created_at)), id)
+    WHERE status = ANY ('{completed,failed,cancelled,compensated}'::text[]);
+CREATE OR REPLACE FUNCTION df.with_undo(forward text, undo text) RETURNS text
+LANGUAGE plpgsql STRICT AS $$ BEGIN RETURN df._pair('COMPENSATED', forward, undo); END $$;
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_operator o
+               WHERE o.oprname = '<->' AND o.oprnamespace = 'public'::regnamespace
+                 AND o.oprleft = 'text'::regtype AND o.oprright = 'text'::regtype) THEN
+        -- ours from an earlier run, or pg_trgm's: df.with_undo does the same
+        RAISE NOTICE 'public.<->(text, text) exists already: <-> is not (re)created';
+    ELSE
+        CREATE OPERATOR public.<-> (LEFTARG = text, RIGHTARG = text, FUNCTION = df.with_undo);
+    END IF;
+END
+$$;
