@@ -1,5 +1,5 @@
 """The dashboard's routes on the admin port: sign-in and sign-out, the instances page, one
-instance's page, their JSON for the live refresh, cancel and signal.
+instance's page, their JSON for the live refresh, cancel and signal, and the stalled page.
 
 Who sees what is PostgreSQL's decision: a visitor signs in with a role and its password,
 which PostgreSQL checks; every page then queries on that role's own connection, so
@@ -22,10 +22,12 @@ from pgdurable_proxy.dashboard.graph import GraphNode, layout
 from pgdurable_proxy.dashboard.guard import Handler, guarded, see_other, set_cookie
 from pgdurable_proxy.dashboard.pages import (
     INSTANCE_STATUSES,
+    STALLED_FOR_DEFAULT,
     Pages,
     diagram_context,
     instance_json,
     instance_row_json,
+    parse_stalled_for,
 )
 from pgdurable_proxy.dashboard.queries import (
     ConnectionLost,
@@ -43,6 +45,7 @@ SessionHandler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 SESSION_COOKIE = "pgdurable_session"
 SIGNIN_COOKIE = "pgdurable_signin"
 PAGE_SIZE = 50
+STALLED_ROWS = 500  # most waits the stalled page lists
 MAX_FIELD = 1024  # longest role name, password, signal name accepted from a form
 SIGN_INS_AT_ONCE = 8  # sign-ins waiting for PostgreSQL at once; more are refused
 INSTANCE_ID = re.compile(r"[0-9a-f]{8}")
@@ -73,6 +76,7 @@ class Dashboard:
             ("GET", "/instances/{instance_id}", self._signed_in(self._instance_page)),
             ("POST", "/instances/{instance_id}/cancel", self._signed_in(self._cancel, form=True)),
             ("POST", "/instances/{instance_id}/signal", self._signed_in(self._signal, form=True)),
+            ("GET", "/stalled", self._signed_in(self._stalled_page)),
             ("GET", "/api/instances", self._signed_in(self._instances_json, api=True)),
             ("GET", "/api/instances/{instance_id}", self._signed_in(self._instance_json, api=True)),
             ("GET", "/static/{name}", self._static_file),
@@ -253,6 +257,24 @@ class Dashboard:
         if view is None:
             return web.json_response({"error": "no such instance"}, status=404)
         return web.json_response(instance_json(view))
+
+    async def _stalled_page(self, request: web.Request, session: Session) -> web.StreamResponse:
+        text = request.query.get("for", "").strip()[:MAX_FIELD] or STALLED_FOR_DEFAULT
+        context: dict[str, Any] = {"session": session, "stalled_for": text, "truncated": False}
+        stalled_for = parse_stalled_for(text)
+        if stalled_for is None:
+            error = "Give how long as a whole number of s, m, h or d (30s, 5m, 1h), up to 365d."
+            return self._pages.render("stalled.html", 400, rows=(), error=error, **context)
+        try:
+            rows = await session.connection.stalled(stalled_for, STALLED_ROWS + 1)
+        except QueryFailed as exc:
+            return self._pages.render(
+                "stalled.html", _http_status(exc), rows=(), error=str(exc), **context
+            )
+        context["truncated"] = len(rows) > STALLED_ROWS
+        return self._pages.render(
+            "stalled.html", rows=rows[:STALLED_ROWS], flash=session.take_flash(), **context
+        )
 
     def _message(self, session: Session, status: int, heading: str) -> web.Response:
         return self._pages.render(

@@ -4,7 +4,8 @@ the JSON its live refresh reads."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jinja2
@@ -21,12 +22,39 @@ from pgdurable_proxy.dashboard.queries import (
 INSTANCE_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 TERMINAL_STATUSES = ("completed", "failed", "cancelled")
 NODE_STATUSES = ("pending", "running", "completed", "failed", "skipped")
+STALLED_FOR_DEFAULT = "5m"
+STALLED_FOR_MAX = timedelta(days=365)
+_STALLED_FOR = re.compile(r"([0-9]{1,6})([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MARKERS = {"completed": "✓", "failed": "✗", "running": "▶", "pending": "○", "skipped": "⊘"}
 
 
 def when(value: datetime | None) -> str:
     """A timestamp as the pages show it (UTC, to the second)."""
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
+
+
+def parse_stalled_for(text: str) -> timedelta | None:
+    """The stalled page's interval: a whole number of seconds, minutes, hours or days
+    (`30s`, `5m`, `1h`, `2d`) up to a year; None for anything else."""
+    found = _STALLED_FOR.fullmatch(text.strip())
+    if found is None:
+        return None
+    interval = timedelta(seconds=int(found.group(1)) * _UNIT_SECONDS[found.group(2)])
+    return interval if interval <= STALLED_FOR_MAX else None
+
+
+def duration(value: timedelta | None) -> str:
+    """A duration as the pages show it: `2d 3h 4m 5s`, leading zero units left out."""
+    if value is None:
+        return ""
+    seconds = int(value.total_seconds())
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size or parts:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return " ".join([*parts, f"{seconds}s"])
 
 
 def shown_result(node: NodeRow) -> str:
@@ -56,6 +84,7 @@ class Pages:
         )
         self._env.filters["when"] = when
         self._env.filters["shown_result"] = shown_result
+        self._env.filters["duration"] = duration
 
     def render(self, template: str, http_status: int = 200, **context: Any) -> web.Response:
         """An HTML response of `template` with `context`."""

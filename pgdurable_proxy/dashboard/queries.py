@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -115,6 +115,22 @@ class ExecutionRow:
 
 
 @dataclass(frozen=True, slots=True)
+class StalledRow:
+    """One wait of an instance without progress (df.instance_activity)."""
+
+    instance_id: str
+    label: str | None
+    status: str
+    last_progress: datetime | None
+    idle_for: timedelta | None
+    node_id: str | None
+    node_type: str | None
+    wait_kind: str | None
+    waiting_for: str | None
+    since: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceView:
     """All an instance's page shows."""
 
@@ -208,6 +224,12 @@ class RoleConnection:
     async def explain(self, instance_id: str) -> str:
         """df.explain of the live instance."""
         return str((await self._fetch("explain", instance_id))[0][0])
+
+    async def stalled(self, stalled_for: timedelta, limit: int) -> tuple[StalledRow, ...]:
+        """The instances the role may see with no progress for `stalled_for`, with what
+        each waits for (at most `limit` rows)."""
+        rows = await self._fetch("stalled", stalled_for, limit)
+        return tuple(StalledRow(**dict(r)) for r in rows)
 
     async def cancel(self, instance_id: str) -> str:
         """df.cancel, as the role."""

@@ -50,3 +50,11 @@ SELECT df.cancel($1::pg_catalog.text);
 
 -- name: signal
 SELECT df.signal($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text);
+
+-- name: stalled
+-- df.instance_activity: the pending and running instances the role may see with no
+-- progress for $1 (oldest progress first), one row per wait, at most $2 rows.
+SELECT a.instance_id, a.label, a.status, a.last_progress, a.idle_for, a.node_id,
+       a.node_type, a.wait_kind, a.waiting_for, a.since
+FROM df.instance_activity($1::pg_catalog.interval) a
+LIMIT $2::pg_catalog.int4;

@@ -222,6 +222,35 @@ def test_signing_out_ends_the_session_and_its_connection(people: People) -> None
         time.sleep(0.02)
 
 
+def test_the_stalled_page_lists_the_roles_waiting_instances_and_what_they_wait_for(
+    people: People,
+) -> None:
+    assert people.visitor().request("GET", "/stalled?for=0s").headers["Location"] == "/signin"
+    alice = people.signed_in(ALICE)
+    page = alice.request("GET", "/stalled?for=0s")
+    assert page.status == 200 and 'href="/stalled"' in page.body
+    row = _stalled_row(page.body, people.alice_instance)
+    assert f'href="/instances/{people.alice_instance}"' in row
+    assert '<td class="wait-kind">signal</td>' in row and "signal &#39;go&#39;" in row
+    assert people.bob_instance not in page.body and "<script>alert(" not in page.body
+    bob = people.signed_in(BOB).request("GET", "/stalled?for=0s").body
+    assert people.bob_instance in bob and people.alice_instance not in bob
+    # the default is five minutes: the instance started a moment ago is not stalled yet
+    assert people.alice_instance not in alice.request("GET", "/stalled").body
+    for bad in ("5", "-1m", "5+m", "1w", "366d", "1m%3BSELECT"):
+        reply = alice.request("GET", f"/stalled?for={bad}")
+        assert reply.status == 400 and "whole number of s, m, h or d" in reply.body
+    assert people.signed_in(NOBODY).request("GET", "/stalled").status == 403
+
+
+def _stalled_row(body: str, instance: str) -> str:
+    import re
+
+    found = re.search(rf'<tr data-instance="{instance}">(.*?)</tr>', body, re.DOTALL)
+    assert found is not None, body
+    return found.group(1)
+
+
 def _dashboard_connections(people: People, role: str) -> int:
     with psycopg.connect(people.dsn(ADMIN), autocommit=True) as conn:
         row = conn.execute(

@@ -1,9 +1,11 @@
 """The dashboard's pure parts: the graph layout, cookie signatures, session expiry, the
-Host header rule, --http-host, and the files that must ship in the package."""
+Host header rule, --http-host, the stalled page's interval, and the files that must ship in
+the package."""
 
 from __future__ import annotations
 
 import tomllib
+from datetime import timedelta
 from fnmatch import fnmatch
 from itertools import pairwise
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from pgdurable_proxy.config import parse_settings
 from pgdurable_proxy.dashboard.graph import MAX_DRAWN, GraphNode, children, layout
 from pgdurable_proxy.dashboard.guard import host_allowed
+from pgdurable_proxy.dashboard.pages import duration, parse_stalled_for
 from pgdurable_proxy.dashboard.sessions import CookieSigner, SessionStore, TooManySessions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,6 +140,39 @@ def test_the_admin_port_binds_loopback_unless_told_otherwise() -> None:
     assert parse_settings(["--host", "0.0.0.0"], {}).http_host == "127.0.0.1"
     assert parse_settings([], {"PGDURABLE_HTTP_HOST": "0.0.0.0"}).http_host == "0.0.0.0"
     assert parse_settings(["--http-host", "::1"], {}).http_host == "::1"
+
+
+@pytest.mark.parametrize(
+    ("text", "interval"),
+    [
+        ("0s", timedelta(0)),
+        ("30s", timedelta(seconds=30)),
+        (" 5m ", timedelta(minutes=5)),
+        ("1h", timedelta(hours=1)),
+        ("365d", timedelta(days=365)),
+        ("366d", None),
+        ("999999d", None),
+        ("5", None),
+        ("-1m", None),
+        ("5 m", None),
+        ("1.5h", None),
+        ("1w", None),
+        ("5M", None),
+        ("", None),
+        ("٣m", None),  # a digit, but not an ASCII one
+    ],
+)
+def test_the_stalled_page_takes_a_whole_number_of_one_unit(
+    text: str, interval: timedelta | None
+) -> None:
+    assert parse_stalled_for(text) == interval
+
+
+def test_durations_show_their_leading_units_only() -> None:
+    assert duration(None) == ""
+    assert duration(timedelta(seconds=7)) == "7s"
+    assert duration(timedelta(minutes=1)) == "1m 0s"
+    assert duration(timedelta(days=2, seconds=3)) == "2d 0h 0m 3s"
 
 
 def test_the_dashboards_files_are_package_data() -> None:
