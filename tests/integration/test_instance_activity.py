@@ -88,6 +88,8 @@ def _activity(
 
 
 def test_each_wait_is_named(conn: psycopg.Connection, reader: psycopg.Connection) -> None:
+    # no engine has run here: forget the heartbeat rows other tests' engines left
+    conn.execute("DELETE FROM df._worker_epoch")
     sleeping = _instance(conn, READER, "SLEEP", "3600")
     _task(conn, sleeping, "SLEEP", "timer")
     signal = _instance(conn, READER, "SIGNAL", '{"signal_name":"go","timeout_seconds":60}')
