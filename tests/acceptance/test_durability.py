@@ -1,5 +1,6 @@
-"""Durable means durable: SIGKILL pgdurable (and crash PostgreSQL) mid-run; nothing is lost
-or done twice."""
+"""Durable means durable: SIGKILL pgdurable (and crash PostgreSQL) mid-run, with a step
+that fails now and then and is retried; nothing is lost or done twice, and no failed
+attempt leaves a trace."""
 
 from __future__ import annotations
 
@@ -19,10 +20,23 @@ from tests.support.proxy import ProxyProcess
 
 WORKFLOWS = 210
 STEP = "INSERT INTO ledger (instance_id, step) VALUES ('{{sys_instance_id}}', {n})"
+# The second INSERT fails after its row is written, in about 3 attempts out of 10 (40001,
+# which a failure policy retries): its row must be there once, from the attempt that
+# succeeded, whatever the kills.
+FLAKY_STEP = STEP.format(n=2) + " RETURNING flaky()"
 GRAPH = (
-    f"$${STEP.format(n=1)}$$ ~> 'SELECT pg_sleep(0.2 + 0.2 * random())' ~> $${STEP.format(n=2)}$$"
+    f"$${STEP.format(n=1)}$$ ~> 'SELECT pg_sleep(0.2 + 0.2 * random())' ~> $${FLAKY_STEP}$$"
     f" ~> $${STEP.format(n=3)}$$"
 )
+RETRIES = "max_attempts => 12, max_backoff => '0.2 s'"  # 0.3^12: no instance runs out
+FLAKY = """CREATE FUNCTION flaky() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+    IF random() < 0.3 THEN
+        PERFORM nextval('flaky_failures');  -- a sequence: the rollback keeps the count
+        RAISE EXCEPTION 'transient' USING ERRCODE = '40001';
+    END IF;
+    RETURN 1;
+END $$"""
 ARGS = ["--lease-seconds", "2", "--poll-interval", "0.2"]
 
 
@@ -68,13 +82,17 @@ def crash(
             "CREATE TABLE ledger (instance_id text, step int, at timestamptz DEFAULT now())"
         )
         conn.execute("GRANT INSERT, SELECT ON ledger TO worker")
+        conn.execute("CREATE SEQUENCE flaky_failures")
+        conn.execute("GRANT USAGE ON SEQUENCE flaky_failures TO worker")
+        conn.execute(FLAKY)
     yield crash
     remove_cluster(crash.cluster)
 
 
 def _start(dsn: str, count: int) -> list[str]:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return [conn.execute(f"SELECT df.start({GRAPH})").fetchone()[0] for _ in range(count)]  # type: ignore[index]
+        start = f"SELECT df.start({GRAPH}, {RETRIES})"
+        return [conn.execute(start).fetchone()[0] for _ in range(count)]  # type: ignore[index]
 
 
 def _grant(crash: Crash) -> None:
@@ -151,6 +169,8 @@ def test_sigkill_at_random_instants_loses_nothing(crash: Crash, tmp_path: Path) 
     assert set(statuses.values()) == {"completed"}, _failures(crash.admin, ids)
     _assert_exactly_once(crash.admin, ids)
     assert "event=lease_taken_over" in log.read_text(), "no kill landed mid-step"
+    with psycopg.connect(crash.admin) as conn:  # attempts failed, and were retried
+        assert conn.execute("SELECT last_value FROM flaky_failures").fetchone()[0] > 20  # type: ignore[index]
 
 
 def test_postgres_crash_restart_mid_run(crash: Crash, tmp_path: Path) -> None:
