@@ -65,7 +65,12 @@ def timeout(p: Planner, node: Node) -> Outcome:
     deadline = (node.iteration_started or p.now) + seconds
     if p.now >= deadline:
         return _expire(p, node, seconds)
-    outcome = p.drive(node.left)
+    outer = p.deadline
+    p.deadline = deadline if outer is None else min(outer, deadline)
+    try:  # the steps started now run under what remains (leaves.py)
+        outcome = p.drive(node.left)
+    finally:
+        p.deadline = outer
     if outcome is WAITING:
         p.wake_at(deadline)
         return WAITING

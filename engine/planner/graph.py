@@ -70,6 +70,8 @@ class Planner:
             events=int(instance["events"]), execution_id=int(instance["execution_id"] or 1)
         )
         self.scope: Scope | None = None  # the scope of the node being driven (scopes.py)
+        # the nearest deadline of the df.timeout nodes around the node being driven
+        self.deadline: float | None = None
 
     def stamp(self, scope: Scope | None) -> dict[str, str]:
         """The status_details of a node running in `scope`: its execution stamp."""

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from engine.planner.http_config import HttpConfigError, substituted_config
+from engine.planner.http_config import HttpConfigError, compact, substituted_config
 from engine.planner.kinds import PENDING, RUNNING
 from engine.planner.outcomes import WAITING, Done, Failed, Node, Outcome
 from engine.planner.plan import ConsumedSignal, PlannedTask
@@ -19,6 +19,8 @@ from engine.planner.substitute import SubstitutionError, substitute_results, sub
 
 if TYPE_CHECKING:
     from engine.planner.graph import Planner
+
+DEFAULT_HTTP_TIMEOUT = 30  # seconds, an HTTP step's timeout_seconds when it names none
 
 
 def leaf_task(p: Planner, node: Node, payload: str | None, due_in: float | None = None) -> Outcome:
@@ -35,8 +37,30 @@ def leaf_task(p: Planner, node: Node, payload: str | None, due_in: float | None 
     return WAITING
 
 
+# A step under a df.timeout also runs under PostgreSQL's statement_timeout (an HTTP step
+# under its own timeout) of what remains of the deadline, and this much more: the durable
+# deadline normally cancels it first, with df.timeout's own error; the step's own limit is
+# the backstop for a step left running while no engine is there to cancel it.
+DEADLINE_GRACE_SECONDS = 1.0
+
+
 def sql(p: Planner, node: Node) -> Outcome:
-    return _step(p, node, lambda: p.substitute(node.query or "", node))
+    return _step(p, node, lambda: _within_deadline(p, p.substitute(node.query or "", node)))
+
+
+def _within_deadline(p: Planner, text: str) -> str:
+    """The step's SQL, after a SET LOCAL statement_timeout when a deadline is around it
+    (the step's transaction then runs both; its result is the last statement's)."""
+    left = _time_left(p)
+    if left is None:
+        return text
+    return f"SET LOCAL statement_timeout = {max(1, round(left * 1000))}; {text}"
+
+
+def _time_left(p: Planner) -> float | None:
+    if p.deadline is None:
+        return None
+    return max(0.001, p.deadline - p.now) + DEADLINE_GRACE_SECONDS
 
 
 def http(p: Planner, node: Node) -> Outcome:
@@ -51,7 +75,15 @@ def _http_payload(p: Planner, node: Node) -> str:
         text = substitute_vars(text, inst["vars"], inst["id"], inst["label"])
         return substitute_results(text, results, raw=True)
 
-    return substituted_config(node.type, node.id, node.query, sub)
+    payload = substituted_config(node.type, node.id, node.query, sub)
+    left = _time_left(p)
+    if left is None:
+        return payload
+    config = json.loads(payload)
+    asked = config.get("timeout_seconds", DEFAULT_HTTP_TIMEOUT)
+    if isinstance(asked, int | float) and not isinstance(asked, bool) and asked > left:
+        config["timeout_seconds"] = round(left, 3)  # (a bad value is the executor's to refuse)
+    return compact(config)
 
 
 def _step(p: Planner, node: Node, payload: Callable[[], str]) -> Outcome:

@@ -64,6 +64,24 @@ def test_an_expired_timeout_fails_and_cancels_its_running_sql(wf_dsn: str) -> No
     await_no_backend(wf_dsn, marker)
 
 
+def test_a_step_within_a_deadline_runs_under_a_statement_timeout_of_what_remains(
+    wf_dsn: str,
+) -> None:
+    """Its own limit, what remains of the deadline and a second more, is the backstop for a
+    step that no engine is there to cancel; the durable deadline normally comes first."""
+    shown = "SELECT setting::int AS ms FROM pg_settings WHERE name = 'statement_timeout'"
+    instance = start(wf_dsn, "df.timeout(df.seq('SELECT 1', %s), 30)", shown)
+    assert await_status(wf_dsn, instance, 10) == "completed"
+    with psycopg.connect(wf_dsn) as conn:
+        row = conn.execute("SELECT df.result(%s)::jsonb #> '{rows,0,ms}'", (instance,)).fetchone()
+    assert row is not None and 29_000 < int(row[0]) <= 31_000, row
+    outside = start(wf_dsn, "%s", shown)
+    assert await_status(wf_dsn, outside, 10) == "completed"
+    with psycopg.connect(wf_dsn) as conn:
+        row = conn.execute("SELECT df.result(%s)::jsonb #> '{rows,0,ms}'", (outside,)).fetchone()
+    assert row is not None and int(row[0]) == 0, row  # no deadline, no limit
+
+
 def test_a_composite_times_out_as_a_whole(wf_dsn: str) -> None:
     marker = uuid.uuid4().hex
     graph = "df.timeout(df.seq('SELECT pg_sleep(0.3)', %s), 1.2)"

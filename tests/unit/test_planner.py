@@ -45,6 +45,8 @@ class Store:
             node.update(status=change["status"], raw=change["raw"], error=change["error"])
             node["stamp"] = change.get("details", {}).get("execution_id", node.get("stamp"))
             node["iteration"] = stored_iteration(node, change)
+            if change.get("iteration_started") is not None:
+                node["iteration_started"] = change["iteration_started"]
         for task_id in plan.cancel_nodes:
             self.tasks.pop(task_id, None)
         if plan.drop_all_tasks:
@@ -314,3 +316,27 @@ def test_a_paused_instance_starts_nothing_and_goes_on_once_running_again() -> No
     assert list(store.tasks) == ["b"]
     store.finish("b", _rows(2))
     assert store.doc["status"] == "completed" and store.output == _rows(2)
+
+
+def test_steps_under_a_deadline_run_under_what_remains_of_it_and_a_second_more() -> None:
+    """df.timeout(THEN(SQL, HTTP), 10) started at 1000: at 1004 the HTTP step asking for 30 s
+    gets 7 s (6 left, a second of grace), the SQL step at 1000 a statement_timeout of 11 s;
+    a step outside any deadline keeps its text."""
+    http = _node("h", "HTTP", query='{"url": "https://example.com/", "timeout_seconds": 30}')
+    store = Store(
+        "t",
+        [
+            _node("t", "TIMEOUT", query='{"seconds": 10}', left="s"),
+            _node("s", "THEN", left="a", right="h"),
+            _sql("a"),
+            http,
+        ],
+    )
+    store.advance()
+    assert store.tasks["a"].payload == "SET LOCAL statement_timeout = 11000; SELECT 1"
+    store.doc["now"] = 1004.0
+    store.finish("a", _rows(1))
+    assert json.loads(store.tasks["h"].payload or "")["timeout_seconds"] == 7.0
+    plain = Store("b", [_sql("b", "SELECT 2")])
+    plain.advance()
+    assert plain.tasks["b"].payload == "SELECT 2"
