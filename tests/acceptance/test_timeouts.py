@@ -153,6 +153,36 @@ def test_a_retry_around_a_timeout_runs_its_subgraph_again(wf_dsn: str) -> None:
     await_no_backend(wf_dsn, marker)
 
 
+RERUN_STEP = """CREATE OR REPLACE FUNCTION timeouts_rerun(counter text) RETURNS integer
+LANGUAGE plpgsql AS $f$
+DECLARE
+    n integer := nextval(counter);
+BEGIN
+    IF n IN (1, 3) THEN
+        RAISE EXCEPTION 'attempt % failed', n USING ERRCODE = '40001';
+    ELSIF n = 2 THEN
+        PERFORM pg_sleep(60);
+    END IF;
+    RETURN n;
+END
+$f$"""
+
+
+def test_a_subgraph_run_again_gives_its_steps_their_attempts_afresh(wf_dsn: str) -> None:
+    """Attempt 1 fails (retried in place), attempt 2 times out (the subgraph runs again),
+    attempt 3 fails: in the new run it is the step's first failure, not its second."""
+    counter = f"rerun_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(wf_dsn, autocommit=True) as conn:
+        conn.execute(RERUN_STEP)
+        conn.execute(f"CREATE SEQUENCE {counter}")
+    step = f"SELECT timeouts_rerun('{counter}') AS n"
+    instance = start(wf_dsn, "df.retry(df.timeout(%s, 0.8), 2, '0.1 s', '0.2 s')", step)
+    assert await_status(wf_dsn, instance, 10) == "completed"
+    with psycopg.connect(wf_dsn) as conn:
+        row = conn.execute(f"SELECT last_value FROM {counter}").fetchone()
+    assert row == (4,)
+
+
 def test_explain_shows_the_policy_and_the_deadline(wf_dsn: str) -> None:
     with psycopg.connect(wf_dsn) as conn:
         row = conn.execute(
