@@ -22,6 +22,7 @@ from tests.bench.scale.load import bulk_load, loaded_completed, loaded_id
 from tests.bench.scale.measure import hello_world, measure_all
 from tests.bench.scale.report import markdown
 from tests.bench.scale.retention import probe_starts, split
+from tests.bench.scale.waits import WaitSampler
 from tests.bench.workflows.servers import (
     BENCH_DB,
     BENCH_ROLE,
@@ -130,12 +131,13 @@ def _bench(
     log_from = _log_lock_waits(cluster, server_log)
     proxy = _start_pgdurable(cluster, proxy_log, retention)
     stack.callback(proxy.stop)
-    calls, pruned = probe_starts(
-        proxy.dsn(user=BENCH_ROLE, dbname=BENCH_DB),
-        proxy_log,
-        args.start_every_ms / 1000,
-        timeout_s=1800,
-    )
+    with WaitSampler(cluster.dsn(dbname=BENCH_DB), BENCH_ROLE) as waits:
+        calls, pruned = probe_starts(
+            proxy.dsn(user=BENCH_ROLE, dbname=BENCH_DB),
+            proxy_log,
+            args.start_every_ms / 1000,
+            timeout_s=1800,
+        )
     with psycopg.connect(cluster.dsn(dbname=BENCH_DB)) as conn:
         row = conn.execute("SELECT count(*) FROM df.instances").fetchone()
     left = int(row[0]) if row else -1
@@ -151,6 +153,8 @@ def _bench(
         "instances_left": left,
         "lock_waits_over_10ms": len(lock_waits),
         "lock_wait_lines": lock_waits[:10],
+        "wait_samples": waits.samples,
+        "df_start_waits": waits.top(),
         "command": " ".join(sys.argv),
     }
     during, others = split(calls, pruned)

@@ -23,6 +23,12 @@ def _starts(p: StartProbe) -> str:
     )
 
 
+def _waits(top: object) -> str:
+    if not isinstance(top, list) or not top:
+        return "never seen active"
+    return ", ".join(f"{event} {count}" for event, count in top)
+
+
 def markdown(
     meta: Mapping[str, object],
     empty: Mapping[str, Timing],
@@ -58,6 +64,8 @@ def markdown(
         f"the pass ran: **{_verdict(starts[0].max_ms <= MAX_START_MS)}** "
         f"(max ≤ {MAX_START_MS:g} ms); {_starts(starts[1])} before and after it. "
         f"Lock waits over 10 ms PostgreSQL logged meanwhile (`log_lock_waits`, "
-        f"`deadlock_timeout = 10ms`): {meta['lock_waits_over_10ms']}.",
+        f"`deadlock_timeout = 10ms`): {meta['lock_waits_over_10ms']}. What the df.start "
+        f"backends were doing when seen active ({meta['wait_samples']} samples of "
+        f"pg_stat_activity, every 5 ms): {_waits(meta['df_start_waits'])}.",
     ]
     return "\n".join(lines) + "\n"
