@@ -1,0 +1,5 @@
+"""`python -m tests.bench.scale`."""
+
+from tests.bench.scale.bench import main
+
+raise SystemExit(main())
