@@ -3,7 +3,8 @@
 Every `reconcile_interval` seconds (the first pass soon after the engine starts), finished
 instances (completed, failed, cancelled) older than `retention_days`, or beyond the newest
 `retention_max_instances`, are deleted with their nodes and engine rows, in batches of a
-few hundred, each its own short transaction (df._prune_finished). A batch skips instances
+few hundred, each its own short transaction (df._prune_finished), with a pause after each
+as long as it took. A batch skips instances
 another transaction holds and never touches pending or running ones; it locks only the rows
 it deletes, so df.start never waits for it. With several pgdurable processes on one
 database, one prunes at a time (a transaction-level advisory lock in each batch).
@@ -26,7 +27,11 @@ from engine.settings import EngineSettings
 from engine.store import Store
 
 log = logging.getLogger("pgdurable.engine")
-BATCH = 500  # instances per transaction
+BATCH = 200  # instances per transaction
+# After each batch the pass waits as long as the batch took (at least this long): it never
+# takes more than half of the database's time, and a df.start's commit never queues behind
+# a run of batches' WAL (measured: python -m tests.bench.scale).
+MIN_PAUSE_SECONDS = 0.02
 FIRST_PASS_DELAY = 5.0  # seconds after the engine started (sooner with a shorter interval)
 
 
@@ -64,6 +69,7 @@ class Retention:
         started = time.monotonic()
         by_age = by_cap = 0
         while not self.stop.is_set():
+            began = time.monotonic()
             batch = await self.store.prune_finished(self.older_than, self.keep, BATCH)
             if batch is None:
                 log.debug("event=retention_pass_skipped reason=another_process_prunes")
@@ -74,6 +80,7 @@ class Retention:
             by_cap += batch.by_cap
             if batch.total < BATCH:
                 break
+            await asyncio.sleep(max(MIN_PAUSE_SECONDS, time.monotonic() - began))
         log.info(
             "event=retention_pass pruned=%d by_age=%d by_cap=%d seconds=%.3f",
             by_age + by_cap,
