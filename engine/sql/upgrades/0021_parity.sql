@@ -33,12 +33,12 @@ DROP FUNCTION IF EXISTS df.start(text, text, text, text);
 DROP FUNCTION IF EXISTS df._start_new(text, text, text);
 DROP FUNCTION IF EXISTS df._submit(text);
 
--- Bounded growth (issue 17 item 6): retention finds finished instances by age through an
--- index (engine.sql, df._prune_finished), and deletes their nodes without scanning an
+-- Bounded growth (issue 17 item 6): retention finds finished instances (compensated ones
+-- too) by age through an index (engine.sql, df._prune_finished), and deletes their nodes without scanning an
 -- instance's nodes once per node (the foreign keys' checks: tables.sql, df.nodes).
 CREATE INDEX IF NOT EXISTS idx_instances_finished
     ON df.instances ((coalesce(completed_at, created_at)), id)
-    WHERE status = ANY ('{completed,failed,cancelled}'::text[]);
+    WHERE status = ANY ('{completed,failed,cancelled,compensated}'::text[]);
 DROP INDEX IF EXISTS df.idx_nodes_instance;
 CREATE INDEX IF NOT EXISTS idx_nodes_left_node ON df.nodes (instance_id, left_node)
     WHERE left_node IS NOT NULL;
@@ -89,12 +89,9 @@ ALTER TABLE df._worker_epoch ADD COLUMN IF NOT EXISTS lease_seconds double preci
     NOT NULL DEFAULT 30;
 DROP FUNCTION IF EXISTS df._heartbeat(uuid);
 
--- Compensation (issue 15, item 3: `forward <-> undo`, df.with_undo): compensated counts as
--- finished for retention; and the operator <->, whose function the code files create again
--- right after this file.
-DROP INDEX IF EXISTS df.idx_instances_finished;
-CREATE INDEX idx_instances_finished ON df.instances ((coalesce(completed_at, created_at)), id)
-    WHERE status = ANY ('{completed,failed,cancelled,compensated}'::text[]);
+-- Compensation (issue 15, item 3: `forward <-> undo`, df.with_undo): the operator <->,
+-- whose function the code files create again right after this file (compensated counts as
+-- finished for retention: idx_instances_finished above).
 CREATE OR REPLACE FUNCTION df.with_undo(forward text, undo text) RETURNS text
 LANGUAGE plpgsql STRICT AS $$ BEGIN RETURN df._pair('COMPENSATED', forward, undo); END $$;
 DO $$
