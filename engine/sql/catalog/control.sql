@@ -41,17 +41,29 @@ $$;
 -- due wait too. df.resume sets it going again, or runs a failed instance again from its
 -- failed nodes (df._resume_failed). Owner-only, as df.cancel: the instance must be visible
 -- (row-level security) and the status is written under the caller's privileges.
+-- The status of one of the caller's instances (row-level security decides), its row locked
+-- against a concurrent pause, resume or cancel; another's or none: 42704, as df.cancel.
+CREATE OR REPLACE FUNCTION df._own_status_locked(target text)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    current_status text;
+BEGIN
+    SELECT i.status INTO current_status FROM df.instances i
+    WHERE i.id = target FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'Instance not found or access denied: %', target
+            USING ERRCODE = '42704';
+    END IF;
+    RETURN current_status;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION df.pause(instance_id text)
 RETURNS text LANGUAGE plpgsql STRICT AS $$
 DECLARE
     current_status text;
 BEGIN
-    SELECT i.status INTO current_status FROM df.instances i
-    WHERE i.id = pause.instance_id FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'Instance not found or access denied: %', instance_id
-            USING ERRCODE = '42704';
-    END IF;
+    current_status := df._own_status_locked(instance_id);
     IF current_status NOT IN ('pending', 'running', 'paused') THEN
         RAISE EXCEPTION 'Cannot pause instance % with status ''%''', instance_id, current_status
             USING ERRCODE = '55000',
@@ -72,12 +84,7 @@ RETURNS text LANGUAGE plpgsql STRICT AS $$
 DECLARE
     current_status text;
 BEGIN
-    SELECT i.status INTO current_status FROM df.instances i
-    WHERE i.id = resume.instance_id FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'Instance not found or access denied: %', instance_id
-            USING ERRCODE = '42704';
-    END IF;
+    current_status := df._own_status_locked(instance_id);
     IF current_status = 'failed' THEN
         PERFORM df._resume_failed(instance_id);
     ELSIF current_status = 'paused' THEN
