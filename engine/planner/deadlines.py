@@ -15,7 +15,6 @@ the next in its iteration_started).
 
 from __future__ import annotations
 
-import json
 import random
 from typing import TYPE_CHECKING
 
@@ -28,14 +27,6 @@ if TYPE_CHECKING:
 # SQLSTATE 57014 (query_canceled) is PostgreSQL's for a statement_timeout; the text names it
 EXPIRED = "canceling statement due to timeout: df.timeout({seconds} s) expired (SQLSTATE 57014)"
 EXPIRED_MARK = "expired (SQLSTATE 57014)"
-
-
-def _config(node: Node) -> dict[str, object]:
-    try:
-        value = json.loads(node.query or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _number(config: dict[str, object], key: str) -> float | None:
@@ -54,7 +45,7 @@ def _restart(p: Planner, node: Node) -> None:
 
 
 def timeout(p: Planner, node: Node) -> Outcome:
-    seconds = _number(_config(node), "seconds")
+    seconds = _number(node.config(), "seconds")
     if seconds is None:
         p.start(node)
         return p.complete(node, Failed("TIMEOUT node requires a positive number of seconds"))
@@ -89,7 +80,7 @@ def _through(p: Planner, node: Node, outcome: Outcome) -> Outcome:
 
 
 def retry(p: Planner, node: Node) -> Outcome:
-    config = _config(node)
+    config = node.config()
     _restart(p, node)
     if node.iteration_started is not None and p.now < node.iteration_started:
         p.wake_at(node.iteration_started)  # waiting for the next attempt
@@ -124,14 +115,5 @@ def _backoff(config: dict[str, object], attempt: int) -> float:
 def _reset_below(p: Planner, node: Node) -> None:
     """Every node of the subgraph back to pending, for another attempt (rows reused)."""
     for below in p.subtree(node.left):
-        if below.status == PENDING:
-            continue
-        below.status, below.raw, below.error = PENDING, None, None
-        below.iteration = 0
-        p.plan.nodes[below.id] = {
-            "id": below.id,
-            "status": PENDING,
-            "raw": None,
-            "error": None,
-            "reset": True,
-        }
+        if below.status != PENDING:
+            p.reset(below)

@@ -19,14 +19,6 @@ if TYPE_CHECKING:
 MAX_ITERATIONS = 100_000
 
 
-def _config(node: Node) -> dict[str, object]:
-    try:
-        value = json.loads(node.query or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def then(p: Planner, node: Node) -> Outcome:
     p.start(node)
     first = p.drive(node.left)
@@ -38,7 +30,7 @@ def then(p: Planner, node: Node) -> Outcome:
 
 def if_(p: Planner, node: Node) -> Outcome:
     p.start(node)
-    config = _config(node)
+    config = node.config()
     if "condition_node" in config:
         condition = p.drive(str(config["condition_node"]))
         if not isinstance(condition, Done):
@@ -65,7 +57,7 @@ def _has_rows(p: Planner, node: Node, name: str) -> bool | Failed:
 
 def branches(node: Node) -> list[str]:
     """The branch roots of a JOIN or RACE, in order."""
-    extra = _config(node).get("extra_nodes", [])
+    extra = node.config().get("extra_nodes", [])
     ids = [node.left, node.right, *(extra if isinstance(extra, list) else [])]
     return [str(i) for i in ids if i]
 
@@ -102,7 +94,7 @@ def race(p: Planner, node: Node) -> Outcome:
 
 
 def break_(p: Planner, node: Node) -> Outcome:
-    value = _config(node).get("break_value")
+    value = node.config().get("break_value")
     raw = "null" if value is None else _break_raw(str(value))
     p.start(node)
     p.set_status(node, COMPLETED, raw=raw)
@@ -119,7 +111,7 @@ def _break_raw(value: str) -> str:
 def continues_on_failure(node: Node) -> bool:
     """A loop made with continue_on_failure => true (pg_durable 0.2.8): a failed iteration
     is recorded and the loop goes on; its body runs in a scope of its own."""
-    return node.type == LOOP and _config(node).get("continue_on_failure") is True
+    return node.type == LOOP and node.config().get("continue_on_failure") is True
 
 
 def loop(p: Planner, node: Node) -> Outcome:
@@ -131,7 +123,7 @@ def loop(p: Planner, node: Node) -> Outcome:
         return WAITING
     if isinstance(body, Broke):
         return p.complete(node, Done(body.raw))
-    config = _config(node)
+    config = node.config()
     if isinstance(body, Failed):
         if config.get("continue_on_failure") is not True:
             return p.complete(node, body)

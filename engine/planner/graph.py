@@ -225,6 +225,19 @@ class Planner:
                     self.set_status(node, FAILED, error=loop_message)
         self.scope = driving
 
+    def reset(self, node: Node) -> None:
+        """A node back to pending, for another run (its row and state reused: a loop's next
+        iteration, a RETRY's next attempt)."""
+        node.status, node.raw, node.error = PENDING, None, None
+        node.iteration = 0
+        self.plan.nodes[node.id] = {
+            "id": node.id,
+            "status": PENDING,
+            "raw": None,
+            "error": None,
+            "reset": True,
+        }
+
     def begin_iteration(self, loop: Node, first: bool) -> None:
         """Reset the loop's body (rows are reused: storage does not grow) and count it.
 
@@ -233,15 +246,7 @@ class Planner:
         if not first:
             for node in self.subtree(loop.id):
                 if node.id != loop.id and node.status != PENDING:
-                    node.status, node.raw, node.error = PENDING, None, None
-                    node.iteration = 0
-                    self.plan.nodes[node.id] = {
-                        "id": node.id,
-                        "status": PENDING,
-                        "raw": None,
-                        "error": None,
-                        "reset": True,
-                    }
+                    self.reset(node)
             if loop.id == self.instance["root"]:
                 self._continue_as_new()
         loop.iteration += 1
@@ -300,7 +305,7 @@ class Planner:
         return winner is not None and winner.raw == parallel.raw
 
     def _children_in_order(self, node: Node) -> list[str]:
-        config = flow._config(node) if node.type in CONFIGURED else {}
+        config = node.config() if node.type in CONFIGURED else {}
         condition = config.get("condition_node")
         if node.type == IF:
             ids = [condition, node.left, node.right]

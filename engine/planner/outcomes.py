@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,15 @@ class Node:
             int(item.get("iteration") or 0),
             item.get("iteration_started"),
         )
+
+    def config(self) -> dict[str, object]:
+        """The node's JSON config (its query), or {} when that is not a JSON object (users
+        may write node rows by hand)."""
+        try:
+            value = json.loads(self.query or "{}")
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True, slots=True)
