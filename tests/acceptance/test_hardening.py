@@ -9,7 +9,7 @@ import psycopg
 
 from pgdurable_proxy.cluster import Cluster
 from tests.support.proxy import ProxyProcess
-from tests.support.workflows import await_running, await_status
+from tests.support.workflows import await_running, await_status, backends_running
 
 
 def _start(dsn: str, graph_sql: str) -> str:
@@ -114,17 +114,6 @@ def test_a_wide_graph_does_not_keep_another_owners_hello_world_waiting(
     assert await_status(wf_dsn, wide, 60) == "completed"
 
 
-def _backends_running(dsn: str, marker: str) -> int:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s "
-            "AND pid <> pg_backend_pid()",
-            (f"%{marker}%",),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 def test_a_cancelled_instances_slow_first_step_is_not_run_again(wf_dsn: str) -> None:
     """A first step still running when its instance was cancelled was started again as an
     ordinary step: it ran to the end for nothing, holding a step slot."""
@@ -132,16 +121,16 @@ def test_a_cancelled_instances_slow_first_step_is_not_run_again(wf_dsn: str) -> 
     dsn = wf_dsn
     instance = _start(dsn, f"'SELECT pg_sleep(60) AS {marker}'")
     deadline = time.monotonic() + 10
-    while _backends_running(dsn, marker) == 0:
+    while backends_running(dsn, marker) == 0:
         assert time.monotonic() < deadline, "the first step never ran"
         time.sleep(0.02)
     time.sleep(0.3)  # long enough for the first plan to be committed apart (promoted)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT df.cancel(%s)", (instance,))
     deadline = time.monotonic() + 5
-    while _backends_running(dsn, marker):
+    while backends_running(dsn, marker):
         assert time.monotonic() < deadline, "the cancelled step still runs"
         time.sleep(0.02)
     time.sleep(0.5)
-    assert _backends_running(dsn, marker) == 0, "the cancelled step was started again"
+    assert backends_running(dsn, marker) == 0, "the cancelled step was started again"
     assert await_status(dsn, instance, 10) == "cancelled"

@@ -23,7 +23,7 @@ import pytest
 from pgdurable_proxy.cluster import Cluster, free_port
 from tests.support.catalog import create_database
 from tests.support.proxy import ProxyProcess
-from tests.support.workflows import await_status
+from tests.support.workflows import await_status, backends_running
 
 ROLE = "limits_user"
 DISABLED_BUILDER = (
@@ -113,18 +113,10 @@ def _failure(dsn: str, instance: str) -> tuple[Any, Any, Any]:
 
 
 def _await_backend(cluster: Cluster, marker: str) -> None:
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            found = conn.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s "
-                "AND pid <> pg_backend_pid()",
-                (f"%{marker}%",),
-            ).fetchone()
-            if found is not None:
-                return
-            time.sleep(0.02)
-    raise AssertionError(f"no backend runs {marker}")
+    deadline = time.monotonic() + 10
+    while not backends_running(cluster.dsn(), marker):
+        assert time.monotonic() < deadline, f"no backend runs {marker}"
+        time.sleep(0.02)
 
 
 def test_a_step_waiting_longer_than_execution_acquire_timeout_fails(

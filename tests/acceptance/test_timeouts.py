@@ -15,26 +15,14 @@ import pytest
 
 from tests.acceptance.test_retries import make_counter, start
 from tests.support.proxy import ProxyProcess
-from tests.support.workflows import await_status
-
-
-def sleeping_backends(dsn: str, marker: str) -> int:
-    """Backends still running the statement that contains `marker`."""
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s"
-            " AND pid <> pg_backend_pid()",
-            (f"%{marker}%",),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
+from tests.support.workflows import await_status, backends_running
 
 
 def await_no_backend(dsn: str, marker: str) -> None:
     deadline = time.monotonic() + 2
-    while sleeping_backends(dsn, marker) and time.monotonic() < deadline:
+    while backends_running(dsn, marker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert sleeping_backends(dsn, marker) == 0
+    assert backends_running(dsn, marker) == 0
 
 
 def node_rows(dsn: str, instance: str) -> dict[str, tuple[str, str | None]]:

@@ -1,4 +1,5 @@
-"""Start a workflow and wait for it, as a client would (df.start, then df.await_instance)."""
+"""Start a workflow and wait for it, as a client would (df.start, then df.await_instance);
+watch its steps' statements in pg_stat_activity."""
 
 from __future__ import annotations
 
@@ -35,3 +36,15 @@ def await_running(conn: psycopg.Connection[tuple[object, ...]], instance: str) -
             return
         time.sleep(0.01)
     raise AssertionError(f"instance {instance} still pending after 10 s")
+
+
+def backends_running(dsn: str, marker: str) -> int:
+    """Backends (other than this one) running a statement that contains `marker`."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s"
+            " AND pid <> pg_backend_pid()",
+            (f"%{marker}%",),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
