@@ -34,6 +34,7 @@ CODE_FILES = (
     "graph",
     "start",
     "control",
+    "pause",
     "grants",
     "inspect",
     "explain",
