@@ -37,6 +37,7 @@ CODE_FILES = (
     "pause",
     "grants",
     "inspect",
+    "activity",
     "explain",
     "engine",
     "presence",
