@@ -34,7 +34,7 @@ from engine.executors.sql import FirstOutcome, FirstResult, run_first_step
 from engine.lifecycle_log import log_applied, log_started
 from engine.metrics import EngineMetrics, StepEnd
 from engine.planner.held import Planned, Planning, differences
-from engine.planner.kinds import COMPLETED, FAILED, PENDING, NodeType
+from engine.planner.kinds import COMPLETED, FAILED, LEAF_TYPES, PENDING, RUNNING, NodeType
 from engine.planner.plan import PlannedTask
 from engine.records import Owner, Task
 from engine.running import Background, Running, RunningStep
@@ -330,6 +330,12 @@ class InStep:
             # not the state itself: it holds the instance's SQL (--log-workflow-sql)
             log.exception("event=in_step_plan_failed state_bytes=%d", len(state))
             return None
+
+    def alone(self, planned: Planned, task: Task) -> bool:
+        return not any(
+            node.status == RUNNING and node.type in LEAF_TYPES and node.id != task.node_id
+            for node in planned.nodes.values()
+        )
 
     def chains(self, planned: Planned) -> bool:
         """Does the plan leave exactly one next step, an SQL step of the instance that this

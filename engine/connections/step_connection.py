@@ -1,5 +1,7 @@
 """One step connection and what the engine keeps about it: its prepared statements, whether
-its last COMMIT also began the next step's transaction, and the meter on its transport.
+its last COMMIT also began the next step's transaction, and the protocol in front of
+asyncpg's that sends the engine's own requests pipelined and meters a step's reply
+(engine/connections/step_wire.py).
 
 This state lived in module-level weak dictionaries keyed by the asyncpg connection; it is
 the connection's own, and goes with it.
@@ -13,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from engine.connections.step_wire import SYNC, FlightResult, StepWire, call, parse, query
 from engine.errors import OwnerRefused, StepFailed
 from engine.queries import q
 from engine.settings import DEFAULT_MAX_RESULT_BYTES, StatementSplitter
@@ -30,42 +33,16 @@ BOOKKEEPING = (
     "complete_step",
     "apply_first",
 )
+# The engine's statements whose answers a flight does not wait for: prepared by name on the
+# step connection (StepConnection.prepare_bookkeeping), called from flights (StepWire).
+FLIGHT_BOOKKEEPING = ("complete_held_or_record", "apply_first_or_refuse")
+# df._step_guard_or_refuse's refusals, by SQLSTATE
+GUARD_REFUSALS = {"42704": "gone", "42501": "a superuser"}
 
 
-class Meter(asyncio.Protocol):
-    """Between a step connection's transport and asyncpg's protocol: counts the bytes read
-    while armed (`budget` set) and closes the connection instead of passing on more
-    (engine/executors/step_rows.py)."""
-
-    def __init__(self, inner: Any, transport: Any) -> None:
-        self.inner = inner
-        self.transport = transport
-        self.budget: int | None = None
-        self.exceeded = False
-
-    def arm(self, budget: int) -> None:
-        self.budget, self.exceeded = budget, False
-
-    def data_received(self, data: bytes) -> None:
-        if self.budget is not None:
-            self.budget -= len(data)
-            if self.budget < 0:
-                self.budget, self.exceeded = None, True
-                self.transport.abort()  # asyncpg's pending call fails: the connection died
-                return
-        self.inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return bool(self.inner.eof_received()) if hasattr(self.inner, "eof_received") else None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
+def _close_statement(name: str) -> bytes:
+    body = b"S" + name.encode() + b"\x00"
+    return b"C" + (len(body) + 4).to_bytes(4, "big") + body
 
 
 class OwnerCheck(enum.Enum):
@@ -106,11 +83,12 @@ class StepConnection:
         "conn",
         "idle_timer",
         "limit",
-        "meter",
+        "opening",
         "refusal",
         "reset_on_commit",
         "split",
         "statements",
+        "wire",
     )
 
     def __init__(
@@ -132,14 +110,21 @@ class StepConnection:
         self.begun = False  # its last round trip also began the next step's transaction
         self.reset_on_commit = False  # its session was reset in its step's transaction
         self.limit = DEFAULT_MAX_RESULT_BYTES  # a step's result document, in bytes
-        self.meter: Meter | None = None
+        # between the transport and asyncpg: the engine's flights, the meter, the status
+        transport = conn._transport  # type: ignore[attr-defined]
+        self.wire = StepWire(conn._protocol, transport)  # type: ignore[attr-defined]
+        transport.set_protocol(self.wire)
+        # the BEGIN sent ahead of this step's statement, its answer not yet read (begin)
+        self.opening: asyncio.Future[FlightResult] | None = None
 
     def limit_results(self, limit: int) -> None:
         """Steps run here fail when their result document passes `limit` bytes."""
-        transport = self.conn._transport  # type: ignore[attr-defined]
-        self.meter = Meter(self.conn._protocol, transport)  # type: ignore[attr-defined]
-        transport.set_protocol(self.meter)
         self.limit = limit
+
+    def in_transaction(self) -> bool:
+        """Is the session in a transaction block, or will it be once the BEGIN sent ahead
+        of the statement is answered?"""
+        return self.opening is not None or self.wire.in_transaction
 
     async def prepare(self, sql: str) -> asyncpg.prepared_stmt.PreparedStatement:
         """`sql` prepared on this connection (cached, least recently used dropped)."""
@@ -162,18 +147,39 @@ class StepConnection:
             return None
         return check
 
-    async def begin(self) -> None:
-        """Begin a step's transaction (unless the last step's COMMIT began it), with its
-        owner checked in the same round trip (df._step_guard): OwnerNotAllowed when its
-        role is gone or now a superuser (the caller rolls back). In the catalog's database
-        only."""
+    def begin(self) -> None:
+        """Begin a step's transaction (unless the last step's COMMIT began it), its owner
+        checked in the same round trip as the statement that follows unanswered
+        (df._step_guard_or_refuse; opened() reads the answer). OwnerNotAllowed at once when
+        the COMMIT that began it found the owner gone or a superuser (the caller rolls
+        back). In the catalog's database only."""
         if self.begun:
             self.begun = False
             refusal, self.refusal = self.refusal, None
-        else:
-            refusal = self.verdict(await self.conn.execute(q("begin_step")))
-        if refusal is not None:
-            raise OwnerNotAllowed(refusal)
+            if refusal is not None:
+                raise OwnerNotAllowed(refusal)
+            return
+        allowed = "true" if self.allow_superuser else "false"
+        sql = q("begin_step_or_refuse").replace("$1", allowed)
+        self.opening = self.wire.send_before([query(sql)], syncs=1)
+
+    async def opened(self, failure: BaseException | None = None) -> None:
+        """Read the answer to the BEGIN sent ahead of the statement: OwnerNotAllowed when
+        the owner may not run a step, the BEGIN's own error when it failed (the error of
+        the statement after it, `failure`, then only says that the transaction was
+        aborted)."""
+        opening, self.opening = self.opening, None
+        if opening is None:
+            return
+        error = (await opening).error
+        if error is None:
+            return
+        state = getattr(error, "sqlstate", None)
+        message = str(error)
+        if state in GUARD_REFUSALS and message.startswith("pgdurable: the step's owner is"):
+            check = OwnerCheck.GONE if state == "42704" else OwnerCheck.SUPERUSER
+            raise OwnerNotAllowed(check) from failure
+        raise error from failure
 
     def began_next(self, tag: str) -> None:
         """The last step's COMMIT also began the next step's transaction and checked its
@@ -189,8 +195,36 @@ class StepConnection:
             raise OwnerNotAllowed(refusal)
 
     async def prepare_bookkeeping(self) -> None:
-        """Prepare the engine's own statements (before any step runs here)."""
+        """Prepare the engine's own statements (before any step runs here): asyncpg's, and
+        those that flights call by name (one round trip for these; closing a statement that
+        does not exist is no error)."""
         self.bookkeeping = {name: await self.conn.prepare(q(name)) for name in BOOKKEEPING}
+        messages = []
+        for name in FLIGHT_BOOKKEEPING:
+            messages += [_close_statement(name), parse(name, q(name))]
+        (await self.wire.send([*messages, SYNC], syncs=1)).raise_error()
+
+    async def finish(
+        self, final: tuple[str, tuple[object, ...]] | None, then: str
+    ) -> tuple[str | None, str]:
+        """End a step's transaction in one round trip: the bookkeeping call `final` (name,
+        arguments) sent ahead, then `then` as a simple Query through asyncpg (the session
+        reset and COMMIT, maybe the next step's BEGIN), which fails without running
+        anything if the call failed: the transaction is aborted. asyncpg reads the last
+        answer, so its own idea of the transaction's status stays right. Returns the call's
+        answer and `then`'s last command tag; raises the call's error first."""
+        if final is None:
+            return None, await self.conn.execute(then)
+        name, arguments = final
+        called = self.wire.send_before([call(name, arguments), SYNC], syncs=1)
+        try:
+            tag = await self.conn.execute(then)
+        except BaseException as exc:
+            (await called).raise_error(exc)
+            raise
+        result = await called
+        result.raise_error()
+        return result.replies[0].value, tag
 
     async def book(self, name: str, *args: object) -> Any:
         """Run a bookkeeping statement, prepared at connect time when it was."""

@@ -36,7 +36,6 @@ import asyncpg
 from engine.connections.outage import connection_lost
 from engine.connections.step_connection import OwnerNotAllowed, StepConnection
 from engine.errors import (
-    EngineError,
     ResultTooLarge,
     StepFailed,
     StepNotRun,
@@ -93,37 +92,51 @@ class InStepPlanning(Protocol):
         """May the next step's transaction begin with this one's COMMIT, once `planned` is
         applied?"""
 
+    def alone(self, planned: Planned, task: Task) -> bool:
+        """Is `task` the only leaf of its instance running (so that the state the engine
+        holds is very likely still exact when the step records it)?"""
+
 
 @dataclass(slots=True)
 class StepEnding:
     """How a step's transaction ends: `begin_next` asks for the next step's BEGIN to go
-    with this one's COMMIT (the engine runs that step on this connection right away)."""
+    with this one's COMMIT (the engine runs that step on this connection right away);
+    `final` is a bookkeeping call (name, arguments) sent in the same flight as the COMMIT,
+    without waiting for its answer, which step_transaction leaves in `answer`."""
 
     begin_next: bool = False
+    final: tuple[str, tuple[object, ...]] | None = None
+    answer: str | None = None
 
 
 @contextlib.asynccontextmanager
 async def step_transaction(step: StepConnection) -> AsyncIterator[StepEnding]:
     """A step's transaction, whose last round trip resets the session and commits: one
-    round trip for both (StepConnections.release then has nothing left to send).
+    round trip for both (StepConnections.release then has nothing left to send), and for
+    the bookkeeping call before them when the body leaves one in `final`.
 
     The reset comes before the COMMIT, so that the two succeed or fail together: if the
     reset fails, the step's work is rolled back like any failed statement's, never left
     committed under an error; release then resets the session on its own. A connection
-    whose previous step began this transaction sends no BEGIN of its own. Either BEGIN
-    checks the owner of the step to come (StepConnection.begin, began_next)."""
+    whose previous step began this transaction sends no BEGIN of its own; otherwise the
+    BEGIN goes ahead of the step's statement, unanswered, with a check of the owner that
+    fails the transaction if the owner may not run the step (StepConnection.begin)."""
     conn = step.conn
     ending = StepEnding()
-    tag = ""
     try:
-        await step.begin()
-        yield ending
-        if ending.begin_next:
-            tag = await conn.execute(q("reset_step_session") + " COMMIT; " + q("begin_step"))
-        else:
-            await conn.execute(q("reset_step_session") + " COMMIT;")
+        step.begin()
+        try:
+            yield ending
+            then = q("reset_step_session") + " COMMIT;"
+            if ending.begin_next:
+                then += " " + q("begin_step")
+            ending.answer, tag = await step.finish(ending.final, then)
+        except BaseException as exc:
+            await step.opened(exc)  # an owner refused, or the BEGIN's error, first
+            raise
+        await step.opened()
     except BaseException:
-        if conn.is_in_transaction():
+        if step.in_transaction():
             try:
                 await conn.execute("ROLLBACK")
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
@@ -135,17 +148,17 @@ async def step_transaction(step: StepConnection) -> AsyncIterator[StepEnding]:
 
 
 async def _record_and_advance(
-    step: StepConnection, task: Task, raw: str, advance: InStepPlanning
+    step: StepConnection, task: Task, raw: str, advance: InStepPlanning, held: Planned | None
 ) -> Planned | None:
     """Record the step and advance its instance in the step's transaction: from held state
-    when the database confirms it is exact, else from the state loaded here. Returns the
-    plan applied (None: not advanced here).
+    (`held`, planned from the state the engine holds) when the database confirms it is
+    exact, else from the state loaded here. Returns the plan applied (None: not advanced
+    here).
 
     Whatever goes wrong in planning must not undo the step: its _advance row stays, and
     the engine's ordinary advance takes over after COMMIT.
     """
     ids = (task.instance_id, task.node_id)
-    held = advance.from_memory(task, raw)
     if held is None:
         state = await step.book("complete_and_load", *ids, task.token, raw, "exactly-once")
     else:
@@ -161,6 +174,22 @@ async def _record_and_advance(
         return None
     applied = await step.book("apply_as_step", *ids, secret, planned.plan.to_json())
     return planned if applied else None
+
+
+async def _advance_in_step(
+    step: StepConnection, task: Task, raw: str, advance: InStepPlanning, ending: StepEnding
+) -> Planned | None:
+    """The plan to apply in the step's transaction. While the step is the only one of its
+    instance running, the plan made from held state goes with the COMMIT, unanswered
+    (`ending.final`: one round trip for the record, the advance, the reset and the
+    COMMIT); otherwise it is applied now, or the state is loaded and planned from."""
+    held = advance.from_memory(task, raw)
+    if held is None or not advance.alone(held, task):
+        return await _record_and_advance(step, task, raw, advance, held)
+    version, plan = int(held.instance["version"]), held.plan.to_json()
+    ids = (task.instance_id, task.node_id)
+    ending.final = ("complete_held_or_record", (*ids, task.token, raw, version, plan))
+    return held
 
 
 async def run_sql_step(
@@ -215,10 +244,14 @@ async def _run_sql_step(
                     ids = (task.instance_id, task.node_id)
                     await step.book("complete_step", *ids, task.token, raw, "exactly-once")
                     return NOT_ADVANCED
-                planned = await _record_and_advance(step, task, raw, advance)
+                planned = await _advance_in_step(step, task, raw, advance, ending)
                 if planned is None:
                     return NOT_ADVANCED
                 ending.begin_next = advance.chains(planned)
+            if ending.final is not None and ending.answer != HELD_PLAN_APPLIED:
+                # recorded only: the engine's ordinary advance takes over (and the
+                # transaction the COMMIT began is rolled back when the connection is released)
+                return StepOutcome(None, ending.begin_next)
             return StepOutcome(planned, ending.begin_next)
         except STALE_STATEMENT as exc:
             # a statement prepared earlier no longer fits the schema; the transaction was
@@ -292,10 +325,9 @@ class FirstResult:
     planned: Planned | None = None
 
 
-class _NotApplied(EngineError):
-    """df._apply_first found the instance changed: roll back the step's statement."""
-
-    sqlstate = "40001"  # serialization_failure: the instance changed since it was read
+def _changed_since_read(exc: asyncpg.PostgresError) -> bool:
+    """df._apply_first_or_refuse found the instance changed: the step was rolled back."""
+    return exc.sqlstate == "40001" and str(exc).startswith("pgdurable: instance ")
 
 
 async def run_first_step(
@@ -307,7 +339,7 @@ async def run_first_step(
     Errors of the statement propagate, everything rolled back: the engine then runs the
     step (if promoted) or advances the instance as usual."""
     try:
-        async with step_transaction(step):
+        async with step_transaction(step) as ending:
             xmin, plan, task = first.plan_first(state)
             plans = [plan]
             if task is not None:
@@ -315,15 +347,17 @@ async def run_first_step(
                 done, _ = await asyncio.wait({execution}, timeout=FIRST_STEP_PROMOTION)
                 if not done and await first.promote(xmin):
                     raw = await execution
-                    planned = await _record_and_advance(step, task, raw, first.advance)
+                    held = first.advance.from_memory(task, raw)
+                    planned = await _record_and_advance(step, task, raw, first.advance, held)
                     if planned is not None:
                         return FirstResult(FirstOutcome.PROMOTED_ADVANCED, planned)
                     return FirstResult(FirstOutcome.PROMOTED)
                 plans = first.plan_done(task, await execution)
-            together = "[" + ",".join(plans) + "]"
-            if not await step.book("apply_first", instance_id, engine_key, xmin, together):
-                raise _NotApplied
-    except _NotApplied:
+            together = "[" + ",".join(plans) + "]"  # applied with the COMMIT, unanswered
+            ending.final = ("apply_first_or_refuse", (instance_id, engine_key, xmin, together))
+    except asyncpg.PostgresError as exc:
+        if not _changed_since_read(exc):
+            raise
         return FirstResult(FirstOutcome.NOTHING)
     return FirstResult(FirstOutcome.APPLIED, first.planned)
 
@@ -335,7 +369,7 @@ async def _execute(step: StepConnection, sql: str) -> str:
         several = step.split(sql)
     if several is None:
         return await _execute_one(step, sql)
-    if several.controls_transaction and step.conn.is_in_transaction():
+    if several.controls_transaction and step.in_transaction():
         raise _OwnTransactionNeeded("a step that begins or ends transactions runs apart")
     await step.conn.execute(several.before)  # no arguments: the simple query protocol
     # not kept prepared: it may name what the statements before it create (a temp table)
@@ -364,7 +398,7 @@ async def _execute_one(
         raise StepFailed(str(exc), exc.sqlstate) from exc
     except STALE_STATEMENT:
         step.forget_statements()
-        if not retry or step.conn.is_in_transaction():
+        if not retry or step.in_transaction():
             raise  # run_sql_step re-runs the whole transaction
         return await _execute_one(step, sql, False, prepared)  # nothing ran: prepare afresh
 

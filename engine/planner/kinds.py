@@ -42,6 +42,8 @@ class Status(StrEnum):
 TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.COMPENSATED)
 HTTP_TYPES = (NodeType.HTTP, NodeType.HTTP_MULTIPART)
 TIMER_TYPES = (NodeType.SLEEP, NodeType.WAIT_SCHEDULE)
+# nodes that run (or wait) themselves rather than through their children
+LEAF_TYPES = frozenset({NodeType.SQL, NodeType.SIGNAL, *HTTP_TYPES, *TIMER_TYPES})
 
 # The members under plain names, for the planner's comparisons: a member looked up on its
 # enum class costs about four times a module global, and the planner compares statuses and

@@ -158,6 +158,9 @@ FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid
 -- name: complete_held
 SELECT df._complete_held($1, $2, $3, $4, $5, $6::pg_catalog.jsonb);
 
+-- name: complete_held_or_record
+SELECT df._complete_held_or_record($1, $2, $3, $4, $5, $6::pg_catalog.jsonb);
+
 -- name: held_state_check
 -- The stored state of an instance and whether a change waits for an advance (one snapshot).
 SELECT df._instance_state($1)::pg_catalog.text AS state,
@@ -165,6 +168,9 @@ SELECT df._instance_state($1)::pg_catalog.text AS state,
 
 -- name: apply_first
 SELECT df._apply_first($1, $2, $3, $4::pg_catalog.jsonb);
+
+-- name: apply_first_or_refuse
+SELECT df._apply_first_or_refuse($1, $2, $3, $4::pg_catalog.jsonb);
 
 -- name: promote_first
 SELECT df._promote_first($1, $2, $3::pg_catalog.jsonb);

@@ -37,6 +37,12 @@ RETURNING t.instance_id, t.node_id, t.node_type, t.payload, t.lease_token, t.att
 -- (SELECT 2: may run; 1: a superuser now; 0: gone), in one round trip.
 BEGIN; SELECT FROM df._step_guard();
 
+-- name: begin_step_or_refuse
+-- A step's BEGIN when its statement follows unanswered: df._step_guard_or_refuse fails the
+-- transaction if the owner may not run it, so the statement never runs. $1: superusers
+-- allowed (written into the text: a simple Query has no parameters).
+BEGIN; SELECT df._step_guard_or_refuse($1);
+
 -- name: step_guard_elsewhere
 -- df._step_guard's query, for a step in a database without the catalog (another round trip).
 SELECT FROM pg_catalog.pg_roles r, (VALUES (true), (false)) AS v(any_role)

@@ -328,6 +328,7 @@ REVIEWED_DEFINERS = [
     "df._claim_signal(uuid)",
     "df._complete_and_load(text,text,uuid,text,text)",
     "df._complete_held(text,text,uuid,text,bigint,jsonb)",
+    "df._complete_held_or_record(text,text,uuid,text,bigint,jsonb)",
     "df._complete_step(text,text,uuid,text,text)",
     "df._delete_vars(regrole,text)",
     "df._instance_waits(text[])",  # answers only for owners the session user is a member of

@@ -89,6 +89,19 @@ BEGIN
 END
 $$;
 
+-- df._apply_first for a first step whose COMMIT is sent with it, unanswered: an error
+-- (40001) instead of false, so that the COMMIT after it commits nothing of the step.
+CREATE OR REPLACE FUNCTION df._apply_first_or_refuse(p_instance text, p_key uuid,
+                                                     p_advance_xmin text, plans jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT df._apply_first(p_instance, p_key, p_advance_xmin, plans) THEN
+        RAISE EXCEPTION 'pgdurable: instance % changed since its first advance was planned',
+            p_instance USING ERRCODE = '40001';
+    END IF;
+END
+$$;
+
 -- A first step that runs long is promoted: the engine commits the first plan (its task row
 -- leased to the engine) on its own connection, so that the instance shows as running, and
 -- the step's transaction then finishes as any step's does.

@@ -36,6 +36,25 @@ BEGIN
 END
 $$;
 
+-- df._step_guard's question asked as a statement that fails when the owner may not run a
+-- step (42704: its role is gone; 42501: a superuser, unless allowed): a step's statement sent
+-- after it without waiting for the answer then never runs (its transaction is aborted).
+CREATE OR REPLACE FUNCTION df._step_guard_or_refuse(p_allow_superuser boolean)
+RETURNS void LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    superuser boolean;
+BEGIN
+    SELECT r.rolsuper INTO superuser FROM pg_catalog.pg_roles r
+    WHERE r.oid OPERATOR(pg_catalog.=)
+          pg_catalog.current_setting('df.step_owner')::pg_catalog.oid;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgdurable: the step''s owner is gone' USING ERRCODE = '42704';
+    ELSIF superuser AND NOT p_allow_superuser THEN
+        RAISE EXCEPTION 'pgdurable: the step''s owner is a superuser' USING ERRCODE = '42501';
+    END IF;
+END
+$$;
+
 -- Record a step's result in the step's own transaction: the statement and its record
 -- commit together, so a crash before COMMIT loses both and the step runs again.
 CREATE OR REPLACE FUNCTION df._complete_step(p_instance text, p_node text, p_token uuid,
@@ -259,14 +278,7 @@ CREATE OR REPLACE FUNCTION df._complete_held(p_instance text, p_node text, p_tok
                                   p_version bigint, plan jsonb)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
 BEGIN
-    -- a running instance (users may set df.instances.status themselves), locked as an
-    -- advance locks it
-    PERFORM 1 FROM df.instances i
-    WHERE i.id = p_instance AND i.status = 'running' FOR NO KEY UPDATE SKIP LOCKED;
-    IF NOT FOUND
-       OR EXISTS (SELECT 1 FROM df._advance a WHERE a.instance_id = p_instance)
-       OR (SELECT e.version FROM df._executions e WHERE e.instance_id = p_instance
-           ORDER BY e.execution_id DESC LIMIT 1) IS DISTINCT FROM p_version THEN
+    IF NOT df._held_exact(p_instance, p_version) THEN
         RETURN df._complete_and_load(p_instance, p_node, p_token, p_raw, 'exactly-once');
     END IF;
     PERFORM df._end_lease(p_instance, p_node, p_token);
@@ -274,6 +286,39 @@ BEGIN
     RETURN 'applied';
 END
 $$;
+
+-- df._complete_held for a step whose COMMIT is sent with it, unanswered (one round trip):
+-- when the held state is not exact it only records the step, whose _advance row then waits
+-- for the engine's ordinary advance. 'applied' or 'recorded'.
+CREATE OR REPLACE FUNCTION df._complete_held_or_record(p_instance text, p_node text, p_token uuid,
+                                                       p_raw text, p_version bigint, plan jsonb)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
+BEGIN
+    IF NOT df._held_exact(p_instance, p_version) THEN
+        PERFORM df._record_step(p_instance, p_node, p_token, p_raw, 'exactly-once');
+        RETURN 'recorded';
+    END IF;
+    PERFORM df._end_lease(p_instance, p_node, p_token);
+    PERFORM df._apply_plan(p_instance, plan || '{"held": true}');
+    RETURN 'applied';
+END
+$$;
+
+-- Is the state the engine holds of a running instance exact (its version p_version, no
+-- change waiting for an advance)? Locks the instance's row as an advance does; false when
+-- someone else holds it (users may set df.instances.status themselves).
+CREATE OR REPLACE FUNCTION df._held_exact(p_instance text, p_version bigint)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
+BEGIN
+    PERFORM 1 FROM df.instances i
+    WHERE i.id = p_instance AND i.status = 'running' FOR NO KEY UPDATE SKIP LOCKED;
+    RETURN FOUND
+       AND NOT EXISTS (SELECT 1 FROM df._advance a WHERE a.instance_id = p_instance)
+       AND (SELECT e.version FROM df._executions e WHERE e.instance_id = p_instance
+            ORDER BY e.execution_id DESC LIMIT 1) IS NOT DISTINCT FROM p_version;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._held_exact(text, bigint) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION df._apply_as_step(p_instance text, p_node text, p_secret uuid, plan jsonb)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
