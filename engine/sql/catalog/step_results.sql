@@ -278,12 +278,10 @@ CREATE OR REPLACE FUNCTION df._complete_held(p_instance text, p_node text, p_tok
                                   p_version bigint, plan jsonb)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
 BEGIN
-    IF NOT df._held_exact(p_instance, p_version) THEN
-        RETURN df._complete_and_load(p_instance, p_node, p_token, p_raw, 'exactly-once');
+    IF df._held_exact(p_instance, p_version) THEN
+        RETURN df._apply_held(p_instance, p_node, p_token, plan);
     END IF;
-    PERFORM df._end_lease(p_instance, p_node, p_token);
-    PERFORM df._apply_plan(p_instance, plan || '{"held": true}');
-    RETURN 'applied';
+    RETURN df._complete_and_load(p_instance, p_node, p_token, p_raw, 'exactly-once');
 END
 $$;
 
@@ -294,13 +292,11 @@ CREATE OR REPLACE FUNCTION df._complete_held_or_record(p_instance text, p_node t
                                                        p_raw text, p_version bigint, plan jsonb)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
 BEGIN
-    IF NOT df._held_exact(p_instance, p_version) THEN
-        PERFORM df._record_step(p_instance, p_node, p_token, p_raw, 'exactly-once');
-        RETURN 'recorded';
+    IF df._held_exact(p_instance, p_version) THEN
+        RETURN df._apply_held(p_instance, p_node, p_token, plan);
     END IF;
-    PERFORM df._end_lease(p_instance, p_node, p_token);
-    PERFORM df._apply_plan(p_instance, plan || '{"held": true}');
-    RETURN 'applied';
+    PERFORM df._record_step(p_instance, p_node, p_token, p_raw, 'exactly-once');
+    RETURN 'recorded';
 END
 $$;
 
@@ -319,6 +315,18 @@ BEGIN
 END
 $$;
 REVOKE EXECUTE ON FUNCTION df._held_exact(text, bigint) FROM PUBLIC;
+
+-- The plan made from held state, applied (the state was exact): the step's lease ends, the
+-- plan (which marks the step completed) is applied. 'applied'.
+CREATE OR REPLACE FUNCTION df._apply_held(p_instance text, p_node text, p_token uuid, plan jsonb)
+RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM df._end_lease(p_instance, p_node, p_token);
+    PERFORM df._apply_plan(p_instance, plan || '{"held": true}');
+    RETURN 'applied';
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._apply_held(text, text, uuid, jsonb) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION df._apply_as_step(p_instance text, p_node text, p_secret uuid, plan jsonb)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
