@@ -173,12 +173,15 @@ class StepWire(asyncio.Protocol):
 
     def send_before(self, messages: Sequence[bytes], syncs: int) -> asyncio.Future[FlightResult]:
         """A flight that asyncpg's next request follows without waiting: both leave in one
-        TCP segment (the socket corked until the loop runs again, after asyncpg wrote)."""
+        TCP segment. The socket stays corked for two turns of the loop: asyncpg writes in
+        this one, or in the next when the statement runs in a task of its own (a new
+        instance's first step)."""
         cork = self._cork
         if cork is not None:
             try:
                 cork.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-                asyncio.get_running_loop().call_soon(self._uncork, cork)
+                loop = asyncio.get_running_loop()
+                loop.call_soon(loop.call_soon, self._uncork, cork)
             except OSError:
                 pass
         return self.send(messages, syncs)
