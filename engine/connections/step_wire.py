@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -94,11 +95,12 @@ class FlightResult:
 class Flight:
     """The answers of one flight still to come: up to its `syncs`-th ReadyForQuery."""
 
-    __slots__ = ("future", "reply", "result", "syncs")
+    __slots__ = ("future", "reply", "result", "sent", "syncs")
 
     def __init__(self, syncs: int, future: asyncio.Future[FlightResult]) -> None:
         self.syncs = syncs
         self.future = future
+        self.sent = time.monotonic()
         self.result = FlightResult()
         self.reply = Reply()
 
@@ -152,6 +154,10 @@ class StepWire(asyncio.Protocol):
         self.budget: int | None = None  # the meter: bytes asyncpg may still read
         self.exceeded = False
         self.status = b"I"[0]  # of the last ReadyForQuery on the connection
+        # seconds from a flight's write to its last answer, at the least: about one round
+        # trip to PostgreSQL (it falls at once, and rises a tenth of the way per flight)
+        self.round_trip = 0.0
+        self._timed = False
         self._flights: deque[Flight] = deque()
         self._ours = bytearray()  # answers of our flights not yet taken
         self._head = b""  # a message header split between two reads passed on
@@ -225,9 +231,16 @@ class StepWire(asyncio.Protocol):
                 if kind == READY:
                     self.status = buf[pos + 5]
                 if self._flights[0].take(kind, bytes(buf[pos + 5 : end])):
-                    self._flights.popleft()
+                    self._timed_flight(self._flights.popleft())
             pos = end
         del buf[:pos]
+
+    def _timed_flight(self, flight: Flight) -> None:
+        took = time.monotonic() - flight.sent
+        if not self._timed or took < self.round_trip:
+            self.round_trip, self._timed = took, True
+        else:
+            self.round_trip += (took - self.round_trip) / 10
 
     def _pass_on(self, data: bytes) -> None:
         if self.budget is not None:

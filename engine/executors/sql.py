@@ -53,7 +53,11 @@ ACTIVE_SQL_TRANSACTION = "25001"
 HELD_PLAN_APPLIED = "applied"  # df._complete_held applied the plan made from held state
 # A prepared statement that no longer fits the schema, or that the session lost: prepare again.
 STALE_STATEMENT = (asyncpg.InvalidCachedStatementError, asyncpg.InvalidSQLStatementNameError)
-FIRST_STEP_PROMOTION = 0.005  # seconds a first step runs before its plan is committed apart
+# Seconds a first step runs before its plan is committed apart, beyond the two round trips
+# to PostgreSQL that any first step takes (StepWire.round_trip: 0.1 ms on loopback, tens
+# of milliseconds across regions, where promoting every first step would cost each its
+# own commit and the answered path).
+FIRST_STEP_PROMOTION = 0.005
 
 Recorder = Callable[[Task, str, str], Awaitable[None]]
 
@@ -344,7 +348,8 @@ async def run_first_step(
             plans = [plan]
             if task is not None:
                 execution = asyncio.ensure_future(_execute(step, task.payload or ""))
-                done, _ = await asyncio.wait({execution}, timeout=FIRST_STEP_PROMOTION)
+                patience = FIRST_STEP_PROMOTION + 2 * step.wire.round_trip
+                done, _ = await asyncio.wait({execution}, timeout=patience)
                 if not done and await first.promote(xmin):
                     raw = await execution
                     held = first.advance.from_memory(task, raw)
