@@ -27,11 +27,12 @@ from engine.settings import EngineSettings
 from engine.store import Store
 
 log = logging.getLogger("pgdurable.engine")
-BATCH = 200  # instances per transaction
-# After each batch the pass waits as long as the batch took (at least this long): it never
-# takes more than half of the database's time, and a df.start's commit never queues behind
-# a run of batches' WAL (measured: python -m tests.bench.scale).
-MIN_PAUSE_SECONDS = 0.02
+BATCH = 100  # instances per transaction
+# After each batch the pass waits PAUSE_FACTOR times as long as the batch took (at least
+# MIN_PAUSE_SECONDS): it takes at most a fifth of the database's time, and a df.start's
+# commit never queues behind a run of batches' WAL (measured: python -m tests.bench.scale).
+PAUSE_FACTOR = 4.0
+MIN_PAUSE_SECONDS = 0.05
 FIRST_PASS_DELAY = 5.0  # seconds after the engine started (sooner with a shorter interval)
 
 
@@ -80,7 +81,7 @@ class Retention:
             by_cap += batch.by_cap
             if batch.total < BATCH:
                 break
-            await asyncio.sleep(max(MIN_PAUSE_SECONDS, time.monotonic() - began))
+            await asyncio.sleep(max(MIN_PAUSE_SECONDS, PAUSE_FACTOR * (time.monotonic() - began)))
         log.info(
             "event=retention_pass pruned=%d by_age=%d by_cap=%d seconds=%.3f",
             by_age + by_cap,

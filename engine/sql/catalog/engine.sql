@@ -287,6 +287,9 @@ BEGIN
     IF NOT pg_try_advisory_xact_lock(1885824114) THEN  -- ASCII "pgdr"
         RETURN;
     END IF;
+    -- The batch's COMMIT does not wait for its WAL to reach the disk: a df.start's commit
+    -- then queues behind no flush of ours, and a batch lost in a crash is pruned again.
+    PERFORM set_config('synchronous_commit', 'off', true);
     IF p_keep > 0 THEN  -- the oldest of the newest p_keep: older ones are beyond the cap
         SELECT coalesce(i.completed_at, i.created_at), i.id INTO kept_at, kept_id
         FROM df.instances i

@@ -62,9 +62,12 @@ def markdown(
         "",
         f"df.start('SELECT 1') every 20 ms, as `{BENCH_ROLE}`: {_starts(starts[0])} while "
         f"the pass ran: **{_verdict(starts[0].max_ms <= MAX_START_MS)}** "
-        f"(max ≤ {MAX_START_MS:g} ms); {_starts(starts[1])} before and after it. "
+        f"(max ≤ {MAX_START_MS:g} ms); {_starts(starts[1])} before and after it (after it "
+        "for as long as the pass took, at most a minute: the machine without a pass). "
         f"Lock waits over 10 ms PostgreSQL logged meanwhile (`log_lock_waits`, "
-        f"`deadlock_timeout = 10ms`): {meta['lock_waits_over_10ms']}. What the df.start "
+        f"`deadlock_timeout = 10ms`): {meta['lock_waits_over_10ms']} (none: no df.start "
+        "waited for the pass's locks: "
+        f"**{_verdict(meta['lock_waits_over_10ms'] == 0)}**). What the df.start "
         f"backends were doing when seen active ({meta['wait_samples']} samples of "
         f"pg_stat_activity, every 5 ms): {_waits(meta['df_start_waits'])}.",
     ]

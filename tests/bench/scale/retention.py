@@ -77,10 +77,11 @@ def summary(calls: Sequence[Call]) -> StartProbe:
 
 
 def probe_starts(
-    client_dsn: str, log: Path, every_s: float, timeout_s: float, tail_s: float = 1.0
+    client_dsn: str, log: Path, every_s: float, timeout_s: float, tail_s: float = 60.0
 ) -> tuple[list[Call], RetentionPass]:
     """Call df.start('SELECT 1') every `every_s` until the first pass that pruned something
-    is logged (then `tail_s` more); every call, and the pass."""
+    is logged, then as long again (at most `tail_s`): a baseline without a pass, under
+    whatever else loads the machine then; every call, and the pass."""
     calls: list[Call] = []
     seen: RetentionPass | None = None
     stop_at = time.monotonic() + timeout_s
@@ -93,7 +94,7 @@ def probe_starts(
             if seen is None and len(calls) % 5 == 0:
                 seen = first_pass(log)
                 if seen is not None:
-                    stop_at = time.monotonic() + tail_s
+                    stop_at = time.monotonic() + min(tail_s, max(1.0, seen.seconds))
             next_call += every_s
             time.sleep(max(0.0, next_call - time.monotonic()))
     if seen is None:
