@@ -194,6 +194,7 @@ def _bench(
     cluster = start_bench_cluster(bindir, workdir, pgss, sockets)
     stack.callback(cluster.stop, "fast")
     prepare_databases(cluster, pgss)
+    log(f"cluster on port {cluster.port}")
     problems: list[str] = []
 
     dbos_version: str | None = None

@@ -61,8 +61,9 @@ def _throughput(meta: dict[str, Any], runs: Sequence[RunResult]) -> list[str]:
         "",
         f"| rtt ms | workload | pgdurable SQL steps/s at {by} clients | DBOS at {by} "
         f"| pgdurable round trips/step at {by} | DBOS round trips/step "
+        "| open transactions step / engine, pgdurable · DBOS (most clients) "
         "| link CPU ms/wf pgdurable / DBOS (most clients) |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for rtt in meta["rtt_ms"]:
         for workload in meta["workloads"]:
@@ -92,9 +93,17 @@ def _throughput(meta: dict[str, Any], runs: Sequence[RunResult]) -> list[str]:
             )
             out.append(
                 f"| {rtt:g} | {workload} | {steps['pgdurable']} | {steps['dbos']} "
-                f"| {trips['pgdurable']} | {trips['dbos']} | {link} |"
+                f"| {trips['pgdurable']} | {trips['dbos']} "
+                f"| {' · '.join(_open(v[-1]) for v in cols.values())} | {link} |"
             )
     return [*out, ""]
+
+
+def _open(r: RunResult | None) -> str:
+    """Mean open transactions of steps / of the engine's own bookkeeping."""
+    if r is None or not r.in_flight:
+        return "-"
+    return f"{r.in_flight.get('step', 0):.1f} / {r.in_flight.get('engine', 0):.1f}"
 
 
 def link_tables(meta: dict[str, Any], runs: Sequence[RunResult]) -> list[str]:

@@ -58,6 +58,7 @@ class RunResult:
     cpu_s: dict[str, float] = field(default_factory=dict)
     cpu_ms_per_wf: dict[str, float] = field(default_factory=dict)
     steps_by_process: list[int | None] = field(default_factory=list)  # SQL steps completed
+    in_flight: dict[str, float] = field(default_factory=dict)  # mean open transactions
     top_statements: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -117,6 +118,7 @@ def _costs(result: RunResult, measured: Measurement, steps: int, workflows: int)
     stats = measured.stats
     result.segments_in = measured.segments_in
     result.segments_in_pg = measured.segments_in_pg
+    result.in_flight = measured.in_flight or {}
     result.commits = stats.total_commits
     result.commits_by_db = dict(stats.commits)
     start, other = stats.calls("start"), stats.calls("other")

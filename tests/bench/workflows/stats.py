@@ -95,6 +95,7 @@ class StatsReader:
     """A superuser connection to the `postgres` database that takes snapshots."""
 
     def __init__(self, dsn: str, databases: Sequence[str], statements: bool) -> None:
+        self.dsn = dsn
         self.conn = psycopg.connect(dsn, autocommit=True)
         self.databases = list(databases)
         self.with_statements = statements

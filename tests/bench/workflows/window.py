@@ -21,6 +21,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from tests.bench.workflows.activity import ActivitySampler
 from tests.bench.workflows.stats import (
     SETTLE_S,
     CpuProbe,
@@ -69,6 +70,7 @@ class Measurement:
     segments_in: int | None  # client→PostgreSQL data segments (≈ round trips)
     cpu_s: dict[str, float]
     segments_in_pg: int | None = None  # over a link: those PostgreSQL received from it
+    in_flight: dict[str, float] | None = None  # mean open transactions by holder (activity.py)
 
 
 class Window:
@@ -84,15 +86,19 @@ class Window:
         self._segments: dict[str, int] | None = None
         self._segments_pg: dict[str, int] | None = None
         self._cpu_s: dict[str, float] = {}
+        self.activity = ActivitySampler(reader.dsn, reader.databases)
+        self._in_flight: dict[str, float] | None = None
 
     def open(self) -> None:
         self._before = self.reader.snapshot(SETTLE_S)
         self._segments = tcp_segments_in(self.port)
         self._segments_pg = tcp_segments_in(self.pg_port)
         self.cpu.start()
+        self.activity.start()
 
     def stop_cpu(self) -> None:
         self._cpu_s = self.cpu.stop()
+        self._in_flight = self.activity.stop()
 
     def close(self) -> Measurement:
         assert self._before is not None, "window not opened"
@@ -100,7 +106,9 @@ class Window:
         segments = _grown(self._segments, tcp_segments_in(self.port))
         segments_pg = _grown(self._segments_pg, tcp_segments_in(self.pg_port))
         after = self.reader.snapshot(0.0)
-        return Measurement(delta(self._before, after), segments, self._cpu_s, segments_pg)
+        return Measurement(
+            delta(self._before, after), segments, self._cpu_s, segments_pg, self._in_flight
+        )
 
 
 def _grown(before: dict[str, int] | None, after: dict[str, int] | None) -> int | None:
