@@ -7,8 +7,9 @@ PostgreSQL. Each chunk read from one side is written to the other as one write, 
 arrival time plus the delay: never earlier, never merged with or split from its neighbours,
 never ahead of a chunk that arrived before it (one FIFO and one timer per direction, armed
 with `loop.call_at` for the head of the queue). A close is held like data, so it cannot
-overtake the bytes before it. TCP_NODELAY on both sides. Only data is delayed: a TCP
-handshake through the link costs no round trip (pools open their connections up front).
+overtake the bytes before it. TCP_NODELAY on both sides. Only data is delayed: the TCP
+handshake is with the link, so opening a connection costs its startup messages' round trips
+but not the handshake's.
 
 A chunk is released only once time.monotonic() has reached its due time: late by the
 loop's own latency, which --stats reports, never early. It runs on asyncio's own loop by
