@@ -20,6 +20,18 @@ _STEPS_DONE = re.compile(
     r'^pgdurable_steps_finished_total\{node_type="SQL",outcome="completed"\} (\S+)$', re.M
 )
 _RECOVERIES = re.compile(r"^pgdurable_lease_recoveries_total (\S+)$", re.M)
+# The engine's plain counters (engine/metrics.py EngineCounters): which paths steps took.
+_PATHS = re.compile(r"^pgdurable_(\w+)_total (\S+)$", re.M)
+PATH_COUNTERS = (
+    "advances",
+    "first_steps",
+    "first_steps_promoted",
+    "chained_steps",
+    "handed_over_steps",
+    "in_step_advances_held",
+    "in_step_advances_loaded",
+    "lease_recoveries",
+)
 EPOCH_SQL = "SELECT epoch_id::text FROM df._worker_epoch"
 
 
@@ -39,18 +51,30 @@ class Fleet:
     def client_dsns(self) -> tuple[str, ...]:
         return tuple(p.dsn(user=BENCH_ROLE, dbname=BENCH_DB) for p in self.processes)
 
-    def metric(self, i: int, pattern: re.Pattern[str]) -> int | None:
-        """One counter of process i's /metrics (None: killed or not answering)."""
+    def _scrape(self, i: int) -> str | None:
         if i in self.killed:
             return None
         url = f"http://127.0.0.1:{self.processes[i].http_port}/metrics"
         try:
             with urllib.request.urlopen(url, timeout=10) as response:
-                text = response.read().decode()
+                return str(response.read().decode())
         except OSError:
             return None
-        m = pattern.search(text)
+
+    def metric(self, i: int, pattern: re.Pattern[str]) -> int | None:
+        """One counter of process i's /metrics (None: killed or not answering)."""
+        text = self._scrape(i)
+        m = pattern.search(text) if text is not None else None
         return int(float(m.group(1))) if m else None
+
+    def paths(self) -> dict[str, int]:
+        """PATH_COUNTERS summed over the living processes."""
+        total = dict.fromkeys(PATH_COUNTERS, 0)
+        for i in range(len(self.processes)):
+            for name, value in _PATHS.findall(self._scrape(i) or ""):
+                if name in total:
+                    total[name] += int(float(value))
+        return total
 
     def steps_completed(self) -> list[int | None]:
         """SQL steps each process has completed since it started."""

@@ -170,12 +170,13 @@ def measure(
     result = RunResult("pgdurable", name, mode, clients, wl.steps)
     result.rtt_ms, result.processes = setup.rtt_ms, len(setup.client_dsns)
     rows_before = meter.rows()
-    steps_before = fleet.steps_completed()
+    steps_before, paths_before = fleet.steps_completed(), fleet.paths()
     outcome = _load(setup, name, mode, clients, window)
     result.steps_by_process = [
         None if a is None or b is None else a - b
         for a, b in zip(fleet.steps_completed(), steps_before, strict=True)
     ]
+    result.engine_paths = {k: v - paths_before[k] for k, v in fleet.paths().items()}
     samples, result.errors = meter.samples(outcome, mode)
     wall = outcome.wall_s
     if mode == "burst":

@@ -37,8 +37,9 @@ def _hello(meta: dict[str, Any], runs: Sequence[RunResult]) -> list[str]:
         f"### Hello world over the link ({HELLO_WORLD}, one workflow at a time)",
         "",
         "| rtt ms | link late ms up / down | pgdurable p50 ms (server) | pgdurable round "
-        "trips/step | DBOS p50 ms (server) | DBOS round trips/step |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "trips/step | DBOS p50 ms (server) | DBOS round trips/step | pgdurable first steps "
+        "promoted |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rtt in meta["rtt_ms"]:
         cells = []
@@ -49,7 +50,11 @@ def _hello(meta: dict[str, Any], runs: Sequence[RunResult]) -> list[str]:
                 f"{fmt(r.client_p50_ms, 2)} ({fmt(r.server_p50_ms, 2)})" if r else "-",
                 fmt(r.round_trips_per_step, 2) if r else "-",
             ]
-        out.append(f"| {rtt:g} | {_late(meta, rtt)} | {' | '.join(cells)} |")
+        ours = _find(runs, system="pgdurable", workload=HELLO_WORLD, mode="single", rtt_ms=rtt)
+        promoted = "-"
+        if ours is not None and ours.engine_paths:
+            promoted = f"{ours.engine_paths.get('first_steps_promoted', 0)} of {ours.workflows}"
+        out.append(f"| {rtt:g} | {_late(meta, rtt)} | {' | '.join(cells)} | {promoted} |")
     return [*out, ""]
 
 

@@ -59,6 +59,7 @@ class RunResult:
     cpu_ms_per_wf: dict[str, float] = field(default_factory=dict)
     steps_by_process: list[int | None] = field(default_factory=list)  # SQL steps completed
     in_flight: dict[str, float] = field(default_factory=dict)  # mean open transactions
+    engine_paths: dict[str, int] = field(default_factory=dict)  # pgdurable's /metrics counters
     top_statements: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
