@@ -60,15 +60,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m tests.bench.workflows",
         description="Durable SQL workflows: pgdurable vs DBOS Transact 3.x on one PostgreSQL.",
     )
-    p.add_argument("-T", "--duration", type=float, default=10.0, help="seconds per closed loop")
-    p.add_argument("--burst", type=int, default=2000, help="workflows started per burst (2000)")
+    p.add_argument("-T", "--duration", type=float, help="seconds per closed loop (10)")
+    p.add_argument("--burst", type=int, help="workflows started per burst (2000)")
     p.add_argument(
         "--clients",
         type=lambda t: _numbers(int, t),
         default=[8],
         help="concurrent clients of the closed loop, a comma list (8); bursts use the first",
     )
-    p.add_argument("--quick", action="store_true", help="functional check: -T 3, --burst 300")
+    p.add_argument(
+        "--quick", action="store_true", help="functional check: -T 3, --burst 300 unless given"
+    )
     p.add_argument(
         "--pg",
         default="auto",
@@ -127,13 +129,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="extra argument for pgdurable (repeatable), e.g. --proxy-arg=--poll-interval=0.5",
     )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a workflow may take (60)")
-    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per system (2)")
+    p.add_argument("--warmup", type=float, help="seconds of warm-up per system (2)")
     p.add_argument("--out", type=Path, help="JSON results (default /tmp/pgdurable-bench-wf-*.json)")
     p.add_argument("--workdir", type=Path, help="cluster data and logs (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (data and logs)")
     args = p.parse_args(argv)
-    if args.quick:
-        args.duration, args.burst, args.warmup = 3.0, 300, 1.0
+    quick = args.quick
+    args.duration = args.duration if args.duration is not None else (3.0 if quick else 10.0)
+    args.burst = args.burst if args.burst is not None else (300 if quick else 2000)
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
     if args.duration <= 0 or args.burst < 1 or min(args.clients) < 1 or min(args.processes) < 1:
         p.error("-T, --burst, --clients and --processes must be positive")
     if args.transport == "unix" and any(args.rtt_ms):
