@@ -145,9 +145,10 @@ def scale_tables(meta: dict[str, Any], runs: Sequence[RunResult]) -> list[str]:
     out = [
         "### Scale-out: pgdurable processes on one database, clients spread round-robin",
         "",
-        f"| rtt ms | workload | mode | clients | {heads} | completed steps per process "
-        f"({counts[-1]}) | rows exactly once |",
-        "|---:|---|---|---:|" + "---:|" * len(counts) + "---|---|",
+        f"| rtt ms | workload | mode | clients | {heads} | round trips/step "
+        f"({' / '.join(map(str, counts))}) | completed steps per process ({counts[-1]}) "
+        "| rows exactly once |",
+        "|---:|---|---|---:|" + "---:|" * len(counts) + "---:|---|---|",
     ]
     keys = dict.fromkeys(
         (r.rtt_ms, r.workload, r.mode, r.clients) for r in runs if r.system == "pgdurable"
@@ -173,8 +174,9 @@ def scale_tables(meta: dict[str, Any], runs: Sequence[RunResult]) -> list[str]:
             + (f" ({r.steps_per_s / one:.2f})" if one and r.steps_per_s else "")
             for r in found
         ]
+        trips = " / ".join(fmt(r and r.round_trips_per_step, 2) for r in found)
         out.append(
-            f"| {rtt:g} | {workload} | {mode} | {clients} | {' | '.join(cells)} "
+            f"| {rtt:g} | {workload} | {mode} | {clients} | {' | '.join(cells)} | {trips} "
             f"| {_spread(found[-1])} | {_exact(found)} |"
         )
     return [*out, ""]
