@@ -28,7 +28,7 @@ import psycopg
 from tests.bench.workflows.results import RunResult, Sample, fill
 from tests.bench.workflows.stats import CpuProbe, StatsReader
 from tests.bench.workflows.window import Window
-from tests.bench.workflows.workloads import EVENTS_TABLE, WORKLOADS, Workload
+from tests.bench.workflows.workloads import EVENTS_TABLE, WORKLOADS, Workload, runs_of
 
 STATUS_SQL = (
     "SELECT workflow_uuid, status, created_at, coalesce(completed_at, updated_at) "
@@ -171,16 +171,20 @@ def _rows(cfg: dict[str, Any]) -> int:
 
 
 def _run(
-    cfg: dict[str, Any], wl: Workload, wf: Callable[[], Any], mode: str, window: Window
+    cfg: dict[str, Any],
+    wl: Workload,
+    wf: Callable[[], Any],
+    run: tuple[str, int],
+    window: Window,
 ) -> RunResult:
-    clients = 1 if mode == "single" else cfg["clients"]
-    result = RunResult("dbos", wl.name, mode, clients, wl.steps)
+    mode, clients = run
+    result = RunResult("dbos", wl.name, mode, clients, wl.steps, rtt_ms=cfg["rtt_ms"])
     rows_before = _rows(cfg)
     window.open()  # DBOS keeps its pooled connections open: all round trips are seen
     if mode in ("closed", "single"):
         records, wall = _closed(wf, clients, cfg["duration_s"])
     else:
-        records, wall = _burst(wf, cfg["clients"], cfg["burst"])
+        records, wall = _burst(wf, clients, cfg["burst"])
     window.stop_cpu()
     measured = window.close()
     samples = _samples(cfg, records, mode)
@@ -214,25 +218,27 @@ def main(argv: list[str]) -> int:
     DBOS.launch()
     results: list[RunResult] = []
     reader = StatsReader(cfg["stats_dsn"], cfg["databases"], cfg["pgss"])
-    cpu = CpuProbe(
-        {"engine": (os.getpid(), False), "postgres": (cfg["postmaster_pid"], True)},
-        roots=(cfg["bench_pid"], cfg["postmaster_pid"]),
-    )
-    window = Window(reader, cpu, cfg["port"])
+    watch: dict[str, tuple[int | tuple[int, ...], bool]] = {
+        "engine": (os.getpid(), False),
+        "postgres": (cfg["postmaster_pid"], True),
+    }
+    if cfg.get("link_pid"):
+        watch["link"] = (cfg["link_pid"], False)
+    cpu = CpuProbe(watch, roots=(cfg["bench_pid"], cfg["postmaster_pid"]))
+    window = Window(reader, cpu, cfg["port"], cfg.get("pg_port"))
     try:
         if cfg["warmup_s"] > 0:
             _log(f"warm-up {cfg['warmup_s']} s")
-            _closed(workflows["select1"], cfg["clients"], cfg["warmup_s"])
-        for name in cfg["workloads"]:
-            for mode in cfg["modes"]:
-                result = _run(cfg, WORKLOADS[name], workflows[name], mode, window)
-                results.append(result)
-                _log(
-                    f"{name} {mode}: {result.wf_per_s} wf/s, {result.steps_per_s} steps/s, "
-                    f"p50 {result.client_p50_ms or result.server_p50_ms} ms, "
-                    f"failed {result.failed}"
-                )
-                out_path.write_text(json.dumps([dataclasses.asdict(r) for r in results]))
+            _closed(workflows["select1"], cfg["clients"][0], cfg["warmup_s"])
+        for name, mode, clients in runs_of(cfg["workloads"], cfg["modes"], cfg["clients"]):
+            result = _run(cfg, WORKLOADS[name], workflows[name], (mode, clients), window)
+            results.append(result)
+            _log(
+                f"{result.label}: {result.wf_per_s} wf/s, {result.steps_per_s} steps/s, "
+                f"p50 {result.client_p50_ms or result.server_p50_ms} ms, "
+                f"failed {result.failed}"
+            )
+            out_path.write_text(json.dumps([dataclasses.asdict(r) for r in results]))
     except KeyboardInterrupt:
         os._exit(130)  # Ctrl-C: no orderly DBOS shutdown (its threads would log tracebacks)
     finally:

@@ -1,5 +1,8 @@
 """pgdurable's clients: psycopg connections through the proxy that start workflows and wait.
 
+With several pgdurable processes on one database, client i connects to process i mod N and
+the watcher to the first.
+
 Every client connection is autocommit with server-side prepares off, so each df.start is
 one extended-protocol round trip whose Parse pgdurable sees (and wakes its engine on).
 Completion is observed by one watcher connection that polls df.status for every workflow
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,15 +101,16 @@ async def _start(conn: psycopg.AsyncConnection[Any], workload: Workload) -> str:
 class _Clients:
     """N client connections and a watcher connection, opened before the clock starts."""
 
-    def __init__(self, dsn: str, clients: int, poll_s: float) -> None:
-        self.dsn, self.n, self.poll_s = dsn, clients, poll_s
+    def __init__(self, dsns: Sequence[str], clients: int, poll_s: float) -> None:
+        self.dsns, self.n, self.poll_s = dsns, clients, poll_s
         self.conns: list[psycopg.AsyncConnection[Any]] = []
         self.watcher: Watcher | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> _Clients:
-        self.conns = list(await asyncio.gather(*(_connect(self.dsn) for _ in range(self.n + 1))))
-        self.watcher = Watcher(self.conns.pop(), self.poll_s)
+        dsns = [self.dsns[0], *(self.dsns[i % len(self.dsns)] for i in range(self.n))]
+        self.conns = list(await asyncio.gather(*(_connect(dsn) for dsn in dsns)))
+        self.watcher = Watcher(self.conns.pop(0), self.poll_s)
         self._task = asyncio.create_task(self.watcher.run(), name="bench-watcher")
         return self
 
@@ -118,7 +123,7 @@ class _Clients:
 
 
 async def closed_loop(
-    dsn: str,
+    dsns: Sequence[str],
     workload: Workload,
     *,
     clients: int,
@@ -131,7 +136,7 @@ async def closed_loop(
     """Each client: start a workflow, wait until it finished, repeat until the deadline."""
     out = LoadOutcome()
     awaits = 0
-    async with _Clients(dsn, clients, poll_s) as pool:
+    async with _Clients(dsns, clients, poll_s) as pool:
         assert pool.watcher is not None
         watcher = pool.watcher
 
@@ -181,7 +186,7 @@ async def _await(conn: psycopg.AsyncConnection[Any], instance_id: str, timeout_s
 
 
 async def burst(
-    dsn: str,
+    dsns: Sequence[str],
     workload: Workload,
     *,
     clients: int,
@@ -189,11 +194,13 @@ async def burst(
     poll_s: float,
     timeout_s: float,
     window: Window | None,
+    beside: Callable[[LoadOutcome], Awaitable[None]] | None = None,
 ) -> LoadOutcome:
-    """Start `count` workflows as fast as `clients` connections can, then wait for all."""
+    """Start `count` workflows as fast as `clients` connections can, then wait for all,
+    running `beside` meanwhile (the crash run kills a process there)."""
     out = LoadOutcome()
     tickets = itertools.count()
-    async with _Clients(dsn, clients, poll_s) as pool:
+    async with _Clients(dsns, clients, poll_s) as pool:
         assert pool.watcher is not None
         watcher = pool.watcher
 
@@ -210,10 +217,13 @@ async def burst(
         if window is not None:
             await asyncio.to_thread(window.open)
         begin = time.perf_counter()
+        aside = asyncio.ensure_future(beside(out)) if beside is not None else None
         await asyncio.gather(*(client(c) for c in pool.conns))
         out.wall_s = time.perf_counter() - begin
         futures = {rec.instance_id: watcher.watch(rec.instance_id) for rec in out.started}
         done, _ = await asyncio.wait(futures.values(), timeout=timeout_s)
+        if aside is not None:
+            await aside
         for rec in out.started:
             future = futures[rec.instance_id]
             if future in done:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from tests.bench.workflows.fleet import Fleet
 from tests.bench.workflows.pgdurable_load import LoadOutcome, burst, closed_loop
 from tests.bench.workflows.results import RunResult, Sample, fill
 from tests.bench.workflows.window import Window
@@ -37,22 +38,23 @@ BURST_POLL_S = 0.05
 class PgdurableSetup:
     """Where the clients and the meter connect, and what to measure."""
 
-    client_dsn: str  # through the proxy, as the bench role
+    client_dsns: tuple[str, ...]  # through the proxies, as the bench role
     meter_dsn: str  # directly to PostgreSQL, superuser, bench database
-    clients: int
+    clients: tuple[int, ...]  # closed loops at each of these; bursts from the first
     duration_s: float
     burst: int
     wait: str  # poll | await
     poll_s: float
     timeout_s: float
     warmup_s: float
+    rtt_ms: float = 0.0  # the latency link's, for the results (0: none)
 
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] pgdurable: {msg}", file=sys.stderr, flush=True)
 
 
-def _run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         import uvloop
 
@@ -124,14 +126,16 @@ class Meter:
         return problems
 
 
-def _load(setup: PgdurableSetup, name: str, mode: str, window: Window | None) -> LoadOutcome:
+def _load(
+    setup: PgdurableSetup, name: str, mode: str, clients: int, window: Window | None
+) -> LoadOutcome:
     wl = WORKLOADS[name]
     if mode in ("closed", "single"):
-        return _run_async(
+        return run_async(
             lambda: closed_loop(
-                setup.client_dsn,
+                setup.client_dsns,
                 wl,
-                clients=setup.clients if mode == "closed" else 1,
+                clients=clients,
                 duration_s=setup.duration_s,
                 wait=setup.wait,
                 poll_s=setup.poll_s,
@@ -139,26 +143,40 @@ def _load(setup: PgdurableSetup, name: str, mode: str, window: Window | None) ->
                 window=window,
             )
         )
-    return _run_async(
+    return run_async(
         lambda: burst(
-            setup.client_dsn,
+            setup.client_dsns,
             wl,
-            clients=setup.clients,
+            clients=clients,
             count=setup.burst,
             poll_s=BURST_POLL_S,
-            timeout_s=max(setup.timeout_s, setup.burst / 20),
+            timeout_s=max(setup.timeout_s, setup.burst / 20) * (1 + setup.rtt_ms / 10),
             window=window,
         )
     )
 
 
-def measure(setup: PgdurableSetup, name: str, mode: str, meter: Meter, window: Window) -> RunResult:
-    """One measured run: client load inside the window, then the server-side join."""
+def measure(
+    setup: PgdurableSetup,
+    run: tuple[str, str, int],
+    meter: Meter,
+    window: Window,
+    fleet: Fleet,
+) -> RunResult:
+    """One measured run of (workload, mode, clients): client load inside the window, then
+    the server-side join and each process's completed steps."""
+    name, mode, clients = run
     wl = WORKLOADS[name]
-    clients = 1 if mode == "single" else setup.clients
     result = RunResult("pgdurable", name, mode, clients, wl.steps)
+    result.rtt_ms, result.processes = setup.rtt_ms, len(setup.client_dsns)
     rows_before = meter.rows()
-    outcome = _load(setup, name, mode, window)
+    steps_before, paths_before = fleet.steps_completed(), fleet.paths()
+    outcome = _load(setup, name, mode, clients, window)
+    result.steps_by_process = [
+        None if a is None or b is None else a - b
+        for a, b in zip(fleet.steps_completed(), steps_before, strict=True)
+    ]
+    result.engine_paths = {k: v - paths_before[k] for k, v in fleet.paths().items()}
     samples, result.errors = meter.samples(outcome, mode)
     wall = outcome.wall_s
     if mode == "burst":
@@ -176,28 +194,27 @@ def measure(setup: PgdurableSetup, name: str, mode: str, meter: Meter, window: W
 
 def run_all(
     setup: PgdurableSetup,
-    workloads: Sequence[str],
-    modes: Sequence[str],
+    runs: Sequence[tuple[str, str, int]],
     window: Window,
+    fleet: Fleet,
 ) -> tuple[list[RunResult], list[str]]:
-    """Warm up, then every (workload, mode); returns the runs and catalog problems."""
+    """Warm up, then every (workload, mode, clients); returns the runs and catalog problems."""
     meter = Meter(setup.meter_dsn)
     try:
         if setup.warmup_s > 0:
             _log(f"warm-up {setup.warmup_s} s")
             warm = dataclasses.replace(setup, duration_s=setup.warmup_s)
-            _load(warm, HELLO_WORLD, "closed", None)
+            _load(warm, HELLO_WORLD, "closed", setup.clients[0], None)
         results = []
-        for name in workloads:
-            for mode in modes:
-                result = measure(setup, name, mode, meter, window)
-                results.append(result)
-                p50 = result.server_p50_ms if mode == "burst" else result.client_p50_ms
-                _log(
-                    f"{name} {mode}: {result.wf_per_s} wf/s, {result.steps_per_s} steps/s, "
-                    f"p50 {p50} ms, failed {result.failed}"
-                    + (f" ({result.errors[0]})" if result.errors else "")
-                )
+        for run in runs:
+            result = measure(setup, run, meter, window, fleet)
+            results.append(result)
+            p50 = result.server_p50_ms if run[1] == "burst" else result.client_p50_ms
+            _log(
+                f"{result.label}: {result.wf_per_s} wf/s, {result.steps_per_s} steps/s, "
+                f"p50 {p50} ms, failed {result.failed}"
+                + (f" ({result.errors[0]})" if result.errors else "")
+            )
         return results, meter.catalog_health()
     finally:
         meter.close()

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tests.bench.workflows.kill_run import KillResult
+from tests.bench.workflows.report_net import fmt, kill_table, link_tables, scale_tables
 from tests.bench.workflows.results import RunResult
 from tests.bench.workflows.workloads import HELLO_WORLD
 
@@ -27,16 +29,8 @@ class TargetCheck:
         return {True: "PASS", False: "MISS", None: "n/a"}[self.passed]
 
 
-def _f(value: float | int | None, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:,.{digits}f}"
-
-
 def _pair(a: float | None, b: float | None) -> str:
-    return f"{_f(a, 2)} / {_f(b, 2)}"
+    return f"{fmt(a, 2)} / {fmt(b, 2)}"
 
 
 def _cpu(r: RunResult) -> str:
@@ -47,7 +41,7 @@ def _cpu(r: RunResult) -> str:
 def _costs(r: RunResult) -> str:
     """commits | round trips | statements, per SQL step."""
     return " | ".join(
-        _f(v, 2) for v in (r.commits_per_step, r.round_trips_per_step, r.statements_per_step)
+        fmt(v, 2) for v in (r.commits_per_step, r.round_trips_per_step, r.statements_per_step)
     )
 
 
@@ -65,7 +59,7 @@ def check_targets(runs: Sequence[RunResult]) -> list[TargetCheck]:
     steps = TargetCheck(
         "SQL steps/s (best pgdurable workload)",
         f"≥ {STEPS_TARGET:,.0f}",
-        f"{_f(best.steps_per_s)} ({best.workload} {best.mode})" if best else "not measured",
+        f"{fmt(best.steps_per_s)} ({best.workload} {best.mode})" if best else "not measured",
         (best.steps_per_s or 0.0) >= STEPS_TARGET if best else None,
     )
     # One workflow at a time, as DBOS's 9.5 ms reference was measured: with 8 clients in a
@@ -83,14 +77,14 @@ def check_targets(runs: Sequence[RunResult]) -> list[TargetCheck]:
         None,
     )
     loaded = (
-        f"; {closed.clients} clients, closed loop: {_f(closed.client_p50_ms, 2)} ms"
+        f"; {closed.clients} clients, closed loop: {fmt(closed.client_p50_ms, 2)} ms"
         if closed
         else ""
     )
     latency = TargetCheck(
         f"hello-world ({HELLO_WORLD}) p50 start→completed, one workflow at a time",
         f"≤ {HELLO_P50_TARGET_MS:g} ms",
-        f"{_f(single.client_p50_ms, 2)} ms (server-side {_f(single.server_p50_ms, 2)} ms{loaded})"
+        f"{fmt(single.client_p50_ms, 2)} ms (server-side {fmt(single.server_p50_ms, 2)} ms{loaded})"
         if single
         else "not measured",
         (single.client_p50_ms or 0.0) <= HELLO_P50_TARGET_MS if single else None,
@@ -102,42 +96,45 @@ def _rows_of(runs: Sequence[RunResult], mode: str) -> list[RunResult]:
     order = {s: i for i, s in enumerate(SYSTEMS)}
     workloads = list(dict.fromkeys(r.workload for r in runs))
     picked = [r for r in runs if r.mode == mode]
-    return sorted(picked, key=lambda r: (workloads.index(r.workload), order.get(r.system, 9)))
+    return sorted(
+        picked, key=lambda r: (workloads.index(r.workload), r.clients, order.get(r.system, 9))
+    )
 
 
-def _closed_table(runs: Sequence[RunResult], meta: dict[str, Any], mode: str) -> list[str]:
+def _closed_table(runs: Sequence[RunResult], meta: dict[str, Any], mode: str, h: str) -> list[str]:
     rows = _rows_of(runs, mode)
     if not rows:
         return []
     title = (
-        f"### Closed loop: {meta['clients']} clients, each starting a workflow and waiting "
-        f"for it, {meta['duration_s']:g} s per run"
+        f"{h} Closed loop: each client starting a workflow and waiting for it, "
+        f"{meta['duration_s']:g} s per run"
         if mode == "closed"
-        else f"### One workflow at a time: 1 client, {meta['duration_s']:g} s per run"
+        else f"{h} One workflow at a time: 1 client, {meta['duration_s']:g} s per run"
     )
     out = [
         title,
         "",
-        "| workload | system | wf/s | SQL steps/s | p50 ms | p99 ms | server p50 / p99 ms "
-        "| commits/step | round trips/step | stmts/step | CPU ms/wf engine / PG | failed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workload | clients | system | wf/s | SQL steps/s | p50 ms | p99 ms "
+        "| server p50 / p99 ms | commits/step | round trips/step | stmts/step "
+        "| CPU ms/wf engine / PG | failed |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         out.append(
-            f"| {r.workload} | {r.system} | {_f(r.wf_per_s)} | {_f(r.steps_per_s)} "
-            f"| {_f(r.client_p50_ms, 2)} | {_f(r.client_p99_ms, 2)} "
+            f"| {r.workload} | {r.clients} | {r.system} | {fmt(r.wf_per_s)} | {fmt(r.steps_per_s)} "
+            f"| {fmt(r.client_p50_ms, 2)} | {fmt(r.client_p99_ms, 2)} "
             f"| {_pair(r.server_p50_ms, r.server_p99_ms)} | {_costs(r)} | {_cpu(r)} "
             f"| {_failed(r)} |"
         )
     return [*out, ""]
 
 
-def _burst_table(runs: Sequence[RunResult], meta: dict[str, Any]) -> list[str]:
+def _burst_table(runs: Sequence[RunResult], meta: dict[str, Any], h: str) -> list[str]:
     rows = _rows_of(runs, "burst")
     if not rows:
         return []
     out = [
-        f"### Burst: {meta['burst']:,} starts from {meta['clients']} clients as fast as "
+        f"{h} Burst: {meta['burst']:,} starts from {rows[0].clients} clients as fast as "
         "possible, then wait for all",
         "",
         "| workload | system | starts/s | wf/s | SQL steps/s | server p50 / p99 ms "
@@ -146,24 +143,24 @@ def _burst_table(runs: Sequence[RunResult], meta: dict[str, Any]) -> list[str]:
     ]
     for r in rows:
         out.append(
-            f"| {r.workload} | {r.system} | {_f(r.start_rate)} | {_f(r.wf_per_s)} "
-            f"| {_f(r.steps_per_s)} | {_pair(r.server_p50_ms, r.server_p99_ms)} "
+            f"| {r.workload} | {r.system} | {fmt(r.start_rate)} | {fmt(r.wf_per_s)} "
+            f"| {fmt(r.steps_per_s)} | {_pair(r.server_p50_ms, r.server_p99_ms)} "
             f"| {_costs(r)} | {_cpu(r)} | {_failed(r)} |"
         )
     return [*out, ""]
 
 
-def _ratio_table(runs: Sequence[RunResult]) -> list[str]:
-    by_key = {(r.system, r.workload, r.mode): r for r in runs}
+def _ratio_table(runs: Sequence[RunResult], h: str) -> list[str]:
+    by_key = {(r.system, r.workload, r.mode, r.clients): r for r in runs}
     pairs = [
-        (r, by_key[("dbos", r.workload, r.mode)])
+        (r, by_key[("dbos", r.workload, r.mode, r.clients)])
         for r in runs
-        if r.system == "pgdurable" and ("dbos", r.workload, r.mode) in by_key
+        if r.system == "pgdurable" and ("dbos", r.workload, r.mode, r.clients) in by_key
     ]
     if not pairs:
         return []
     out = [
-        "### pgdurable vs DBOS",
+        f"{h} pgdurable vs DBOS",
         "",
         "| workload | mode | SQL steps/s pgdurable | SQL steps/s DBOS | × | "
         "p50 ms pgdurable | p50 ms DBOS |",  # burst: server-side p50
@@ -176,10 +173,11 @@ def _ratio_table(runs: Sequence[RunResult]) -> list[str]:
             else "-"
         )
         col = "server" if ours.mode == "burst" else "client"
+        mode = f"{ours.mode} ({ours.clients})" if ours.mode == "closed" else ours.mode
         out.append(
-            f"| {ours.workload} | {ours.mode} | {_f(ours.steps_per_s)} | {_f(theirs.steps_per_s)} "
-            f"| {ratio} | {_f(getattr(ours, f'{col}_p50_ms'), 2)} "
-            f"| {_f(getattr(theirs, f'{col}_p50_ms'), 2)} |"
+            f"| {ours.workload} | {mode} | {fmt(ours.steps_per_s)} | {fmt(theirs.steps_per_s)} "
+            f"| {ratio} | {fmt(getattr(ours, f'{col}_p50_ms'), 2)} "
+            f"| {fmt(getattr(theirs, f'{col}_p50_ms'), 2)} |"
         )
     return [*out, ""]
 
@@ -188,6 +186,7 @@ def _statement_table(runs: Sequence[RunResult]) -> list[str]:
     """Where the statements of the hello-world closed loop go, per workflow."""
     picked = [r for r in runs if r.workload == HELLO_WORLD and r.mode == "closed"]
     picked = [r for r in picked if r.top_statements and r.workflows]
+    picked = [r for r in picked if r.clients == min(p.clients for p in picked)]
     if not picked:
         return []
     out = [
@@ -240,7 +239,10 @@ def _notes(meta: dict[str, Any]) -> list[str]:
         "(`ss -ti` data_segs_in over its established connections; every client here sends a "
         "request in one write with TCP_NODELAY, then waits), minus the wait queries, per "
         "completed SQL step. Background polling in the window is included; pgdurable's "
-        "include the client's `df.start` (relayed by pgdurable).",
+        "include the client's `df.start` (relayed by pgdurable). Over the latency link they "
+        "are counted on the link's port, whose sockets receive what pgdurable or DBOS wrote "
+        "(the link forwards one write per chunk; PostgreSQL's own count is in the JSON, "
+        "`segments_in_pg`).",
         f"* **stmts/step** = {pgss} over the same databases, per completed SQL step, without "
         "the wait queries and without the foreign-key checks PostgreSQL itself runs for "
         "deferred constraints at COMMIT (recorded as top-level statements too). A "
@@ -249,7 +251,9 @@ def _notes(meta: dict[str, Any]) -> list[str]:
         "which DBOS turns on) is a round trip but no statement.",
         "* **CPU ms/wf** = CPU of the engine (pgdurable: the pgdurable process, relay + engine; "
         "DBOS: its whole process, client threads included) / of all PostgreSQL processes, per "
-        "completed workflow. pgdurable's bench clients' own CPU is in the JSON (`client`).",
+        "completed workflow. pgdurable's bench clients' own CPU is in the JSON (`client`); "
+        "with several pgdurable processes, engine is their sum; the latency link's CPU "
+        "(its own process) is apart, `link`.",
         "",
     ]
 
@@ -257,21 +261,49 @@ def _notes(meta: dict[str, Any]) -> list[str]:
 _TRANSPORTS = {"tcp": "loopback TCP", "unix": "a Unix socket; round trips not counted"}
 
 
-def markdown(meta: dict[str, Any], runs: Sequence[RunResult], checks: Sequence[TargetCheck]) -> str:
+def _details(meta: dict[str, Any], runs: Sequence[RunResult]) -> list[str]:
+    """The tables of each link setting (one pgdurable process), under a heading of their
+    own when there is a link."""
+    rtts = meta.get("rtt_ms") or [0.0]
+    out: list[str] = []
+    for rtt in rtts:
+        picked = [r for r in runs if r.rtt_ms == rtt and r.processes == 1]
+        h = "###"
+        if len(rtts) > 1 or rtt:
+            where = f"Over the latency link, rtt {rtt:g} ms" if rtt else "Loopback, no link"
+            out += [f"### {where}", ""]
+            h = "####"
+        out += [
+            *_closed_table(picked, meta, "closed", h),
+            *_burst_table(picked, meta, h),
+            *_closed_table(picked, meta, "single", h),
+            *_ratio_table(picked, h),
+        ]
+    return out
+
+
+def markdown(
+    meta: dict[str, Any],
+    runs: Sequence[RunResult],
+    checks: Sequence[TargetCheck],
+    kills: Sequence[KillResult] = (),
+) -> str:
     """The whole report."""
+    rtts = [r for r in meta.get("rtt_ms", []) if r]
+    link = f", and through the latency link at rtt {', '.join(f'{r:g}' for r in rtts)} ms"
     lines = [
         "## Workflow benchmark: pgdurable vs DBOS Transact",
         "",
-        f"{meta['started']}, {meta['postgres']} (fsync on, max_connections=200, reached over "
-        f"{_TRANSPORTS[meta.get('transport', 'tcp')]}), "
+        f"{meta['started']}, {meta['postgres']} (fsync on, max_connections=300, reached over "
+        f"{_TRANSPORTS[meta.get('transport', 'tcp')]}{link if rtts else ''}), "
         f"{meta['host']['nproc']} CPUs (load {meta['host']['loadavg_start'][0]:.2f} at start), "
         f"pgdurable {meta['pgdurable_rev']} (`{' '.join(meta['pgdurable_args'])}`), "
         f"DBOS {meta['dbos'] or 'not run'}; Python {meta['python']}.",
         "",
-        *_closed_table(runs, meta, "closed"),
-        *_burst_table(runs, meta),
-        *_closed_table(runs, meta, "single"),
-        *_ratio_table(runs),
+        *_details(meta, runs),
+        *link_tables(meta, runs),
+        *scale_tables(meta, runs),
+        *kill_table(kills),
         "### Targets",
         "",
         "| target | goal | measured | verdict |",
@@ -279,7 +311,9 @@ def markdown(meta: dict[str, Any], runs: Sequence[RunResult], checks: Sequence[T
         *[f"| {c.name} | {c.target} | {c.measured} | **{c.verdict}** |" for c in checks],
         "",
         *_notes(meta),
-        *_statement_table(runs),
+        *_statement_table(
+            [r for r in runs if r.rtt_ms == min(meta.get("rtt_ms") or [0.0]) and r.processes == 1]
+        ),
     ]
     if meta.get("other_cpu_s_max", 0) > 0.5:
         lines.append(

@@ -30,6 +30,8 @@ class RunResult:
     mode: str  # closed | burst | single (a closed loop with one client)
     clients: int
     steps_per_workflow: int
+    rtt_ms: float = 0.0  # the latency link's round trip (0: no link, loopback)
+    processes: int = 1  # pgdurable processes on the database, clients spread over them
     workflows: int = 0  # completed
     failed: int = 0  # failed, cancelled or not finished in time
     wall_s: float | None = None
@@ -45,6 +47,7 @@ class RunResult:
     commits_per_step: float | None = None  # (commits - wait_queries) / steps
     statements_per_step: float | None = None  # pg_stat_statements calls, wait queries excluded
     segments_in: int | None = None  # client→PostgreSQL TCP data segments (window.py)
+    segments_in_pg: int | None = None  # over a link: the same counted on PostgreSQL's side
     round_trips_per_step: float | None = None  # (segments_in - wait_queries) / steps
     start_statements: int | None = None
     other_statements: int | None = None
@@ -54,12 +57,18 @@ class RunResult:
     rows_found: int | None = None
     cpu_s: dict[str, float] = field(default_factory=dict)
     cpu_ms_per_wf: dict[str, float] = field(default_factory=dict)
+    steps_by_process: list[int | None] = field(default_factory=list)  # SQL steps completed
+    in_flight: dict[str, float] = field(default_factory=dict)  # mean open transactions
+    engine_paths: dict[str, int] = field(default_factory=dict)  # pgdurable's /metrics counters
     top_statements: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        return f"{self.system} {self.workload} {self.mode}"
+        where = f" rtt {self.rtt_ms:g} ms" if self.rtt_ms else ""
+        if self.processes > 1:
+            where += f" × {self.processes} processes"
+        return f"{self.system} {self.workload} {self.mode} ({self.clients} clients{where})"
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -109,6 +118,8 @@ def _costs(result: RunResult, measured: Measurement, steps: int, workflows: int)
     """Commits, statements and round trips per SQL step; CPU per workflow."""
     stats = measured.stats
     result.segments_in = measured.segments_in
+    result.segments_in_pg = measured.segments_in_pg
+    result.in_flight = measured.in_flight or {}
     result.commits = stats.total_commits
     result.commits_by_db = dict(stats.commits)
     start, other = stats.calls("start"), stats.calls("other")

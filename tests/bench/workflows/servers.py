@@ -27,9 +27,10 @@ def pgss_available(bindir: Path) -> bool:
 
 
 def start_bench_cluster(bindir: Path, workdir: Path, pgss: bool, sockets: Path | None) -> Cluster:
-    """initdb + start: defaults, max_connections=200, pg_stat_statements preloaded if asked,
+    """initdb + start: defaults, max_connections=300 (64 clients relayed by 4 pgdurable
+    processes of 32 step connections each fit), pg_stat_statements preloaded if asked,
     and a Unix socket in `sockets` when given."""
-    settings = {"max_connections": "200"}
+    settings = {"max_connections": "300"}
     if sockets is not None:
         sockets.mkdir(exist_ok=True)
         sockets.chmod(0o777)  # the server may run as another OS user
@@ -57,17 +58,20 @@ def prepare_databases(cluster: Cluster, pgss: bool) -> None:
             conn.execute(f"GRANT USAGE ON SEQUENCE {EVENTS_TABLE}_id_seq TO {BENCH_ROLE}")
 
 
-def system_dsn(cluster: Cluster, dbname: str, sockets: Path | None) -> str:
-    """How the systems under test reach PostgreSQL: loopback TCP, or the Unix socket."""
+def system_dsn(
+    cluster: Cluster, dbname: str, sockets: Path | None, link_port: int | None = None
+) -> str:
+    """How the systems under test reach PostgreSQL: loopback TCP, the Unix socket, or the
+    latency link listening on link_port."""
+    if link_port is not None:
+        return f"postgresql://postgres@{cluster.host}:{link_port}/{dbname}"
     return cluster.dsn(dbname=dbname) if sockets is None else cluster.socket_dsn(dbname=dbname)
 
 
-def start_pgdurable(
-    cluster: Cluster, log: Path, extra_args: list[str], sockets: Path | None = None
-) -> ProxyProcess:
+def start_pgdurable(upstream: str, log: Path, extra_args: list[str]) -> ProxyProcess:
     """`python -m pgdurable_proxy --upstream .../bench`, then df.grant_usage for the role."""
     proxy = ProxyProcess(
-        upstream=system_dsn(cluster, BENCH_DB, sockets),
+        upstream=upstream,
         extra_args=["--log-level", "warning", *extra_args],
         log_path=log,
     )

@@ -95,6 +95,7 @@ class StatsReader:
     """A superuser connection to the `postgres` database that takes snapshots."""
 
     def __init__(self, dsn: str, databases: Sequence[str], statements: bool) -> None:
+        self.dsn = dsn
         self.conn = psycopg.connect(dsn, autocommit=True)
         self.databases = list(databases)
         self.with_statements = statements
@@ -188,19 +189,22 @@ def _busy_ticks() -> int:
 class CpuProbe:
     """CPU-seconds of some processes (trees or single ones) and of the rest of the machine.
 
-    `watch` maps a name to (pid, with descendants?); `roots` are the trees that are the
-    benchmark's own work: `other` is the machine's busy time outside them.
+    `watch` maps a name to (pid or pids, with descendants?); `roots` are the trees that are
+    the benchmark's own work: `other` is the machine's busy time outside them.
     """
 
-    watch: dict[str, tuple[int, bool]]
+    watch: dict[str, tuple[int | tuple[int, ...], bool]]
     roots: tuple[int, ...] = ()
     _start: dict[str, int] = field(default_factory=dict)
 
     def _read(self) -> dict[str, int]:
         procs = _all_ticks()
         ticks = {
-            name: _tree_ticks(procs, pid) if tree else (procs[pid][1] if pid in procs else 0)
-            for name, (pid, tree) in self.watch.items()
+            name: sum(
+                _tree_ticks(procs, pid) if tree else (procs[pid][1] if pid in procs else 0)
+                for pid in ((pids,) if isinstance(pids, int) else pids)
+            )
+            for name, (pids, tree) in self.watch.items()
         }
         ticks["_ours"] = sum(_tree_ticks(procs, pid) for pid in self.roots)
         ticks["_busy"] = _busy_ticks()

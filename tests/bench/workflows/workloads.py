@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 EVENTS_TABLE = "bench_events"
@@ -52,3 +53,12 @@ WORKLOADS: dict[str, Workload] = {
     )
 }
 HELLO_WORLD = "select1"
+
+
+def runs_of(
+    workloads: Sequence[str], modes: Sequence[str], clients: Sequence[int]
+) -> list[tuple[str, str, int]]:
+    """(workload, mode, clients) in order: a closed loop per client count, a burst from the
+    first count's clients, single with one."""
+    per_mode = {"closed": list(clients), "burst": [clients[0]], "single": [1]}
+    return [(w, m, n) for w in workloads for m in modes for n in per_mode[m]]

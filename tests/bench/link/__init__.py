@@ -1,0 +1,1 @@
+"""A latency link: a userspace TCP relay that holds each chunk for a fixed delay each way."""
