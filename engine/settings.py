@@ -72,7 +72,9 @@ class EngineSettings:
     retention_max_instances: int = 10_000
     reconcile_interval: int = 3600
     min_loop_iteration_seconds: float = 1.0  # pg_durable pads every loop iteration to 1 s
-    admin_pool_size: int = 4
+    # the engine's own pool: scheduler passes, advances, lease renewal, retention (an
+    # advance holds one for its transaction: over a distant link, for several round trips)
+    admin_pool_size: int = 15
     max_new_transaction_starts: int = 2  # concurrent transaction_mode => 'new' sessions
     new_transaction_start_timeout: float = 5.0  # wait for one of those slots
     http: HttpSettings = field(default_factory=HttpSettings)

@@ -136,6 +136,8 @@ def engine_settings(settings: Settings, upstream: UpstreamDSN) -> EngineSettings
         runner_secret=settings.secret,
         max_user_connections=settings.max_user_connections,
         execution_acquire_timeout=settings.execution_acquire_timeout,
+        # pg_durable's two pools less its listener, which is the presence connection here
+        admin_pool_size=settings.max_management_connections + settings.max_duroxide_connections - 1,
         log_workflow_sql=settings.log_workflow_sql,
         max_result_bytes=settings.max_result_bytes,
         lease_seconds=settings.lease_seconds,
@@ -283,6 +285,11 @@ class _ServerConfigured:
         for name, reason in configured.unused:
             log.warning("event=server_setting_unused name=%s reason=%r", name, reason)
         self.settings = configured.settings
+        if self.settings.max_management_connections == 1:  # as pg_durable's worker warns
+            log.warning(
+                "event=few_engine_connections max_management_connections=1 "
+                "hint='advances wait for each other; 6 is the default'"
+            )
         return engine_settings(self.settings, self.upstream)
 
 

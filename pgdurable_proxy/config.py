@@ -55,6 +55,9 @@ class Settings:
     # pg_durable's settings that had no flag yet (pg_durable_settings.py maps them all)
     list_instances_max_limit: int = 1000
     execution_acquire_timeout: int = 30  # seconds an SQL step waits for a step slot
+    # the engine's own connections: pg_durable's management and duroxide pools, together
+    max_management_connections: int = 6
+    max_duroxide_connections: int = 10
     log_workflow_sql: bool = False  # log each step's substituted SQL (info)
     http_disable: bool = False  # no outbound HTTP: pg_durable's build without HTTP
     retention_days: int = 30
@@ -212,6 +215,20 @@ def _pg_durable_options(option: Any) -> None:
         "fails (1-3600)",
     )
     option(
+        "--max-management-connections",
+        6,
+        type=int,
+        help="the engine's connections for loading and advancing instances, added to "
+        "--max-duroxide-connections (1-1000; 1 is allowed with a warning)",
+    )
+    option(
+        "--max-duroxide-connections",
+        10,
+        type=int,
+        help="the engine's connections for scheduler passes and claims, one of them its "
+        "listener (2-1000)",
+    )
+    option(
         "--log-workflow-sql",
         False,
         action="store_true",
@@ -342,6 +359,8 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str] | None = None) ->
         max_client_connections=args.max_client_connections,
         list_instances_max_limit=args.list_instances_max_limit,
         execution_acquire_timeout=args.execution_acquire_timeout,
+        max_management_connections=args.max_management_connections,
+        max_duroxide_connections=args.max_duroxide_connections,
         log_workflow_sql=args.log_workflow_sql,
         http_disable=args.http_disable,
         retention_days=args.retention_days,

@@ -6,9 +6,10 @@ values under pg_durable's names (SHOW, current_setting, \\dconfig) and a `pg_dur
 in postgresql.conf is honoured as that flag would be. Values are shown as pg_durable shows
 them: booleans `on`/`off`, timeouts in whole seconds.
 
-Not mapped (pgdurable has nothing they could set, so a value would be shown but not obeyed):
-`max_management_connections` (the engine's own pool is fixed), `max_duroxide_connections`
-(there is no duroxide), `worker_count` (never shipped).
+`max_management_connections` and `max_duroxide_connections` together size the engine's own
+pool (pg_durable's two pools, whose work pgdurable's one pool does). Not mapped (pgdurable
+has nothing it could set, so a value would be shown but not obeyed): `worker_count` (never
+shipped).
 """
 
 from __future__ import annotations
@@ -88,6 +89,22 @@ SETTINGS: tuple[DurableSetting, ...] = (
         Kind.INTEGER,
         "SQL steps running at once.",
         1,
+        1000,
+    ),
+    DurableSetting(
+        "max_management_connections",
+        "max_management_connections",
+        Kind.INTEGER,
+        "The engine's connections for loading and advancing instances (with the next).",
+        1,
+        1000,
+    ),
+    DurableSetting(
+        "max_duroxide_connections",
+        "max_duroxide_connections",
+        Kind.INTEGER,
+        "The engine's connections for scheduling and claiming (one of them listens).",
+        2,
         1000,
     ),
     DurableSetting(

@@ -42,6 +42,8 @@ EXPECTED_DEFAULTS = {
     "pg_durable.worker_role": "postgres",
     "pg_durable.enable_superuser_instances": "off",
     "pg_durable.max_user_connections": "10",
+    "pg_durable.max_management_connections": "6",
+    "pg_durable.max_duroxide_connections": "10",
     "pg_durable.execution_acquire_timeout": "30",
     "pg_durable.max_new_transaction_starts": "2",
     "pg_durable.new_transaction_start_timeout": "5",
@@ -123,6 +125,7 @@ pg_durable.max_new_transaction_starts = 4
 pg_durable.list_instances_max_limit = 50
 pg_durable.execution_acquire_timeout = '2min'
 pg_durable.max_duroxide_connections = 5
+pg_durable.worker_count = 2
 """
 
 
@@ -167,9 +170,10 @@ def test_postgresql_conf_lines_count_as_flags_and_flags_win(
     assert shown["pg_durable.list_instances_max_limit"] == "50"
     assert shown["pg_durable.execution_acquire_timeout"] == "120"
     assert shown["pg_durable.database"] == SETTINGS_DB
+    assert shown["pg_durable.max_duroxide_connections"] == "5"
     assert configured_proxy.log_path is not None
     log = configured_proxy.log_path.read_text()
-    assert "name=pg_durable.max_duroxide_connections" in log
+    assert "name=pg_durable.worker_count" in log  # pgdurable has no such setting
 
 
 def test_a_bad_postgresql_conf_line_stops_pgdurable_with_one_line(

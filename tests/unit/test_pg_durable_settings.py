@@ -8,6 +8,7 @@ import pytest
 from dsl.settings_view import mentions_settings_view, with_settings_rows
 from engine.settings import ServerValue
 from pgdurable_proxy import pg_durable_settings as durable
+from pgdurable_proxy.cli import engine_settings
 from pgdurable_proxy.config import ConfigError, apply_server_config, parse_settings
 from pgdurable_proxy.dsn import parse_dsn
 from pgdurable_proxy.intercept import Interceptor
@@ -72,6 +73,7 @@ def test_the_servers_lines_count_unless_a_flag_or_variable_was_given() -> None:
         ServerValue("pg_durable.enable_superuser_instances", "on"),
         ServerValue("pg_durable.log_workflow_sql", ""),  # a line taken out of the file
         ServerValue("pg_durable.max_duroxide_connections", "5"),
+        ServerValue("pg_durable.worker_count", "2"),
         ServerValue("pg_durable.database", "postgres"),
         ServerValue("pg_durable.worker_role", "admin"),
     ]
@@ -79,10 +81,11 @@ def test_the_servers_lines_count_unless_a_flag_or_variable_was_given() -> None:
     result = configured.settings
     assert (result.max_user_connections, result.retention_days) == (4, 3)
     assert result.enable_superuser_instances is True and result.log_workflow_sql is False
+    assert (result.max_duroxide_connections, result.max_management_connections) == (5, 6)
     assert dict(configured.unused) == {
         "pg_durable.max_user_connections": "--max-user-connections was given",
         "pg_durable.retention_days": "--retention-days was given",
-        "pg_durable.max_duroxide_connections": "pgdurable has no such setting",
+        "pg_durable.worker_count": "pgdurable has no such setting",
         "pg_durable.database": "pgdurable takes it from --upstream",
     }
 
@@ -204,3 +207,13 @@ def test_whole_seconds_where_the_flag_takes_whole_seconds() -> None:
     assert (
         apply_server_config(settings, UPSTREAM, found).settings.new_transaction_start_timeout == 1.5
     )
+
+
+def test_the_engines_pool_is_pg_durables_two_pools_less_the_listener() -> None:
+    """max_management_connections + max_duroxide_connections, as pg_durable budgets them;
+    its listener is pgdurable's presence connection, apart from the pool."""
+    assert engine_settings(parse_settings([], {}), UPSTREAM).admin_pool_size == 15
+    flags = ["--max-management-connections", "1", "--max-duroxide-connections", "2"]
+    assert engine_settings(parse_settings(flags, {}), UPSTREAM).admin_pool_size == 2
+    with pytest.raises(ConfigError, match="--max-duroxide-connections must be between 2"):
+        parse_settings(["--max-duroxide-connections", "1"], {})
