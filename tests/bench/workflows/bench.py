@@ -38,7 +38,7 @@ from tests.bench.workflows.servers import (
 )
 from tests.bench.workflows.stats import CpuProbe, StatsReader
 from tests.bench.workflows.window import Window
-from tests.bench.workflows.workloads import WORKLOADS, runs_of
+from tests.bench.workflows.workloads import DEFAULT_WORKLOADS, WORKLOADS, runs_of
 
 MODES = ("closed", "burst", "single")
 DBOS_POOL = 32  # DBOS's sys_db_pool_size and its datasource's pool_size (dbos_runner.py)
@@ -106,7 +106,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--kill-after", type=float, default=1.0, help="seconds after the first start (1)"
     )
     p.add_argument("--lease-seconds", type=float, help="pgdurable's --lease-seconds (its 30)")
-    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list (all)")
+    p.add_argument(
+        "--workloads",
+        default=",".join(DEFAULT_WORKLOADS),
+        help=f"comma list of {', '.join(WORKLOADS)} ({', '.join(DEFAULT_WORKLOADS)})",
+    )
     p.add_argument("--modes", default=",".join(MODES), help="closed,burst,single (all)")
     p.add_argument(
         "--wait",

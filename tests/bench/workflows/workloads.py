@@ -50,8 +50,11 @@ WORKLOADS: dict[str, Workload] = {
         Workload("select3", 3, insert=False),
         Workload("insert1", 1, insert=True),
         Workload("insert3", 3, insert=True),
+        # a long chain: round trips per step tend to what one chained step costs
+        Workload("select10", 10, insert=False),
     )
 }
+DEFAULT_WORKLOADS = ("select1", "select3", "insert1", "insert3")  # select10: on request
 HELLO_WORLD = "select1"
 
 
