@@ -31,7 +31,6 @@ BOOKKEEPING = (
     "complete_and_load",
     "apply_as_step",
     "complete_step",
-    "apply_first",
 )
 # The engine's statements whose answers a flight does not wait for: prepared by name on the
 # step connection (StepConnection.prepare_bookkeeping), called from flights (StepWire).
