@@ -219,6 +219,7 @@ class Advancer:
             return
         first = FirstTransaction(self, instance_id)
         result = FirstResult(FirstOutcome.NOTHING)
+        carried: StepConnection | None = None  # its COMMIT began the next step's transaction
         try:
             first.backend_pid = step.conn.get_server_pid()
             key = uuid.UUID(self.owner_id)
@@ -226,14 +227,18 @@ class Advancer:
             if result.outcome is not FirstOutcome.NOTHING and first.task is not None:
                 seconds = time.monotonic() - started
                 parts.metrics.step_finished(NodeType.SQL, StepEnd.COMPLETED, seconds)
-            await self._after_first_step(instance_id, first, result)
+            if result.began_next and result.planned is not None:
+                carried = step  # act_on runs the next step on it, or releases it
+                parts.tasks.steps.carried.add(step)
+            await self._after_first_step(instance_id, first, result, carried)
         except (StepFailed, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.info("event=first_step_deferred instance=%s error=%r", instance_id, exc)
         finally:
             cancelled = first.task is not None and self._cancelled(first.task)
             if first.task is not None:
                 parts.running.finished(first.task)
-            parts.tasks.release(owner, database, step)
+            if carried is None:
+                parts.tasks.release(owner, database, step)
         nothing = result.outcome is FirstOutcome.NOTHING
         if first.promoted and nothing and first.task is not None and not cancelled:
             parts.tasks.start(first.task)  # its task row is ours: run it as any step
@@ -247,7 +252,11 @@ class Advancer:
         return running is not None and running.cancelled
 
     async def _after_first_step(
-        self, instance_id: str, first: FirstTransaction, result: FirstResult
+        self,
+        instance_id: str,
+        first: FirstTransaction,
+        result: FirstResult,
+        carried: StepConnection | None,
     ) -> None:
         if result.outcome is FirstOutcome.PROMOTED:  # recorded; the instance needs an advance
             await self.advance(instance_id)
@@ -257,7 +266,7 @@ class Advancer:
             if first.task is not None and first.from_pending is not None:  # act_on sees "running"
                 log_started(instance_id, first.from_pending)
         if result.planned is not None:
-            await self.applied_in_step(instance_id, result.planned)
+            await self.applied_in_step(instance_id, result.planned, carried)
 
 
 class AdvanceParts:

@@ -323,10 +323,13 @@ class FirstOutcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class FirstResult:
-    """What run_first_step did, and the plan it applied last (APPLIED, PROMOTED_ADVANCED)."""
+    """What run_first_step did, and the plan it applied last (APPLIED, PROMOTED_ADVANCED);
+    `began_next`: the COMMIT also began the transaction of the plan's next SQL step, which
+    the engine runs on this connection (as after a chained step)."""
 
     outcome: FirstOutcome
     planned: Planned | None = None
+    began_next: bool = False
 
 
 def _changed_since_read(exc: asyncpg.PostgresError) -> bool:
@@ -360,11 +363,12 @@ async def run_first_step(
                 plans = first.plan_done(task, await execution)
             together = "[" + ",".join(plans) + "]"  # applied with the COMMIT, unanswered
             ending.final = ("apply_first_or_refuse", (instance_id, engine_key, xmin, together))
+            ending.begin_next = first.planned is not None and first.advance.chains(first.planned)
     except asyncpg.PostgresError as exc:
         if not _changed_since_read(exc):
             raise
         return FirstResult(FirstOutcome.NOTHING)
-    return FirstResult(FirstOutcome.APPLIED, first.planned)
+    return FirstResult(FirstOutcome.APPLIED, first.planned, ending.begin_next)
 
 
 async def _execute(step: StepConnection, sql: str) -> str:
