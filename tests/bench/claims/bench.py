@@ -107,6 +107,7 @@ def queues(args: argparse.Namespace) -> list[Queue]:
 def _bench(
     args: argparse.Namespace, workdir: Path, out_path: Path, stack: contextlib.ExitStack
 ) -> int:
+    started = dt.datetime.now().isoformat(timespec="seconds")
     bindir = resolve_bindir(args.pg)
     log(f"PostgreSQL from {bindir}, work dir {workdir}")
     cluster = start_bench_cluster(bindir, workdir, pgss=False, sockets=None)
@@ -126,7 +127,7 @@ def _bench(
         for queue, dsn in dsns.items()
     }
     meta = {
-        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "started": started,
         "postgres": tool_version(bindir / "postgres"),
         "pgdurable_rev": git_rev(),
         "queues": [q.database for q in queues(args)],
