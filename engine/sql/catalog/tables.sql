@@ -190,6 +190,12 @@ CREATE TABLE df._tasks (
 );
 CREATE INDEX idx_tasks_due ON df._tasks (due_at) WHERE lease_owner IS NULL;
 CREATE INDEX idx_tasks_lease ON df._tasks (lease_until) WHERE lease_owner IS NOT NULL;
+-- The claim's order (df._poll): when a task became claimable, its due time if no engine
+-- holds it, else its lease's expiry; due time breaks ties (one engine's leases are renewed
+-- together). A claim reads the first entries of this one range, however long the queue
+-- and however many leases are held.
+CREATE INDEX idx_tasks_claimable ON df._tasks
+    ((CASE WHEN lease_owner IS NULL THEN due_at ELSE lease_until END), due_at);
 
 -- Instances whose graph must be advanced (a child finished, a start, a cancel), from
 -- requested_at on (a loop pacing its iterations asks for a later time). An instance's rows

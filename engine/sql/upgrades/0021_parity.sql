@@ -106,3 +106,11 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Claims that cost the same with 100,000 due tasks queued (issue 16, item 5): df._poll
+-- takes the first entries of idx_tasks_claimable (tasks in the order they became
+-- claimable), and reads which of its busy instances are pending once per pass instead of
+-- through df._first_step_busy for each row.
+CREATE INDEX IF NOT EXISTS idx_tasks_claimable ON df._tasks
+    ((CASE WHEN lease_owner IS NULL THEN due_at ELSE lease_until END), due_at);
+DROP FUNCTION IF EXISTS df._first_step_busy(text, text[]);

@@ -1,0 +1,1 @@
+"""Issue 16, item 5: the cost of a claim with a backlog of due tasks."""

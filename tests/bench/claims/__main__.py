@@ -1,0 +1,5 @@
+"""`python -m tests.bench.claims`."""
+
+from tests.bench.claims.bench import main
+
+raise SystemExit(main())

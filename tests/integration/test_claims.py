@@ -1,0 +1,137 @@
+"""df._poll on a catalog with no engine running: which tasks a claim takes, in which order,
+and which instances a pass hands out to advance.
+
+Instances, tasks and advance rows are written by hand as the admin, as an engine leaves
+them (a crashed one, for an expired lease), a thousand days in the past so that they come
+before anything other tests left in the shared catalog; each test rolls back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+POLL = "SELECT kind, instance_id, node_id, due FROM df._poll(%s, 30, %s, %s, %s::text[], 0)"
+PAST = "now() - interval '1000 days'"
+DEAD_ENGINE = uuid.UUID("00000000-0000-4000-8000-00000000dead")
+
+
+@pytest.fixture
+def conn(catalog_dsn: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(catalog_dsn) as connection:
+        yield connection
+        connection.rollback()
+
+
+def _instance(conn: psycopg.Connection, name: str, status: str = "running") -> str:
+    """An instance of one SQL node, both called `name` (8 hex digits)."""
+    conn.execute(
+        "INSERT INTO df.instances (id, root_node, status, submitted_by) "
+        "VALUES (%s, %s, %s, 'postgres')",
+        (name, name, status),
+    )
+    conn.execute(
+        "INSERT INTO df.nodes (id, instance_id, node_type, query, status, submitted_by) "
+        "VALUES (%s, %s, 'SQL', 'SELECT 1', 'running', 'postgres')",
+        (name, name),
+    )
+    return name
+
+
+def _task(
+    conn: psycopg.Connection, instance: str, due_s: float, lease_s: float | None = None
+) -> None:
+    """The instance's task, due `due_s` seconds after PAST; leased to a dead engine until
+    `lease_s` seconds after PAST when given (an expired lease)."""
+    conn.execute(
+        "INSERT INTO df._tasks (instance_id, node_id, node_type, payload, due_at, lease_owner,"
+        f" lease_token, lease_until, attempts) VALUES (%(id)s, %(id)s, 'SQL', 'SELECT 1',"
+        f" {PAST} + make_interval(secs => %(due)s),"
+        " CASE WHEN %(lease)s::float8 IS NOT NULL THEN %(dead)s::uuid END,"
+        " CASE WHEN %(lease)s::float8 IS NOT NULL THEN gen_random_uuid() END,"
+        f" {PAST} + make_interval(secs => %(lease)s::float8), 1)",
+        {"id": instance, "due": due_s, "lease": lease_s, "dead": DEAD_ENGINE},
+    )
+
+
+def _claimed(conn: psycopg.Connection, claims: int) -> set[str]:
+    """The tasks one pass claims (rolled back to a savepoint: the queue stays)."""
+    with conn.transaction(force_rollback=True):
+        rows = conn.execute(POLL, (uuid.uuid4(), 256, claims, [])).fetchall()
+    return {r[2] for r in rows if r[0] == "task"}
+
+
+def test_a_claim_takes_tasks_in_the_order_they_became_claimable(
+    conn: psycopg.Connection,
+) -> None:
+    # a task no engine holds is claimable from its due time; one whose engine died, from
+    # its lease's expiry, its due time breaking ties (one engine renews its leases together)
+    _task(conn, _instance(conn, "c1a10001"), due_s=-3)
+    _task(conn, _instance(conn, "c1a10002"), due_s=-8, lease_s=-2)
+    _task(conn, _instance(conn, "c1a10003"), due_s=-1)
+    _task(conn, _instance(conn, "c1a10004"), due_s=-4, lease_s=-0.5)
+    _task(conn, _instance(conn, "c1a10005"), due_s=-4.5, lease_s=-0.5)
+    order = ["c1a10001", "c1a10002", "c1a10003", "c1a10005", "c1a10004"]
+    # never claimed: a lease still held, a timer not due, a paused instance's task, a task
+    # whose instance is gone
+    conn.execute(
+        "INSERT INTO df._tasks (instance_id, node_id, node_type, payload, due_at, lease_owner,"
+        " lease_token, lease_until) VALUES"
+        f" (%s, %s, 'SQL', '', {PAST} - interval '1 hour', gen_random_uuid(),"
+        "  gen_random_uuid(), now() + interval '1 hour')",
+        (_instance(conn, "c1a1f001"), "c1a1f001"),
+    )
+    conn.execute(
+        "INSERT INTO df._tasks (instance_id, node_id, node_type, payload, due_at)"
+        " VALUES (%s, %s, 'SLEEP', '60', now() + interval '1 hour')",
+        (_instance(conn, "c1a1f002"), "c1a1f002"),
+    )
+    _task(conn, _instance(conn, "c1a1f003", status="paused"), due_s=-3600)
+    _task(conn, "c1a1f004", due_s=-3600)
+
+    for claims in range(1, len(order) + 1):
+        assert _claimed(conn, claims) == set(order[:claims])
+    mine = {r[0] for r in conn.execute("SELECT node_id FROM df._tasks")}
+    assert _claimed(conn, 64) & mine == set(order)
+
+
+def _advance(conn: psycopg.Connection, instance: str, node: str, at_s: float) -> None:
+    conn.execute(
+        "INSERT INTO df._advance (instance_id, node_id, requested_at)"
+        f" VALUES (%s, %s, {PAST} + make_interval(secs => %s))",
+        (instance, node, at_s),
+    )
+
+
+def _handed_out(conn: psycopg.Connection, advances: int, busy: list[str]) -> list[str]:
+    """The instances one pass hands out to advance, in order."""
+    with conn.transaction(force_rollback=True):
+        rows = conn.execute(POLL, (uuid.uuid4(), advances, 0, busy)).fetchall()
+    return [r[1] for r in rows if r[0] in ("new", "advance")]
+
+
+def test_instances_are_handed_out_by_their_earliest_due_advance(
+    conn: psycopg.Connection,
+) -> None:
+    first, second, third = (_instance(conn, f"adf1000{n}") for n in range(1, 4))
+    _advance(conn, first, "", -10)
+    for n in range(1, 10):  # its steps' requests, later than the second's
+        _advance(conn, first, f"0000000{n}", -4 + n / 100)
+    _advance(conn, second, "", -5)
+    _advance(conn, third, "", -3)
+    assert _handed_out(conn, 2, []) == [first, second]
+    assert _handed_out(conn, 3, []) == [first, second, third]
+
+
+def test_a_pending_instance_whose_first_step_is_being_taken_is_left_out(
+    conn: psycopg.Connection,
+) -> None:
+    busy, other = _instance(conn, "adf20001", status="pending"), _instance(conn, "adf20002")
+    _advance(conn, busy, "", -20)
+    _advance(conn, other, "", -10)
+    assert _handed_out(conn, 1, [busy]) == [other]
+    conn.execute("UPDATE df.instances SET status = 'running' WHERE id = %s", (busy,))
+    assert _handed_out(conn, 1, [busy]) == [busy]  # promoted: due as any
