@@ -156,6 +156,11 @@ class Scheduler:
                 due = row.due
         if claims > 0:  # (with no free slot we learnt nothing about what is claimable)
             queue.claims_left = claimed == claims
+        elif due is not None and due <= 0:
+            # due tasks wait for a step slot: the slot that frees up wakes the scheduler
+            # (polling again at once would only spin), the poll interval stays the net
+            queue.claims_left = True
+            return None
         return due
 
     def _new_instance(self, row: NewInstance, first_steps: int) -> bool:

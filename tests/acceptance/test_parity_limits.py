@@ -142,6 +142,32 @@ def test_a_step_waiting_longer_than_execution_acquire_timeout_fails(
     assert await_status(limited.dsn(), holder, 10) == "cancelled"
 
 
+def test_a_due_timer_waiting_for_a_slot_does_not_make_the_scheduler_spin(
+    limited: Pgdurable, cluster: Cluster
+) -> None:
+    """The one step slot is held while a timer is due: the scheduler used to poll again at
+    once, forever (thousands of passes a second); it now waits for the slot to free up."""
+    holder = _start(limited.dsn(), "'SELECT 0' ~> 'SELECT 1 AS holds_a_slot FROM pg_sleep(4)'")
+    _await_backend(cluster, "holds_a_slot")
+    timer = _start(limited.dsn(), "df.sleep(0) ~> 'SELECT 4'")
+    time.sleep(0.5)  # the timer's task is due, unclaimed: no slot is free
+
+    def commits() -> int:
+        with psycopg.connect(cluster.dsn(dbname=limited.database)) as conn:
+            row = conn.execute(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (limited.database,)
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    before = commits()
+    time.sleep(1.5)
+    passes = commits() - before
+    assert passes < 100, f"{passes} transactions in 1.5 s while only a timer waited for a slot"
+    assert await_status(limited.dsn(), timer, 15) == "completed"  # once the slot is free
+    assert await_status(limited.dsn(), holder, 15) == "completed"
+
+
 def test_http_off_refuses_the_builders_and_fails_http_nodes_built_from_json(
     limited: Pgdurable,
 ) -> None:
