@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from typing import Any
 
 import asyncpg
 
@@ -31,10 +30,9 @@ BOOKKEEPING = (
     "complete_and_load",
     "apply_as_step",
     "complete_step",
+    "complete_held_or_record",  # sent with the COMMIT, unanswered until it is answered
+    "apply_first_or_refuse",
 )
-# The engine's statements whose answers a flight does not wait for: prepared by name on the
-# step connection (StepConnection.prepare_bookkeeping), called from flights (StepWire).
-FLIGHT_BOOKKEEPING = ("complete_held_or_record", "apply_first_or_refuse")
 # df._step_guard_or_refuse's refusals, by SQLSTATE
 GUARD_REFUSALS = {"42704": "gone", "42501": "a superuser"}
 
@@ -105,7 +103,7 @@ class StepConnection:
         # step statements prepared on it, by text (most recently used last): a workflow's
         # steps repeat, and preparing is a round trip of its own
         self.statements: dict[str, asyncpg.prepared_stmt.PreparedStatement] = {}
-        self.bookkeeping: dict[str, asyncpg.prepared_stmt.PreparedStatement] | None = None
+        self.bookkeeping = False  # the engine's statements are prepared here (by name)
         self.begun = False  # its last round trip also began the next step's transaction
         self.reset_on_commit = False  # its session was reset in its step's transaction
         self.limit = DEFAULT_MAX_RESULT_BYTES  # a step's result document, in bytes
@@ -194,14 +192,13 @@ class StepConnection:
             raise OwnerNotAllowed(refusal)
 
     async def prepare_bookkeeping(self) -> None:
-        """Prepare the engine's own statements (before any step runs here): asyncpg's, and
-        those that flights call by name (one round trip for these; closing a statement that
-        does not exist is no error)."""
-        self.bookkeeping = {name: await self.conn.prepare(q(name)) for name in BOOKKEEPING}
+        """Prepare the engine's own statements by name (before any step runs here), in one
+        round trip; closing a statement that does not exist is no error."""
         messages = []
-        for name in FLIGHT_BOOKKEEPING:
+        for name in BOOKKEEPING:
             messages += [_close_statement(name), parse(name, q(name))]
         (await self.wire.send([*messages, SYNC], syncs=1)).raise_error()
+        self.bookkeeping = True
 
     async def finish(
         self, final: tuple[str, tuple[object, ...]] | None, then: str
@@ -225,9 +222,9 @@ class StepConnection:
         result.raise_error()
         return result.replies[0].value, tag
 
-    async def book(self, name: str, *args: object) -> Any:
-        """Run a bookkeeping statement, prepared at connect time when it was."""
-        statement = None if self.bookkeeping is None else self.bookkeeping.get(name)
-        if statement is None:
-            return await self.conn.fetchval(q(name), *args)
-        return await statement.fetchval(*args)
+    async def book(self, name: str, *args: object) -> str | None:
+        """Run a bookkeeping statement prepared at connect time (prepare_bookkeeping):
+        its first value, as text."""
+        result = await self.wire.send([call(name, args), SYNC], syncs=1)
+        result.raise_error()
+        return result.replies[0].value if result.replies else None

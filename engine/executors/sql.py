@@ -177,7 +177,7 @@ async def _record_and_advance(
     if planned is None:
         return None
     applied = await step.book("apply_as_step", *ids, secret, planned.plan.to_json())
-    return planned if applied else None
+    return planned if applied == "t" else None
 
 
 async def _advance_in_step(
@@ -261,7 +261,7 @@ async def _run_sql_step(
             # a statement prepared earlier no longer fits the schema; the transaction was
             # rolled back, so running the step once more, freshly prepared, is safe
             step.forget_statements()
-            if step.bookkeeping is not None:  # the rollback undid any role change
+            if step.bookkeeping:  # the rollback undid any role change
                 await step.prepare_bookkeeping()
             if fresh:
                 raise sql_step_failed(_sql_error(exc), exc.sqlstate) from exc
