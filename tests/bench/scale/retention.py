@@ -104,6 +104,7 @@ def probe_starts(
 
 def split(calls: Sequence[Call], pruned: RetentionPass) -> tuple[StartProbe, StartProbe]:
     """The calls that overlapped the pass, and the others (before it started, after it)."""
-    during = [c for c in calls if c.ended >= pruned.started_at and c.began <= pruned.ended_at]
-    others = [c for c in calls if c not in during]
+    overlaps = [c.ended >= pruned.started_at and c.began <= pruned.ended_at for c in calls]
+    during = [c for c, overlapping in zip(calls, overlaps, strict=True) if overlapping]
+    others = [c for c, overlapping in zip(calls, overlaps, strict=True) if not overlapping]
     return summary(during), summary(others)
