@@ -325,6 +325,7 @@ REVIEWED_DEFINERS = [
     "df._acting_owner(text)",
     "df._apply_as_step(text,text,uuid,jsonb)",
     "df._apply_first(text,uuid,text,jsonb)",
+    "df._apply_first_or_refuse(text,uuid,text,jsonb)",
     "df._claim_signal(uuid)",
     "df._complete_and_load(text,text,uuid,text,text)",
     "df._complete_held(text,text,uuid,text,bigint,jsonb)",

@@ -116,3 +116,23 @@ def test_a_large_graph_goes_in_time_linear_in_its_nodes(conn: psycopg.Connection
     assert row is not None
     # a few index lookups per node; scanning the instance's nodes per node read 1,000,000
     assert row[0] < 20 * 2 * steps
+
+
+def test_autovacuum_never_truncates_the_tables_retention_deletes_from(
+    conn: psycopg.Connection,
+) -> None:
+    """Truncating a table's emptied end takes an ACCESS EXCLUSIVE lock, which a df.start's
+    INSERT would wait for beside a retention pass: the tables it deletes from are kept whole."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'df'::regnamespace "
+        "AND c.relkind = 'r' AND c.reloptions @> '{vacuum_truncate=off}' ORDER BY 1"
+    ).fetchall()
+    assert [name for (name,) in rows] == [
+        "_advance",
+        "_executions",
+        "_instance_vars",
+        "_node_state",
+        "_tasks",
+        "instances",
+        "nodes",
+    ]

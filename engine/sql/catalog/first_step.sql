@@ -90,10 +90,12 @@ END
 $$;
 
 -- df._apply_first for a first step whose COMMIT is sent with it, unanswered: an error
--- (40001) instead of false, so that the COMMIT after it commits nothing of the step.
+-- (40001) instead of false, so that the COMMIT after it commits nothing of the step. Called
+-- on the owner's step session, so pinned as df._apply_first is (and as safe to call: that
+-- checks the engine's key).
 CREATE OR REPLACE FUNCTION df._apply_first_or_refuse(p_instance text, p_key uuid,
                                                      p_advance_xmin text, plans jsonb)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT df._apply_first(p_instance, p_key, p_advance_xmin, plans) THEN
         RAISE EXCEPTION 'pgdurable: instance % changed since its first advance was planned',

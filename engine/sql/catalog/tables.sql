@@ -318,3 +318,15 @@ CREATE TYPE df._explain_item AS (key text, prefix text, connector text, child_pr
 REVOKE ALL ON ALL TABLES IN SCHEMA df FROM PUBLIC;
 GRANT USAGE ON SCHEMA _duroxide TO PUBLIC;
 GRANT SELECT ON _duroxide._worker_ready TO PUBLIC;
+
+-- Retention deletes finished instances in batches while df.start inserts new ones: autovacuum
+-- truncating the emptied end of one of these tables would take an ACCESS EXCLUSIVE lock and
+-- make an insert wait (a df.start waited 10 ms so beside a pass over 500,000 instances,
+-- python -m tests.bench.scale); the emptied pages are reused by the rows that come next.
+ALTER TABLE df.instances SET (vacuum_truncate = off);
+ALTER TABLE df.nodes SET (vacuum_truncate = off);
+ALTER TABLE df._node_state SET (vacuum_truncate = off);
+ALTER TABLE df._executions SET (vacuum_truncate = off);
+ALTER TABLE df._instance_vars SET (vacuum_truncate = off);
+ALTER TABLE df._tasks SET (vacuum_truncate = off);
+ALTER TABLE df._advance SET (vacuum_truncate = off);

@@ -114,3 +114,15 @@ $$;
 CREATE INDEX IF NOT EXISTS idx_tasks_claimable ON df._tasks
     ((CASE WHEN lease_owner IS NULL THEN due_at ELSE lease_until END), due_at);
 DROP FUNCTION IF EXISTS df._first_step_busy(text, text[]);
+
+-- No truncation by autovacuum (issue 17: retention beside df.start). Retention deletes finished instances in batches while df.start inserts new ones: autovacuum
+-- truncating the emptied end of one of these tables would take an ACCESS EXCLUSIVE lock and
+-- make an insert wait (a df.start waited 10 ms so beside a pass over 500,000 instances,
+-- python -m tests.bench.scale); the emptied pages are reused by the rows that come next.
+ALTER TABLE df.instances SET (vacuum_truncate = off);
+ALTER TABLE df.nodes SET (vacuum_truncate = off);
+ALTER TABLE df._node_state SET (vacuum_truncate = off);
+ALTER TABLE df._executions SET (vacuum_truncate = off);
+ALTER TABLE df._instance_vars SET (vacuum_truncate = off);
+ALTER TABLE df._tasks SET (vacuum_truncate = off);
+ALTER TABLE df._advance SET (vacuum_truncate = off);
