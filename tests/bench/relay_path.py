@@ -22,6 +22,7 @@ from pgdurable_proxy.intercept import Interceptor
 from pgdurable_proxy.metrics import Metrics
 from pgdurable_proxy.relay import ClientSession, UpstreamLink
 from pgdurable_proxy.server import ProxyServer
+from pgdurable_proxy.wire.frames import ACCELERATED
 from pgdurable_proxy.wire.messages import frame
 from tests.bench.passthrough import pipe
 
@@ -100,6 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.relay_path")
     parser.add_argument("--rounds", type=int, default=15, help="timeit repeats; minimum kept")
     args = parser.parse_args()
+    print(f"framing: {'compiled' if ACCELERATED else 'pure Python'}")
     print("mode       pipe µs/txn  relay µs/txn  added µs/txn")
     for mode, (request, reply) in TRANSACTIONS.items():
         session, link = relay_pair()
