@@ -9,7 +9,8 @@ from typing import Any
 
 from tests.bench.passthrough.measure import RunResult, Workload
 
-TARGETS = ("direct", "pgdurable", "pgbouncer", "pipe")
+# pgdurable-py: pgdurable with PGDURABLE_PURE_PYTHON=1 (its framing in Python)
+TARGETS = ("direct", "pgdurable", "pgdurable-py", "pgbouncer", "pipe")
 
 # Targets set from the baseline (PgBouncer 1.18 session mode, same machine):
 # 0.64x direct TPS at -c 8 simple, ~12 us CPU per select-only transaction.
@@ -189,7 +190,8 @@ def markdown(
         "",
         f"- {meta['started']} on {meta['host']['nproc']} CPUs; PostgreSQL: {meta['postgres']}; "
         f"pgbench: {meta['pgbench']}; pgbouncer: {meta['pgbouncer'] or 'not run'}",
-        f"- pgdurable {meta['pgdurable_rev']}, Python {meta['python']}, uvloop {meta['uvloop']}",
+        f"- pgdurable {meta['pgdurable_rev']} (framing: {meta.get('pgdurable_framing', '?')}), "
+        f"Python {meta['python']}, uvloop {meta['uvloop']}",
         f"- -T {meta['duration_s']} s, {meta['repeats']} interleaved repeats, medians shown; "
         f"scale {meta['scale']}; settings {meta['pg_settings']}; pgbouncer session mode, "
         f"default_pool_size {meta['pgbouncer_pool_size']}",
