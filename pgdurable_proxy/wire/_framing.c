@@ -15,6 +15,11 @@
 #include <Python.h>
 #include <structmember.h>
 
+#if SIZEOF_SIZE_T < 8
+/* positions plus a 32-bit length must not overflow: elsewhere the pure-Python path runs */
+#error "the compiled framing is for 64-bit platforms"
+#endif
+
 #define SMALL_MESSAGE_LIMIT 10000
 #define LARGE_MESSAGE_LIMIT 0x3FFFFFFF
 
