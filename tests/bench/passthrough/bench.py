@@ -326,8 +326,11 @@ def _bench(
     runs: list[RunResult] = []
     total = args.repeats * len(workloads) * len(endpoints)
     for rep in range(1, args.repeats + 1):
+        # targets in reverse order every other repeat: a drift within a workload's block
+        # of runs weighs on each target alike in the per-repeat ratios
+        order = endpoints if rep % 2 else endpoints[::-1]
         for wl in workloads:
-            for ep in endpoints:
+            for ep in order:
                 result = _measured_run(args, pgbench, ep, wl, rep, roots)
                 runs.append(result)
                 cpu = f", {result.cpu_us_per_txn} µs/txn" if result.cpu_us_per_txn else ""
