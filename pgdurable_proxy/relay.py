@@ -291,6 +291,7 @@ class UpstreamLink(asyncio.Protocol):
         self._auth: UntilReady | None = None  # set while auth messages need rewriting
         self._positioner: UntilReady | None = None
         self._renamer: TagRenamer | None = None
+        self._rewriting = False  # any of the three is set: replies take the longer way
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -301,11 +302,13 @@ class UpstreamLink(asyncio.Protocol):
         # Frame the login until its ReadyForQuery: that is when the session may be inspected.
         strip = transport.get_extra_info("sslcontext") is not None and not client_tls
         self._auth = UntilReady(strip_channel_binding if strip else _unchanged)
+        self._rewriting = True
 
     def position_errors(self, hints: tuple[tuple[str, int], ...] = ()) -> None:
         """Frame replies until the next ReadyForQuery to add positions to errors."""
         if self._positioner is None or self._positioner.done:
             self._positioner = error_positioner(hints)
+            self._rewriting = True
 
     def rename_tags(self, marker: str, tag: str) -> None:
         """From now on, the CommandComplete after a notice whose text is `marker` (taken
@@ -313,9 +316,21 @@ class UpstreamLink(asyncio.Protocol):
         if self._renamer is None:
             skip, sent = self.tracker.unfinished()  # the renamer follows the tracker
             self._renamer = TagRenamer(marker, tag, skip, sent)
+            self._rewriting = True
 
     def data_received(self, data: bytes) -> None:
         self.metrics.server_bytes += len(data)  # per chunk, as received
+        # less pgdurable's own notices, on a catalog session
+        data = self._rewritten(data) if self._rewriting else self.tracker.feed(data)
+        client = self.client
+        if client.wake_on_idle and self.tracker.status == IDLE and self.tracker.at_boundary:
+            client.wake_on_idle = False
+            client.host.wake()
+        if client.transport is not None and data:
+            client.transport.write(data)
+
+    def _rewritten(self, data: bytes) -> bytes:
+        """The login, errors to position and tags to rename: framed around the tracker."""
         if self._auth is not None:
             data = self._auth.feed(data)
             if self._auth.done:
@@ -325,16 +340,13 @@ class UpstreamLink(asyncio.Protocol):
             data = self._positioner.feed(data)
             if self._positioner.done:
                 self._positioner = None
-        tracker = self.tracker
-        data = tracker.feed(data)  # less pgdurable's own notices, on a catalog session
+        data = self.tracker.feed(data)
         if self._renamer is not None:
             data = self._renamer.feed(data)
-        client = self.client
-        if client.wake_on_idle and tracker.status == IDLE and tracker.at_boundary:
-            client.wake_on_idle = False
-            client.host.wake()
-        if client.transport is not None and data:
-            client.transport.write(data)
+        self._rewriting = not (
+            self._auth is None and self._positioner is None and self._renamer is None
+        )
+        return data
 
     def connection_lost(self, exc: Exception | None) -> None:
         client = self.client

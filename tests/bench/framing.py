@@ -3,14 +3,15 @@
     python -m tests.bench.framing
 
 Reports µs per call of ClientFramer.feed on pgbench -S messages and ServerTracker.feed on
-the matching replies; these are the only Python work the relay adds to a raw byte pipe.
+the matching replies, in the framing this process uses (compiled when built); the whole
+per-transaction path against the bare pipe's is `python -m tests.bench.relay_path`.
 """
 
 from __future__ import annotations
 
 import timeit
 
-from pgdurable_proxy.wire.frames import ClientFramer, ServerTracker
+from pgdurable_proxy.wire.frames import ACCELERATED, ClientFramer, ServerTracker
 from pgdurable_proxy.wire.messages import frame
 
 SIMPLE_Q = frame(b"Q", b"SELECT abalance FROM pgbench_accounts WHERE aid = 123456;\0")
@@ -54,6 +55,7 @@ def main() -> None:
         ("ServerTracker.feed T/D/C/Z", _per_call(lambda: tracker.feed(REPLY))),
         ("empty lambda (loop overhead)", _per_call(lambda: None)),
     ]
+    print(f"framing: {'compiled' if ACCELERATED else 'pure Python'}")
     for name, micros in rows:
         print(f"{name:32s} {micros:6.2f} µs")
 

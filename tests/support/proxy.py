@@ -25,6 +25,7 @@ class ProxyProcess:
     log_path: Path | None = None
     soft_fd_limit: int | None = None  # start with this soft RLIMIT_NOFILE
     hard_fd_limit: int | None = None  # and this hard one (lowering it cannot be undone)
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
     process: subprocess.Popen[str] | None = None
 
     def __post_init__(self) -> None:
@@ -53,7 +54,7 @@ class ProxyProcess:
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
-            env={**os.environ},
+            env={**os.environ, **self.env},
             preexec_fn=self._limit_fds if self.soft_fd_limit or self.hard_fd_limit else None,
         )
         deadline = time.monotonic() + timeout

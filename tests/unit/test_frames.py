@@ -7,8 +7,9 @@ import struct
 import pytest
 
 from pgdurable_proxy.wire.errors import ProtocolViolation
-from pgdurable_proxy.wire.frames import ClientFramer, ServerTracker
+from pgdurable_proxy.wire.frames import ClientFramerBase
 from pgdurable_proxy.wire.messages import error_response, frame, strip_channel_binding
+from tests.support.framing import Framing
 
 
 def _query(sql: str) -> bytes:
@@ -35,7 +36,7 @@ CLIENT_STREAM = b"".join(
 )
 
 
-def _feed_in_pieces(framer: ClientFramer, data: bytes, cuts: list[int]) -> bytes:
+def _feed_in_pieces(framer: ClientFramerBase, data: bytes, cuts: list[int]) -> bytes:
     out = b""
     last = 0
     for cut in [*cuts, len(data)]:
@@ -45,14 +46,14 @@ def _feed_in_pieces(framer: ClientFramer, data: bytes, cuts: list[int]) -> bytes
 
 
 @pytest.mark.parametrize("step", [1, 2, 3, 7, 64])
-def test_client_framer_forwards_every_byte_in_order(step: int) -> None:
+def test_client_framer_forwards_every_byte_in_order(step: int, framing: Framing) -> None:
     seen: list[bytes] = []
 
     def inspect(msg_type: int, message: bytes) -> bytes | None:
         seen.append(message)
         return None
 
-    framer = ClientFramer(inspect)
+    framer = framing.ClientFramer(inspect)
     out = _feed_in_pieces(framer, CLIENT_STREAM, list(range(step, len(CLIENT_STREAM), step)))
     assert out == CLIENT_STREAM
     assert seen == [_query("SELECT df.status('abc')")]  # CopyData is never inspected
@@ -60,9 +61,9 @@ def test_client_framer_forwards_every_byte_in_order(step: int) -> None:
     assert framer.requests == 1 + 4  # startup + Sync + three Queries
 
 
-def test_client_framer_replaces_an_inspected_message() -> None:
+def test_client_framer_replaces_an_inspected_message(framing: Framing) -> None:
     replacement = _query("SELECT 'rewritten'")
-    framer = ClientFramer(lambda t, m: replacement if b"status" in m else None)
+    framer = framing.ClientFramer(lambda t, m: replacement if b"status" in m else None)
     out = _feed_in_pieces(framer, CLIENT_STREAM, [5, 100, 151])
     assert out == CLIENT_STREAM.replace(_query("SELECT df.status('abc')"), replacement)
 
@@ -71,13 +72,13 @@ def test_client_framer_replaces_an_inspected_message() -> None:
     "bad",
     [b"Z\0\0\0\4", b"Q\0\0\0\2", b"S" + struct.pack("!I", 20_000), b"d" + struct.pack("!I", 2**31)],
 )
-def test_client_framer_rejects_bad_headers(bad: bytes) -> None:
+def test_client_framer_rejects_bad_headers(bad: bytes, framing: Framing) -> None:
     with pytest.raises(ProtocolViolation):
-        ClientFramer(lambda t, m: None).feed(_query("SELECT 1") + bad)
+        framing.ClientFramer(lambda t, m: None).feed(_query("SELECT 1") + bad)
 
 
-def test_terminate_is_noted() -> None:
-    framer = ClientFramer(lambda t, m: None)
+def test_terminate_is_noted(framing: Framing) -> None:
+    framer = framing.ClientFramer(lambda t, m: None)
     framer.feed(frame(b"X", b""))
     assert framer.terminated
 
@@ -98,8 +99,8 @@ SERVER_STREAM = b"".join(
 
 
 @pytest.mark.parametrize("step", [1, 4, 5, 6, 13, 1000])
-def test_server_tracker_follows_boundaries(step: int) -> None:
-    tracker = ServerTracker()
+def test_server_tracker_follows_boundaries(step: int, framing: Framing) -> None:
+    tracker = framing.ServerTracker()
     for start in range(0, len(SERVER_STREAM), step):
         tracker.feed(SERVER_STREAM[start : start + step])
     assert tracker.at_boundary
@@ -109,12 +110,12 @@ def test_server_tracker_follows_boundaries(step: int) -> None:
     assert not tracker.fatal_seen
 
 
-def test_server_tracker_mid_message_is_not_a_boundary() -> None:
-    tracker = ServerTracker()
+def test_server_tracker_mid_message_is_not_a_boundary(framing: Framing) -> None:
+    tracker = framing.ServerTracker()
     tracker.feed(SERVER_STREAM[:-3])
     assert not tracker.at_boundary
     tracker.feed(error_response("57P01", "bye", severity="FATAL")[:4])
-    fatal = ServerTracker()
+    fatal = framing.ServerTracker()
     fatal.feed(error_response("57P01", "bye", severity="FATAL"))
     assert fatal.fatal_seen
 
@@ -147,14 +148,14 @@ def test_positioner_adds_positions_and_stops_at_ready() -> None:
     assert out.endswith(frame(b"Z", b"E") + frame(b"T", b"later"))
 
 
-def test_nothing_is_inspected_or_held_before_login() -> None:
+def test_nothing_is_inspected_or_held_before_login(framing: Framing) -> None:
     seen: list[bytes] = []
 
     def inspect(msg_type: int, message: bytes) -> bytes | None:
         seen.append(message)
         return b""
 
-    framer = ClientFramer(inspect, inspecting=False)
+    framer = framing.ClientFramer(inspect, inspecting=False)
     big = _query("SELECT df.start($$" + "x" * 100_000 + "$$)")
     small = _query("SELECT df.status('abc')")
     assert framer.feed(big[:1000]) == big[:1000]  # streamed, not held until complete

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pgdurable_proxy.wire.frames import ServerTracker
 from pgdurable_proxy.wire.messages import build_error_body, error_response, frame
+from tests.support.framing import Framing
 
 MARKERS = frozenset({"pgdurable:new-transaction-start", "pgdurable:signal"})
 
@@ -43,9 +43,9 @@ EXPECTED = b"".join(
 
 
 @pytest.mark.parametrize("step", [1, 2, 3, 5, 6, 7, 11, 29, len(STREAM)])
-def test_only_marked_notices_are_taken_whatever_the_chunking(step: int) -> None:
+def test_only_marked_notices_are_taken_whatever_the_chunking(step: int, framing: Framing) -> None:
     taken: list[tuple[str, str]] = []
-    tracker = ServerTracker()
+    tracker = framing.ServerTracker()
     tracker.tap_notices(MARKERS, lambda message, detail: taken.append((message, detail)))
     out = b"".join(tracker.feed(STREAM[i : i + step]) for i in range(0, len(STREAM), step))
     assert out == EXPECTED
@@ -58,17 +58,17 @@ def test_only_marked_notices_are_taken_whatever_the_chunking(step: int) -> None:
 
 
 @pytest.mark.parametrize("step", [1, 4, 7, len(STREAM)])
-def test_without_a_tap_every_byte_passes_as_it_arrives(step: int) -> None:
-    tracker = ServerTracker()
+def test_without_a_tap_every_byte_passes_as_it_arrives(step: int, framing: Framing) -> None:
+    tracker = framing.ServerTracker()
     for i in range(0, len(STREAM), step):
         chunk = STREAM[i : i + step]
         assert tracker.feed(chunk) is chunk
     assert tracker.at_boundary and tracker.ready_count == 1
 
 
-def test_a_notice_cut_across_chunks_is_held_back_until_whole() -> None:
+def test_a_notice_cut_across_chunks_is_held_back_until_whole(framing: Framing) -> None:
     notice = _notice("pgdurable:signal", "x")
-    tracker = ServerTracker()
+    tracker = framing.ServerTracker()
     tracker.tap_notices(MARKERS, lambda message, detail: None)
     row = frame(b"D", b"\0\1\0\0\0\3abc")
     assert tracker.feed(row + ORDINARY[:3]) == row

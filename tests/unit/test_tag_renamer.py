@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dsl import EXTENSION_MARKER, EXTENSION_TAG
-from pgdurable_proxy.wire.frames import ServerTracker
+from pgdurable_proxy.wire.frames import ServerTrackerBase
 from pgdurable_proxy.wire.messages import build_error_body, frame
 from pgdurable_proxy.wire.rewrite import TagRenamer
+from tests.support.framing import Framing
 
 
 def _notice(message: str) -> bytes:
@@ -54,7 +55,7 @@ def test_only_the_message_right_after_the_marker_is_renamed() -> None:
     assert TagRenamer(EXTENSION_MARKER, EXTENSION_TAG).feed(stream) == expected
 
 
-def _relayed(stream: bytes, cut: int, tracker: ServerTracker) -> bytes:
+def _relayed(stream: bytes, cut: int, tracker: ServerTrackerBase) -> bytes:
     """What the client gets when the renamer is installed after `cut` bytes, behind the
     tracker (as UpstreamLink chains them), the rest arriving in chunks of 3 bytes."""
     out = tracker.feed(stream[:cut])
@@ -64,23 +65,23 @@ def _relayed(stream: bytes, cut: int, tracker: ServerTracker) -> bytes:
     return out
 
 
-def test_installed_inside_a_message_it_passes_the_rest_of_that_message() -> None:
+def test_installed_inside_a_message_it_passes_the_rest_of_that_message(framing: Framing) -> None:
     """Installed mid-pipeline, with the server inside an earlier result: the tracker says
     where, whether it is inside a message's body or its header."""
     big_row = frame(b"D", b"\0\1" + b"\0\0\0\x10" + b"x" * 16)
     stream = big_row + _notice(EXTENSION_MARKER) + _complete("DO") + READY
     for cut in range(1, len(big_row)):
-        assert _relayed(stream, cut, ServerTracker()) == (
+        assert _relayed(stream, cut, framing.ServerTracker()) == (
             big_row + _complete(EXTENSION_TAG) + READY
         ), cut
 
 
-def test_installed_while_the_tracker_holds_a_notice_back() -> None:
+def test_installed_while_the_tracker_holds_a_notice_back(framing: Framing) -> None:
     """On a catalog session the tracker holds a notice cut by a chunk back until it is whole
     (it may be one of pgdurable's own): the renamer then starts between messages."""
     theirs = _notice("a notice of the user's own")
     stream = theirs + _notice(EXTENSION_MARKER) + _complete("DO") + READY
     for cut in range(1, len(theirs)):
-        tracker = ServerTracker()
+        tracker = framing.ServerTracker()
         tracker.tap_notices(frozenset({"pgdurable:other"}), lambda message, detail: None)
         assert _relayed(stream, cut, tracker) == theirs + _complete(EXTENSION_TAG) + READY, cut

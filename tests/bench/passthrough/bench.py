@@ -63,7 +63,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", type=int, default=10, help="pgbench -i -s (10)")
     p.add_argument("--clients", default="8,1", help="client shapes: 8 = -c 8 -j 2, 1 = -c 1 -j 1")
     p.add_argument("--protocols", default=",".join(PROTOCOLS))
-    p.add_argument("--targets", default=",".join(TARGETS))
+    p.add_argument(
+        "--targets",
+        default="direct,pgdurable,pgbouncer,pipe",
+        help=f"comma-separated, of {','.join(TARGETS)} (pgdurable-py: pgdurable with "
+        "PGDURABLE_PURE_PYTHON=1); default direct,pgdurable,pgbouncer,pipe",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -131,6 +136,15 @@ class Endpoint:
     name: str
     port: int
     pid: int | None
+
+
+def _framing(pure_python: bool) -> str:
+    """Which framing the relay process runs (see pgdurable_proxy/wire/frames.py)."""
+    from pgdurable_proxy.wire import frames
+
+    # getattr: the bench also runs against checkouts from before the extension
+    compiled = getattr(frames, "ACCELERATED", False) and not pure_python
+    return "compiled" if compiled else "pure Python"
 
 
 def _uvloop_version() -> str:
@@ -218,11 +232,13 @@ def _bench(
     init_pgbench_db(cluster, args.scale, setup_log)
     endpoints = [Endpoint("direct", cluster.port, None)] if "direct" in targets else []
 
-    if "pgdurable" in targets:
-        proxy = start_pgdurable(cluster, workdir / "pgdurable.log")
-        stack.callback(proxy.stop)
-        endpoints.append(Endpoint("pgdurable", proxy.port, proxy_pid(proxy)))
-        log(f"pgdurable on port {proxy.port} (pid {proxy_pid(proxy)})")
+    for name in ("pgdurable", "pgdurable-py"):
+        if name in targets:
+            pure = name == "pgdurable-py"
+            proxy = start_pgdurable(cluster, workdir / f"{name}.log", pure_python=pure)
+            stack.callback(proxy.stop)
+            endpoints.append(Endpoint(name, proxy.port, proxy_pid(proxy)))
+            log(f"{name} on port {proxy.port} (pid {proxy_pid(proxy)}, framing: {_framing(pure)})")
 
     if "pipe" in targets:
         pipe_port = free_port()
@@ -277,6 +293,7 @@ def _bench(
         "pgbouncer": bouncer_version,
         "pgbouncer_pool_size": args.pool_size if bouncer_version else None,
         "pgdurable_rev": git_rev(),
+        "pgdurable_framing": _framing(False),
         "python": platform.python_version(),
         "uvloop": _uvloop_version(),
         "duration_s": args.duration,
@@ -309,14 +326,17 @@ def _bench(
     runs: list[RunResult] = []
     total = args.repeats * len(workloads) * len(endpoints)
     for rep in range(1, args.repeats + 1):
+        # targets in reverse order every other repeat: a drift within a workload's block
+        # of runs weighs on each target alike in the per-repeat ratios
+        order = endpoints if rep % 2 else endpoints[::-1]
         for wl in workloads:
-            for ep in endpoints:
+            for ep in order:
                 result = _measured_run(args, pgbench, ep, wl, rep, roots)
                 runs.append(result)
                 cpu = f", {result.cpu_us_per_txn} µs/txn" if result.cpu_us_per_txn else ""
                 status = f"{result.tps:,.0f} TPS{cpu}" if result.ok else f"FAILED {result.error}"
                 log(
-                    f"[{len(runs)}/{total}] rep {rep} {ep.name:9} {wl.label:28} {status} "
+                    f"[{len(runs)}/{total}] rep {rep} {ep.name:12} {wl.label:28} {status} "
                     f"(other CPU {result.other_cpu_s} s, attempt {result.attempts})"
                 )
 

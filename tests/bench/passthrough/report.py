@@ -9,12 +9,15 @@ from typing import Any
 
 from tests.bench.passthrough.measure import RunResult, Workload
 
-TARGETS = ("direct", "pgdurable", "pgbouncer", "pipe")
+# pgdurable-py: pgdurable with PGDURABLE_PURE_PYTHON=1 (its framing in Python)
+TARGETS = ("direct", "pgdurable", "pgdurable-py", "pgbouncer", "pipe")
 
 # Targets set from the baseline (PgBouncer 1.18 session mode, same machine):
 # 0.64x direct TPS at -c 8 simple, ~12 us CPU per select-only transaction.
 TPS_RATIO_TARGET = 0.64
 CPU_US_TARGET = 15.0
+# Issue 16: pgdurable's CPU per transaction within 5 % of the bare pipe's, same run, -c 8.
+PIPE_CPU_RATIO_TARGET = 1.05
 # A run counts as disturbed when CPU outside the benchmark exceeds this share of one core.
 NOISE_SHARE = 0.05
 
@@ -36,6 +39,7 @@ class Summary:
     tps_ratio_paired: float | None = None
     added_latency_us: float | None = None
     cpu_us_per_txn: float | None = None
+    cpu_ratio_to_pipe: float | None = None  # median of per-repeat ratios to the pipe's
     other_cpu_s_max: float | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -57,6 +61,7 @@ def summarise(runs: Sequence[RunResult], workloads: Sequence[Workload]) -> list[
         direct_by_rep = {r.rep: r for r in mine if r.target == "direct" and r.ok}
         direct_tps = _median(r.tps for r in direct_by_rep.values())
         direct_lat = _median(r.latency_ms for r in direct_by_rep.values())
+        pipe_by_rep = {r.rep: r for r in mine if r.target == "pipe" and r.ok}
         for target in TARGETS:
             rows = sorted((r for r in mine if r.target == target), key=lambda r: r.rep)
             if not rows:
@@ -77,6 +82,7 @@ def summarise(runs: Sequence[RunResult], workloads: Sequence[Workload]) -> list[
                 s.tps = _median(r.tps for r in ok)
                 s.latency_ms = _median(r.latency_ms for r in ok)
                 s.cpu_us_per_txn = _median(r.cpu_us_per_txn for r in ok)
+                s.cpu_ratio_to_pipe = _paired_cpu_ratio(ok, pipe_by_rep)
             if s.tps is not None and direct_tps:
                 s.tps_ratio = round(s.tps / direct_tps, 3)
                 paired = [
@@ -91,6 +97,16 @@ def summarise(runs: Sequence[RunResult], workloads: Sequence[Workload]) -> list[
                 s.added_latency_us = round((s.latency_ms - direct_lat) * 1000, 1)
             summaries.append(s)
     return summaries
+
+
+def _paired_cpu_ratio(ok: Sequence[RunResult], pipe_by_rep: dict[int, RunResult]) -> float | None:
+    """Median over repeats of CPU µs/txn divided by the pipe's in the same repeat."""
+    ratios = [
+        r.cpu_us_per_txn / p.cpu_us_per_txn
+        for r in ok
+        if (p := pipe_by_rep.get(r.rep)) is not None and r.cpu_us_per_txn and p.cpu_us_per_txn
+    ]
+    return round(statistics.median(ratios), 3) if ratios else None
 
 
 @dataclass(frozen=True)
@@ -142,6 +158,19 @@ def check_targets(summaries: Sequence[Summary]) -> list[TargetCheck]:
                 reference=_bouncer_cpu(bouncer),
             )
         )
+    for protocol in ("simple", "extended", "prepared"):
+        pgd = _find(summaries, "pgdurable", 8, protocol)
+        ratio = pgd.cpu_ratio_to_pipe if pgd else None
+        checks.append(
+            TargetCheck(
+                name=f"pgdurable CPU per txn <= {PIPE_CPU_RATIO_TARGET:g}x the bare pipe's "
+                f"(-c 8 -j 2, {protocol}; median of per-repeat ratios)",
+                value=ratio,
+                limit=PIPE_CPU_RATIO_TARGET,
+                passed=None if ratio is None else ratio <= PIPE_CPU_RATIO_TARGET,
+                reference="issue 16",
+            )
+        )
     return checks
 
 
@@ -161,7 +190,8 @@ def markdown(
         "",
         f"- {meta['started']} on {meta['host']['nproc']} CPUs; PostgreSQL: {meta['postgres']}; "
         f"pgbench: {meta['pgbench']}; pgbouncer: {meta['pgbouncer'] or 'not run'}",
-        f"- pgdurable {meta['pgdurable_rev']}, Python {meta['python']}, uvloop {meta['uvloop']}",
+        f"- pgdurable {meta['pgdurable_rev']} (framing: {meta.get('pgdurable_framing', '?')}), "
+        f"Python {meta['python']}, uvloop {meta['uvloop']}",
         f"- -T {meta['duration_s']} s, {meta['repeats']} interleaved repeats, medians shown; "
         f"scale {meta['scale']}; settings {meta['pg_settings']}; pgbouncer session mode, "
         f"default_pool_size {meta['pgbouncer_pool_size']}",
@@ -187,7 +217,7 @@ def markdown(
             f"## S_{wl.protocol}  (-c {wl.clients} -j {wl.threads} -T {meta['duration_s']})",
             "",
             "| target | median TPS | median avg latency ms | TPS ratio vs direct (paired) "
-            "| added latency µs/rt | proxy CPU µs/txn | other CPU-s | runs (TPS) |",
+            "| added latency µs/rt | proxy CPU µs/txn (× pipe) | other CPU-s | runs (TPS) |",
             "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for s in rows:
@@ -196,10 +226,15 @@ def markdown(
                 lines.append(f"| {s.target} | FAILED | | | | | | {runs} |")
                 continue
             ratio = f"{_fmt(s.tps_ratio, 2)} ({_fmt(s.tps_ratio_paired, 2)})"
-            added = "-" if s.target == "direct" else f"{s.added_latency_us:+.1f}"
+            added = (
+                "-"
+                if s.target == "direct" or s.added_latency_us is None
+                else f"{s.added_latency_us:+.1f}"
+            )
             lines.append(
                 f"| {s.target} | {s.tps:,.0f} | {s.latency_ms:.3f} | {ratio} | {added} "
-                f"| {_fmt(s.cpu_us_per_txn, 1)} | {_fmt(s.other_cpu_s_max, 2)} | {runs} |"
+                f"| {_fmt(s.cpu_us_per_txn, 1)}{_times_pipe(s)} | {_fmt(s.other_cpu_s_max, 2)} "
+                f"| {runs} |"
             )
         lines.append("")
     lines += ["## Targets", ""]
@@ -222,6 +257,12 @@ def markdown(
     if errors:
         lines += ["", "Errors:", *[f"- {e}" for e in errors]]
     return "\n".join(lines) + "\n"
+
+
+def _times_pipe(s: Summary) -> str:
+    if s.target == "pipe" or s.cpu_ratio_to_pipe is None:
+        return ""
+    return f" ({s.cpu_ratio_to_pipe:.2f}×)"
 
 
 def _bouncer_cpu(bouncer: Any) -> str:

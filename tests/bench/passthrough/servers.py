@@ -122,12 +122,14 @@ def wait_for_sql(psql: Path, port: int, timeout: float = 30.0) -> None:
     raise BenchError(f"no answer on port {port} within {timeout:.0f} s: {last}")
 
 
-def start_pgdurable(cluster: Cluster, log: Path) -> ProxyProcess:
-    """The real `python -m pgdurable_proxy` in front of the cluster (log level warning)."""
+def start_pgdurable(cluster: Cluster, log: Path, *, pure_python: bool = False) -> ProxyProcess:
+    """The real `python -m pgdurable_proxy` in front of the cluster (log level warning);
+    `pure_python`: its framing in Python even where the C extension is built."""
     proxy = ProxyProcess(
         upstream=cluster.dsn(dbname=BENCH_DB),
         extra_args=["--log-level", "warning"],
         log_path=log,
+        env={"PGDURABLE_PURE_PYTHON": "1"} if pure_python else {},
     )
     proxy.start()
     wait_for_sql(cluster.bindir / "psql", proxy.port)
