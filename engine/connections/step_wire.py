@@ -188,7 +188,7 @@ class StepWire(asyncio.Protocol):
                 cork.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
                 loop = asyncio.get_running_loop()
                 loop.call_soon(loop.call_soon, self._uncork, cork)
-            except OSError:
+            except (OSError, ValueError):  # the socket closed (uvloop: fd -1): nothing to cork
                 pass
         return self.send(messages, syncs)
 
@@ -196,7 +196,7 @@ class StepWire(asyncio.Protocol):
     def _uncork(sock: Any) -> None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
-        except OSError:
+        except (OSError, ValueError):  # closed meanwhile (uvloop: fd -1)
             pass
 
     @property

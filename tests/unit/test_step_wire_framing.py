@@ -126,3 +126,40 @@ def test_a_lost_connection_answers_every_flight_waiting() -> None:
             assert isinstance(future.result().error, asyncpg.ConnectionDoesNotExistError)
 
     asyncio.run(main())
+
+
+def test_corking_a_socket_that_closed_meanwhile_is_no_error() -> None:
+    """uvloop's socket of a closed transport raises ValueError (fd -1) on setsockopt: the
+    cork and the uncork two turns of the loop later must not fail the step or the loop."""
+
+    class _Closing:
+        family = 2  # AF_INET
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def setsockopt(self, *args: object) -> None:
+            self.calls += 1
+            if self.calls > 1:
+                raise ValueError("negative file descriptor")
+
+    class _Transport2(_Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sock = _Closing()
+
+        def get_extra_info(self, name: str) -> Any:
+            return self.sock if name == "socket" else None
+
+    async def main() -> None:
+        transport = _Transport2()
+        wire = StepWire(_Inner(), transport)
+        wire.send_before([query("BEGIN")], syncs=1)  # corks; the uncork fails later
+        errors: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert transport.sock.calls == 2 and errors == []
+        wire.send_before([query("BEGIN")], syncs=1)  # now the cork itself fails: no error
+
+    asyncio.run(main())
