@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 
 import asyncpg
 
-from engine.connections.step_wire import SYNC, FlightResult, StepWire, call, parse, query
+from engine.connections.step_wire import (
+    SYNC,
+    FlightResult,
+    StepWire,
+    call,
+    close_statement,
+    parse,
+    query,
+)
 from engine.errors import OwnerRefused, StepFailed
 from engine.queries import q
 from engine.settings import DEFAULT_MAX_RESULT_BYTES, StatementSplitter
@@ -37,9 +46,11 @@ BOOKKEEPING = (
 GUARD_REFUSALS = {"42704": "gone", "42501": "a superuser"}
 
 
-def _close_statement(name: str) -> bytes:
-    body = b"S" + name.encode() + b"\x00"
-    return b"C" + (len(body) + 4).to_bytes(4, "big") + body
+@functools.cache
+def _begin_message(allow_superuser: bool) -> bytes:
+    """The BEGIN sent ahead of a step's statement, as a message (the same for every step)."""
+    allowed = "true" if allow_superuser else "false"
+    return query(q("begin_step_or_refuse").replace("$1", allowed))
 
 
 class OwnerCheck(enum.Enum):
@@ -156,9 +167,7 @@ class StepConnection:
             if refusal is not None:
                 raise OwnerNotAllowed(refusal)
             return
-        allowed = "true" if self.allow_superuser else "false"
-        sql = q("begin_step_or_refuse").replace("$1", allowed)
-        self.opening = self.wire.send_before([query(sql)], syncs=1)
+        self.opening = self.wire.send_before([_begin_message(self.allow_superuser)], syncs=1)
 
     async def opened(self, failure: BaseException | None = None) -> None:
         """Read the answer to the BEGIN sent ahead of the statement: OwnerNotAllowed when
@@ -196,7 +205,7 @@ class StepConnection:
         round trip; closing a statement that does not exist is no error."""
         messages = []
         for name in BOOKKEEPING:
-            messages += [_close_statement(name), parse(name, q(name))]
+            messages += [close_statement(name), parse(name, q(name))]
         (await self.wire.send([*messages, SYNC], syncs=1)).raise_error()
         self.bookkeeping = True
 

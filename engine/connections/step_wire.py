@@ -54,6 +54,11 @@ def parse(name: str, sql: str) -> bytes:
     return _message(b"P", name.encode() + b"\x00" + sql.encode() + b"\x00\x00\x00")
 
 
+def close_statement(name: str) -> bytes:
+    """Close the named statement (closing one that does not exist is no error)."""
+    return _message(b"C", b"S" + name.encode() + b"\x00")
+
+
 def call(name: str, arguments: Sequence[object]) -> bytes:
     """Bind the named statement to `arguments` (as text, None as NULL) and execute it,
     its rows in text; no Sync (the flight adds one)."""
@@ -198,10 +203,6 @@ class StepWire(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
         except (OSError, ValueError):  # closed meanwhile (uvloop: fd -1)
             pass
-
-    @property
-    def in_flight(self) -> bool:
-        return bool(self._flights)
 
     # -- the meter -------------------------------------------------------------------------
     def arm(self, budget: int) -> None:
