@@ -43,6 +43,7 @@ CODE_FILES = (
     "presence",
     "first_step",
     "step_results",
+    "result_storage",
 )
 LATE_STRUCTURE_FILES = ("operators",)
 
