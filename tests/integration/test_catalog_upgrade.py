@@ -34,7 +34,7 @@ TABLES = {
     "_instance_vars": [],
     "_tasks": [],
     "_node_state": ["result_columns"],
-    "_advance": ["node_id"],
+    "_advance": ["node_id", "claimed_by", "claimed_until"],
     "_executions": ["output_columns"],
     "_signals": [],
 }

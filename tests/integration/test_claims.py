@@ -135,3 +135,75 @@ def test_a_pending_instance_whose_first_step_is_being_taken_is_left_out(
     assert _handed_out(conn, 1, [busy]) == [other]
     conn.execute("UPDATE df.instances SET status = 'running' WHERE id = %s", (busy,))
     assert _handed_out(conn, 1, [busy]) == [busy]  # promoted: due as any
+
+
+def _pass(conn: psycopg.Connection, engine: uuid.UUID, advances: int = 256) -> list[str]:
+    """The instances one pass of `engine` hands out, in order (committed to a savepoint
+    that the test keeps: the claims stay)."""
+    rows = conn.execute(POLL, (engine, advances, 0, [])).fetchall()
+    return [r[1] for r in rows if r[0] in ("new", "advance")]
+
+
+def test_an_instance_handed_out_is_claimed_for_its_engine_until_the_claim_runs_out(
+    conn: psycopg.Connection,
+) -> None:
+    # several pgdurable processes on one database: one pass hands an instance to its engine,
+    # and the other engines' passes leave it alone for the lease time (30 s here)
+    first, second = _instance(conn, "adf30001"), _instance(conn, "adf30002")
+    _advance(conn, first, "", -20)
+    _advance(conn, first, "00000001", -19)
+    _advance(conn, second, "", -10)
+    engine_a, engine_b, engine_c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    assert _pass(conn, engine_a, advances=1) == [first]
+    claims = conn.execute(
+        "SELECT claimed_by, claimed_until > now() + interval '29 s' FROM df._advance "
+        "WHERE instance_id = %s",
+        (first,),
+    ).fetchall()
+    assert claims == [(engine_a, True), (engine_a, True)]  # every due row of the instance
+    assert _pass(conn, engine_b) == [second]
+    assert _pass(conn, engine_c) == []  # each claimed now
+    assert _pass(conn, engine_a) == [first]  # its own claims: handed out again
+    assert _pass(conn, engine_b) == [second]
+    conn.execute(  # engine A died: its claims ran out
+        "UPDATE df._advance SET claimed_until = now() - interval '1 s' WHERE claimed_by = %s",
+        (engine_a,),
+    )
+    assert _pass(conn, engine_c) == [first]
+
+
+def test_advance_rows_another_transaction_holds_are_passed_over(
+    conn: psycopg.Connection, catalog_dsn: str
+) -> None:
+    # another process's pass claiming them, a first transaction, an advance: the instance is
+    # left out of this pass, without making the next one come at once
+    held, free = _instance(conn, "adf40001"), _instance(conn, "adf40002")
+    _advance(conn, held, "", -20)
+    _advance(conn, free, "", -10)
+    conn.commit()  # (the other session must see them; removed at the end)
+    try:
+        with psycopg.connect(catalog_dsn) as other:
+            other.execute("SELECT 1 FROM df._advance WHERE instance_id = %s FOR UPDATE", (held,))
+            rows = conn.execute(POLL, (uuid.uuid4(), 256, 0, [])).fetchall()
+            conn.rollback()
+            other.rollback()
+        assert [r[1] for r in rows if r[0] in ("new", "advance")] == [free]
+        (due,) = [r[3] for r in rows if r[0] == "due"]
+        assert due is None or due > -86400, due  # not the held row's, due 1000 days ago
+    finally:
+        conn.execute("DELETE FROM df.nodes WHERE instance_id = ANY (%s)", ([held, free],))
+        conn.execute("DELETE FROM df.instances WHERE id = ANY (%s)", ([held, free],))
+        conn.commit()
+
+
+def test_new_instances_come_with_their_state_as_many_as_asked(conn: psycopg.Connection) -> None:
+    news = [_instance(conn, f"adf5000{n}", status="pending") for n in range(1, 4)]
+    for n, instance in enumerate(news):
+        _advance(conn, instance, "", -10 + n)
+    with conn.transaction(force_rollback=True):
+        rows = conn.execute(
+            "SELECT kind, instance_id, payload IS NOT NULL FROM "
+            "df._poll(%s, 30, 256, 0, '{}', 2) WHERE kind = 'new'",
+            (uuid.uuid4(),),
+        ).fetchall()
+    assert rows == [("new", news[0], True), ("new", news[1], True), ("new", news[2], False)]

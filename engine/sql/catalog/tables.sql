@@ -200,11 +200,15 @@ CREATE INDEX idx_tasks_claimable ON df._tasks
 -- Instances whose graph must be advanced (a child finished, a start, a cancel), from
 -- requested_at on (a loop pacing its iterations asks for a later time). An instance's rows
 -- are keyed by the node that asked ('' for df.start, df.cancel, df.signal and timers), so
--- sibling steps do not wait for each other.
+-- sibling steps do not wait for each other. A scheduler pass that hands a row to its engine
+-- claims it until claimed_until (df._poll): the other pgdurable processes pass it over
+-- until then, and take it once the claim ran out (its engine died).
 CREATE TABLE df._advance (
     instance_id varchar(8) NOT NULL REFERENCES df.instances (id) ON DELETE CASCADE,
     requested_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     node_id text NOT NULL DEFAULT '',
+    claimed_by uuid,
+    claimed_until timestamptz,
     CONSTRAINT _advance_pkey PRIMARY KEY (instance_id, node_id)
 );
 CREATE INDEX idx_advance_due ON df._advance (requested_at);

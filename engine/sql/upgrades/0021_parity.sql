@@ -126,3 +126,9 @@ ALTER TABLE df._executions SET (vacuum_truncate = off);
 ALTER TABLE df._instance_vars SET (vacuum_truncate = off);
 ALTER TABLE df._tasks SET (vacuum_truncate = off);
 ALTER TABLE df._advance SET (vacuum_truncate = off);
+
+-- Several pgdurable processes on one database (issue 16, item 4): a scheduler pass claims
+-- the _advance rows it hands to its engine (df._poll), and the other processes leave them
+-- alone until the claim runs out.
+ALTER TABLE df._advance ADD COLUMN IF NOT EXISTS claimed_by uuid;
+ALTER TABLE df._advance ADD COLUMN IF NOT EXISTS claimed_until timestamptz;
