@@ -29,7 +29,7 @@ from engine.connections.outage import connection_lost
 from engine.connections.slots import SlotKey, StepSlots
 from engine.connections.step_connection import StepConnection
 from engine.dispatch import TaskRunner
-from engine.errors import StepFailed
+from engine.errors import SlotWaitTimedOut, StepFailed
 from engine.executors.sql import FirstOutcome, FirstResult, run_first_step
 from engine.lifecycle_log import log_applied, log_started
 from engine.metrics import EngineMetrics, StepEnd
@@ -211,10 +211,13 @@ class Advancer:
     async def _take_first_step(self, instance_id: str, owner: Owner, state: str) -> None:
         parts, database = self.parts, self.store.catalog_database
         started = time.monotonic()
+        waited = parts.slots.free == 0  # the state the poll read may have changed since
         try:
             step = await parts.tasks.step_connection(owner, database, instance_id)
         except (StepFailed, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.info("event=first_step_deferred instance=%s error=%r", instance_id, exc)
+            if isinstance(exc, SlotWaitTimedOut):
+                parts.tasks.slot_wait_ran_out(instance_id)
             parts.queue.request(instance_id)
             return
         first = FirstTransaction(self, instance_id)
@@ -223,7 +226,7 @@ class Advancer:
         try:
             first.backend_pid = step.conn.get_server_pid()
             key = uuid.UUID(self.owner_id)
-            result = await run_first_step(step, instance_id, key, first, state)
+            result = await run_first_step(step, instance_id, key, first, state, waited)
             if result.outcome is not FirstOutcome.NOTHING and first.task is not None:
                 seconds = time.monotonic() - started
                 parts.metrics.step_finished(NodeType.SQL, StepEnd.COMPLETED, seconds)

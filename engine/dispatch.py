@@ -64,6 +64,7 @@ class TaskRunner:
         self.counters = metrics.counters
         self.queue = queue
         self.background = background
+        self._slot_waits_spent: dict[str, float] = {}  # instance -> when (slot_wait_ran_out)
 
     def start_claimed(self, claimed: Claimed) -> None:
         task = claimed.task
@@ -201,16 +202,18 @@ class TaskRunner:
     ) -> StepConnection:
         """A step slot and a connection as `owner` (one whose transaction a finishing step
         began, when one was handed over with the slot); release() gives both back.
-        SlotWaitTimedOut after waiting --execution-acquire-timeout for the slot. (A new
-        instance's first step is only tried when a slot is free: should it still wait and
-        give up, its task waits once more.) A gone owner fails the step (pg_durable's text)
-        before anything is taken."""
+        SlotWaitTimedOut after waiting --execution-acquire-timeout for the slot, counting
+        the wait of the instance's first step before it (slot_wait_ran_out). A gone owner
+        fails the step (pg_durable's text) before anything is taken."""
         if owner.gone:
             raise StepFailed(str(OwnerRefused.gone(instance_id)), OwnerRefused.sqlstate)
         limit = self.settings.execution_acquire_timeout
+        if self._slot_waits_spent.pop(instance_id, None) is not None:
+            limit = 0.0  # a slot free now, or the step fails
         try:
             handed = await self.steps.slots.take((owner.oid, database), instance_id, limit)
         except TimeoutError:
+            limit = self.settings.execution_acquire_timeout
             raise SlotWaitTimedOut(self.settings.max_user_connections, limit) from None
         if handed is not None:
             self.steps.carried.discard(handed)
@@ -221,6 +224,17 @@ class TaskRunner:
         except BaseException:
             self.steps.slots.give()
             raise
+
+    def slot_wait_ran_out(self, instance_id: str) -> None:
+        """A new instance's first step waited --execution-acquire-timeout for a slot in
+        vain: its step, run next as an ordinary task, takes a slot free at once or fails
+        (the wait is the step's, not each path's). Entries of instances whose step never
+        came (cancelled meanwhile) go after a minute."""
+        now = time.monotonic()
+        spent = self._slot_waits_spent
+        for stale in [i for i, at in spent.items() if at < now - 60]:
+            del spent[stale]
+        spent[instance_id] = now
 
     async def _run_sql(
         self, task: Task, carried: StepConnection | None

@@ -94,6 +94,8 @@ class Engine:
         if settings.runner_secret is not None:
             runners = Runners(settings.runner_secret, self._require_pool)
         self.steps = StepConnections(settings, runners)
+        slots = self.steps.slots
+        self.metrics.watch_slots(lambda: (slots.size - slots.free, slots.waiting))
         self.http = HttpClient(settings.http, on_outcome=self.metrics.http_outcome)
         self._assemble()
         self.new_starts = NewTransactionStarts(

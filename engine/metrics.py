@@ -8,7 +8,7 @@ Counter's lock costs nothing next to the step's own round trips.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
@@ -93,6 +93,27 @@ class _CountersCollector(Collector):
         return plain_families(self.counters)
 
 
+class _SlotsCollector(Collector):
+    """The step slots as they are at the scrape (EngineMetrics.watch_slots)."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], tuple[int, int]] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        in_use, waiting = self.read() if self.read is not None else (0, 0)
+        yield GaugeMetricFamily(
+            PREFIX + "step_slots_in_use",
+            "Step slots (--max-user-connections) held by SQL steps now, or by their "
+            "connections being given back.",
+            value=in_use,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "steps_waiting_for_slot",
+            "SQL steps (a new instance's first step among them) waiting for a step slot now.",
+            value=waiting,
+        )
+
+
 class EngineMetrics:
     """The engine's metrics, on the process's registry."""
 
@@ -102,6 +123,8 @@ class EngineMetrics:
         self.catalog = CatalogGauges(PREFIX)
         self.registry.register(_CountersCollector(self.counters))
         self.registry.register(self.catalog)
+        self._slots = _SlotsCollector()
+        self.registry.register(self._slots)
         on = self.registry
         self.steps = Counter(
             PREFIX + "steps_finished",
@@ -158,6 +181,10 @@ class EngineMetrics:
             self.instance_seconds.labels(status.value)
         for outcome in HTTP_OUTCOMES:
             self.http.labels(outcome)
+
+    def watch_slots(self, read: Callable[[], tuple[int, int]]) -> None:
+        """Where the step-slot gauges come from: (slots in use, steps waiting for one)."""
+        self._slots.read = read
 
     def step_finished(self, node_type: str, end: StepEnd, seconds: float) -> None:
         self.steps.labels(node_type, end.value).inc()

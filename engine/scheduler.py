@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgdurable.engine")
 CLAIM_BATCH = 64
 ADVANCE_BATCH = 64  # instances loaded, planned and applied in one transaction
+ADVANCES_IN_FLIGHT = 4  # such transactions at once (the engine's pool has 15 connections)
 LOCKED_RETRY_DELAY = 0.005  # seconds before advancing again an instance found locked,
 LOCKED_RETRIES = 8  # doubled at each retry (about 1.3 s in all); then the poll finds it
 
@@ -47,6 +47,8 @@ class AdvanceQueue:
         self.woken = asyncio.Event()
         self.ready = asyncio.Event()
         self.waiting: dict[str, None] = {}  # instance ids, in arrival order
+        self._in_flight: set[str] = set()  # instances a batch in flight advances
+        self.advancing = 0  # batches in flight
         self._locked_retries: dict[str, int] = {}  # instance id -> advances retried
         # the last poll claimed all the tasks it asked for: more may be claimable (orphans
         # after a crash), so a step slot that frees up wakes the scheduler
@@ -62,11 +64,27 @@ class AdvanceQueue:
         self.ready.set()
 
     def take(self) -> list[str]:
-        """The next batch of instances to advance (taken out of the queue)."""
-        batch = list(itertools.islice(self.waiting, ADVANCE_BATCH))
+        """The next batch of instances to advance (taken out of the queue), leaving those
+        a batch in flight advances now for after it."""
+        batch = []
+        for instance_id in self.waiting:
+            if instance_id not in self._in_flight:
+                batch.append(instance_id)
+                if len(batch) == ADVANCE_BATCH:
+                    break
         for instance_id in batch:
             del self.waiting[instance_id]
+            self._in_flight.add(instance_id)
+        if batch:
+            self.advancing += 1
         return batch
+
+    def advanced(self, batch: list[str]) -> None:
+        """A batch taken is done (applied, or failed): the advancer may take more."""
+        self._in_flight.difference_update(batch)
+        self.advancing -= 1
+        if self.waiting:
+            self.ready.set()
 
     def slot_freed(self) -> None:
         """A step slot was given back: claim the next orphan now, not at the next poll."""
@@ -139,14 +157,18 @@ class Scheduler:
         parts, queue = self.parts, self.queue
         free = parts.slots.free
         claims = max(0, min(free, CLAIM_BATCH))  # what we can run now
-        # a new instance's state only where its first step can be taken (_new_instance)
-        documents = 0 if queue.waiting else free
-        rows = await self.store.poll(claims, list(parts.advancer.first_steps), documents)
+        # a new instance's state for its first step (_new_instance), for up to twice as many
+        # first steps under way as there are step slots: most slots held now are free again
+        # when the answer comes (the poll is a round trip, and a remote PostgreSQL's takes
+        # about as long as a step), and the other first steps wait for one in turn
+        first_steps = parts.advancer.first_steps
+        documents = max(0, 2 * parts.slots.size - len(first_steps))
+        rows = await self.store.poll(claims, list(first_steps), documents)
         due = None
-        claimed = first_steps = 0
+        claimed = 0
         for row in rows:
             if isinstance(row, NewInstance):
-                first_steps += self._new_instance(row, first_steps)
+                self._new_instance(row)
             elif isinstance(row, AdvanceDue):
                 queue.request(row.instance_id)
             elif isinstance(row, Claimed):
@@ -157,44 +179,50 @@ class Scheduler:
         if claims > 0:  # (with no free slot we learnt nothing about what is claimable)
             queue.claims_left = claimed == claims
         elif due is not None and due <= 0:
-            # due tasks wait for a step slot: the slot that frees up wakes the scheduler
+            # due work waits for a step slot: the slot that frees up wakes the scheduler
             # (polling again at once would only spin), the poll interval stays the net
             queue.claims_left = True
             return None
         return due
 
-    def _new_instance(self, row: NewInstance, first_steps: int) -> bool:
-        """A new instance whose steps run in the catalog's database: when a step connection
-        is free and no advance waits, its first advance and first step share one
-        transaction on its owner's connection, planned from the state the poll read (the
-        owner as df._instance_owner read it). False when it is advanced as usual (a gone
-        owner too: the advance fails the instance)."""
+    def _new_instance(self, row: NewInstance) -> None:
+        """A new instance whose steps run in the catalog's database: its first advance and
+        first step share one transaction on its owner's connection, planned from the state
+        the poll read (the owner as df._instance_owner read it), once a step slot is free
+        (a first step that waited checks that state again before its statement runs).
+        Advanced as usual when the poll had no state for it (more new instances than step
+        slots), or its owner is gone (the advance fails the instance)."""
         owner, state = row.owner, row.state
-        if owner is None or owner.gone or state is None or self.queue.waiting:
+        if owner is None or owner.gone or state is None:
             self.queue.request(row.instance_id)
-            return False
-        if self.parts.slots.free <= first_steps:
-            self.queue.request(row.instance_id)
-            return False
+            return
         self.parts.advancer.first_step(row.instance_id, owner, state)
-        return True
 
     async def advance(self) -> None:
-        """Advance the instances asked for, as many per transaction as have arrived."""
-        queue, parts = self.queue, self.parts
+        """Advance the instances asked for, as many per transaction as have arrived, in up
+        to ADVANCES_IN_FLIGHT transactions at once (each a few round trips to PostgreSQL)."""
+        queue = self.queue
         while not self.stop.is_set():
             await queue.ready.wait()
             queue.ready.clear()
-            while queue.waiting:
+            while queue.advancing < ADVANCES_IN_FLIGHT:
                 batch = queue.take()
-                try:
-                    await parts.advancer.advance_many(batch)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    message = f"event=advance_error instances={len(batch)} error=%r"
-                    parts.background.warn(exc, "advance", message)
-                    queue.wake()  # their _advance rows stay: the scheduler finds them again
-                except Exception:  # a planner bug must not stop every other advance
-                    log.exception("event=advance_failed instances=%s", batch)
+                if not batch:
+                    break
+                self.parts.background.spawn(self._advance_batch(batch))
+
+    async def _advance_batch(self, batch: list[str]) -> None:
+        parts = self.parts
+        try:
+            await parts.advancer.advance_many(batch)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            message = f"event=advance_error instances={len(batch)} error=%r"
+            parts.background.warn(exc, "advance", message)
+            self.queue.wake()  # their _advance rows stay: the scheduler finds them again
+        except Exception:  # a planner bug must not stop every other advance
+            log.exception("event=advance_failed instances=%s", batch)
+        finally:
+            self.queue.advanced(batch)
 
     async def keep_leases(self) -> None:
         """Renew the leases of the running steps; cancel those whose lease was lost."""

@@ -32,6 +32,7 @@ class StepSlots:
     An instance's own waiters are served in order."""
 
     def __init__(self, size: int) -> None:
+        self.size = size
         self._free = size
         # key -> instance -> waiters; both levels in turn order (the first is next)
         self._queues: dict[SlotKey, dict[str, deque[_Waiter]]] = {}
@@ -67,6 +68,16 @@ class StepSlots:
                 self.give()  # served as it was cancelled: pass it on (a handed-over
             waiter.future.cancel()  # connection is closed by its owner's close())
             raise
+
+    @property
+    def waiting(self) -> int:
+        """Steps waiting for a slot now (for /metrics: counts every queue)."""
+        return sum(
+            not waiter.future.done()
+            for instances in self._queues.values()
+            for queue in instances.values()
+            for waiter in queue
+        )
 
     def wanted(self, key: SlotKey) -> bool:
         """Does a step wait for a slot to run as `key`?"""

@@ -41,6 +41,7 @@ BOOKKEEPING = (
     "complete_step",
     "complete_held_or_record",  # sent with the COMMIT, unanswered until it is answered
     "apply_first_or_refuse",
+    "first_still_due",  # sent ahead of a first step's statement, unanswered
 )
 # df._step_guard_or_refuse's refusals, by SQLSTATE
 GUARD_REFUSALS = {"42704": "gone", "42501": "a superuser"}
@@ -230,6 +231,12 @@ class StepConnection:
         result = await called
         result.raise_error()
         return result.replies[0].value, tag
+
+    def book_ahead(self, name: str, *args: object) -> asyncio.Future[FlightResult]:
+        """Send a bookkeeping call ahead of the statement that follows it, unanswered (one
+        round trip for both): if the call fails, the transaction is aborted and the
+        statement fails without running (25P02). The future holds the call's answer."""
+        return self.wire.send_before([call(name, args), SYNC], syncs=1)
 
     async def book(self, name: str, *args: object) -> str | None:
         """Run a bookkeeping statement prepared at connect time (prepare_bookkeeping):

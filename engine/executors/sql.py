@@ -35,6 +35,7 @@ import asyncpg
 
 from engine.connections.outage import connection_lost
 from engine.connections.step_connection import OwnerNotAllowed, StepConnection
+from engine.connections.step_wire import FlightResult
 from engine.errors import (
     ResultTooLarge,
     StepFailed,
@@ -332,24 +333,39 @@ class FirstResult:
     began_next: bool = False
 
 
-def _changed_since_read(exc: asyncpg.PostgresError) -> bool:
-    """df._apply_first_or_refuse found the instance changed: the step was rolled back."""
-    return exc.sqlstate == "40001" and str(exc).startswith("pgdurable: instance ")
+def _changed_since_read(exc: BaseException | None) -> bool:
+    """df._apply_first_or_refuse (or df._first_still_due) found the instance changed: the
+    step was rolled back (or never ran)."""
+    return (
+        isinstance(exc, asyncpg.PostgresError)
+        and exc.sqlstate == "40001"
+        and str(exc).startswith("pgdurable: instance ")
+    )
 
 
 async def run_first_step(
-    step: StepConnection, instance_id: str, engine_key: uuid.UUID, first: FirstStep, state: str
+    step: StepConnection,
+    instance_id: str,
+    engine_key: uuid.UUID,
+    first: FirstStep,
+    state: str,
+    waited: bool = False,
 ) -> FirstResult:
     """A new instance's first advance and first SQL step in one transaction on its owner's
     connection (the catalog's first_step.sql), planned from `state` (df._first_document, read by
     the scheduler's poll: df._apply_first applies nothing if the instance changed since).
+    When the step `waited` for its slot, df._first_still_due goes ahead of the statement
+    (same round trip): an instance changed meanwhile (cancelled) never runs it.
     Errors of the statement propagate, everything rolled back: the engine then runs the
     step (if promoted) or advances the instance as usual."""
+    ahead: asyncio.Future[FlightResult] | None = None
     try:
         async with step_transaction(step) as ending:
             xmin, plan, task = first.plan_first(state)
             plans = [plan]
             if task is not None:
+                if waited:
+                    ahead = step.book_ahead("first_still_due", instance_id, engine_key, xmin)
                 execution = asyncio.ensure_future(_execute(step, task.payload or ""))
                 patience = FIRST_STEP_PROMOTION + 2 * step.wire.round_trip
                 done, _ = await asyncio.wait({execution}, timeout=patience)
@@ -364,8 +380,9 @@ async def run_first_step(
             together = "[" + ",".join(plans) + "]"  # applied with the COMMIT, unanswered
             ending.final = ("apply_first_or_refuse", (instance_id, engine_key, xmin, together))
             ending.begin_next = first.planned is not None and first.advance.chains(first.planned)
-    except asyncpg.PostgresError as exc:
-        if not _changed_since_read(exc):
+    except (asyncpg.PostgresError, StepFailed) as exc:
+        refused = ahead is not None and _changed_since_read((await ahead).error)
+        if not refused and not _changed_since_read(exc):
             raise
         return FirstResult(FirstOutcome.NOTHING)
     return FirstResult(FirstOutcome.APPLIED, first.planned, ending.begin_next)

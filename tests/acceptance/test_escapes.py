@@ -332,6 +332,7 @@ REVIEWED_DEFINERS = [
     "df._complete_held_or_record(text,text,uuid,text,bigint,jsonb)",
     "df._complete_step(text,text,uuid,text,text)",
     "df._delete_vars(regrole,text)",
+    "df._first_still_due(text,uuid,text)",  # the engine's key, as df._apply_first_or_refuse
     "df._instance_waits(text[])",  # answers only for owners the session user is a member of
     "df._new_start_outcome(uuid)",
     "df._request_advance(text)",

@@ -22,6 +22,7 @@ import pytest
 
 from pgdurable_proxy.cluster import Cluster, free_port
 from tests.support.catalog import create_database
+from tests.support.metrics import read_metrics
 from tests.support.proxy import ProxyProcess
 from tests.support.workflows import await_status, backends_running
 
@@ -223,7 +224,9 @@ def test_a_step_cancelled_while_it_waits_for_a_slot_never_runs(
     limited: Pgdurable, cluster: Cluster
 ) -> None:
     """Its instance cancelled before a slot came free, the step ran its SQL all the same
-    (only its record was refused): a sequence, which no rollback undoes, tells."""
+    (only its record was refused): a sequence, which no rollback undoes, tells. The step is
+    a new instance's first: df._first_still_due, sent ahead of its statement once it has
+    the slot, fails its transaction first."""
     admin_dsn = cluster.dsn(dbname=limited.database)
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute("CREATE SEQUENCE IF NOT EXISTS waited_seq")
@@ -231,15 +234,12 @@ def test_a_step_cancelled_while_it_waits_for_a_slot_never_runs(
         before = conn.execute("SELECT last_value, is_called FROM waited_seq").fetchone()
     holder = _start(limited.dsn(), "'SELECT 0' ~> 'SELECT 1 AS holds_briefly FROM pg_sleep(0.8)'")
     _await_backend(cluster, "holds_briefly")
-    waiter = _start(limited.dsn(), "'SELECT nextval(''waited_seq'')'")  # its task waits
+    waiter = _start(limited.dsn(), "'SELECT nextval(''waited_seq'')'")  # its first step waits
+    deadline = time.monotonic() + 5
+    while read_metrics(limited.proxy.http_port)["steps_waiting_for_slot"] < 1:
+        assert time.monotonic() < deadline, "the first step never waited for the slot"
+        time.sleep(0.01)
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        deadline = time.monotonic() + 5
-        while not conn.execute(  # claimed: it waits for the slot
-            "SELECT 1 FROM df._tasks WHERE instance_id = %s AND lease_token IS NOT NULL",
-            (waiter,),
-        ).fetchone():
-            assert time.monotonic() < deadline, "the waiting step was never claimed"
-            time.sleep(0.01)
         conn.execute("SELECT df.cancel(%s)", (waiter,))
     assert await_status(limited.dsn(), holder, 10) == "completed"
     assert await_status(limited.dsn(), waiter, 10) == "cancelled"

@@ -89,6 +89,28 @@ BEGIN
 END
 $$;
 
+-- Is the new instance still as df._first_document read it? Sent, unanswered, ahead of the
+-- statement of a first step that waited for a step slot: an error (40001, as
+-- df._apply_first_or_refuse's) when it is not, which aborts the transaction before the
+-- statement runs (an instance cancelled while its first step waited never runs it). Takes
+-- no lock: df._apply_first checks again, under its locks, at the end. Called on the owner's
+-- step session, so pinned, and as safe to call as df._apply_first_or_refuse (the engine's
+-- key is checked).
+CREATE OR REPLACE FUNCTION df._first_still_due(p_instance text, p_key uuid, p_advance_xmin text)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT df._engine_acting_for(p_instance, p_key)
+       OR NOT EXISTS (SELECT 1 FROM df.instances i
+                      WHERE i.id = p_instance AND i.status = 'pending')
+       OR NOT EXISTS (SELECT 1 FROM df._advance a
+                      WHERE a.instance_id = p_instance AND a.node_id = ''
+                        AND a.xmin::text = p_advance_xmin) THEN
+        RAISE EXCEPTION 'pgdurable: instance % changed since its first advance was planned',
+            p_instance USING ERRCODE = '40001';
+    END IF;
+END
+$$;
+
 -- df._apply_first for a first step whose COMMIT is sent with it, unanswered: an error
 -- (40001) instead of false, so that the COMMIT after it commits nothing of the step. Called
 -- on the owner's step session, so pinned as df._apply_first is (and as safe to call: that
