@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import uuid
 from typing import cast
 
@@ -71,8 +72,15 @@ class Engine:
         self.background = Background()
         self.outage = self.background.outage
         self.pool: asyncpg.Pool | None = None
+        # the relay's sessions say it in their wake-ups (pg_durable.relay_engine): public,
+        # unlike owner_id, the key of the engine's own calls
+        self.relay_id = secrets.token_hex(8)
         self.presence = Presence(
-            settings.admin_dsn, uuid.UUID(self.owner_id), settings.lease_seconds, self.wake
+            settings.admin_dsn,
+            uuid.UUID(self.owner_id),
+            settings.lease_seconds,
+            self.wake,
+            self.relay_id,
         )
         self._server_config = server_config
         self._build(settings)
@@ -143,6 +151,7 @@ class Engine:
                 self.running,
                 self.background,
                 self.presence.ensure,
+                self.counters,
             ),
         )
         self.retention = Retention(settings, store, self.background, self.scheduler.stop)

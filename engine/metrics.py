@@ -55,6 +55,10 @@ def plain_families(
 class EngineCounters:
     """What the engine did since it started: plain integers bumped on its paths."""
 
+    scheduler_passes_total: int = explained(
+        "Scheduler passes (df._poll): on a wake-up of this engine's share, on its poll "
+        "interval, or when a step slot frees up for due work."
+    )
     advances_total: int = explained("Instance advances applied on the engine's own connections.")
     in_step_advances_held_total: int = explained(
         "Advances applied in an SQL step's own transaction, planned from held state."

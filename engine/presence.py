@@ -1,6 +1,11 @@
 """The engine's presence in its database: one connection of its own that LISTENs for
 wake-ups, holds this engine's epoch lock and writes its heartbeat (df._worker_epoch).
 
+Several pgdurable processes share the wake-ups (WakeShare), so that a df.start wakes one
+engine, not all: the one whose relay the session came through (the notification's payload
+names its relay id, df._wake_engines), else the one whose share the sending backend's PID
+falls in, among the engines alive at the last heartbeat.
+
 The heartbeat has its own connection, as pg_durable keeps its epoch polling off the pool
 that runs steps, so a busy pool never delays it: df.start reads it to decide whether an
 engine is ready (engine/sql/catalog/presence.sql). While the connection lives,
@@ -29,14 +34,43 @@ def heartbeat_interval(lease_seconds: float) -> float:
     return min(HEARTBEAT_SECONDS, lease_seconds / 3)
 
 
+class WakeShare:
+    """Which df_wake notifications this engine acts on."""
+
+    def __init__(self, relay_id: str, key: uuid.UUID) -> None:
+        self.relay_id = relay_id  # its relay's sessions notify with it (pg_durable.relay_engine)
+        self.key = key
+        self.index, self.engines = 0, 1  # its place among the engines alive
+
+    def ours(self, pid: int, payload: str) -> bool:
+        """A notification from backend `pid`: ours when our relay's session sent it, or
+        when no relay did and `pid` falls in our share."""
+        if payload:
+            return payload == self.relay_id
+        return pid % self.engines == self.index
+
+    def update(self, alive: list[uuid.UUID]) -> None:
+        """The engines alive now, in their order (the live_engines query)."""
+        if self.key in alive:
+            self.index, self.engines = alive.index(self.key), len(alive)
+        else:  # not registered again yet: take every share meanwhile
+            self.index, self.engines = 0, 1
+
+
 class Presence:
     """The presence connection of the engine whose epoch id is `key`."""
 
     def __init__(
-        self, dsn: str, key: uuid.UUID, lease_seconds: float, on_wake: Callable[[], None]
+        self,
+        dsn: str,
+        key: uuid.UUID,
+        lease_seconds: float,
+        on_wake: Callable[[], None],
+        relay_id: str,
     ) -> None:
         self.dsn = dsn
         self.key = key
+        self.share = WakeShare(relay_id, key)
         self.lease_seconds = lease_seconds  # written with each heartbeat (df.start reads it)
         self._on_wake = on_wake
         self._conn: asyncpg.Connection | None = None
@@ -56,7 +90,7 @@ class Presence:
             try:
                 await conn.add_listener(WAKE_CHANNEL, self._notified)
                 await conn.execute(q("hold_epoch"), self.key)
-                await conn.execute(q("heartbeat"), self.key, self.lease_seconds)
+                await self._beat(conn)
             except BaseException:
                 conn.terminate()
                 raise
@@ -68,12 +102,17 @@ class Presence:
         if conn is None or conn.is_closed():
             await self.ensure()  # its own heartbeat included
             return
-        await conn.execute(q("heartbeat"), self.key, self.lease_seconds)
+        await self._beat(conn)
 
-    def _notified(self, *args: object) -> None:
-        """A df_wake notification: look for work now. Its payload is ignored (any role may
-        NOTIFY df_wake): what to advance, and as whom, is read from the catalog."""
-        self._on_wake()
+    async def _beat(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(q("heartbeat"), self.key, self.lease_seconds)
+        self.share.update([r[0] for r in await conn.fetch(q("live_engines"))])
+
+    def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        """A df_wake notification: look for work now if it is ours (WakeShare). What to
+        advance, and as whom, is read from the catalog (any role may NOTIFY df_wake)."""
+        if self.share.ours(pid, str(payload)):
+            self._on_wake()
 
     def close(self) -> None:
         """Drop the connection: the epoch lock goes with it, the row stays until a living

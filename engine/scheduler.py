@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from engine.cancel import Canceller
     from engine.connections.slots import StepSlots
     from engine.dispatch import TaskRunner
+    from engine.metrics import EngineCounters
 
 log = logging.getLogger("pgdurable.engine")
 CLAIM_BATCH = 64
@@ -164,6 +165,7 @@ class Scheduler:
         first_steps = parts.advancer.first_steps
         documents = max(0, 2 * parts.slots.size - len(first_steps))
         rows = await self.store.poll(claims, list(first_steps), documents)
+        parts.counters.scheduler_passes_total += 1
         due = None
         claimed = 0
         for row in rows:
@@ -251,7 +253,9 @@ class SchedulerParts:
         running: Running,
         background: Background,
         ensure_listener: Callable[[], Awaitable[None]],
+        counters: EngineCounters,
     ) -> None:
+        self.counters = counters
         self.slots = slots
         self.advancer = advancer
         self.tasks = tasks

@@ -239,6 +239,7 @@ async def _relay(
         authentication_timeout=settings.authentication_timeout,
         max_client_connections=settings.max_client_connections,
         startup_parameters=configured.startup_parameters(),
+        relay_id=engine.relay_id,
     )
     port = await server.start(settings.host, settings.port)
     _announce(settings, upstream, port)

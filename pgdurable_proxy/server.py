@@ -44,9 +44,13 @@ class ProxyServer:
         authentication_timeout: float = DEFAULT_AUTHENTICATION_TIMEOUT,
         max_client_connections: int = DEFAULT_MAX_CLIENT_CONNECTIONS,
         startup_parameters: bytes = b"",
+        relay_id: str = "",
     ) -> None:
         self.upstream = upstream
         self._startup_parameters = startup_parameters
+        # on the catalog's database: the session is relayed, and by which pgdurable process
+        # (df._wake_engines: its engine alone acts on the wake-ups the session sends)
+        self._relayed = RELAY_PARAMETER + b"pg_durable.relay_engine\0" + relay_id.encode() + b"\0"
         self.authentication_timeout = authentication_timeout
         self.max_client_connections = max_client_connections
         self._admitted: set[ClientSession] = set()
@@ -116,7 +120,7 @@ class ProxyServer:
         """The parameters (name\\0value\\0 pairs) added to the session's StartupMessage. On
         the catalog's database pgdurable's own notices are also taken out of the session's
         stream and handed to the engine (with the login role), and the session is told so
-        (RELAY_PARAMETER)."""
+        (RELAY_PARAMETER), and which process relays it (pg_durable.relay_engine)."""
         link = session.upstream
         if not self._serves_catalog(session.params) or link is None or not self.notice_markers:
             return self._startup_parameters
@@ -125,7 +129,7 @@ class ProxyServer:
         link.tracker.tap_notices(
             self.notice_markers, lambda message, detail: handler(login_role, message, detail)
         )
-        return self._startup_parameters + RELAY_PARAMETER
+        return self._startup_parameters + self._relayed
 
     def _serves_catalog(self, params: dict[str, str]) -> bool:
         """The df catalog lives in one database."""

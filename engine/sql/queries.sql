@@ -89,6 +89,11 @@ SELECT df._hold_epoch($1);
 -- On the presence connection: refresh this engine's df._worker_epoch row, remove dead ones.
 SELECT df._heartbeat($1, $2);
 
+-- name: live_engines
+-- On the presence connection, after a heartbeat: the engines alive (the heartbeats remove
+-- the rows of those whose session is gone), in the order that shares out wake-ups.
+SELECT w.epoch_id FROM df._worker_epoch w ORDER BY w.epoch_id;
+
 -- name: in_flight
 -- At start-up: the instances not finished, and the steps leased to an engine (after a
 -- crash, an engine gone: taken over once their lease expires).

@@ -44,7 +44,7 @@ BEGIN
     END IF;
     INSERT INTO df._advance AS a (instance_id) VALUES (target)
     ON CONFLICT (instance_id, node_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
-    PERFORM pg_notify('df_wake', '');
+    PERFORM df._wake_engines();
 END
 $$;
 
@@ -187,7 +187,7 @@ BEGIN
         UPDATE df._signal_requests r SET sent = false WHERE r.request = p_request;
         RETURN false;
     END;
-    PERFORM pg_notify('df_wake', '');
+    PERFORM df._wake_engines();
     RETURN true;
 END
 $$;

@@ -375,7 +375,8 @@ DECLARE
     looked text[];  -- the instances this pass chose: not due again for the next pass
     news text[];  -- of them, the new instances (first advance, steps in this database)
     documented text[];  -- of those, the first p_documents: handed out with their state
-    taken text[];  -- of them, those whose due rows it claimed: handed out
+    taken text[] := '{}';  -- of them, those whose due rows it claimed: handed out
+    leased integer := 0;  -- tasks claimed
     paused boolean := EXISTS (SELECT 1 FROM df.instances p WHERE p.status = 'paused');
 BEGIN
     IF cardinality(p_busy) > 0 THEN
@@ -455,6 +456,13 @@ BEGIN
         FROM claimed c
              CROSS JOIN LATERAL (SELECT df._instance_owner(c.instance_id) AS owner) o
              LEFT JOIN pg_roles r ON r.oid = o.owner;
+        GET DIAGNOSTICS leased = ROW_COUNT;
+    END IF;
+    IF leased = 0 AND cardinality(taken) > 0 THEN
+        -- it wrote claims only: its COMMIT need not wait for its WAL to reach the disk (a
+        -- claim lost in a crash of PostgreSQL is taken again; a first step checks the
+        -- version of the row it read, df._first_unchanged)
+        PERFORM set_config('synchronous_commit', 'off', true);
     END IF;
     RETURN QUERY
     SELECT 'due', NULL::text, NULL::text, NULL::text, NULL::text, NULL::uuid, NULL::integer,

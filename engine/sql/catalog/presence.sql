@@ -38,6 +38,17 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION df._heartbeat(uuid, double precision) FROM PUBLIC;
 
+-- Wake the engines (they LISTEN on df_wake) once the calling transaction commits. On a
+-- session pgdurable relays, the payload is that process's relay id (pg_durable.relay_engine,
+-- a random id its relay sets at login), and that process's engine alone acts on it; else it
+-- is empty, and the engines share such wake-ups by the sending backend's PID (each engine
+-- acts on its share; the poll interval is the net). Any role may listen or notify: the
+-- payload says nothing but which pgdurable process relayed the session.
+CREATE OR REPLACE FUNCTION df._wake_engines()
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_notify('df_wake', left(coalesce(current_setting('pg_durable.relay_engine', true), ''), 64))
+$$;
+
 -- df.start's readiness check (§3.3 step 8): an engine is ready when it has initialised
 -- the catalog (_duroxide._worker_ready, the row pg_durable's own check reads) and one was
 -- alive within its lease: a heartbeat younger than that process's lease, the time after

@@ -248,7 +248,7 @@ BEGIN
     ON CONFLICT (instance_id) DO NOTHING;
     INSERT INTO df._advance AS a (instance_id) VALUES (new_instance)
     ON CONFLICT (instance_id, node_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
-    PERFORM pg_notify('df_wake', '');  -- any role may listen: say nothing
+    PERFORM df._wake_engines();
 END
 $$;
 
