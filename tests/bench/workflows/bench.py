@@ -28,6 +28,7 @@ from tests.bench.workflows.report import check_targets, markdown
 from tests.bench.workflows.results import RunResult
 from tests.bench.workflows.servers import (
     BENCH_DB,
+    BENCH_ROLE,
     DBOS_APP_DB,
     DBOS_SYS_DB,
     ensure_dbos,
@@ -341,6 +342,7 @@ def _pgdurable_fleet(run: _Bench, rtt: float, link: LinkProcess | None, n: int) 
         timeout_s=args.timeout,
         warmup_s=args.warmup,
         rtt_ms=rtt,
+        direct_dsn=run.cluster.dsn(user=BENCH_ROLE, dbname=BENCH_DB),
     )
     runs, health = run_all(
         setup,

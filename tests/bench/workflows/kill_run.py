@@ -1,8 +1,9 @@
 """Scale-out's crash run: a burst over N pgdurable processes, the last one SIGKILLed while it
 runs steps; how long the instances it had in flight took to finish afterwards, against its
-lease. The clients start their workflows through the other processes (those that live on),
-so no start is lost with the killed one's connections; every process, the victim included,
-takes its share of the work from the catalog as ever (df_wake reaches all of them)."""
+lease. The clients start their workflows on PostgreSQL directly, so no start is lost with
+the killed one's connections, and the wake-ups of their starts are shared by every
+process, the victim included, by the PIDs of the clients' backends (a start through one
+process's relay wakes that process alone)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,14 @@ from tests.bench.workflows.pgdurable_load import LoadOutcome, burst
 from tests.bench.workflows.pgdurable_runs import BURST_POLL_S, PgdurableSetup, run_async
 from tests.bench.workflows.workloads import EVENTS_TABLE, TERMINAL, WORKLOADS
 
-# The killed process's leases, and every instance not finished yet, at the moment of the kill.
+# The killed process's leases and claims (its instances: a task leased, or an advance claimed,
+# the first step of a new instance among them), and every instance not finished yet, at the
+# moment of the kill.
 LEASED_SQL = (
     "SELECT instance_id::text, extract(epoch FROM lease_until - now())::float8 FROM df._tasks "
-    "WHERE lease_owner = %s::uuid"
+    "WHERE lease_owner = %(victim)s::uuid UNION ALL "
+    "SELECT instance_id::text, extract(epoch FROM claimed_until - now())::float8 "
+    "FROM df._advance WHERE claimed_by = %(victim)s::uuid AND claimed_until > now()"
 )
 UNFINISHED_SQL = (
     "SELECT id::text FROM df.instances WHERE id = ANY(%s) AND status <> ALL(%s::text[])"
@@ -85,7 +90,7 @@ def measure_kill(
 
         outcome = run_async(
             lambda: burst(
-                setup.client_dsns[:victim],
+                (setup.direct_dsn,),
                 wl,
                 clients=setup.clients[0],
                 count=setup.burst,
@@ -137,7 +142,7 @@ class _AtKill:
     ) -> None:
         self.at = time.time()
         fleet.kill(victim)
-        rows = meter.execute(LEASED_SQL, (fleet.epochs[victim],)).fetchall()
+        rows = meter.execute(LEASED_SQL, {"victim": fleet.epochs[victim]}).fetchall()
         self.leased = sorted({str(r[0]) for r in rows})
         left = [float(r[1]) for r in rows if r[1] is not None]  # type: ignore[arg-type]
         self.lease_left_max_s = round(max(left), 3) if left else None

@@ -48,6 +48,7 @@ class PgdurableSetup:
     timeout_s: float
     warmup_s: float
     rtt_ms: float = 0.0  # the latency link's, for the results (0: none)
+    direct_dsn: str = ""  # directly to PostgreSQL, as the bench role (the crash run's clients)
 
 
 def _log(msg: str) -> None:

@@ -202,7 +202,7 @@ def kill_table(kills: Sequence[KillResult]) -> list[str]:
     if not kills:
         return []
     out = [
-        "### A process SIGKILLed mid-burst (starts through the others)",
+        "### A process SIGKILLed mid-burst (clients straight to PostgreSQL)",
         "",
         "| rtt ms | processes | workload | completed / started | lease s | its leased "
         "instances at the kill (longest lease left, s) | they finished after the kill, s "

@@ -69,10 +69,14 @@ def system_dsn(
 
 
 def start_pgdurable(upstream: str, log: Path, extra_args: list[str]) -> ProxyProcess:
-    """`python -m pgdurable_proxy --upstream .../bench`, then df.grant_usage for the role."""
+    """`python -m pgdurable_proxy --upstream .../bench`, then df.grant_usage for the role.
+    Without retention passes (`--reconcile-interval 0`, unless extra_args say otherwise):
+    each process's first pass, at its start, would prune the instances earlier runs left
+    beyond the 10,000 kept, inside the next measured window (the runs with more processes
+    come later and would pay for it)."""
     proxy = ProxyProcess(
         upstream=upstream,
-        extra_args=["--log-level", "warning", *extra_args],
+        extra_args=["--log-level", "warning", "--reconcile-interval", "0", *extra_args],
         log_path=log,
     )
     try:
