@@ -2,9 +2,9 @@
 wake-ups, holds this engine's epoch lock and writes its heartbeat (df._worker_epoch).
 
 Several pgdurable processes share the wake-ups (WakeShare), so that a df.start wakes one
-engine, not all: the one whose relay the session came through (the notification's payload
-names its relay id, df._wake_engines), else the one whose share the sending backend's PID
-falls in, among the engines alive at the last heartbeat.
+engine, not all: the one whose relay the session came through (which listens on a channel
+of its own, df._wake_engines), else the one whose share the sending backend's PID falls
+in, among the engines alive at the last heartbeat.
 
 The heartbeat has its own connection, as pg_durable keeps its epoch polling off the pool
 that runs steps, so a busy pool never delays it: df.start reads it to decide whether an
@@ -35,19 +35,20 @@ def heartbeat_interval(lease_seconds: float) -> float:
 
 
 class WakeShare:
-    """Which df_wake notifications this engine acts on."""
+    """Which df_wake notifications this engine acts on: all of those on its own channel
+    (df_wake_<relay id>, where its relay's sessions notify), and its share of those on
+    df_wake, by the sending backend's PID among the engines alive."""
 
     def __init__(self, relay_id: str, key: uuid.UUID) -> None:
-        self.relay_id = relay_id  # its relay's sessions notify with it (pg_durable.relay_engine)
+        self.relay_id = relay_id  # its relay's sessions notify on its channel
+        self.channel = f"{WAKE_CHANNEL}_{relay_id}"
         self.key = key
         self.index, self.engines = 0, 1  # its place among the engines alive
 
-    def ours(self, pid: int, payload: str) -> bool:
-        """A notification from backend `pid`: ours when our relay's session sent it, or
-        when no relay did and `pid` falls in our share."""
-        if payload:
-            return payload == self.relay_id
-        return pid % self.engines == self.index
+    def ours(self, pid: int, channel: str) -> bool:
+        """A notification from backend `pid` on `channel`: ours on our own channel, or on
+        df_wake when `pid` falls in our share."""
+        return channel == self.channel or pid % self.engines == self.index
 
     def update(self, alive: list[uuid.UUID]) -> None:
         """The engines alive now, in their order (the live_engines query)."""
@@ -89,6 +90,7 @@ class Presence:
             conn = await asyncpg.connect(self.dsn)
             try:
                 await conn.add_listener(WAKE_CHANNEL, self._notified)
+                await conn.add_listener(self.share.channel, self._notified)
                 await conn.execute(q("hold_epoch"), self.key)
                 await self._beat(conn)
             except BaseException:
@@ -111,7 +113,7 @@ class Presence:
     def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
         """A df_wake notification: look for work now if it is ours (WakeShare). What to
         advance, and as whom, is read from the catalog (any role may NOTIFY df_wake)."""
-        if self.share.ours(pid, str(payload)):
+        if self.share.ours(pid, channel):
             self._on_wake()
 
     def close(self) -> None:

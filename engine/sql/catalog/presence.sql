@@ -38,15 +38,20 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION df._heartbeat(uuid, double precision) FROM PUBLIC;
 
--- Wake the engines (they LISTEN on df_wake) once the calling transaction commits. On a
--- session pgdurable relays, the payload is that process's relay id (pg_durable.relay_engine,
--- a random id its relay sets at login), and that process's engine alone acts on it; else it
--- is empty, and the engines share such wake-ups by the sending backend's PID (each engine
--- acts on its share; the poll interval is the net). Any role may listen or notify: the
--- payload says nothing but which pgdurable process relayed the session.
+-- Wake an engine once the calling transaction commits. On a session pgdurable relays, the
+-- relaying process's own channel, df_wake_<relay id> (pg_durable.relay_engine, a random id
+-- its relay sets at login): that process's engine alone listens there. Else df_wake, which
+-- every engine listens on, sharing its wake-ups by the sending backend's PID (each acts on
+-- its share; the poll interval is the net). A PostgreSQL backend wakes up and reads the
+-- notification queue for each notification on a channel it listens on, so one channel per
+-- process keeps a relayed df.start from costing every other process's listener that work.
+-- Any role may listen or notify: a notification says nothing, and a relay id that is not
+-- one (a session may set the setting itself) falls back to df_wake.
 CREATE OR REPLACE FUNCTION df._wake_engines()
 RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_notify('df_wake', left(coalesce(current_setting('pg_durable.relay_engine', true), ''), 64))
+    SELECT pg_notify(CASE WHEN current_setting('pg_durable.relay_engine', true) ~ '^[0-9a-f]{16}$'
+                          THEN 'df_wake_' || current_setting('pg_durable.relay_engine', true)
+                          ELSE 'df_wake' END, '')
 $$;
 
 -- df.start's readiness check (§3.3 step 8): an engine is ready when it has initialised
