@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import uuid
 from typing import cast
 
@@ -34,7 +33,7 @@ from engine.executors.new_transaction import NewStartRequest, NewTransactionStar
 from engine.metrics import EngineMetrics
 from engine.planner.held import Planning
 from engine.planner.plan import TaskLease
-from engine.presence import Presence, heartbeat_interval
+from engine.presence import WAKE_MARKER, Presence, heartbeat_interval
 from engine.retention import Retention
 from engine.running import Background, Running
 from engine.scheduler import AdvanceQueue, Scheduler, SchedulerParts
@@ -48,7 +47,7 @@ log = logging.getLogger("pgdurable.engine")
 ENGINE_SESSION = {"enable_seqscan": "off", "jit": "off"}
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 # The NOTICE messages by which a backend asks the engine for something (relayed_notice).
-RELAYED_NOTICES = frozenset({NEW_START_MARKER, SIGNAL_MARKER})
+RELAYED_NOTICES = frozenset({NEW_START_MARKER, SIGNAL_MARKER, WAKE_MARKER})
 READINESS_TIMEOUT = 2.0  # seconds /readyz waits for PostgreSQL's answer
 
 
@@ -72,15 +71,8 @@ class Engine:
         self.background = Background()
         self.outage = self.background.outage
         self.pool: asyncpg.Pool | None = None
-        # the relay's sessions say it in their wake-ups (pg_durable.relay_engine): public,
-        # unlike owner_id, the key of the engine's own calls
-        self.relay_id = secrets.token_hex(8)
         self.presence = Presence(
-            settings.admin_dsn,
-            uuid.UUID(self.owner_id),
-            settings.lease_seconds,
-            self.wake,
-            self.relay_id,
+            settings.admin_dsn, uuid.UUID(self.owner_id), settings.lease_seconds, self.wake
         )
         self._server_config = server_config
         self._build(settings)
@@ -377,7 +369,7 @@ class Engine:
             log.warning("event=new_start_error request=%s error=%r", request.request, exc)
 
     def started_through_proxy(self) -> None:
-        """A df.start committed through the proxy: its NOTIFY advances it, unless the
-        listener is down, in which case the scheduler looks now."""
-        if not self.presence.listening:
-            self.wake()
+        """A session the relay serves ended a transaction that gave the engine work (it
+        raised WAKE_MARKER: df.start, df.cancel, df.signal, ...; or called df.start): look
+        now. Such sessions notify no df_wake (df._wake_engines)."""
+        self.wake()

@@ -1,10 +1,11 @@
 """The engine's presence in its database: one connection of its own that LISTENs for
 wake-ups, holds this engine's epoch lock and writes its heartbeat (df._worker_epoch).
 
-Several pgdurable processes share the wake-ups (WakeShare), so that a df.start wakes one
-engine, not all: the one whose relay the session came through (which listens on a channel
-of its own, df._wake_engines), else the one whose share the sending backend's PID falls
-in, among the engines alive at the last heartbeat.
+Several pgdurable processes share the wake-ups, so that a df.start wakes one engine, not
+all (df._wake_engines): a session pgdurable relays raises WAKE_MARKER, a NOTICE its relay
+takes out of the stream and turns into a wake-up of its own engine once the transaction
+has ended; any other session notifies df_wake, and the engine whose share the sending
+backend's PID falls in, among the engines alive at the last heartbeat, acts (WakeShare).
 
 The heartbeat has its own connection, as pg_durable keeps its epoch polling off the pool
 that runs steps, so a busy pool never delays it: df.start reads it to decide whether an
@@ -24,6 +25,7 @@ import asyncpg
 from engine.queries import q
 
 WAKE_CHANNEL = "df_wake"
+WAKE_MARKER = "pgdurable:wake"  # df._wake_engines' NOTICE on a relayed session
 # pg_durable refreshes last_seen_at about every 5 s; a shorter lease beats more often, so
 # that a heartbeat is never older than a third of the lease while the engine runs.
 HEARTBEAT_SECONDS = 5.0
@@ -35,20 +37,17 @@ def heartbeat_interval(lease_seconds: float) -> float:
 
 
 class WakeShare:
-    """Which df_wake notifications this engine acts on: all of those on its own channel
-    (df_wake_<relay id>, where its relay's sessions notify), and its share of those on
-    df_wake, by the sending backend's PID among the engines alive."""
+    """Which df_wake notifications this engine acts on: its share, by the sending
+    backend's PID among the engines alive (sessions pgdurable relays wake their own
+    process's engine through the relay, WAKE_MARKER)."""
 
-    def __init__(self, relay_id: str, key: uuid.UUID) -> None:
-        self.relay_id = relay_id  # its relay's sessions notify on its channel
-        self.channel = f"{WAKE_CHANNEL}_{relay_id}"
+    def __init__(self, key: uuid.UUID) -> None:
         self.key = key
         self.index, self.engines = 0, 1  # its place among the engines alive
 
-    def ours(self, pid: int, channel: str) -> bool:
-        """A notification from backend `pid` on `channel`: ours on our own channel, or on
-        df_wake when `pid` falls in our share."""
-        return channel == self.channel or pid % self.engines == self.index
+    def ours(self, pid: int) -> bool:
+        """Is a notification from backend `pid` in our share?"""
+        return pid % self.engines == self.index
 
     def update(self, alive: list[uuid.UUID]) -> None:
         """The engines alive now, in their order (the live_engines query)."""
@@ -67,11 +66,10 @@ class Presence:
         key: uuid.UUID,
         lease_seconds: float,
         on_wake: Callable[[], None],
-        relay_id: str,
     ) -> None:
         self.dsn = dsn
         self.key = key
-        self.share = WakeShare(relay_id, key)
+        self.share = WakeShare(key)
         self.lease_seconds = lease_seconds  # written with each heartbeat (df.start reads it)
         self._on_wake = on_wake
         self._conn: asyncpg.Connection | None = None
@@ -90,7 +88,6 @@ class Presence:
             conn = await asyncpg.connect(self.dsn)
             try:
                 await conn.add_listener(WAKE_CHANNEL, self._notified)
-                await conn.add_listener(self.share.channel, self._notified)
                 await conn.execute(q("hold_epoch"), self.key)
                 await self._beat(conn)
             except BaseException:
@@ -113,7 +110,7 @@ class Presence:
     def _notified(self, conn: object, pid: int, channel: str, payload: object) -> None:
         """A df_wake notification: look for work now if it is ours (WakeShare). What to
         advance, and as whom, is read from the catalog (any role may NOTIFY df_wake)."""
-        if self.share.ours(pid, channel):
+        if self.share.ours(pid):
             self._on_wake()
 
     def close(self) -> None:

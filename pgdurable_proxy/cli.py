@@ -15,6 +15,7 @@ import uvloop
 
 from dsl.statements import split_step
 from engine.engine import RELAYED_NOTICES, Engine
+from engine.presence import WAKE_MARKER
 from engine.settings import EngineSettings, ServerConfig, ServerValue
 from pgdurable_proxy import logs
 from pgdurable_proxy import pg_durable_settings as durable
@@ -239,7 +240,7 @@ async def _relay(
         authentication_timeout=settings.authentication_timeout,
         max_client_connections=settings.max_client_connections,
         startup_parameters=configured.startup_parameters(),
-        relay_id=engine.relay_id,
+        wake_notice=WAKE_MARKER,
     )
     port = await server.start(settings.host, settings.port)
     _announce(settings, upstream, port)

@@ -62,8 +62,10 @@ class ClientSession(asyncio.Protocol):
         self._admitted = True  # False: over --max-client-connections, refused at startup
         self._login_timer: asyncio.TimerHandle | None = None
         self._tls_pending = False
-        # a df.start went upstream: tell the engine once the session is idle (committed)
-        self.wake_on_idle = False
+        # a request that gives the engine work went upstream (a df.start, a wake notice):
+        # wake it once the session is idle after the ReadyForQuery that follows this many
+        # (None: no wake asked), the answer to that request (committed, or ended)
+        self.wake_after: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -318,13 +320,26 @@ class UpstreamLink(asyncio.Protocol):
             self._renamer = TagRenamer(marker, tag, skip, sent)
             self._rewriting = True
 
+    def wake_when_idle(self) -> None:
+        """Wake the engine once the session is idle again after the answer to the request
+        in progress (its transaction committed or ended), not before: a notice of that
+        request may arrive first, while the session still shows the last request's idle
+        ReadyForQuery."""
+        self.client.wake_after = self.tracker.ready_count
+
     def data_received(self, data: bytes) -> None:
         self.metrics.server_bytes += len(data)  # per chunk, as received
         # less pgdurable's own notices, on a catalog session
         data = self._rewritten(data) if self._rewriting else self.tracker.feed(data)
         client = self.client
-        if client.wake_on_idle and self.tracker.status == IDLE and self.tracker.at_boundary:
-            client.wake_on_idle = False
+        tracker = self.tracker
+        if (
+            client.wake_after is not None
+            and tracker.ready_count > client.wake_after
+            and tracker.status == IDLE
+            and tracker.at_boundary
+        ):
+            client.wake_after = None
             client.host.wake()
         if client.transport is not None and data:
             client.transport.write(data)

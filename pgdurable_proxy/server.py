@@ -44,13 +44,13 @@ class ProxyServer:
         authentication_timeout: float = DEFAULT_AUTHENTICATION_TIMEOUT,
         max_client_connections: int = DEFAULT_MAX_CLIENT_CONNECTIONS,
         startup_parameters: bytes = b"",
-        relay_id: str = "",
+        wake_notice: str = "",
     ) -> None:
         self.upstream = upstream
         self._startup_parameters = startup_parameters
-        # on the catalog's database: the session is relayed, and by which pgdurable process
-        # (df._wake_engines: its engine alone acts on the wake-ups the session sends)
-        self._relayed = RELAY_PARAMETER + b"pg_durable.relay_engine\0" + relay_id.encode() + b"\0"
+        # the notice by which a relayed session asks for `wake` once its transaction ends
+        # (one of notice_markers; the others go to relayed_notice)
+        self.wake_notice = wake_notice
         self.authentication_timeout = authentication_timeout
         self.max_client_connections = max_client_connections
         self._admitted: set[ClientSession] = set()
@@ -120,16 +120,22 @@ class ProxyServer:
         """The parameters (name\\0value\\0 pairs) added to the session's StartupMessage. On
         the catalog's database pgdurable's own notices are also taken out of the session's
         stream and handed to the engine (with the login role), and the session is told so
-        (RELAY_PARAMETER), and which process relays it (pg_durable.relay_engine)."""
+        (RELAY_PARAMETER). Its wake notice makes the session wake the engine once its
+        transaction has ended."""
         link = session.upstream
         if not self._serves_catalog(session.params) or link is None or not self.notice_markers:
             return self._startup_parameters
         login_role = session.params.get("user", "")
-        handler = self.relayed_notice
-        link.tracker.tap_notices(
-            self.notice_markers, lambda message, detail: handler(login_role, message, detail)
-        )
-        return self._startup_parameters + self._relayed
+        handler, wake_notice = self.relayed_notice, self.wake_notice
+
+        def on_notice(message: str, detail: str) -> None:
+            if message == wake_notice:
+                link.wake_when_idle()
+            else:
+                handler(login_role, message, detail)
+
+        link.tracker.tap_notices(self.notice_markers, on_notice)
+        return self._startup_parameters + RELAY_PARAMETER
 
     def _serves_catalog(self, params: dict[str, str]) -> bool:
         """The df catalog lives in one database."""
@@ -141,8 +147,8 @@ class ProxyServer:
         if not self._serves_catalog(session.params):
             return self.interceptor.settings_rows(parameters, msg_type, message)
         decision = self.interceptor.inspect(parameters, msg_type, message)
-        if decision.starts_workflow:
-            session.wake_on_idle = True
+        if decision.starts_workflow and link is not None:
+            link.wake_when_idle()
         if decision.creates_extension and link is not None:
             link.rename_tags(EXTENSION_MARKER, EXTENSION_TAG)
         if decision.positions_errors and link is not None and link.tracker.at_boundary:

@@ -127,3 +127,15 @@ def test_each_instance_is_advanced_by_one_process(pair: list[ProxyProcess]) -> N
     for proxy in pair:  # no process took a first step another one had taken
         assert proxy.log_path is not None
         assert "event=first_step_deferred" not in proxy.log_path.read_text()
+
+
+def test_a_relayed_start_wakes_its_engine_once_committed(pair: list[ProxyProcess]) -> None:
+    # a relayed session notifies nothing: its df.start's wake notice reaches the relay as
+    # the statement runs, and the relay wakes its engine once the session is idle again
+    # (a pass before the commit would find nothing, and the next is 30 s away)
+    first = pair[0]
+    with psycopg.connect(first.dsn(ROLE, dbname=DATABASE), autocommit=True) as conn:
+        row = conn.execute(f"SELECT df.start({STEP}), pg_sleep(0.5)").fetchone()
+        assert row is not None
+        done = conn.execute("SELECT df.await_instance(%s, 10)", (row[0],)).fetchone()
+    assert done == ("completed",)

@@ -137,11 +137,13 @@ def test_a_pending_instance_whose_first_step_is_being_taken_is_left_out(
     assert _handed_out(conn, 1, [busy]) == [busy]  # promoted: due as any
 
 
-def _pass(conn: psycopg.Connection, engine: uuid.UUID, advances: int = 256) -> list[str]:
-    """The test's instances (adf…) one pass of `engine` hands out, in order (in the test's
-    transaction: the claims stay)."""
+def _pass(
+    conn: psycopg.Connection, engine: uuid.UUID, ours: set[str], advances: int = 256
+) -> list[str]:
+    """The instances of `ours` one pass of `engine` hands out, in order (in the test's
+    transaction: the claims stay; the shared catalog may hold other tests' instances)."""
     rows = conn.execute(POLL, (engine, advances, 0, [])).fetchall()
-    return [r[1] for r in rows if r[0] in ("new", "advance") and r[1].startswith("adf")]
+    return [r[1] for r in rows if r[0] in ("new", "advance") and r[1] in ours]
 
 
 def test_an_instance_handed_out_is_claimed_for_its_engine_until_the_claim_runs_out(
@@ -154,22 +156,23 @@ def test_an_instance_handed_out_is_claimed_for_its_engine_until_the_claim_runs_o
     _advance(conn, first, "00000001", -19)
     _advance(conn, second, "", -10)
     engine_a, engine_b, engine_c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    assert _pass(conn, engine_a, advances=1) == [first]
+    ours = {first, second}
+    assert _pass(conn, engine_a, ours, advances=1) == [first]
     claims = conn.execute(
         "SELECT claimed_by, claimed_until > now() + interval '29 s' FROM df._advance "
         "WHERE instance_id = %s",
         (first,),
     ).fetchall()
     assert claims == [(engine_a, True), (engine_a, True)]  # every due row of the instance
-    assert _pass(conn, engine_b) == [second]
-    assert _pass(conn, engine_c) == []  # each claimed now
-    assert _pass(conn, engine_a) == [first]  # its own claims: handed out again
-    assert _pass(conn, engine_b) == [second]
+    assert _pass(conn, engine_b, ours) == [second]
+    assert _pass(conn, engine_c, ours) == []  # each claimed now
+    assert _pass(conn, engine_a, ours) == [first]  # its own claims: handed out again
+    assert _pass(conn, engine_b, ours) == [second]
     conn.execute(  # engine A died: its claims ran out
         "UPDATE df._advance SET claimed_until = now() - interval '1 s' WHERE claimed_by = %s",
         (engine_a,),
     )
-    assert _pass(conn, engine_c) == [first]
+    assert _pass(conn, engine_c, ours) == [first]
 
 
 def test_advance_rows_another_transaction_holds_are_passed_over(

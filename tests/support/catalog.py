@@ -49,7 +49,7 @@ def engine_presence(dsn: str) -> Iterator[None]:
     from engine.presence import Presence, heartbeat_interval
     from engine.queries import q
 
-    presence = Presence(dsn, uuid.uuid4(), LEASE_SECONDS, lambda: None, relay_id="")
+    presence = Presence(dsn, uuid.uuid4(), LEASE_SECONDS, lambda: None)
 
     async def boot() -> asyncio.Task[None]:
         await presence.ensure()

@@ -38,20 +38,26 @@ END
 $$;
 REVOKE EXECUTE ON FUNCTION df._heartbeat(uuid, double precision) FROM PUBLIC;
 
--- Wake an engine once the calling transaction commits. On a session pgdurable relays, the
--- relaying process's own channel, df_wake_<relay id> (pg_durable.relay_engine, a random id
--- its relay sets at login): that process's engine alone listens there. Else df_wake, which
--- every engine listens on, sharing its wake-ups by the sending backend's PID (each acts on
--- its share; the poll interval is the net). A PostgreSQL backend wakes up and reads the
--- notification queue for each notification on a channel it listens on, so one channel per
--- process keeps a relayed df.start from costing every other process's listener that work.
--- Any role may listen or notify: a notification says nothing, and a relay id that is not
--- one (a session may set the setting itself) falls back to df_wake.
+-- Wake an engine once the calling transaction commits. On a session pgdurable relays
+-- (pg_durable.relay = on), a NOTICE its relay takes out of the stream: the relay wakes its
+-- own engine when the session's transaction has ended. Any other session notifies df_wake,
+-- which every engine listens on and shares by the sending backend's PID (each acts on its
+-- share; the poll interval is the net). Relayed sessions notify nothing: PostgreSQL wakes
+-- every listening backend of the database to read the queue for each notification, on
+-- whatever channel (a transaction each), so each relayed df.start cost every pgdurable
+-- process's listener that work. Any role may listen or notify: a notification says nothing.
+-- A direct session that sets pg_durable.relay itself only loses its own wake-ups, which the
+-- poll interval then catches.
 CREATE OR REPLACE FUNCTION df._wake_engines()
-RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_notify(CASE WHEN current_setting('pg_durable.relay_engine', true) ~ '^[0-9a-f]{16}$'
-                          THEN 'df_wake_' || current_setting('pg_durable.relay_engine', true)
-                          ELSE 'df_wake' END, '')
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+SET client_min_messages = notice AS $$
+BEGIN
+    IF current_setting('pg_durable.relay', true) = 'on' THEN
+        RAISE NOTICE USING MESSAGE = 'pgdurable:wake';
+    ELSE
+        PERFORM pg_notify('df_wake', '');
+    END IF;
+END
 $$;
 
 -- df.start's readiness check (§3.3 step 8): an engine is ready when it has initialised
