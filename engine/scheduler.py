@@ -1,12 +1,13 @@
 """When the engine works: wake-ups, the scheduler's polls, the queue of instances to advance
-(batched), retries of instances found locked, and lease renewal.
+(batched, several batches in flight), retries of instances found locked, and lease renewal.
 
-Wake-ups come from three places: NOTIFY on channel df_wake (df.start, df.cancel,
-df.signal: every call site, every pgdurable process; the payload says nothing, since any role
-may listen or notify), `wake()` (work for the scheduler), and a slow poll that also catches
-due timers and expired leases. Each runs a scheduler pass, which reads what is due from the
-catalog. When the proxy sees a df.start commit it only wakes the scheduler if the
-listener is down (Engine.started_through_proxy()).
+Wake-ups come from four places: the relay, once a session it serves has ended a
+transaction that gave the engine work (a df.start, df.cancel, df.signal... raised
+pgdurable's wake notice, df._wake_engines); NOTIFY on channel df_wake from any other
+session, this engine's share of them (engine/presence.py, WakeShare; the payload says
+nothing, since any role may listen or notify); `wake()` (work for the scheduler); and a
+slow poll that also catches due timers, expired leases and claims. Each runs a scheduler
+pass, which reads what is due from the catalog.
 """
 
 from __future__ import annotations
