@@ -198,3 +198,19 @@ def test_a_waiter_served_within_its_time_gets_the_slot_and_a_handed_connection()
         assert await waiting is CONN and slots.free == 0
 
     _run(test)
+
+
+def test_the_steps_waiting_for_a_slot_are_counted_for_metrics() -> None:
+    async def test() -> None:
+        slots = StepSlots(1)
+        await slots.take(ALICE)
+        waiters = [asyncio.ensure_future(slots.take(owner, "i")) for owner in (ALICE, BOB)]
+        await asyncio.sleep(0)
+        assert (slots.size - slots.free, slots.waiting) == (1, 2)
+        waiters[0].cancel()
+        await asyncio.sleep(0)
+        assert slots.waiting == 1  # a cancelled waiter is not counted
+        slots.give()
+        assert await waiters[1] is None and slots.waiting == 0
+
+    _run(test)
