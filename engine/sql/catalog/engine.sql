@@ -329,17 +329,16 @@ REVOKE EXECUTE ON FUNCTION df._paused(text) FROM PUBLIC;
 -- claimed for this engine (at most p_claims), and the seconds until the next timer or paced
 -- loop (NULL: nothing scheduled). An instance due for its first advance, whose steps run in
 -- this database, comes as kind 'new' with its owner (df._instance_owner: OID and name),
--- database, and the first p_documents of them (the engine's free step slots) with the state
--- to plan that from (df._first_document): the engine may then run its first step in the
--- same transaction as its first advance, on the owner's connection. The instances in p_busy
--- (first steps this
--- engine is taking now) are left out while they are pending (once promoted or cancelled,
--- their advances are due as any). A claimed task comes with its instance's owner too. An
--- instance with a failure policy is advanced as usual: a first step that fails in the first
--- transaction runs again as a task, and that hidden attempt must not count against (nor
--- add to) its attempts. The tasks of a paused instance are neither claimed nor counted as
--- due (df.pause); while no instance is paused, which one probe of idx_instances_status
--- tells, that costs the claims nothing more.
+-- and the first p_documents of them (as many first steps as the engine takes on now) with
+-- the state to plan that from (df._first_document): the engine may then run its first step
+-- in the same transaction as its first advance, on the owner's connection. The instances
+-- in p_busy (first steps this engine is taking now) are left out while they are pending
+-- (once promoted or cancelled, their advances are due as any). A claimed task comes with
+-- its instance's owner too. An instance with a failure policy is advanced as usual: a
+-- first step that fails in the first transaction runs again as a task, and that hidden
+-- attempt must not count against (nor add to) its attempts. The tasks of a paused instance
+-- are neither claimed nor counted as due (df.pause); while no instance is paused, which one
+-- probe of idx_instances_status tells, that costs the claims nothing more.
 --
 -- Several pgdurable processes share the work: the _advance rows a pass hands out are
 -- claimed for this engine for p_lease_seconds (claimed_by, claimed_until), and every other
