@@ -40,6 +40,7 @@ CODE_FILES = (
     "activity",
     "explain",
     "engine",
+    "poll",
     "presence",
     "first_step",
     "step_results",

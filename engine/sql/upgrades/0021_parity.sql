@@ -12,7 +12,7 @@ SELECT 1;
 DROP FUNCTION IF EXISTS df.loop(text, text);
 
 -- Issue 14, the owner fixed at first load (pg_durable 0.2.8 parity): df._poll hands the
--- engine each owner's role OID besides its name (a new result column); engine.sql creates
+-- engine each owner's role OID besides its name (a new result column); poll.sql creates
 -- it again.
 DROP FUNCTION IF EXISTS df._poll(uuid, double precision, integer, integer, text[], integer);
 
