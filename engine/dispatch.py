@@ -208,12 +208,11 @@ class TaskRunner:
         if owner.gone:
             raise StepFailed(str(OwnerRefused.gone(instance_id)), OwnerRefused.sqlstate)
         limit = self.settings.execution_acquire_timeout
-        if self._slot_waits_spent.pop(instance_id, None) is not None:
-            limit = 0.0  # a slot free now, or the step fails
+        # spent by its first step already: a slot free now, or the step fails
+        within = 0.0 if self._slot_waits_spent.pop(instance_id, None) is not None else limit
         try:
-            handed = await self.steps.slots.take((owner.oid, database), instance_id, limit)
+            handed = await self.steps.slots.take((owner.oid, database), instance_id, within)
         except TimeoutError:
-            limit = self.settings.execution_acquire_timeout
             raise SlotWaitTimedOut(self.settings.max_user_connections, limit) from None
         if handed is not None:
             self.steps.carried.discard(handed)

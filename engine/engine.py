@@ -309,7 +309,9 @@ class Engine:
         await self.metrics.catalog.refresh(self.pool)
 
     def wake(self) -> None:
-        """Look for work now."""
+        """Look for work now (the relay calls it once a session it serves has ended a
+        transaction that gave the engine work: such sessions notify no df_wake,
+        df._wake_engines)."""
         self.queue.wake()
 
     def _require_pool(self) -> asyncpg.Pool:
@@ -367,9 +369,3 @@ class Engine:
                 self.wake()
         except DB_ERRORS as exc:
             log.warning("event=new_start_error request=%s error=%r", request.request, exc)
-
-    def started_through_proxy(self) -> None:
-        """A session the relay serves ended a transaction that gave the engine work (it
-        raised WAKE_MARKER: df.start, df.cancel, df.signal, ...; or called df.start): look
-        now. Such sessions notify no df_wake (df._wake_engines)."""
-        self.wake()

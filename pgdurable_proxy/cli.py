@@ -234,7 +234,7 @@ async def _relay(
         Interceptor(metrics, settings_relation=durable.settings_relation(Settings(None))),
         metrics,
         tls,
-        wake=engine.started_through_proxy,
+        wake=engine.wake,
         relayed_notice=engine.relayed_notice,
         notice_markers=RELAYED_NOTICES,
         authentication_timeout=settings.authentication_timeout,

@@ -222,7 +222,7 @@ class StepConnection:
         if final is None:
             return None, await self.conn.execute(then)
         name, arguments = final
-        called = self.wire.send_before([call(name, arguments), SYNC], syncs=1)
+        called = self.book_ahead(name, *arguments)
         try:
             tag = await self.conn.execute(then)
         except BaseException as exc:
