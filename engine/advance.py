@@ -344,17 +344,25 @@ class InStep:
             return None
 
     def alone(self, planned: Planned, task: Task) -> bool:
+        """No leaf of the instance runs besides `task`, and the steps the plan starts."""
+        started = {t.node_id for t in planned.plan.tasks}
         return not any(
-            node.status == RUNNING and node.type in LEAF_TYPES and node.id != task.node_id
+            node.status == RUNNING
+            and node.type in LEAF_TYPES
+            and node.id != task.node_id
+            and node.id not in started
             for node in planned.nodes.values()
         )
 
     def chains(self, planned: Planned) -> bool:
         """Does the plan leave exactly one next step, an SQL step of the instance that this
         engine runs, or does another step of the owner wait for a step slot?"""
-        if next_sql_step(planned, self.planning.lease.owner) is not None:
+        if self.next_step(planned) is not None:
             return True
         return self.slots is not None and self.slots.wanted(self.key)
+
+    def next_step(self, planned: Planned) -> PlannedTask | None:
+        return next_sql_step(planned, self.planning.lease.owner)
 
 
 class FirstTransaction:

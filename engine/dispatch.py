@@ -248,6 +248,7 @@ class TaskRunner:
             step = carried
             self.steps.carried.discard(step)
             self.counters.chained_steps_total += 1
+            self.counters.pipelined_steps_total += step.ahead is not None
         running = self.running.get(task.instance_id, task.node_id)
         if running is not None:
             running.backend_pid = step.conn.get_server_pid()

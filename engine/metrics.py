@@ -75,6 +75,10 @@ class EngineCounters:
     chained_steps_total: int = explained(
         "SQL steps whose transaction was begun by their instance's previous step's COMMIT."
     )
+    pipelined_steps_total: int = explained(
+        "Chained SQL steps whose statement was sent with their instance's previous step's "
+        "COMMIT, in the same round trip."
+    )
     handed_over_steps_total: int = explained(
         "SQL steps begun on a connection another instance's step handed over."
     )

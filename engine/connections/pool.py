@@ -128,6 +128,10 @@ class StepConnections:
         """Reset a connection and pool it (closed after --step-idle-timeout unused)."""
         conn = step.conn
         try:
+            if step.ahead is not None:  # a next step's BEGIN and statement, sent unasked
+                if not await step.settle_ahead():
+                    return  # the statement runs: the connection was closed
+                step.begun = True  # the statement failed unrun: roll back as below
             if step.begun:  # carried to a next step that did not run: nothing done yet
                 step.begun = step.reset_on_commit = False
                 step.refusal = None

@@ -10,8 +10,12 @@ the connection's own, and goes with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -42,6 +46,7 @@ BOOKKEEPING = (
     "complete_held_or_record",  # sent with the COMMIT, unanswered until it is answered
     "apply_first_or_refuse",
     "first_still_due",  # sent ahead of a first step's statement, unanswered
+    "leased_or_refuse",  # sent with the last step's COMMIT, ahead of this step's statement
 )
 # df._step_guard_or_refuse's refusals, by SQLSTATE
 GUARD_REFUSALS = {"42704": "gone", "42501": "a superuser"}
@@ -82,10 +87,22 @@ class OwnerNotAllowed(StepFailed):
         return str(OwnerRefused.superuser(instance_id, role))
 
 
+@dataclass(slots=True)
+class Ahead:
+    """The next step's BEGIN and statement, sent in the flight of this step's COMMIT
+    (StepConnection.commit_with_next): `opening` answers the BEGIN and the checks that go
+    with it, `execution` the statement (its result document)."""
+
+    sql: str
+    opening: asyncio.Future[FlightResult]
+    execution: asyncio.Future[str]
+
+
 class StepConnection:
     """An asyncpg connection logged in as a step's owner, with its per-connection state."""
 
     __slots__ = (
+        "ahead",
         "allow_superuser",
         "begun",
         "bookkeeping",
@@ -125,6 +142,8 @@ class StepConnection:
         transport.set_protocol(self.wire)
         # the BEGIN sent ahead of this step's statement, its answer not yet read (begin)
         self.opening: asyncio.Future[FlightResult] | None = None
+        # the next step's BEGIN and statement, sent with the last COMMIT (commit_with_next)
+        self.ahead: Ahead | None = None
 
     def limit_results(self, limit: int) -> None:
         """Steps run here fail when their result document passes `limit` bytes."""
@@ -133,7 +152,7 @@ class StepConnection:
     def in_transaction(self) -> bool:
         """Is the session in a transaction block, or will it be once the BEGIN sent ahead
         of the statement is answered?"""
-        return self.opening is not None or self.wire.in_transaction
+        return self.opening is not None or self.ahead is not None or self.wire.in_transaction
 
     async def prepare(self, sql: str) -> asyncpg.prepared_stmt.PreparedStatement:
         """`sql` prepared on this connection (cached, least recently used dropped)."""
@@ -161,7 +180,11 @@ class StepConnection:
         checked in the same round trip as the statement that follows unanswered
         (df._step_guard_or_refuse; opened() reads the answer). OwnerNotAllowed at once when
         the COMMIT that began it found the owner gone or a superuser (the caller rolls
-        back). In the catalog's database only."""
+        back). A BEGIN sent with the last COMMIT (commit_with_next) is this step's, its
+        answer read as any other's. In the catalog's database only."""
+        if self.ahead is not None:
+            self.opening = self.ahead.opening
+            return
         if self.begun:
             self.begun = False
             refusal, self.refusal = self.refusal, None
@@ -232,6 +255,60 @@ class StepConnection:
         result.raise_error()
         return result.replies[0].value, tag
 
+    def commit_with_next(
+        self,
+        final: tuple[str, tuple[object, ...]] | None,
+        then: str,
+        task: tuple[str, str, str],
+        sql: str,
+        execute: Callable[[], Coroutine[Any, Any, str]],
+    ) -> asyncio.Future[FlightResult]:
+        """End a step's transaction as finish() does, and begin the next step's, `task`
+        (instance, node, lease token), in the same flight, with that step's statement
+        `sql` (run by `execute`, through asyncpg) right behind it: one round trip for all.
+
+        The next step's BEGIN checks its owner (df._step_guard_or_refuse) and that its task
+        row carries its lease token (df._leased_or_refuse), so a COMMIT that did not apply
+        the plan leasing it to this engine (a held state found stale, an error) leaves the
+        statement failing (25P02) without running. Returns the future of the COMMIT's
+        flight, the call's answer first; the next step takes the rest (`ahead`: begin(),
+        take_ahead), or settle_ahead() disposes of them."""
+        messages = [] if final is None else [call(final[0], final[1]), SYNC]
+        committed = self.wire.send_before([*messages, query(then)], syncs=len(messages) // 2 + 1)
+        check = call("leased_or_refuse", task)
+        opening = self.wire.send([_begin_message(self.allow_superuser), check, SYNC], syncs=2)
+        execution = asyncio.ensure_future(execute())
+        execution.add_done_callback(_retrieved)  # settle_ahead may leave it unread
+        self.ahead = Ahead(sql, opening, execution)
+        return committed
+
+    def take_ahead(self, sql: str) -> asyncio.Future[str] | None:
+        """The answer of `sql` when it was sent with the last COMMIT (as the statement of the
+        step now running here, whose BEGIN begin() took); None if it was not."""
+        ahead = self.ahead
+        if ahead is None or ahead.sql != sql:
+            return None
+        self.ahead = None
+        return ahead.execution
+
+    async def settle_ahead(self) -> bool:
+        """The next step's BEGIN and statement sent with the last COMMIT, when that step
+        does not run here: read their answers. True when the statement failed without
+        running (the COMMIT did not apply the plan that leased its step): the session is
+        left in a transaction to roll back. False when it runs: the connection is closed,
+        its transaction with it."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is None:
+            return True
+        if self.opening is ahead.opening:
+            self.opening = None
+        if (await ahead.opening).error is None:
+            self.conn.terminate()
+            return False
+        with contextlib.suppress(Exception):
+            await ahead.execution
+        return True
+
     def book_ahead(self, name: str, *args: object) -> asyncio.Future[FlightResult]:
         """Send a bookkeeping call ahead of the statement that follows it, unanswered (one
         round trip for both): if the call fails, the transaction is aborted and the
@@ -244,3 +321,8 @@ class StepConnection:
         result = await self.wire.send([call(name, args), SYNC], syncs=1)
         result.raise_error()
         return result.replies[0].value if result.replies else None
+
+
+def _retrieved(future: asyncio.Future[str]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -4,11 +4,13 @@ The step's statement and its record commit in one transaction on a connection th
 in as the instance's owner; in the catalog's database the instance is advanced in that
 transaction too (planned by the engine's advance.InStep, see run_sql_step), and the COMMIT
 may also begin the next step's transaction on the same connection (chaining, or handing
-the connection over to another step of the owner). A new instance's first advance and first
-step share one transaction (run_first_step). Statements that cannot run in a transaction
-block, and steps whose statements begin or end transactions, are re-run in autocommit mode
-and recorded afterwards: at-least-once, and df.instance_nodes says so through the node's
-delivery.
+the connection over to another step of the owner); when that step is the instance's own,
+its statement goes in the same flight, behind a check that the COMMIT leased it
+(StepConnection.commit_with_next): one round trip per chained step. A new instance's
+first advance and first step share one transaction (run_first_step). Statements that
+cannot run in a transaction block, and steps whose statements begin or end transactions,
+are re-run in autocommit mode and recorded afterwards: at-least-once, and
+df.instance_nodes says so through the node's delivery.
 
 A step of several statements (pg_durable's result is the last one's) runs those before the
 last as one simple query and the last one prepared, for its rows, in the step's transaction
@@ -46,6 +48,7 @@ from engine.errors import (
 from engine.executors.results import check_columns
 from engine.executors.step_rows import fetch_document
 from engine.planner.held import Planned
+from engine.planner.plan import PlannedTask
 from engine.queries import q
 from engine.records import Task
 
@@ -101,17 +104,41 @@ class InStepPlanning(Protocol):
         """Is `task` the only leaf of its instance running (so that the state the engine
         holds is very likely still exact when the step records it)?"""
 
+    def next_step(self, planned: Planned) -> PlannedTask | None:
+        """The plan's one next step, when it is an SQL step this engine runs on the
+        connection of the step that applies the plan; else None."""
+
+
+@dataclass(frozen=True, slots=True)
+class NextStatement:
+    """The next step of the instance, which this engine runs on the same connection: its
+    task (instance, node, lease token) and its SQL, sent with this step's COMMIT."""
+
+    task: tuple[str, str, str]
+    sql: str
+
 
 @dataclass(slots=True)
 class StepEnding:
     """How a step's transaction ends: `begin_next` asks for the next step's BEGIN to go
-    with this one's COMMIT (the engine runs that step on this connection right away);
-    `final` is a bookkeeping call (name, arguments) sent in the same flight as the COMMIT,
-    without waiting for its answer, which step_transaction leaves in `answer`."""
+    with this one's COMMIT (the engine runs that step on this connection right away), and
+    `next`, when that step is the instance's own, for its statement to go too; `final` is
+    a bookkeeping call (name, arguments) sent in the same flight as the COMMIT, without
+    waiting for its answer, which step_transaction leaves in `answer`."""
 
     begin_next: bool = False
+    next: NextStatement | None = None
     final: tuple[str, tuple[object, ...]] | None = None
     answer: str | None = None
+
+    def chain(self, advance: InStepPlanning, instance_id: str, planned: Planned) -> None:
+        """Begin the next step's transaction with the COMMIT when `planned` allows it, and
+        send the next step's statement too when it is the instance's own."""
+        self.begin_next = advance.chains(planned)
+        after = advance.next_step(planned) if self.begin_next else None
+        if after is not None and after.lease_token is not None:
+            task = (instance_id, after.node_id, after.lease_token)
+            self.next = NextStatement(task, after.payload or "")
 
 
 @contextlib.asynccontextmanager
@@ -133,23 +160,44 @@ async def step_transaction(step: StepConnection) -> AsyncIterator[StepEnding]:
         try:
             yield ending
             then = q("reset_step_session") + " COMMIT;"
-            if ending.begin_next:
-                then += " " + q("begin_step")
-            ending.answer, tag = await step.finish(ending.final, then)
+            if ending.next is not None:
+                ending.answer, tag = await _commit_with_next(step, ending.final, then, ending.next)
+            else:
+                if ending.begin_next:
+                    then += " " + q("begin_step")
+                ending.answer, tag = await step.finish(ending.final, then)
         except BaseException as exc:
             await step.opened(exc)  # an owner refused, or the BEGIN's error, first
             raise
         await step.opened()
     except BaseException:
-        if step.in_transaction():
+        if step.in_transaction() and await step.settle_ahead():
             try:
                 await conn.execute("ROLLBACK")
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                 conn.terminate()  # e.g. a statement still running: never pooled
         raise
     step.reset_on_commit = True
-    if ending.begin_next:
+    if ending.begin_next and ending.next is None:
         step.began_next(tag)
+
+
+async def _commit_with_next(
+    step: StepConnection,
+    final: tuple[str, tuple[object, ...]] | None,
+    then: str,
+    following: NextStatement,
+) -> tuple[str | None, str]:
+    """finish(), with the next step's BEGIN and statement in the same flight (see
+    StepConnection.commit_with_next): the call's answer, and the COMMIT's tag."""
+    await step.opened()  # this step's own BEGIN, answered with its statement
+    sql = following.sql
+    committed = await step.commit_with_next(
+        final, then, following.task, sql, lambda: _run_statement(step, sql)
+    )
+    committed.raise_error()
+    answer = committed.replies[0].value if final is not None else None
+    return answer, committed.replies[-1].tag
 
 
 async def _record_and_advance(
@@ -252,7 +300,7 @@ async def _run_sql_step(
                 planned = await _advance_in_step(step, task, raw, advance, ending)
                 if planned is None:
                     return NOT_ADVANCED
-                ending.begin_next = advance.chains(planned)
+                ending.chain(advance, task.instance_id, planned)
             if ending.final is not None and ending.answer != HELD_PLAN_APPLIED:
                 # recorded only: the engine's ordinary advance takes over (and the
                 # transaction the COMMIT began is rolled back when the connection is released)
@@ -379,7 +427,8 @@ async def run_first_step(
                 plans = first.plan_done(task, await execution)
             together = "[" + ",".join(plans) + "]"  # applied with the COMMIT, unanswered
             ending.final = ("apply_first_or_refuse", (instance_id, engine_key, xmin, together))
-            ending.begin_next = first.planned is not None and first.advance.chains(first.planned)
+            if first.planned is not None:
+                ending.chain(first.advance, instance_id, first.planned)
     except (asyncpg.PostgresError, StepFailed) as exc:
         refused = ahead is not None and _changed_since_read((await ahead).error)
         if not refused and not _changed_since_read(exc):
@@ -389,7 +438,16 @@ async def run_first_step(
 
 
 async def _execute(step: StepConnection, sql: str) -> str:
-    """Run a step's SQL and return its result document (the last statement's rows)."""
+    """Run a step's SQL and return its result document (the last statement's rows): the
+    answer of the statement sent with the last step's COMMIT, when it was this one."""
+    ahead = step.take_ahead(sql)
+    if ahead is not None:
+        return await ahead
+    return await _run_statement(step, sql)
+
+
+async def _run_statement(step: StepConnection, sql: str) -> str:
+    """Run a step's SQL: several statements split, the last one prepared (kept)."""
     several = None
     if step.split is not None and sql not in step.statements:  # prepared: one statement
         several = step.split(sql)

@@ -171,6 +171,9 @@ SELECT df._complete_held_or_record($1, $2, $3, $4, $5, $6::pg_catalog.jsonb);
 SELECT df._instance_state($1)::pg_catalog.text AS state,
        EXISTS (SELECT 1 FROM df._advance a WHERE a.instance_id OPERATOR(pg_catalog.=) $1) AS pending;
 
+-- name: leased_or_refuse
+SELECT df._leased_or_refuse($1, $2, $3);
+
 -- name: first_still_due
 SELECT df._first_still_due($1, $2, $3);
 

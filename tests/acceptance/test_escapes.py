@@ -334,6 +334,7 @@ REVIEWED_DEFINERS = [
     "df._delete_vars(regrole,text)",
     "df._first_still_due(text,uuid,text)",  # the engine's key, as df._apply_first_or_refuse
     "df._instance_waits(text[])",  # answers only for owners the session user is a member of
+    "df._leased_or_refuse(text,text,uuid)",  # a lease token
     "df._new_start_outcome(uuid)",
     "df._request_advance(text)",
     "df._require_engine()",  # tells only whether an engine is ready (as _worker_ready does)

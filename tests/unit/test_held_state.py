@@ -6,8 +6,10 @@ import copy
 import json
 from typing import Any
 
-from engine.planner.held import Planning, differences
+from engine.advance import InStep
+from engine.planner.held import Planned, Planning, differences
 from engine.planner.plan import ConsumedSignal, Plan, PlannedTask, TaskLease
+from engine.records import Owner, Task
 from tests.support.planner_state import document as _document
 from tests.support.planner_state import node as _node
 from tests.support.planner_state import stored_iteration
@@ -202,3 +204,35 @@ def test_the_state_of_a_paused_instance_is_not_held() -> None:
     doc["status"] = "paused"  # df.resume will change the stored state: nothing kept
     planning.hold(doc["id"], planning.from_document(json.dumps(doc)))
     assert not planning.holds(doc["id"])
+
+
+def _in_step_task(planning: Planning, doc: dict[str, Any], node_id: str) -> tuple[Planned, Task]:
+    planning.hold(doc["id"], planning.from_document(json.dumps(doc)))
+    raw = json.dumps({"rows": [], "row_count": 0})
+    planned = planning.completed_step(doc["id"], node_id, raw)
+    assert planned is not None
+    return planned, Task(doc["id"], node_id, "SQL", None, "token", Owner(10, "alice"), "db")
+
+
+def test_a_chained_step_is_alone_beside_the_step_its_plan_starts() -> None:
+    """The plan of a step in a sequence starts the next step: the step still runs alone
+    (InStep.alone), so its plan goes with its COMMIT unanswered."""
+    planning = Planning(LEASE, allow_superuser=False, min_iteration=0.0)
+    planned, task = _in_step_task(planning, _document("r", _sequence()), "a")
+    assert _running_sql(planned.plan) == ["b"]
+    in_step = InStep(planning, None, (0, ""))
+    assert in_step.alone(planned, task)
+    assert in_step.next_step(planned) is planned.plan.tasks[0]
+
+
+def test_a_branch_of_a_join_is_not_alone_while_the_other_runs() -> None:
+    planning = Planning(LEASE, allow_superuser=False, min_iteration=0.0)
+    nodes = [
+        _node("j", "JOIN", left="a", right="b"),
+        _node("a", "SQL", query="SELECT 1"),
+        _node("b", "SQL", query="SELECT 2"),
+    ]
+    planned, task = _in_step_task(planning, _document("j", nodes), "a")
+    in_step = InStep(planning, None, (0, ""))
+    assert not in_step.alone(planned, task)
+    assert in_step.next_step(planned) is None

@@ -51,6 +51,25 @@ BEGIN
 END
 $$;
 
+-- Does the step's task row carry this lease token? Sent, unanswered, after the BEGIN that
+-- goes in the flight of the previous step's COMMIT, ahead of this step's statement (one
+-- round trip for the COMMIT and the statement): the row is there only when that COMMIT
+-- applied the plan that leased the step to this engine. Otherwise an error (40001) aborts
+-- the transaction, and the statement after it fails without running (25P02). Called on
+-- the owner's step session; a lease token is the engine's secret, and the answer says only
+-- whether the caller already knew it.
+CREATE OR REPLACE FUNCTION df._leased_or_refuse(p_instance text, p_node text, p_token uuid)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM df._tasks t
+                   WHERE t.instance_id = p_instance AND t.node_id = p_node
+                     AND t.lease_token = p_token) THEN
+        RAISE EXCEPTION 'pgdurable: step % of instance % is not leased to this engine',
+            p_node, p_instance USING ERRCODE = '40001';
+    END IF;
+END
+$$;
+
 -- Record a step's result in the step's own transaction: the statement and its record
 -- commit together, so a crash before COMMIT loses both and the step runs again.
 CREATE OR REPLACE FUNCTION df._complete_step(p_instance text, p_node text, p_token uuid,
