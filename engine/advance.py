@@ -30,7 +30,7 @@ from engine.connections.slots import SlotKey, StepSlots
 from engine.connections.step_connection import StepConnection
 from engine.dispatch import TaskRunner
 from engine.errors import SlotWaitTimedOut, StepFailed
-from engine.executors.sql import FirstOutcome, FirstResult, run_first_step
+from engine.executors.first_step import FirstOutcome, FirstResult, run_first_step
 from engine.lifecycle_log import log_applied, log_started
 from engine.metrics import EngineMetrics, StepEnd
 from engine.planner.held import Planned, Planning, differences
@@ -187,7 +187,7 @@ class Advancer:
 
     # -- inside a step's transaction ----------------------------------------------------------
     def in_step(self, owner: Owner, database: str) -> InStep:
-        """The planning of one SQL step's transaction (executors.sql.InStepPlanning)."""
+        """The planning of one SQL step's transaction (step_transaction.InStepPlanning)."""
         return InStep(self.planning, self.parts.slots, (owner.oid, database))
 
     def chains_own(self, planned: Planned) -> bool:
@@ -197,7 +197,7 @@ class Advancer:
     # -- the first step -----------------------------------------------------------------------
     def first_step(self, instance_id: str, owner: Owner, state: str) -> None:
         """A new instance's first advance and first SQL step in one transaction on its
-        owner's connection (executors.sql.run_first_step), planned from `state` (df._poll's
+        owner's connection (executors.first_step.run_first_step), planned from `state` (df._poll's
         document); the ordinary advance if that fails."""
         self.first_steps.add(instance_id)
         self.parts.background.spawn(self._first_step(instance_id, owner, state))
@@ -319,7 +319,7 @@ def next_sql_step(planned: Planned, owner_id: str) -> PlannedTask | None:
 
 
 class InStep:
-    """The engine's planning for one SQL step's transaction (executors.sql.InStepPlanning)."""
+    """The engine's planning for one SQL step's transaction (step_transaction.InStepPlanning)."""
 
     __slots__ = ("key", "planning", "slots")
 
@@ -366,7 +366,7 @@ class InStep:
 
 
 class FirstTransaction:
-    """The engine's planning for a new instance's first transaction (executors.sql.FirstStep)."""
+    """The engine's planning for a new instance's first transaction (first_step.FirstStep)."""
 
     def __init__(self, advancer: Advancer, instance_id: str) -> None:
         self.advancer = advancer
