@@ -157,6 +157,8 @@ class StepWire(asyncio.Protocol):
         self.inner = inner
         self.transport = transport
         self.budget: int | None = None  # the meter: bytes asyncpg may still read
+        self.passed = 0  # bytes passed on to asyncpg (not counting async messages in flights)
+        self._armed_at = 0  # `passed` when the meter was armed
         self.exceeded = False
         self.status = b"I"[0]  # of the last ReadyForQuery on the connection
         # seconds from a flight's write to its last answer, at the least: about one round
@@ -207,6 +209,12 @@ class StepWire(asyncio.Protocol):
     # -- the meter -------------------------------------------------------------------------
     def arm(self, budget: int) -> None:
         self.budget, self.exceeded = budget, False
+        self._armed_at = self.passed
+
+    @property
+    def answering(self) -> bool:
+        """Has the statement the meter is armed for begun to answer?"""
+        return self.budget is not None and self.passed > self._armed_at
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -244,6 +252,7 @@ class StepWire(asyncio.Protocol):
             self.round_trip += (took - self.round_trip) / 10
 
     def _pass_on(self, data: bytes) -> None:
+        self.passed += len(data)
         if self.budget is not None:
             self.budget -= len(data)
             if self.budget < 0:

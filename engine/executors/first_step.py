@@ -108,7 +108,9 @@ async def run_first_step(
                 execution = asyncio.ensure_future(execute(step, task.payload or ""))
                 patience = FIRST_STEP_PROMOTION + 2 * step.wire.round_trip
                 done, _ = await asyncio.wait({execution}, timeout=patience)
-                if not done and await first.promote(xmin):
+                # promoted only while PostgreSQL has not begun to answer: an answer that
+                # came but waits for a busy event loop is no long-running step
+                if not done and not step.wire.answering and await first.promote(xmin):
                     raw = await execution
                     held = first.advance.from_memory(task, raw)
                     planned = await record_and_advance(step, task, raw, first.advance, held)

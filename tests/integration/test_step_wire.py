@@ -5,6 +5,7 @@ ahead of a statement without waiting, and asyncpg going on undisturbed after fli
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -12,6 +13,7 @@ import pytest
 
 from engine.connections.step_connection import StepConnection
 from engine.connections.step_wire import SYNC, call, parse, query
+from engine.executors.step_rows import fetch_document
 from pgdurable_proxy.cluster import Cluster
 
 TABLE = "step_wire_rows"
@@ -120,5 +122,27 @@ def test_a_flight_on_a_connection_that_died_fails_as_a_lost_connection(cluster: 
         result = await step.wire.send([query("SELECT 1")], syncs=1)
         assert isinstance(result.error, asyncpg.ConnectionDoesNotExistError)
         step.conn = await asyncpg.connect(cluster.dsn())  # for the clean-up
+
+    _run(cluster, body)
+
+
+def test_a_statement_answers_once_its_rows_come_not_while_it_runs(cluster: Cluster) -> None:
+    """A new instance's first step is promoted only while PostgreSQL has not begun to answer
+    its statement (engine/executors/first_step.py): neither the engine's own flights nor
+    asyncpg's prepare round trip count as the statement answering."""
+
+    async def body(step: StepConnection) -> None:
+        wire = step.wire
+        await wire.send([query("SELECT repeat('x', 1000)")], syncs=1)
+        stmt = await step.prepare("SELECT pg_sleep(0.3)::text AS s")
+        assert not wire.answering
+        opening = wire.send_before([query("BEGIN")], syncs=1)
+        reading = asyncio.ensure_future(fetch_document(step, stmt, [("s", "text")]))
+        await opening
+        await asyncio.sleep(0.1)
+        assert not reading.done() and not wire.answering  # still running: nothing heard
+        assert json.loads(await reading) == {"rows": [{"s": ""}], "row_count": 1}
+        assert not wire.answering
+        await step.conn.execute("ROLLBACK")
 
     _run(cluster, body)
