@@ -161,8 +161,8 @@ class StepWire(asyncio.Protocol):
         self._armed_at = 0  # `passed` when the meter was armed
         self.exceeded = False
         self.status = b"I"[0]  # of the last ReadyForQuery on the connection
-        # seconds from a flight's write to its last answer, at the least: about one round
-        # trip to PostgreSQL (it falls at once, and rises a tenth of the way per flight)
+        # seconds from a flight's write to its last answer, on average (a tenth of the way
+        # per flight): a round trip to PostgreSQL, and its wait for a busy server's CPU
         self.round_trip = 0.0
         self._timed = False
         self._flights: deque[Flight] = deque()
@@ -246,7 +246,7 @@ class StepWire(asyncio.Protocol):
 
     def _timed_flight(self, flight: Flight) -> None:
         took = time.monotonic() - flight.sent
-        if not self._timed or took < self.round_trip:
+        if not self._timed:
             self.round_trip, self._timed = took, True
         else:
             self.round_trip += (took - self.round_trip) / 10

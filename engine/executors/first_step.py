@@ -21,9 +21,10 @@ from engine.planner.held import Planned
 from engine.records import Task
 
 # Seconds a first step runs before its plan is committed apart, beyond the two round trips
-# to PostgreSQL that any first step takes (StepWire.round_trip: 0.1 ms on loopback, tens
-# of milliseconds across regions, where promoting every first step would cost each its
-# own commit and the answered path).
+# to PostgreSQL that any first step takes (StepWire.round_trip, a flight's time on the
+# connection: 0.1 ms on an idle loopback, tens of milliseconds across regions or on a
+# saturated server, where promoting every first step would cost each its own commit and
+# the answered path, adding to the load).
 FIRST_STEP_PROMOTION = 0.005
 
 
