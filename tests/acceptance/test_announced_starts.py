@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from pgdurable_proxy.cluster import Cluster
-from tests.support.catalog import create_database
+from tests.support.catalog import database_with_role
 from tests.support.metrics import read_metrics
 from tests.support.proxy import ProxyProcess
 from tests.support.workflows import await_status
@@ -26,14 +26,8 @@ DATABASE = "announced"  # its own: this proxy installs the catalog there, not in
 
 @pytest.fixture(scope="module")
 def slow_poll(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
-    create_database(cluster, DATABASE)
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        if conn.execute("SELECT FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone() is None:
-            conn.execute(f"CREATE ROLE {ROLE} LOGIN")
-    with psycopg.connect(cluster.dsn(dbname=DATABASE), autocommit=True) as conn:
-        conn.execute(f"GRANT CREATE ON SCHEMA public TO {ROLE}")
+    upstream = database_with_role(cluster, DATABASE, ROLE)
     log = tmp_path_factory.mktemp("announced") / "pgdurable.log"
-    upstream = cluster.dsn(dbname=DATABASE)
     proxy = ProxyProcess(upstream, extra_args=["--poll-interval", "30"], log_path=log)
     proxy.start()
     try:

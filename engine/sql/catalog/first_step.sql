@@ -54,10 +54,12 @@ DECLARE
     engine record;
     document text;
 BEGIN
-    IF length(relay) <> 64 OR NOT EXISTS (
-           SELECT 1 FROM df.instances i JOIN pg_roles r ON r.oid = df._instance_owner(i.id)
-           WHERE i.id = p_instance AND i.status = 'pending' AND i.database IS NULL
-             AND i.failure_policy IS NULL AND r.rolname = session_user) THEN
+    IF length(relay) <> 64
+       OR df._instance_owner(p_instance)
+          IS DISTINCT FROM (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user)
+       OR NOT EXISTS (SELECT 1 FROM df.instances i
+                      WHERE i.id = p_instance AND i.status = 'pending' AND i.database IS NULL
+                        AND i.failure_policy IS NULL) THEN
         RETURN false;
     END IF;
     SELECT w.epoch_id, w.lease_seconds INTO engine FROM df._worker_epoch w
