@@ -323,7 +323,6 @@ def test_every_catalog_relation_a_user_can_touch_is_row_secured(realm: Realm) ->
 # random request id). A new SECURITY DEFINER function users can call must be reviewed here.
 REVIEWED_DEFINERS = [
     "df._acting_owner(text)",
-    "df._announce_first(text)",  # the caller's own new instance, claimed for a live engine
     "df._apply_as_step(text,text,uuid,jsonb)",
     "df._apply_first(text,uuid,text,jsonb)",
     "df._apply_first_or_refuse(text,uuid,text,jsonb)",

@@ -248,9 +248,7 @@ BEGIN
     ON CONFLICT (instance_id) DO NOTHING;
     INSERT INTO df._advance AS a (instance_id) VALUES (new_instance)
     ON CONFLICT (instance_id, node_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
-    IF NOT df._announce_first(new_instance) THEN
-        PERFORM df._wake_engines();
-    END IF;
+    PERFORM df._wake_engines();
 END
 $$;
 
