@@ -6,7 +6,7 @@ import copy
 import json
 from typing import Any
 
-from engine.advance import InStep
+from engine.in_step import InStep
 from engine.planner.held import Planned, Planning, differences
 from engine.planner.plan import ConsumedSignal, Plan, PlannedTask, TaskLease
 from engine.records import Owner, Task
