@@ -67,7 +67,7 @@ class Classification:
 
     @property
     def starts_workflow(self) -> bool:
-        """True when the statement calls df.start (the engine should look once it commits)."""
+        """True when the statement calls df.start."""
         return "start" in self.df_functions
 
 

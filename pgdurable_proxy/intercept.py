@@ -30,7 +30,6 @@ class Decision:
     """The interceptor's answer for one message."""
 
     replacement: bytes | None = None  # None: forward the original bytes
-    starts_workflow: bool = False
     positions_errors: bool = False  # errors of this statement may need a position added
     position_hints: tuple[tuple[str, int], ...] = ()
     creates_extension: bool = False  # CREATE EXTENSION pg_durable: its tag is renamed
@@ -139,7 +138,7 @@ class Interceptor:
         hints = tuple((p.message_prefix, p.position) for p in verdict.literal_positions)
         positions = verdict.step_error is not None or bool(hints)
         creates = verdict.kind is StatementKind.CREATE_EXTENSION and replacement is not None
-        return Decision(replacement, verdict.starts_workflow, positions, hints, creates)
+        return Decision(replacement, positions, hints, creates)
 
 
 def _lexable(parameters: Mapping[str, str]) -> bool:

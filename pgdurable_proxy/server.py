@@ -147,8 +147,6 @@ class ProxyServer:
         if not self._serves_catalog(session.params):
             return self.interceptor.settings_rows(parameters, msg_type, message)
         decision = self.interceptor.inspect(parameters, msg_type, message)
-        if decision.starts_workflow and link is not None:
-            link.wake_when_idle()
         if decision.creates_extension and link is not None:
             link.rename_tags(EXTENSION_MARKER, EXTENSION_TAG)
         if decision.positions_errors and link is not None and link.tracker.at_boundary:

@@ -88,17 +88,18 @@ async def step_transaction(step: StepConnection) -> AsyncIterator[StepEnding]:
     fails the transaction if the owner may not run the step (StepConnection.begin)."""
     conn = step.conn
     ending = StepEnding()
+    began: str | None = None  # the guard's tag, when the COMMIT began the next transaction
     try:
         step.begin()
         try:
             yield ending
             then = q("reset_step_session") + " COMMIT;"
             if ending.next is not None:
-                ending.answer, tag = await _commit_with_next(step, ending.final, then, ending.next)
+                ending.answer = await _commit_with_next(step, ending.final, then, ending.next)
+            elif ending.begin_next:
+                ending.answer, began = await step.finish(ending.final, then + " " + q("begin_step"))
             else:
-                if ending.begin_next:
-                    then += " " + q("begin_step")
-                ending.answer, tag = await step.finish(ending.final, then)
+                ending.answer, _ = await step.finish(ending.final, then)
         except BaseException as exc:
             await step.opened(exc)  # an owner refused, or the BEGIN's error, first
             raise
@@ -111,8 +112,8 @@ async def step_transaction(step: StepConnection) -> AsyncIterator[StepEnding]:
                 conn.terminate()  # e.g. a statement still running: never pooled
         raise
     step.reset_on_commit = True
-    if ending.begin_next and ending.next is None:
-        step.began_next(tag)
+    if began is not None:
+        step.began_next(began)
 
 
 async def _commit_with_next(
@@ -120,14 +121,13 @@ async def _commit_with_next(
     final: tuple[str, tuple[object, ...]] | None,
     then: str,
     following: NextStatement,
-) -> tuple[str | None, str]:
+) -> str | None:
     """finish(), with the next step's BEGIN and statement in the same flight (see
-    StepConnection.commit_with_next): the call's answer, and the COMMIT's tag."""
+    StepConnection.commit_with_next): the call's answer."""
     await step.opened()  # this step's own BEGIN, answered with its statement
     sql = following.sql
     committed = await step.commit_with_next(
         final, then, following.task, sql, lambda: run_statement(step, sql)
     )
     committed.raise_error()
-    answer = committed.replies[0].value if final is not None else None
-    return answer, committed.replies[-1].tag
+    return committed.replies[0].value if final is not None else None
