@@ -10,11 +10,13 @@
 -- with its owner once); for an instance not loaded yet, its submitted_by. An OID: a role
 -- dropped and created again under the same name is another role.
 CREATE OR REPLACE FUNCTION df._instance_owner(p_instance text)
-RETURNS regrole LANGUAGE sql STABLE AS $$
-    SELECT coalesce((SELECT e.submitted_by FROM df._executions e
+RETURNS regrole LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN coalesce((SELECT e.submitted_by FROM df._executions e
                      WHERE e.instance_id = p_instance
                      ORDER BY e.execution_id DESC LIMIT 1),
-                    (SELECT i.submitted_by FROM df.instances i WHERE i.id = p_instance))
+                    (SELECT i.submitted_by FROM df.instances i WHERE i.id = p_instance));
+END
 $$;
 REVOKE EXECUTE ON FUNCTION df._instance_owner(text) FROM PUBLIC;
 

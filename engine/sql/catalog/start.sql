@@ -187,12 +187,18 @@ $$;
 -- that puts it within 2^31 of the current top-level transaction's full id, as a
 -- subtransaction's id, larger than its parent's, is.)
 CREATE OR REPLACE FUNCTION df._written_here(row_xmin xid)
-RETURNS boolean LANGUAGE sql VOLATILE AS $$
-    SELECT pg_xact_status((CASE WHEN full_id > current_id + 2147483648 THEN full_id - 4294967296
-                                WHEN full_id < current_id - 2147483648 THEN full_id + 4294967296
-                                ELSE full_id END)::text::xid8) = 'in progress'
-    FROM (SELECT pg_current_xact_id()::text::bigint AS current_id) c,
-         LATERAL (SELECT (c.current_id >> 32 << 32) | row_xmin::text::bigint AS full_id) f
+RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    current_id bigint := pg_current_xact_id()::text::bigint;
+    full_id bigint := (current_id >> 32 << 32) | row_xmin::text::bigint;
+BEGIN
+    IF full_id > current_id + 2147483648 THEN
+        full_id := full_id - 4294967296;
+    ELSIF full_id < current_id - 2147483648 THEN
+        full_id := full_id + 4294967296;
+    END IF;
+    RETURN pg_xact_status(full_id::text::xid8) = 'in progress';
+END
 $$;
 REVOKE EXECUTE ON FUNCTION df._written_here(xid) FROM PUBLIC;
 
