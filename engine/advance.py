@@ -197,23 +197,27 @@ class Advancer:
         return next_sql_step(planned, self.owner_id) is not None
 
     # -- the first step -----------------------------------------------------------------------
-    def first_step(self, instance_id: str, owner: Owner, state: str) -> None:
+    def first_step(self, instance_id: str, owner: Owner, state: str, recheck: bool = False) -> None:
         """A new instance's first advance and first SQL step in one transaction on its
-        owner's connection (executors.first_step.run_first_step), planned from `state` (df._poll's
-        document); the ordinary advance if that fails."""
+        owner's connection (executors.first_step.run_first_step), planned from `state`
+        (df._poll's document, or the one its df.start announced: `recheck` it before the
+        statement runs); the ordinary advance if that fails."""
         self.first_steps.add(instance_id)
-        self.parts.background.spawn(self._first_step(instance_id, owner, state))
+        self.parts.background.spawn(self._first_step(instance_id, owner, state, recheck))
 
-    async def _first_step(self, instance_id: str, owner: Owner, state: str) -> None:
+    async def _first_step(self, instance_id: str, owner: Owner, state: str, recheck: bool) -> None:
         try:
-            await self._take_first_step(instance_id, owner, state)
+            await self._take_first_step(instance_id, owner, state, recheck)
         finally:
             self.first_steps.discard(instance_id)
 
-    async def _take_first_step(self, instance_id: str, owner: Owner, state: str) -> None:
+    async def _take_first_step(
+        self, instance_id: str, owner: Owner, state: str, recheck: bool
+    ) -> None:
         parts, database = self.parts, self.store.catalog_database
         started = time.monotonic()
-        waited = parts.slots.free == 0  # the state the poll read may have changed since
+        # the state read may have changed since
+        waited = recheck or parts.slots.free == 0
         try:
             step = await parts.tasks.step_connection(owner, database, instance_id)
         except (StepFailed, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -22,6 +22,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from engine.advance import AdvanceParts, Advancer
+from engine.announced import FIRST_MARKER, read_announced
 from engine.cancel import Canceller
 from engine.catalog import catalog_version, migrate
 from engine.connections.pool import StepConnections
@@ -47,7 +48,7 @@ log = logging.getLogger("pgdurable.engine")
 ENGINE_SESSION = {"enable_seqscan": "off", "jit": "off"}
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 # The NOTICE messages by which a backend asks the engine for something (relayed_notice).
-RELAYED_NOTICES = frozenset({NEW_START_MARKER, SIGNAL_MARKER, WAKE_MARKER})
+RELAYED_NOTICES = frozenset({NEW_START_MARKER, SIGNAL_MARKER, WAKE_MARKER, FIRST_MARKER})
 READINESS_TIMEOUT = 2.0  # seconds /readyz waits for PostgreSQL's answer
 
 
@@ -331,6 +332,21 @@ class Engine:
             self.signal(login_role, detail)
         elif message == NEW_START_MARKER:
             self.start_new(login_role, detail)
+        elif message == FIRST_MARKER:
+            self.first_announced(login_role, detail)
+
+    def first_announced(self, login_role: str, detail: str) -> None:
+        """A df.start through a session of `login_role` announced a new instance (its
+        transaction has ended): take its first step (engine/announced.py)."""
+        try:
+            announced = read_announced(self.owner_id, login_role, detail)
+        except (ValueError, KeyError, TypeError):
+            announced = None
+        if announced is None or self.pool is None:
+            log.warning("event=first_notice_ignored role=%s", login_role)
+            self.wake()  # a pass finds the instance, if there is one
+            return
+        self.scheduler.announced(announced)
 
     def signal(self, login_role: str, detail: str) -> None:
         """A df.signal asked through a session of `login_role` (engine/signals.py)."""

@@ -69,6 +69,10 @@ class EngineCounters:
     first_steps_total: int = explained(
         "New instances advanced in their first SQL step's transaction."
     )
+    first_steps_announced_total: int = explained(
+        "First steps taken on the first document a relayed df.start announced, without a "
+        "scheduler pass."
+    )
     first_steps_promoted_total: int = explained(
         "First steps that ran long and had their first plan committed apart."
     )

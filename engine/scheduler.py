@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from engine.announced import Announced
 from engine.records import AdvanceDue, Claimed, NewInstance, NextTimer
 from engine.running import Background, Running
 from engine.settings import EngineSettings
@@ -196,10 +197,27 @@ class Scheduler:
         Advanced as usual when the poll had no state for it (more new instances than step
         slots), or its owner is gone (the advance fails the instance)."""
         owner, state = row.owner, row.state
+        if row.instance_id in self.parts.advancer.first_steps:
+            return  # announced by its df.start, and taken already
         if owner is None or owner.gone or state is None:
             self.queue.request(row.instance_id)
             return
         self.parts.advancer.first_step(row.instance_id, owner, state)
+
+    def announced(self, new: Announced) -> None:
+        """A new instance its df.start claimed for this engine and announced, with its
+        state (engine/announced.py): its first step, at once, unless as many first steps
+        are under way as a pass would hand out (a pass takes it then: it is ours). Its
+        state is checked again before its statement runs: the df.start's transaction may
+        have changed the instance after announcing it, or rolled back."""
+        advancer = self.parts.advancer
+        if new.instance_id in advancer.first_steps:
+            return
+        if len(advancer.first_steps) >= 2 * self.parts.slots.size:
+            self.queue.wake()
+            return
+        self.parts.counters.first_steps_announced_total += 1
+        advancer.first_step(new.instance_id, new.owner, new.state, recheck=True)
 
     async def advance(self) -> None:
         """Advance the instances asked for, as many per transaction as have arrived, in up

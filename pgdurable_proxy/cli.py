@@ -14,6 +14,7 @@ from typing import Any
 import uvloop
 
 from dsl.statements import split_step
+from engine.announced import FIRST_MARKER, relay_engine
 from engine.engine import RELAYED_NOTICES, Engine
 from engine.presence import WAKE_MARKER
 from engine.settings import EngineSettings, ServerConfig, ServerValue
@@ -241,6 +242,8 @@ async def _relay(
         max_client_connections=settings.max_client_connections,
         startup_parameters=configured.startup_parameters(),
         wake_notice=WAKE_MARKER,
+        first_notice=FIRST_MARKER,
+        relay_engine=relay_engine(engine.owner_id),
     )
     port = await server.start(settings.host, settings.port)
     _announce(settings, upstream, port)

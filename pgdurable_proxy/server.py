@@ -23,6 +23,9 @@ DEFAULT_MAX_CLIENT_CONNECTIONS = 1000
 # Tells the df catalog's functions on a session of its database that pgdurable reads the
 # session's notices: a startup parameter, so it is the session's default.
 RELAY_PARAMETER = b"pg_durable.relay\0on\0"
+# The startup parameter naming the relaying engine to the catalog (the digest of its key):
+# df.start hands that engine a new instance's first document (df._announce_first).
+RELAY_ENGINE_PARAMETER = "pg_durable.relay_engine"
 
 # (login role, notice message, notice detail): a request a backend raised as a NOTICE
 NoticeHandler = Callable[[str, str, str], None]
@@ -45,12 +48,20 @@ class ProxyServer:
         max_client_connections: int = DEFAULT_MAX_CLIENT_CONNECTIONS,
         startup_parameters: bytes = b"",
         wake_notice: str = "",
+        first_notice: str = "",
+        relay_engine: str = "",
     ) -> None:
         self.upstream = upstream
         self._startup_parameters = startup_parameters
         # the notice by which a relayed session asks for `wake` once its transaction ends
         # (one of notice_markers; the others go to relayed_notice)
         self.wake_notice = wake_notice
+        # the notice carrying a new instance's first document, handed to relayed_notice
+        # only once the session's transaction has ended
+        self.first_notice = first_notice
+        self._relay_parameters = RELAY_PARAMETER
+        if relay_engine:
+            self._relay_parameters += f"{RELAY_ENGINE_PARAMETER}\0{relay_engine}\0".encode()
         self.authentication_timeout = authentication_timeout
         self.max_client_connections = max_client_connections
         self._admitted: set[ClientSession] = set()
@@ -126,16 +137,22 @@ class ProxyServer:
         if not self._serves_catalog(session.params) or link is None or not self.notice_markers:
             return self._startup_parameters
         login_role = session.params.get("user", "")
-        handler, wake_notice = self.relayed_notice, self.wake_notice
+        handler, wake_notice, first_notice = (
+            self.relayed_notice,
+            self.wake_notice,
+            self.first_notice,
+        )
 
         def on_notice(message: str, detail: str) -> None:
             if message == wake_notice:
                 link.wake_when_idle()
+            elif message == first_notice:
+                link.act_when_idle(lambda: handler(login_role, message, detail))
             else:
                 handler(login_role, message, detail)
 
         link.tracker.tap_notices(self.notice_markers, on_notice)
-        return self._startup_parameters + RELAY_PARAMETER
+        return self._startup_parameters + self._relay_parameters
 
     def _serves_catalog(self, params: dict[str, str]) -> bool:
         """The df catalog lives in one database."""

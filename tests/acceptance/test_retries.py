@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from pgdurable_proxy.cluster import Cluster
-from tests.support.catalog import create_database
+from tests.support.catalog import database_with_role
 from tests.support.http_server import ServerThread
 from tests.support.proxy import ProxyProcess
 from tests.support.workflows import await_status
@@ -200,12 +200,7 @@ class Own:
 @pytest.fixture(scope="module")
 def own(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Own]:
     server = ServerThread().start()
-    create_database(cluster, DATABASE)
-    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-        if conn.execute("SELECT FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone() is None:
-            conn.execute(f"CREATE ROLE {ROLE} LOGIN")
-    with psycopg.connect(cluster.dsn(dbname=DATABASE), autocommit=True) as conn:
-        conn.execute(f"GRANT CREATE ON SCHEMA public TO {ROLE}")
+    database_with_role(cluster, DATABASE, ROLE)
     args = [*ARGS, "--http-allow", f"{server.host}:{server.port}"]
     log = tmp_path_factory.mktemp("retries") / "pgdurable.log"
     proxy = ProxyProcess(cluster.dsn(dbname=DATABASE), extra_args=args, log_path=log).start()

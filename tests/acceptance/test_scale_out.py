@@ -1,6 +1,7 @@
 """Two pgdurable processes on one database share the work instead of all doing it: a
-df.start wakes one engine (the one whose relay the session came through, else the one whose
-share the backend's PID falls in), and each instance is advanced by one process.
+df.start goes to one engine (the one whose relay the session came through, which it hands
+the new instance, else the one whose share the backend's PID falls in, which it wakes), and
+each instance is advanced by one process.
 
 Both run with a 30 s poll interval, so that every scheduler pass counted here was a
 wake-up; a 3 s lease makes them beat (and learn of each other) every second.
@@ -85,14 +86,21 @@ def _all_completed(dsn: str, instances: list[str]) -> None:
         assert await_status(dsn, instance, 10) == "completed"
 
 
-def test_a_start_through_one_process_wakes_only_its_engine(pair: list[ProxyProcess]) -> None:
+def _announced(proxy: ProxyProcess) -> int:
+    return int(read_metrics(proxy.http_port)["first_steps_announced_total"])
+
+
+def test_a_start_through_one_process_is_taken_by_its_engine_without_a_pass(
+    pair: list[ProxyProcess],
+) -> None:
+    # the df.start claims the instance for the relaying engine and hands it the first
+    # document: neither engine makes a scheduler pass for it
     first = pair[0]
-    before = _passes(pair)
+    before, announced = _passes(pair), _announced(first)
     started = _start_all([first.dsn(ROLE, dbname=DATABASE)] * 4, per_dsn=5)
     _all_completed(first.dsn(ROLE, dbname=DATABASE), started)
-    after = _passes(pair)
-    assert after[1] == before[1], "the other process's engine was woken"
-    assert after[0] > before[0]
+    assert _passes(pair) == before
+    assert _announced(first) - announced == len(started)
 
 
 def test_a_start_from_a_direct_client_wakes_one_engine(
@@ -130,9 +138,10 @@ def test_each_instance_is_advanced_by_one_process(pair: list[ProxyProcess]) -> N
 
 
 def test_a_relayed_start_wakes_its_engine_once_committed(pair: list[ProxyProcess]) -> None:
-    # a relayed session notifies nothing: its df.start's wake notice reaches the relay as
-    # the statement runs, and the relay wakes its engine once the session is idle again
-    # (a pass before the commit would find nothing, and the next is 30 s away)
+    # a relayed session notifies nothing: its df.start's notice (the new instance's first
+    # document) reaches the relay as the statement runs, and the relay hands it to its
+    # engine once the session is idle again (a first step before the commit would find
+    # nothing, and the next pass is 30 s away)
     first = pair[0]
     with psycopg.connect(first.dsn(ROLE, dbname=DATABASE), autocommit=True) as conn:
         row = conn.execute(f"SELECT df.start({STEP}), pg_sleep(0.5)").fetchone()

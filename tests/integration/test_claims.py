@@ -166,7 +166,11 @@ def test_an_instance_handed_out_is_claimed_for_its_engine_until_the_claim_runs_o
     assert claims == [(engine_a, True), (engine_a, True)]  # every due row of the instance
     assert _pass(conn, engine_b, ours) == [second]
     assert _pass(conn, engine_c, ours) == []  # each claimed now
-    assert _pass(conn, engine_a, ours) == [first]  # its own claims: handed out again
+    versions = "SELECT ctid FROM df._advance WHERE instance_id = %s ORDER BY node_id"
+    before = conn.execute(versions, (first,)).fetchall()
+    assert _pass(conn, engine_a, ours) == [first]  # its own claims: handed out again,
+    # not written again (a relayed df.start's first document names that row's version)
+    assert conn.execute(versions, (first,)).fetchall() == before
     assert _pass(conn, engine_b, ours) == [second]
     conn.execute(  # engine A died: its claims ran out
         "UPDATE df._advance SET claimed_until = now() - interval '1 s' WHERE claimed_by = %s",

@@ -25,6 +25,18 @@ def create_database(cluster: Cluster, name: str) -> str:
     return cluster.dsn(dbname=name)
 
 
+def database_with_role(cluster: Cluster, name: str, role: str) -> str:
+    """A fresh database (create_database) and a LOGIN role (created if missing) that may
+    create tables in its schema public; return the database's DSN (as postgres)."""
+    dsn = create_database(cluster, name)
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        if conn.execute("SELECT FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+            conn.execute(f"CREATE ROLE {role} LOGIN")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"GRANT CREATE ON SCHEMA public TO {role}")
+    return dsn
+
+
 def install_catalog(dsn: str) -> int:
     """Run engine.catalog.migrate against `dsn`; return the version."""
     from engine.catalog import migrate

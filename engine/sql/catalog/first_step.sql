@@ -15,7 +15,9 @@
 -- step does.
 
 -- The state of a new instance for its first step (df._instance_state plus the version of
--- its '' _advance row as 'advance_xmin'); NULL without that row. df._poll hands it to the
+-- its '' _advance row as 'advance_xmin': its xmin and its ctid, since a change later in the
+-- transaction that wrote it, such as a df.cancel after the df.start, keeps the xmin); NULL
+-- without that row. df._poll hands it to the
 -- engine with the instance (the engine key and the owner's session are checked where it is
 -- applied, in df._apply_first), which spares the step connection a round trip.
 CREATE OR REPLACE FUNCTION df._first_document(p_instance text)
@@ -23,7 +25,7 @@ RETURNS text LANGUAGE plpgsql STABLE AS $$
 DECLARE
     advance_xmin text;
 BEGIN
-    SELECT a.xmin::text INTO advance_xmin FROM df._advance a
+    SELECT a.xmin::text || a.ctid::text INTO advance_xmin FROM df._advance a
     WHERE a.instance_id = p_instance AND a.node_id = '';
     IF NOT FOUND THEN
         RETURN NULL;
@@ -33,6 +35,53 @@ BEGIN
 END
 $$;
 REVOKE EXECUTE ON FUNCTION df._first_document(text) FROM PUBLIC;
+
+-- df.start on a session pgdurable relays, for an instance its login role owns (`p_owner`,
+-- its submitted_by: a new instance has no execution, so that is df._instance_owner) whose
+-- first step can run in its first transaction (as df._poll's 'new'): the relaying engine,
+-- named by the digest of its key (pg_durable.relay_engine, set by the relay in the
+-- StartupMessage), and its lease; NULLs otherwise. df._submit claims the instance's
+-- _advance row for that engine as it writes it and announces the instance to it
+-- (df._announce_first). Called by df._submit only (as the catalog's owner).
+CREATE OR REPLACE FUNCTION df._announcing_engine(p_instance text, p_owner regrole,
+                                                 OUT epoch_id uuid,
+                                                 OUT lease_seconds double precision)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    SELECT w.epoch_id, w.lease_seconds INTO epoch_id, lease_seconds FROM df._worker_epoch w
+    WHERE encode(sha256(convert_to(w.epoch_id::text, 'UTF8')), 'hex')
+          = current_setting('pg_durable.relay_engine', true)
+      AND p_owner::oid = (SELECT r.oid FROM pg_roles r WHERE r.rolname = session_user)
+      AND EXISTS (SELECT 1 FROM df.instances i
+                  WHERE i.id = p_instance AND i.status = 'pending' AND i.database IS NULL
+                    AND i.failure_policy IS NULL);
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._announcing_engine(text, regrole) FROM PUBLIC;
+
+-- Hand the engine `p_engine` (df._announcing_engine), for which df._submit claimed the new
+-- instance, its first document in a NOTICE its relay takes out of the stream, so that its
+-- first step starts once the transaction has ended, without a scheduler pass. The detail
+-- is the document after a MAC (sha256 over the engine's key, which users cannot read,
+-- around the document): a notice any session can raise itself is acted on only with it.
+-- The document shows the session nothing it cannot read already (its own instance). False
+-- (the caller wakes an engine as usual) without a document. Called by df._submit only.
+CREATE OR REPLACE FUNCTION df._announce_first(p_instance text, p_engine uuid)
+RETURNS boolean LANGUAGE plpgsql SET client_min_messages = notice AS $$
+DECLARE
+    document text := df._first_document(p_instance);
+BEGIN
+    IF document IS NULL THEN
+        RETURN false;
+    END IF;
+    RAISE NOTICE USING MESSAGE = 'pgdurable:first',
+        DETAIL = encode(sha256(convert_to(p_engine::text || document || p_engine::text,
+                                          'UTF8')), 'hex')
+                 || ' ' || document;
+    RETURN true;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION df._announce_first(text, uuid) FROM PUBLIC;
 
 -- For the engine's own calls on an owner's step connection: the key must be an engine's
 -- epoch id (else 42501); true when the session logged in as the instance's owner
@@ -64,7 +113,8 @@ BEGIN
         RETURN false;
     END IF;
     PERFORM 1 FROM df._advance a
-    WHERE a.instance_id = p_instance AND a.node_id = '' AND a.xmin::text = p_advance_xmin
+    WHERE a.instance_id = p_instance AND a.node_id = ''
+      AND a.xmin::text || a.ctid::text = p_advance_xmin
     FOR UPDATE SKIP LOCKED;
     RETURN FOUND;
 END
@@ -104,7 +154,7 @@ BEGIN
                       WHERE i.id = p_instance AND i.status = 'pending')
        OR NOT EXISTS (SELECT 1 FROM df._advance a
                       WHERE a.instance_id = p_instance AND a.node_id = ''
-                        AND a.xmin::text = p_advance_xmin) THEN
+                        AND a.xmin::text || a.ctid::text = p_advance_xmin) THEN
         RAISE EXCEPTION 'pgdurable: instance % changed since its first advance was planned',
             p_instance USING ERRCODE = '40001';
     END IF;

@@ -25,7 +25,10 @@ REVOKE EXECUTE ON FUNCTION df._paused(text) FROM PUBLIC;
 --
 -- Several pgdurable processes share the work: the _advance rows a pass hands out are
 -- claimed for this engine for p_lease_seconds (claimed_by, claimed_until), and every other
--- pass leaves them alone until then, as a task's lease. Rows another transaction holds
+-- pass leaves them alone until then, as a task's lease. A row this engine holds a claim on
+-- already is locked, not written again: its version (xmin and ctid) is that of the first
+-- document a relayed df.start announced (df._announce_first), which a claim's UPDATE would
+-- make stale. Rows another transaction holds
 -- (a pass of another process claiming them, a first transaction, an advance) are skipped,
 -- and their instances left out of this pass. So each new instance is taken by one process,
 -- whose first-transaction check (df._first_unchanged) also fails should its claim have run
@@ -85,18 +88,25 @@ BEGIN
         looked := looked[1:p_advances];
     END IF;
     IF cardinality(looked) > 0 THEN
-        WITH claim AS (
+        WITH free AS (
+            SELECT x.instance_id, x.node_id,
+                   x.claimed_by = p_owner AND x.claimed_until >= clock_timestamp() AS ours
+            FROM df._advance x
+            WHERE x.instance_id = ANY (looked) AND x.requested_at <= clock_timestamp()
+              AND (x.claimed_by IS NULL OR x.claimed_by = p_owner
+                   OR x.claimed_until < clock_timestamp())
+            FOR UPDATE SKIP LOCKED),
+        claim AS (
             UPDATE df._advance a
             SET claimed_by = p_owner,
                 claimed_until = clock_timestamp() + make_interval(secs => p_lease_seconds)
-            WHERE (a.instance_id, a.node_id) IN (
-                  SELECT x.instance_id, x.node_id FROM df._advance x
-                  WHERE x.instance_id = ANY (looked) AND x.requested_at <= clock_timestamp()
-                    AND (x.claimed_by IS NULL OR x.claimed_by = p_owner
-                         OR x.claimed_until < clock_timestamp())
-                  FOR UPDATE SKIP LOCKED)
+            FROM free f
+            WHERE a.instance_id = f.instance_id AND a.node_id = f.node_id
+              AND f.ours IS NOT TRUE
             RETURNING a.instance_id)
-        SELECT coalesce(array_agg(DISTINCT c.instance_id), '{}') INTO taken FROM claim c;
+        SELECT coalesce(array_agg(DISTINCT t.instance_id), '{}') INTO taken
+        FROM (SELECT c.instance_id FROM claim c
+              UNION ALL SELECT f.instance_id FROM free f WHERE f.ours) t;
         RETURN QUERY
         SELECT CASE WHEN t.id = ANY (news) THEN 'new' ELSE 'advance' END, t.id, NULL::text,
                NULL::text,

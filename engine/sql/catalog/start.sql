@@ -224,6 +224,8 @@ RETURNS void LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET enable_seqscan = off SET jit = off AS $$
 DECLARE
     owner_role regrole;
+    relaying uuid;  -- the engine relaying this session: the instance is announced to it
+    relaying_lease double precision;
 BEGIN
     SELECT i.submitted_by INTO owner_role
     FROM df.instances i
@@ -252,9 +254,20 @@ BEGIN
     FROM df.vars v WHERE v.owner = owner_role AND v.value IS NOT NULL
     HAVING count(*) > 0
     ON CONFLICT (instance_id) DO NOTHING;
-    INSERT INTO df._advance AS a (instance_id) VALUES (new_instance)
-    ON CONFLICT (instance_id, node_id) DO UPDATE SET requested_at = least(a.requested_at, excluded.requested_at);
-    PERFORM df._wake_engines();
+    SELECT e.epoch_id, e.lease_seconds INTO relaying, relaying_lease
+    FROM df._announcing_engine(new_instance, owner_role) e;
+    -- claimed for the relaying engine as it is written (an UPDATE of a row this transaction
+    -- inserted would check its foreign key again)
+    INSERT INTO df._advance AS a (instance_id, claimed_by, claimed_until)
+    VALUES (new_instance, relaying,
+            clock_timestamp() + make_interval(secs => relaying_lease))
+    ON CONFLICT (instance_id, node_id) DO UPDATE
+    SET requested_at = least(a.requested_at, excluded.requested_at),
+        claimed_by = coalesce(excluded.claimed_by, a.claimed_by),
+        claimed_until = coalesce(excluded.claimed_until, a.claimed_until);
+    IF relaying IS NULL OR NOT df._announce_first(new_instance, relaying) THEN
+        PERFORM df._wake_engines();
+    END IF;
 END
 $$;
 
