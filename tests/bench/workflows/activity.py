@@ -8,7 +8,9 @@ pg_stat_activity every SAMPLE_S on a connection of the sampler's own, by who hol
 * client: a benchmark client's df.start or status poll relayed by pgdurable.
 
 The mean number of each over the run says how much the engine keeps in flight: a link's
-latency is hidden only when enough steps and advances are open at once.
+latency is hidden only when enough steps and advances are open at once. `lock` counts
+those of them waiting for a heavyweight lock (a row, a relation, a transaction id): with
+several pgdurable processes on one database, contention shows there.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tests.bench.workflows.stats import START_MARKER, WAIT_MARKERS
 
 SAMPLE_S = 0.1
 ACTIVITY_SQL = (
-    "SELECT datname, usename, query FROM pg_stat_activity "
+    "SELECT datname, usename, query, wait_event_type = 'Lock' FROM pg_stat_activity "
     "WHERE datname = ANY(%s) AND xact_start IS NOT NULL AND pid <> pg_backend_pid()"
 )
 CLIENT_MARKERS = (*WAIT_MARKERS, START_MARKER)
@@ -58,14 +60,16 @@ class ActivitySampler:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             while not self._stop.is_set():
                 rows = conn.execute(ACTIVITY_SQL, (self.databases,)).fetchall()
-                self._counts.update(holder(db, role, query or "") for db, role, query in rows)
+                self._counts.update(holder(db, role, query or "") for db, role, query, _ in rows)
+                self._counts["lock"] += sum(1 for *_, waits in rows if waits)
                 self._samples += 1
                 self._stop.wait(SAMPLE_S)
 
     def stop(self) -> dict[str, float]:
-        """Mean open transactions per holder since start()."""
+        """Mean open transactions per holder since start(), and of them waiting for a lock."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
         n = max(self._samples, 1)
-        return {kind: round(self._counts[kind] / n, 2) for kind in ("step", "engine", "client")}
+        kinds = ("step", "engine", "client", "lock")
+        return {kind: round(self._counts[kind] / n, 2) for kind in kinds}

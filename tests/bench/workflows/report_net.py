@@ -150,6 +150,22 @@ def _exact(rs: Sequence[RunResult | None]) -> str:
     return text
 
 
+def _cpu(r: RunResult | None) -> str:
+    """The CPU of every pgdurable process and of PostgreSQL per workflow, e.g. `0.9+2.9`."""
+    if r is None or not r.cpu_ms_per_wf:
+        return "-"
+    cpu = r.cpu_ms_per_wf
+    return f"{cpu.get('engine', 0):.1f}+{cpu.get('postgres', 0):.1f}"
+
+
+def _lock_share(r: RunResult | None) -> str:
+    """Of the transactions open in the samples (activity.py), the share waiting for a lock."""
+    if r is None or not r.in_flight:
+        return "-"
+    open_ = sum(r.in_flight.get(k, 0) for k in ("step", "engine", "client"))
+    return f"{100 * r.in_flight.get('lock', 0) / open_:.0f} %" if open_ else "-"
+
+
 def scale_tables(meta: dict[str, Any], runs: Sequence[RunResult]) -> list[str]:
     """Throughput of N processes against one, measured in the same run; claims' spread."""
     counts = meta.get("processes") or [1]
@@ -160,9 +176,11 @@ def scale_tables(meta: dict[str, Any], runs: Sequence[RunResult]) -> list[str]:
         "### Scale-out: pgdurable processes on one database, clients spread round-robin",
         "",
         f"| rtt ms | workload | mode | clients | {heads} | round trips/step "
+        f"({' / '.join(map(str, counts))}) | CPU ms/wf pgdurable + PostgreSQL "
+        f"({' / '.join(map(str, counts))}) | open transactions waiting for a lock "
         f"({' / '.join(map(str, counts))}) | completed steps per process ({counts[-1]}) "
         "| exactly once (steps completed by all processes, rows) |",
-        "|---:|---|---|---:|" + "---:|" * len(counts) + "---:|---|---|",
+        "|---:|---|---|---:|" + "---:|" * len(counts) + "---:|---:|---:|---|---|",
     ]
     keys = dict.fromkeys(
         (r.rtt_ms, r.workload, r.mode, r.clients) for r in runs if r.system == "pgdurable"
@@ -189,9 +207,11 @@ def scale_tables(meta: dict[str, Any], runs: Sequence[RunResult]) -> list[str]:
             for r in found
         ]
         trips = " / ".join(fmt(r and r.round_trips_per_step, 2) for r in found)
+        cpu = " / ".join(_cpu(r) for r in found)
+        locks = " / ".join(_lock_share(r) for r in found)
         out.append(
             f"| {rtt:g} | {workload} | {mode} | {clients} | {' | '.join(cells)} | {trips} "
-            f"| {_spread(found[-1])} | {_exact(found)} |"
+            f"| {cpu} | {locks} | {_spread(found[-1])} | {_exact(found)} |"
         )
     return [*out, ""]
 
