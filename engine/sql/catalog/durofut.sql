@@ -60,40 +60,47 @@ END;
 -- string here; an unknown type inside a graph is reported later by the graph walk.
 -- Messages are serde-like (without serde_json's "at line L column C").
 CREATE OR REPLACE FUNCTION df._durofut_level_problem(node jsonb) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE
-    WHEN NOT node ? 'node_type' THEN 'missing field `node_type`'
-    WHEN jsonb_typeof(node -> 'node_type') <> 'string'
-        THEN format('invalid type: %s, expected a string',
-                    df._serde_unexpected(node -> 'node_type'))
-    WHEN jsonb_typeof(node -> 'query') NOT IN ('string', 'null')
-        THEN format('invalid type: %s, expected a string', df._serde_unexpected(node -> 'query'))
-    WHEN jsonb_typeof(node -> 'result_name') NOT IN ('string', 'null')
-        THEN format('invalid type: %s, expected a string',
-                    df._serde_unexpected(node -> 'result_name'))
-    WHEN jsonb_typeof(node -> 'left_node') NOT IN ('object', 'null')
-         OR jsonb_typeof(node -> 'right_node') NOT IN ('object', 'null')
-        THEN 'Durofut children must be JSON objects'
-    WHEN jsonb_typeof(node -> 'condition_node') NOT IN ('object', 'null')
-        THEN 'condition_node must be a Durofut JSON object'
-    WHEN jsonb_typeof(node -> 'extra_nodes') NOT IN ('array', 'null')
-        THEN format('invalid type: %s, expected a sequence',
-                    df._serde_unexpected(node -> 'extra_nodes'))
-    WHEN jsonb_typeof(node -> 'extra_nodes') = 'array'
-         AND jsonb_path_exists(node -> 'extra_nodes', 'strict $[*] ? (@.type() != "object")')
-        THEN 'extra_nodes entries must be Durofut JSON objects'
-END;
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN CASE
+        WHEN NOT node ? 'node_type' THEN 'missing field `node_type`'
+        WHEN jsonb_typeof(node -> 'node_type') <> 'string'
+            THEN format('invalid type: %s, expected a string',
+                        df._serde_unexpected(node -> 'node_type'))
+        WHEN jsonb_typeof(node -> 'query') NOT IN ('string', 'null')
+            THEN format('invalid type: %s, expected a string',
+                        df._serde_unexpected(node -> 'query'))
+        WHEN jsonb_typeof(node -> 'result_name') NOT IN ('string', 'null')
+            THEN format('invalid type: %s, expected a string',
+                        df._serde_unexpected(node -> 'result_name'))
+        WHEN jsonb_typeof(node -> 'left_node') NOT IN ('object', 'null')
+             OR jsonb_typeof(node -> 'right_node') NOT IN ('object', 'null')
+            THEN 'Durofut children must be JSON objects'
+        WHEN jsonb_typeof(node -> 'condition_node') NOT IN ('object', 'null')
+            THEN 'condition_node must be a Durofut JSON object'
+        WHEN jsonb_typeof(node -> 'extra_nodes') NOT IN ('array', 'null')
+            THEN format('invalid type: %s, expected a sequence',
+                        df._serde_unexpected(node -> 'extra_nodes'))
+        WHEN jsonb_typeof(node -> 'extra_nodes') = 'array'
+             AND jsonb_path_exists(node -> 'extra_nodes', 'strict $[*] ? (@.type() != "object")')
+            THEN 'extra_nodes entries must be Durofut JSON objects'
+    END;
+END
+$$;
 
 -- One Durofut object whose own fields deserialize (df._durofut_level_problem), normalized at
 -- its own level: only the seven model fields, JSON nulls and an empty extra_nodes dropped;
 -- its children are kept as they are.
 CREATE OR REPLACE FUNCTION df._durofut_level(node jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}')
-        FROM jsonb_each(node) AS e
-        WHERE e.key IN ('node_type', 'left_node', 'right_node', 'condition_node', 'extra_nodes',
-                        'query', 'result_name')
-          AND jsonb_typeof(e.value) <> 'null' AND e.value <> '[]');
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}')
+            FROM jsonb_each(node) AS e
+            WHERE e.key IN ('node_type', 'left_node', 'right_node', 'condition_node',
+                            'extra_nodes', 'query', 'result_name')
+              AND jsonb_typeof(e.value) <> 'null' AND e.value <> '[]');
+END
+$$;
 
 -- Deserialize one Durofut JSON object the way pg_durable's composers do, recursively, and
 -- return it normalized (df._durofut_level at every level). Errors carry serde-like messages
