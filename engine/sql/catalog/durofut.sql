@@ -11,9 +11,13 @@
 -- own: RETRY (df.retry) and TIMEOUT (df.timeout); then COMPENSATED (<->, df.with_undo), the
 -- name pg_durable's compensation proposal gives it.
 CREATE OR REPLACE FUNCTION df._node_types() RETURNS text[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN ARRAY['SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP', 'WAIT_SCHEDULE',
-             'HTTP', 'HTTP_MULTIPART', 'SIGNAL', 'RETRY', 'TIMEOUT', 'COMPENSATED'];
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN ARRAY['SQL', 'THEN', 'IF', 'JOIN', 'LOOP', 'BREAK', 'RACE', 'SLEEP',
+                 'WAIT_SCHEDULE', 'HTTP', 'HTTP_MULTIPART', 'SIGNAL', 'RETRY', 'TIMEOUT',
+                 'COMPENSATED'];
+END
+$$;
 
 -- Compact JSON text of any jsonb value (serde_json's output: no spaces, keys in jsonb
 -- order). jsonb::text puts a space after ':' and ',', which pg_durable never emits.
