@@ -1,8 +1,9 @@
 """A new instance's first document, announced by the df.start that created it.
 
-On a session pgdurable relays, df.start (df._announce_first) claims a new instance for the
-relaying engine, named by the digest of its key (`relay_engine`), and raises a NOTICE with
-the instance's first document. The relay takes the notice out of the stream and hands it to
+On a session pgdurable relays, df.start (df._submit) writes a new instance's `_advance` row
+already claimed for the relaying engine, named by the digest of its key (`relay_engine`,
+found by df._announcing_engine), and df._announce_first raises a NOTICE with the instance's
+first document. The relay takes the notice out of the stream and hands it to
 its engine once the session's transaction has ended; the engine then takes the instance's
 first step at once, without a scheduler pass (one round trip fewer from a start to its
 first step).
@@ -34,7 +35,7 @@ class Announced:
 
 
 def relay_engine(key: str) -> str:
-    """How df._announce_first finds the engine `key` from the relay's startup parameter."""
+    """How df._announcing_engine finds the engine `key` from the relay's startup parameter."""
     return hashlib.sha256(key.encode()).hexdigest()
 
 
