@@ -62,12 +62,11 @@ class ClientSession(asyncio.Protocol):
         self._admitted = True  # False: over --max-client-connections, refused at startup
         self._login_timer: asyncio.TimerHandle | None = None
         self._tls_pending = False
-        # a request that gives the engine work went upstream (a df.start, a wake notice):
-        # wake it once the session is idle after the ReadyForQuery that follows this many
-        # (None: no wake asked), the answer to that request (committed, or ended)
+        # a request that gives the engine work went upstream (a wake notice, a first
+        # document): run `when_idle` (wake the engine, hand it the document) once the
+        # session is idle after the ReadyForQuery that follows this many (None: nothing
+        # asked), the answer to that request (committed, or ended)
         self.wake_after: int | None = None
-        self.wake_engine = False  # wake the engine then (else only run when_idle)
-        # what else to do then (hand the engine the first documents its notices carried)
         self.when_idle: list[Callable[[], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -328,16 +327,15 @@ class UpstreamLink(asyncio.Protocol):
         in progress (its transaction committed or ended), not before: a notice of that
         request may arrive first, while the session still shows the last request's idle
         ReadyForQuery."""
-        self.client.wake_after = self.tracker.ready_count
-        self.client.wake_engine = True
+        self.act_when_idle(self.client.host.wake)
 
     def act_when_idle(self, action: Callable[[], None]) -> None:
         """Run `action` when the session is idle again after the answer to the request in
-        progress (as wake_when_idle wakes the engine then, without waking it)."""
+        progress, with whatever else waits for that moment (once each)."""
         client = self.client
-        if client.wake_after is None:
-            client.wake_after, client.wake_engine = self.tracker.ready_count, False
-        client.when_idle.append(action)
+        client.wake_after = self.tracker.ready_count
+        if action not in client.when_idle:
+            client.when_idle.append(action)
 
     def data_received(self, data: bytes) -> None:
         self.metrics.server_bytes += len(data)  # per chunk, as received
@@ -352,12 +350,9 @@ class UpstreamLink(asyncio.Protocol):
             and tracker.at_boundary
         ):
             client.wake_after = None
-            if client.wake_engine:
-                client.host.wake()
-            if client.when_idle:
-                actions, client.when_idle = client.when_idle, []
-                for action in actions:
-                    action()
+            actions, client.when_idle = client.when_idle, []
+            for action in actions:
+                action()
         if client.transport is not None and data:
             client.transport.write(data)
 
