@@ -65,11 +65,6 @@ class Classification:
     # server errors that start with these texts get these positions (cron literals, ...)
     literal_positions: tuple[LiteralPosition, ...] = ()
 
-    @property
-    def starts_workflow(self) -> bool:
-        """True when the statement calls df.start."""
-        return "start" in self.df_functions
-
 
 def classify(sql: str) -> Classification:
     """Classify one Query/Parse text (which may hold several statements)."""

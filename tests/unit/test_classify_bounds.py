@@ -34,7 +34,7 @@ def test_iterative_decoder_refuses_broken_json(bad: str) -> None:
 def test_a_deep_df_start_is_classified_exactly() -> None:
     sql = "SELECT df.start(" + " ~> ".join(["'SELECT 1'"] * 1200) + " ~> 'SELEC 2')"
     verdict = classify(sql)
-    assert verdict.starts_workflow
+    assert "start" in verdict.df_functions
     assert verdict.step_error is not None and verdict.step_error.step == "SELEC 2"
 
 
@@ -50,6 +50,6 @@ def test_a_big_tree_is_judged_from_the_text() -> None:
 def test_a_big_text_only_says_whether_it_may_start_a_workflow() -> None:
     padding = "-- " + "x" * MAX_EXACT_SQL_CHARS + "\n"
     verdict = classify(padding + "SELECT df.START('SELEC 1')")
-    assert verdict.starts_workflow
+    assert "start" in verdict.df_functions
     assert verdict.rewritten is None and verdict.step_error is None
     assert classify(padding + "SELECT df.status('x')").kind is StatementKind.PASSTHROUGH
